@@ -1,0 +1,9 @@
+//! Guest-visible devices of LegoVMM: legacy platform devices (serial, CMOS, i8042,
+//! ACPI power management, pvpanic) and the virtio-mmio transport with its devices.
+//!
+//! The VMM owns the buses; each device implements [`bus::BusDevice`] and is placed
+//! on the port-I/O or MMIO bus at a fixed range. Devices that end the guest (power-off,
+//! reset, panic) report through [`exit::ExitNotifier`].
+
+pub mod bus;
+pub mod exit;
