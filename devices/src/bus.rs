@@ -51,7 +51,9 @@ impl Bus {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if let Some((&prev_base, &(prev_len, _))) = self.ranges.range(..end).next_back() {
             if prev_base + prev_len > base {
                 return Err(BusError::Overlap { base, len });

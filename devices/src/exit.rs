@@ -42,7 +42,10 @@ impl ExitNotifier {
 
     /// The recorded exit, if any.
     pub fn exit(&self) -> Option<GuestExit> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The eventfd that becomes readable once an exit was reported.

@@ -5,5 +5,9 @@
 //! on the port-I/O or MMIO bus at a fixed range. Devices that end the guest (power-off,
 //! reset, panic) report through [`exit::ExitNotifier`].
 
+#![warn(missing_docs)]
+
 pub mod bus;
 pub mod exit;
+pub mod legacy;
+pub mod virtio;

@@ -1,1 +1,20 @@
-//! placeholder
+//! legovmm: the KVM virtual machine monitor of LegoVMM. It boots a stock Linux kernel as a
+//! vNode, with devices a stock kernel finds by itself (ACPI-described virtio-mmio, an 8250
+//! serial port, pvpanic, hardware-reduced ACPI power management).
+//!
+//! The path from `legovmm run` to a running guest: [`config`] merges the TOML file and the
+//! flags; [`vm::run`] opens [`kvm`], creates guest RAM ([`memory`]), the devices
+//! ([`device_manager`]), the ACPI tables ([`acpi`]), loads the kernel ([`boot`]), configures
+//! the vCPUs ([`cpu`]) and runs them until the guest ends.
+
+pub mod acpi;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod cpu;
+pub mod device_manager;
+pub mod kick;
+pub mod kvm;
+pub mod layout;
+pub mod memory;
+pub mod vm;

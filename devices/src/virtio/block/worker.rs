@@ -1,0 +1,194 @@
+//! The thread that serves a virtio-blk queue.
+//!
+//! It waits (epoll) on the queue's notification eventfd and a stop eventfd, drains
+//! the available ring with notifications suppressed, and raises the interrupt once
+//! per batch when the driver wants one (honouring EVENT_IDX).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::disk::Disk;
+use super::request;
+use crate::virtio::{RateLimitedLog, VirtioInterrupt};
+
+const TOKEN_QUEUE: u64 = 0;
+const TOKEN_STOP: u64 = 1;
+
+/// Serves one queue of one disk.
+pub struct QueueWorker {
+    /// The queue, as configured by the driver.
+    pub queue: Queue,
+    /// Guest memory.
+    pub mem: GuestMemoryMmap<()>,
+    /// The disk.
+    pub disk: Arc<Disk>,
+    /// The interrupt to raise after a batch.
+    pub interrupt: VirtioInterrupt,
+    log: RateLimitedLog,
+}
+
+impl QueueWorker {
+    /// Creates a worker for `queue`.
+    pub fn new(
+        queue: Queue,
+        mem: GuestMemoryMmap<()>,
+        disk: Arc<Disk>,
+        interrupt: VirtioInterrupt,
+    ) -> Self {
+        Self {
+            queue,
+            mem,
+            disk,
+            interrupt,
+            log: RateLimitedLog::default(),
+        }
+    }
+
+    fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.log.check() {
+            tracing::warn!("virtio-blk: {msg} ({suppressed} similar messages suppressed)");
+        }
+    }
+
+    /// Serves every available request; returns how many chains were completed.
+    /// Raises the interrupt once at the end if the driver asked for it.
+    pub fn process_queue(&mut self) -> usize {
+        let mut completed = 0usize;
+        loop {
+            if let Err(e) = self.queue.disable_notification(&self.mem) {
+                self.warn(format_args!("could not suppress notifications: {e}"));
+            }
+            let mut popped = 0usize;
+            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+                popped += 1;
+                let head = chain.head_index();
+                let descs: Vec<_> = chain.collect();
+                let outcome = request::handle(&self.mem, &self.disk, &descs);
+                if let Some(e) = &outcome.error {
+                    if e.is_malformed() {
+                        self.warn(format_args!("malformed request (head {head}): {e}"));
+                    } else {
+                        self.warn(format_args!("request failed (head {head}): {e}"));
+                    }
+                }
+                match self.queue.add_used(&self.mem, head, outcome.used_len) {
+                    Ok(()) => completed += 1,
+                    Err(e) => self.warn(format_args!("could not complete head {head}: {e}")),
+                }
+            }
+            match self.queue.enable_notification(&self.mem) {
+                // More requests arrived while notifications were off.
+                Ok(true) if popped > 0 => continue,
+                // The driver's available index is inconsistent: stop rather than spin.
+                Ok(true) => {
+                    self.warn(format_args!("the available ring index is invalid"));
+                    break;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    self.warn(format_args!("could not re-enable notifications: {e}"));
+                    break;
+                }
+            }
+        }
+        if completed > 0 {
+            let notify = match self.queue.needs_notification(&self.mem) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.warn(format_args!("could not read the used event index: {e}"));
+                    true
+                }
+            };
+            if notify {
+                if let Err(e) = self.interrupt.signal_used_queue() {
+                    self.warn(format_args!("could not raise the interrupt: {e}"));
+                }
+            }
+        }
+        completed
+    }
+
+    /// Runs the worker on a new thread until `stop` is signalled.
+    pub fn spawn(self, queue_event: EventFd) -> io::Result<WorkerHandle> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            queue_event.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_QUEUE),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_STOP),
+        )?;
+        let thread = std::thread::Builder::new()
+            .name("lego-blk".into())
+            .spawn(move || self.run(epoll, queue_event))?;
+        Ok(WorkerHandle {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn run(mut self, epoll: Epoll, queue_event: EventFd) {
+        let mut events = [EpollEvent::default(); 2];
+        // Requests may have been queued before activation.
+        self.process_queue();
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!("virtio-blk worker: epoll failed, stopping: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP => return,
+                    _ => {
+                        // Draining the counter; an error only means it was already 0.
+                        let _ = queue_event.read();
+                        self.process_queue();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running worker; stopping or dropping it stops and joins the thread.
+pub struct WorkerHandle {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Stops the worker and waits for it to finish its current batch.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if let Err(e) = self.stop.write(1) {
+            tracing::error!("could not signal the virtio-blk worker to stop: {e}");
+            return;
+        }
+        if thread.join().is_err() {
+            tracing::error!("the virtio-blk worker panicked");
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

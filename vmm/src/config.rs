@@ -1,0 +1,360 @@
+//! The vNode's configuration: a TOML file and command-line flags, merged (flags win).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The default guest memory: 512 MiB.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// The smallest guest memory a stock kernel can boot in.
+pub const MIN_MEMORY: u64 = 32 << 20;
+/// The most vCPUs one vNode may have (APIC IDs must fit the MADT's 8-bit fields).
+pub const MAX_VCPUS: u8 = 64;
+/// The kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown or mistyped keys.
+    #[error("the config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (names the key and line).
+        message: String,
+    },
+    /// A size string could not be understood.
+    #[error(
+        "'{0}' is not a size: use a number of MiB or a number with a unit, such as 512M or 2G"
+    )]
+    BadSize(String),
+    /// The memory size is outside what can be booted.
+    #[error("guest memory of {0} bytes is not allowed: it must be at least 32 MiB and a multiple of 4 KiB")]
+    BadMemory(u64),
+    /// No kernel was given.
+    #[error("no kernel given: pass --kernel PATH or set `kernel` in the config file")]
+    NoKernel,
+    /// The vCPU count is outside what can be booted.
+    #[error("{0} vCPUs is not allowed: use 1 to {MAX_VCPUS}")]
+    BadVcpus(u64),
+    /// A disk specification could not be understood.
+    #[error("'{0}' is not a disk: use PATH or PATH,readonly")]
+    BadDisk(String),
+    /// A serial output specification could not be understood.
+    #[error("'{0}' is not a serial output: use stdout, none, file:PATH or socket:PATH")]
+    BadSerial(String),
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialOutput {
+    /// The VMM's standard output.
+    #[default]
+    Stdout,
+    /// Discarded.
+    None,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Streamed to clients of a Unix socket the VMM listens on.
+    Socket(PathBuf),
+}
+
+impl std::str::FromStr for SerialOutput {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "none" | "off" => Ok(Self::None),
+            _ => match s.split_once(':') {
+                Some(("file", p)) if !p.is_empty() => Ok(Self::File(p.into())),
+                Some(("socket", p)) if !p.is_empty() => Ok(Self::Socket(p.into())),
+                _ => Err(ConfigError::BadSerial(s.into())),
+            },
+        }
+    }
+}
+
+/// A virtio-blk disk backed by a local file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The backing file.
+    pub path: PathBuf,
+    /// Whether the guest may only read it.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let path = parts.next().filter(|p| !p.is_empty());
+        let path = path.ok_or_else(|| ConfigError::BadDisk(s.into()))?;
+        let mut readonly = false;
+        for opt in parts {
+            match opt {
+                "readonly" | "ro" | "readonly=on" | "readonly=true" => readonly = true,
+                "rw" | "readonly=off" | "readonly=false" => readonly = false,
+                _ => return Err(ConfigError::BadDisk(s.into())),
+            }
+        }
+        Ok(Self {
+            path: path.into(),
+            readonly,
+        })
+    }
+}
+
+/// The config file's contents; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Kernel image (bzImage or ELF vmlinux).
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// Guest memory, e.g. "512M" or a number of MiB.
+    pub memory: Option<SizeValue>,
+    /// Number of vCPUs.
+    pub vcpus: Option<u64>,
+    /// Local-file virtio-blk disks.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Serial output: "stdout", "none", "file:PATH" or "socket:PATH".
+    pub serial: Option<String>,
+}
+
+/// A size as it may appear in TOML: a string with a unit, or a bare number of MiB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    /// A number of MiB.
+    Mib(u64),
+    /// A string such as "512M".
+    Text(String),
+}
+
+impl SizeValue {
+    fn bytes(&self) -> Result<u64, ConfigError> {
+        match self {
+            Self::Mib(m) => m
+                .checked_mul(1 << 20)
+                .ok_or(ConfigError::BadMemory(u64::MAX)),
+            Self::Text(t) => parse_size(t),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses a config file, rejecting unknown keys.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+}
+
+/// Values given on the command line; each one, when present, overrides the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--kernel`.
+    pub kernel: Option<PathBuf>,
+    /// `--initrd`.
+    pub initrd: Option<PathBuf>,
+    /// `--cmdline`.
+    pub cmdline: Option<String>,
+    /// `--memory`.
+    pub memory: Option<String>,
+    /// `--vcpus`.
+    pub vcpus: Option<u64>,
+    /// `--disk` (replaces the file's disks when any is given).
+    pub disks: Vec<String>,
+    /// `--serial`.
+    pub serial: Option<String>,
+}
+
+/// A complete, validated vNode configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Local-file disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// Serial output.
+    pub serial: SerialOutput,
+}
+
+impl VmConfig {
+    /// Merges the file (if any) with the flags, and validates the result.
+    pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
+        let kernel = flags.kernel.or(file.kernel).ok_or(ConfigError::NoKernel)?;
+        let memory = match flags.memory {
+            Some(m) => parse_size(&m)?,
+            None => match file.memory {
+                Some(m) => m.bytes()?,
+                None => DEFAULT_MEMORY,
+            },
+        };
+        if memory < MIN_MEMORY || memory % 4096 != 0 {
+            return Err(ConfigError::BadMemory(memory));
+        }
+        let vcpus = flags.vcpus.or(file.vcpus).unwrap_or(1);
+        if vcpus == 0 || vcpus > u64::from(MAX_VCPUS) {
+            return Err(ConfigError::BadVcpus(vcpus));
+        }
+        let disks = if flags.disks.is_empty() {
+            file.disks
+        } else {
+            flags
+                .disks
+                .iter()
+                .map(|d| d.parse())
+                .collect::<Result<_, _>>()?
+        };
+        let serial = match flags.serial.or(file.serial) {
+            Some(s) => s.parse()?,
+            None => SerialOutput::Stdout,
+        };
+        Ok(Self {
+            kernel,
+            initrd: flags.initrd.or(file.initrd),
+            cmdline: flags
+                .cmdline
+                .or(file.cmdline)
+                .unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+            memory,
+            vcpus: vcpus as u8,
+            disks,
+            serial,
+        })
+    }
+}
+
+/// Parses a size: a bare number is MiB (as QEMU's `-m`); otherwise a number with a
+/// binary unit K, M, G or T, optionally followed by `iB` or `B` (`512M`, `2GiB`).
+pub fn parse_size(text: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(text.into());
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    if digits_end == 0 {
+        return Err(bad());
+    }
+    let number: u64 = t[..digits_end].parse().map_err(|_| bad())?;
+    let unit = t[digits_end..].trim().to_ascii_uppercase();
+    let shift = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" if unit.is_empty() => 20,
+        "" => 0, // "B" alone: bytes
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_reject_nonsense() {
+        assert_eq!(parse_size("512").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("4096B").unwrap(), 4096);
+        for bad in [
+            "",
+            "M",
+            "12Q",
+            "1.5G",
+            "-1G",
+            "99999999999999999999T",
+            "1 G B",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = toml::from_str(
+            "kernel = \"/k\"\nmemory = \"1G\"\nvcpus = 4\n[[disks]]\npath = \"/d\"\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            vcpus: Some(2),
+            ..Default::default()
+        };
+        let cfg = VmConfig::resolve(file, flags).unwrap();
+        assert_eq!(cfg.kernel, PathBuf::from("/k"));
+        assert_eq!(cfg.memory, 1 << 30);
+        assert_eq!(cfg.vcpus, 2);
+        assert_eq!(cfg.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(cfg.disks, vec!["/d".parse().unwrap()]);
+        assert_eq!(cfg.serial, SerialOutput::Stdout);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.toml");
+        std::fs::write(&p, "kernel = \"/k\"\nmemroy = \"1G\"\n").unwrap();
+        let err = FileConfig::load(&p).unwrap_err().to_string();
+        assert!(err.contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let base = || Overrides {
+            kernel: Some("/k".into()),
+            ..Default::default()
+        };
+        let mut o = base();
+        o.memory = Some("16M".into());
+        assert!(matches!(
+            VmConfig::resolve(FileConfig::default(), o),
+            Err(ConfigError::BadMemory(_))
+        ));
+        let mut o = base();
+        o.vcpus = Some(0);
+        assert!(VmConfig::resolve(FileConfig::default(), o).is_err());
+        assert!(matches!(
+            VmConfig::resolve(FileConfig::default(), Overrides::default()),
+            Err(ConfigError::NoKernel)
+        ));
+        assert!("a,bogus".parse::<DiskConfig>().is_err());
+        assert!("/d,readonly".parse::<DiskConfig>().unwrap().readonly);
+        assert!("tcp:1".parse::<SerialOutput>().is_err());
+        assert_eq!(
+            "file:/x".parse::<SerialOutput>().unwrap(),
+            SerialOutput::File("/x".into())
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! vCPU state at boot (CPUID, MSRs, FPU, LAPIC, registers) and the vCPU run loop.
+
+pub mod cpuid;
+pub mod msrs;
+pub mod regs;
+pub mod vcpu;

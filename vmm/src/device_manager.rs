@@ -1,0 +1,142 @@
+//! Creates the vNode's devices, places them on the port-I/O and MMIO buses, and wires
+//! their interrupts (irqfd) and virtio queue notifications (ioeventfd) into KVM.
+
+use crate::acpi::{MmioDevice, PlatformPorts};
+use crate::config::VmConfig;
+use crate::console::{Console, ConsoleError};
+use crate::layout;
+use crate::memory::GuestMemory;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use lego_devices::bus::{Bus, BusError, SharedDevice};
+use lego_devices::exit::ExitNotifier;
+use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
+use lego_devices::virtio::block::Block;
+use lego_devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use std::sync::{Arc, Mutex};
+
+/// Errors creating devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The console output could not be opened.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    /// The serial device could not be created.
+    #[error("cannot create the serial port: {0}")]
+    Serial(String),
+    /// A disk could not be opened.
+    #[error("cannot attach disk {path}: {message}")]
+    Disk {
+        /// The backing file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Too many virtio devices for the interrupt lines we have.
+    #[error("at most {0} virtio devices are supported")]
+    TooManyVirtio(usize),
+    /// A device range collided on a bus.
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] BusError),
+    /// KVM refused an irqfd or ioeventfd.
+    #[error("cannot wire {what} into KVM: {source}")]
+    Kvm {
+        /// What was being wired.
+        what: String,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// The vNode's devices.
+pub struct Devices {
+    /// The port-I/O bus.
+    pub pio: Bus,
+    /// The MMIO bus.
+    pub mmio: Bus,
+    /// The virtio-mmio windows, for the DSDT.
+    pub virtio: Vec<MmioDevice>,
+}
+
+/// The ports the ACPI tables announce, as the devices define them.
+pub fn platform_ports() -> PlatformPorts {
+    PlatformPorts {
+        sleep_control: acpi_pm::SLEEP_CONTROL_PORT,
+        sleep_status: acpi_pm::SLEEP_STATUS_PORT,
+        reset: acpi_pm::RESET_PORT,
+        reset_value: acpi_pm::RESET_VALUE,
+        s5_sleep_type: acpi_pm::S5_SLEEP_TYPE,
+        pvpanic: pvpanic::PORT,
+        serial: (serial::PORT, layout::SERIAL_GSI),
+    }
+}
+
+fn shared<D: lego_devices::bus::BusDevice + 'static>(d: D) -> Arc<Mutex<D>> {
+    Arc::new(Mutex::new(d))
+}
+
+/// Creates every device of `config`.
+pub fn create(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    config: &VmConfig,
+    exit: &ExitNotifier,
+) -> Result<Devices, DeviceError> {
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
+
+    let console = Console::open(&config.serial, exit.clone())?;
+    let uart = serial::SerialDevice::new(Box::new(console))
+        .map_err(|e| DeviceError::Serial(e.to_string()))?;
+    vm.register_irqfd(uart.interrupt_event(), layout::SERIAL_GSI)
+        .map_err(kvm_err("the serial interrupt".into()))?;
+    pio.insert(shared(uart), u64::from(serial::PORT), serial::LEN)?;
+    pio.insert(shared(cmos::Cmos::new()), u64::from(cmos::PORT), cmos::LEN)?;
+    pio.insert(
+        shared(i8042::I8042::new(exit.clone())),
+        u64::from(i8042::PORT),
+        i8042::LEN,
+    )?;
+    pio.insert(
+        shared(acpi_pm::AcpiPm::new(exit.clone())),
+        u64::from(acpi_pm::PM_BASE),
+        acpi_pm::PM_LEN,
+    )?;
+    pio.insert(
+        shared(pvpanic::PvPanic::new(exit.clone())),
+        u64::from(pvpanic::PORT),
+        pvpanic::LEN,
+    )?;
+
+    if config.disks.len() > layout::VIRTIO_GSIS.len() {
+        return Err(DeviceError::TooManyVirtio(layout::VIRTIO_GSIS.len()));
+    }
+    let mut virtio = Vec::new();
+    for (i, disk) in config.disks.iter().enumerate() {
+        let disk_err = |message: String| DeviceError::Disk {
+            path: disk.path.display().to_string(),
+            message,
+        };
+        let block = Block::new(&disk.path, disk.readonly, &format!("lego-local-{i}"))
+            .map_err(|e| disk_err(e.to_string()))?;
+        let transport =
+            MmioTransport::new(block, mem.clone()).map_err(|e| disk_err(e.to_string()))?;
+        let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
+        let gsi = layout::VIRTIO_GSIS[i];
+        for (q, evt) in transport.queue_events().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
+                .map_err(kvm_err(format!("queue {q} notifications of disk {i}")))?;
+        }
+        vm.register_irqfd(transport.interrupt_event(), gsi)
+            .map_err(kvm_err(format!("the interrupt of disk {i}")))?;
+        let dev: SharedDevice = shared(transport);
+        mmio.insert(dev, base, MMIO_LEN)?;
+        tracing::info!(disk = %disk.path.display(), readonly = disk.readonly, base = format_args!("{base:#x}"), gsi, "attached virtio-blk disk");
+        virtio.push(MmioDevice {
+            base,
+            size: layout::VIRTIO_MMIO_SIZE,
+            gsi,
+        });
+    }
+    Ok(Devices { pio, mmio, virtio })
+}

@@ -1,0 +1,153 @@
+//! The `legovmm` command.
+
+use clap::{Args, Parser, Subcommand};
+use lego_devices::exit::GuestExit;
+use legovmm::config::{FileConfig, Overrides, VmConfig};
+use legovmm::vm::{self, Outcome};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status when the VMM itself could not start or run the vNode.
+const EXIT_VMM_ERROR: u8 = 1;
+/// Exit status when the guest crashed (kernel panic, triple fault, KVM failure).
+const EXIT_GUEST_CRASHED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "legovmm",
+    version,
+    about = "LegoVMM's KVM virtual machine monitor: boots a stock Linux vNode",
+    after_help = "Exit status of `run`: 0 when the guest powers off or reboots, 1 when legovmm cannot start or run it, 2 for bad usage, 3 when the guest crashes (kernel panic, triple fault), 128+N when stopped by signal N.\nLogs go to stderr (RUST_LOG or --log-level); the guest's serial console goes to stdout unless --serial says otherwise."
+)]
+struct Cli {
+    /// Log level for legovmm's own messages on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", env = "LEGOVMM_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a vNode and run it until the guest powers off.
+    Run(RunArgs),
+    /// Check whether this host's KVM can boot stock kernels (exit 0 if it can).
+    Probe {
+        /// The KVM device.
+        #[arg(long, default_value = "/dev/kvm")]
+        kvm_device: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, vcpus, [[disks]], serial); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kernel image: a bzImage or an ELF vmlinux (PVH entry used when present).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (initramfs).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0].
+    #[arg(long, value_name = "TEXT")]
+    cmdline: Option<String>,
+    /// Guest memory, e.g. 512M or 2G; a bare number is MiB [default: 512M].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u64>,
+    /// A virtio-blk disk backed by a local file; repeat for more (vda, vdb, ...).
+    #[arg(long, value_name = "PATH[,readonly]")]
+    disk: Vec<String>,
+    /// Where the serial console goes: stdout, none, file:PATH or socket:PATH (listen) [default: stdout].
+    #[arg(long, value_name = "OUTPUT")]
+    serial: Option<String>,
+    /// The KVM device.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    kvm_device: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match cli.command {
+        Command::Probe { kvm_device } => probe(&kvm_device),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn probe(kvm_device: &std::path::Path) -> ExitCode {
+    let result = legovmm::kvm::open(kvm_device)
+        .and_then(|kvm| legovmm::kvm::probe_stock_kernel_support(&kvm));
+    match result {
+        Ok(()) => {
+            println!("KVM at {} can boot stock kernels", kvm_device.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("legovmm: {e}");
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let file = match &args.config {
+        Some(path) => match FileConfig::load(path) {
+            Ok(f) => f,
+            Err(e) => return fail(&e),
+        },
+        None => FileConfig::default(),
+    };
+    let flags = Overrides {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: args.memory,
+        vcpus: args.vcpus,
+        disks: args.disk,
+        serial: args.serial,
+    };
+    let config = match VmConfig::resolve(file, flags) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match vm::run(&config, &args.kvm_device) {
+        Ok(Outcome::Guest(GuestExit::PowerOff)) => {
+            eprintln!("legovmm: the guest powered off");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Guest(GuestExit::Reset)) => {
+            eprintln!("legovmm: the guest rebooted; the vNode ends here");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Guest(GuestExit::Crashed(reason))) => {
+            eprintln!("legovmm: the guest crashed: {reason}");
+            ExitCode::from(EXIT_GUEST_CRASHED)
+        }
+        Ok(Outcome::Signal(signal)) => {
+            eprintln!("legovmm: stopped by signal {signal}");
+            ExitCode::from(128u8.saturating_add(signal as u8))
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("legovmm: {e}");
+    ExitCode::from(EXIT_VMM_ERROR)
+}
