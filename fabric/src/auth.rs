@@ -1,0 +1,414 @@
+//! The cluster key and the mutual challenge-response handshake run at connect.
+//!
+//! 1. client -> server `HELLO`: the client's 32-byte nonce `cn`.
+//! 2. server -> client `HELLO` response: the server's nonce `sn` and
+//!    `HMAC(key, "lego-fabric/v1 server" | cn | sn)`.
+//! 3. client -> server `AUTH`: `HMAC(key, "lego-fabric/v1 client" | cn | sn)`.
+//! 4. server -> client `AUTH` response: empty success.
+//!
+//! Either side that sees a wrong proof stops; the server answers with an `Unauthenticated`
+//! error frame and closes before serving anything.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::error::{ErrorCode, RemoteError};
+use crate::frame::{FrameError, Header, FLAG_RESPONSE};
+use crate::io::{read_frame_unbuffered, write_connection_error, write_frame};
+use crate::request::opcode;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Environment variable holding the cluster key in hex.
+pub const KEY_ENV: &str = "LEGO_CLUSTER_KEY";
+/// Environment variable naming a file holding the cluster key (hex or 32 raw bytes).
+pub const KEY_FILE_ENV: &str = "LEGO_CLUSTER_KEY_FILE";
+/// Length of a cluster key in bytes.
+pub const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 32;
+const SERVER_LABEL: &[u8] = b"lego-fabric/v1 server";
+const CLIENT_LABEL: &[u8] = b"lego-fabric/v1 client";
+
+/// Why a key could not be loaded or a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The text is not 64 hexadecimal digits.
+    #[error("the cluster key must be 64 hexadecimal digits: {0}")]
+    BadHex(String),
+    /// The key file could not be read.
+    #[error("the cluster key file {path} could not be read: {source}")]
+    KeyFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The key file holds neither 32 raw bytes nor 64 hex digits.
+    #[error("the cluster key file {path} holds neither 32 raw bytes nor 64 hex digits")]
+    BadKeyFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Neither environment variable is set.
+    #[error("no cluster key is configured: set {KEY_ENV} (hex) or {KEY_FILE_ENV}")]
+    NotConfigured,
+    /// The operating system's random generator failed.
+    #[error("the random number generator failed: {0}")]
+    Random(String),
+    /// The peer refused us with an error frame.
+    #[error("the peer refused the handshake: {0}")]
+    Rejected(RemoteError),
+    /// The peer's proof of the cluster key was wrong.
+    #[error("the peer failed to prove it holds the cluster key")]
+    PeerFailedProof,
+    /// The peer broke the handshake protocol.
+    #[error("the peer broke the handshake protocol: {0}")]
+    Protocol(String),
+    /// A handshake frame could not be read.
+    #[error("a handshake frame could not be read: {0}")]
+    Frame(#[from] FrameError),
+    /// A handshake frame could not be written.
+    #[error("a handshake frame could not be written: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The 32-byte secret shared by every member of a cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey([u8; KEY_LEN]);
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterKey(<redacted>)")
+    }
+}
+
+impl ClusterKey {
+    /// A key from raw bytes.
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> ClusterKey {
+        ClusterKey(bytes)
+    }
+
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    /// A fresh random key.
+    pub fn generate() -> Result<ClusterKey, AuthError> {
+        let mut b = [0u8; KEY_LEN];
+        getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+        Ok(ClusterKey(b))
+    }
+
+    /// Parses 64 hex digits (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<ClusterKey, AuthError> {
+        let bytes = decode_hex(text.trim()).ok_or_else(|| {
+            AuthError::BadHex("it contains a non-hex character or has an odd length".into())
+        })?;
+        let arr: [u8; KEY_LEN] = bytes.try_into().map_err(|v: Vec<u8>| {
+            AuthError::BadHex(format!("it holds {} bytes, not 32", v.len()))
+        })?;
+        Ok(ClusterKey(arr))
+    }
+
+    /// The key as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        encode_hex(&self.0)
+    }
+
+    /// Reads a key file holding 32 raw bytes or 64 hex digits.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<ClusterKey, AuthError> {
+        let path = path.as_ref();
+        let data = std::fs::read(path).map_err(|source| AuthError::KeyFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if let Ok(arr) = <[u8; KEY_LEN]>::try_from(data.as_slice()) {
+            return Ok(ClusterKey(arr));
+        }
+        std::str::from_utf8(&data)
+            .ok()
+            .and_then(|t| ClusterKey::from_hex(t).ok())
+            .ok_or_else(|| AuthError::BadKeyFile {
+                path: path.to_path_buf(),
+            })
+    }
+
+    /// Reads the key from `LEGO_CLUSTER_KEY` (hex), else from the file named by
+    /// `LEGO_CLUSTER_KEY_FILE`.
+    pub fn from_env() -> Result<ClusterKey, AuthError> {
+        if let Ok(hex) = std::env::var(KEY_ENV) {
+            return ClusterKey::from_hex(&hex);
+        }
+        if let Some(path) = std::env::var_os(KEY_FILE_ENV) {
+            return ClusterKey::from_file(PathBuf::from(path));
+        }
+        Err(AuthError::NotConfigured)
+    }
+
+    /// HMAC-SHA256 over the concatenation of `parts`.
+    pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.hmac(parts).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the HMAC of `parts`, compared in constant time.
+    pub(crate) fn verify_mac(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        self.hmac(parts).verify_slice(tag).is_ok()
+    }
+
+    fn hmac(&self, parts: &[&[u8]]) -> HmacSha256 {
+        // HMAC accepts keys of any length, so this cannot fail for 32 bytes.
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        for p in parts {
+            m.update(p);
+        }
+        m
+    }
+}
+
+pub(crate) fn encode_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    let t = text.as_bytes();
+    if t.len() & 1 == 1 {
+        return None;
+    }
+    let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    t.chunks(2)
+        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
+        .collect()
+}
+
+fn nonce() -> Result<[u8; NONCE_LEN], AuthError> {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).map_err(|e| AuthError::Random(e.to_string()))?;
+    Ok(n)
+}
+
+fn expect_reply(frame: &crate::frame::Frame, op: u16) -> Result<(), AuthError> {
+    let h = &frame.header;
+    if h.status != 0 {
+        return Err(AuthError::Rejected(RemoteError::from_wire(
+            h.status,
+            &frame.payload,
+        )));
+    }
+    if h.opcode != op || !h.is_response() {
+        return Err(AuthError::Protocol(format!(
+            "expected a response to opcode {op:#06x}, got opcode {:#06x}",
+            h.opcode
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the client side of the handshake on a fresh connection.
+pub fn client_handshake<S: Read + Write>(
+    stream: &mut S,
+    key: &ClusterKey,
+) -> Result<(), AuthError> {
+    let cn = nonce()?;
+    write_frame(stream, &Header::new(opcode::HELLO, 0, 0, cn.len()), &cn)?;
+    let reply = read_frame_unbuffered(stream)?;
+    expect_reply(&reply, opcode::HELLO)?;
+    if reply.payload.len() != NONCE_LEN + 32 {
+        return Err(AuthError::Protocol(format!(
+            "the server hello holds {} bytes, not {}",
+            reply.payload.len(),
+            NONCE_LEN + 32
+        )));
+    }
+    let (sn, server_proof) = reply.payload.split_at(NONCE_LEN);
+    if !key.verify_mac(&[SERVER_LABEL, &cn, sn], server_proof) {
+        let _ = write_connection_error(
+            stream,
+            ErrorCode::Unauthenticated,
+            "the server failed to prove it holds the cluster key",
+        );
+        return Err(AuthError::PeerFailedProof);
+    }
+    let proof = key.mac(&[CLIENT_LABEL, &cn, sn]);
+    write_frame(
+        stream,
+        &Header::new(opcode::AUTH, 1, 0, proof.len()),
+        &proof,
+    )?;
+    let done = read_frame_unbuffered(stream)?;
+    expect_reply(&done, opcode::AUTH)
+}
+
+/// Runs the server side of the handshake; on failure it has already sent the error frame
+/// (the caller closes the connection).
+pub fn server_handshake<S: Read + Write>(
+    stream: &mut S,
+    key: &ClusterKey,
+) -> Result<(), AuthError> {
+    let refuse = |stream: &mut S, code: ErrorCode, msg: &str| {
+        let _ = write_connection_error(stream, code, msg);
+    };
+    let hello = match read_frame_unbuffered(stream) {
+        Ok(f) => f,
+        Err(e) => {
+            if !matches!(e, FrameError::Closed | FrameError::Io(_)) {
+                refuse(stream, crate::io::frame_error_code(&e), &e.to_string());
+            }
+            return Err(e.into());
+        }
+    };
+    if hello.header.opcode != opcode::HELLO || hello.payload.len() != NONCE_LEN {
+        let msg = "the connection must start with a fabric HELLO carrying a 32-byte nonce";
+        refuse(stream, ErrorCode::Unauthenticated, msg);
+        return Err(AuthError::Protocol(msg.into()));
+    }
+    let cn = &hello.payload;
+    let sn = nonce()?;
+    let proof = key.mac(&[SERVER_LABEL, cn, &sn]);
+    let mut body = Vec::with_capacity(NONCE_LEN + 32);
+    body.extend_from_slice(&sn);
+    body.extend_from_slice(&proof);
+    let mut h = Header::new(opcode::HELLO, hello.header.request_id, 0, body.len());
+    h.flags = FLAG_RESPONSE;
+    write_frame(stream, &h, &body)?;
+
+    let auth = match read_frame_unbuffered(stream) {
+        Ok(f) => f,
+        Err(e) => {
+            if !matches!(e, FrameError::Closed | FrameError::Io(_)) {
+                refuse(stream, crate::io::frame_error_code(&e), &e.to_string());
+            }
+            return Err(e.into());
+        }
+    };
+    if auth.header.opcode == opcode::ERROR {
+        return Err(AuthError::Rejected(RemoteError::from_wire(
+            auth.header.status,
+            &auth.payload,
+        )));
+    }
+    if auth.header.opcode != opcode::AUTH
+        || !key.verify_mac(&[CLIENT_LABEL, cn, &sn], &auth.payload)
+    {
+        refuse(
+            stream,
+            ErrorCode::Unauthenticated,
+            "the client failed to prove it holds the cluster key",
+        );
+        return Err(AuthError::PeerFailedProof);
+    }
+    let mut h = Header::new(opcode::AUTH, auth.header.request_id, 0, 0);
+    h.flags = FLAG_RESPONSE;
+    write_frame(stream, &h, &[])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn run(
+        client_key: ClusterKey,
+        server_key: ClusterKey,
+    ) -> (Result<(), AuthError>, Result<(), AuthError>) {
+        let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+        let t = std::thread::spawn(move || server_handshake(&mut b, &server_key));
+        let c = client_handshake(&mut a, &client_key);
+        drop(a);
+        let s = t.join().expect("server thread");
+        (c, s)
+    }
+
+    #[test]
+    fn right_key_is_accepted() {
+        let k = ClusterKey::generate().expect("key");
+        let (c, s) = run(k.clone(), k);
+        c.expect("client side");
+        s.expect("server side");
+    }
+
+    #[test]
+    fn wrong_key_is_rejected_by_both_sides() {
+        let (c, s) = run(
+            ClusterKey::generate().expect("key"),
+            ClusterKey::generate().expect("key"),
+        );
+        // The server proves first, so the client notices and stops.
+        assert!(matches!(c, Err(AuthError::PeerFailedProof)), "{c:?}");
+        assert!(s.is_err());
+    }
+
+    #[test]
+    fn a_client_with_a_wrong_proof_gets_unauthenticated() {
+        let key = ClusterKey::generate().expect("key");
+        let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+        let k2 = key.clone();
+        let t = std::thread::spawn(move || server_handshake(&mut b, &k2));
+        write_frame(&mut a, &Header::new(opcode::HELLO, 0, 0, 32), &[5u8; 32]).expect("hello");
+        let _ = read_frame_unbuffered(&mut a).expect("server hello");
+        write_frame(&mut a, &Header::new(opcode::AUTH, 1, 0, 32), &[0u8; 32]).expect("auth");
+        let err = read_frame_unbuffered(&mut a).expect("error frame");
+        assert_eq!(err.header.opcode, opcode::ERROR);
+        assert_eq!(err.header.status, ErrorCode::Unauthenticated.to_u16());
+        assert!(matches!(
+            t.join().expect("join"),
+            Err(AuthError::PeerFailedProof)
+        ));
+    }
+
+    #[test]
+    fn keys_come_from_the_environment() {
+        // The only test touching these variables.
+        let k = ClusterKey::generate().expect("key");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("key");
+        std::fs::write(&file, k.to_hex()).expect("write");
+        std::env::remove_var(KEY_ENV);
+        std::env::remove_var(KEY_FILE_ENV);
+        assert!(matches!(
+            ClusterKey::from_env(),
+            Err(AuthError::NotConfigured)
+        ));
+        std::env::set_var(KEY_FILE_ENV, &file);
+        assert_eq!(ClusterKey::from_env().expect("file"), k);
+        let other = ClusterKey::generate().expect("key");
+        std::env::set_var(KEY_ENV, other.to_hex());
+        assert_eq!(ClusterKey::from_env().expect("hex wins"), other);
+        std::env::remove_var(KEY_ENV);
+        std::env::remove_var(KEY_FILE_ENV);
+    }
+
+    #[test]
+    fn keys_parse_from_hex_files_and_raw_files() {
+        let k = ClusterKey::generate().expect("key");
+        assert_eq!(ClusterKey::from_hex(&k.to_hex()).expect("hex"), k);
+        assert!(ClusterKey::from_hex("abcd").is_err());
+        assert!(ClusterKey::from_hex(&"zz".repeat(32)).is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hex = dir.path().join("hex");
+        std::fs::write(&hex, format!("{}\n", k.to_hex())).expect("write");
+        assert_eq!(ClusterKey::from_file(&hex).expect("hex file"), k);
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, k.as_bytes()).expect("write");
+        assert_eq!(ClusterKey::from_file(&raw).expect("raw file"), k);
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, b"nope").expect("write");
+        assert!(matches!(
+            ClusterKey::from_file(&bad),
+            Err(AuthError::BadKeyFile { .. })
+        ));
+        assert!(format!("{k:?}").contains("redacted"));
+    }
+}

@@ -1,0 +1,323 @@
+//! One server connection: its handshake, its reader loop, capability checks, dispatch
+//! to the handler (inline or on the worker pool) and response batching.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::{lock, Dispatch, Handler, RequestContext, Shared};
+use crate::auth::server_handshake;
+use crate::capability::{unix_now, Capability, Rights};
+use crate::error::{ErrorCode, RemoteError};
+use crate::frame::{Frame, FrameError, Header, HEADER_LEN};
+use crate::io::{
+    close_after_error, frame_error_code, response_header, write_all_vectored,
+    write_connection_error, write_error_response, write_frame, FrameReader, SpinRead,
+};
+use crate::request::{opcode, Request};
+
+/// One authenticated connection, shared by its reader thread and the workers.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    write_lock: Mutex<()>,
+}
+
+/// Authenticates the peer, then serves its frames until it leaves, breaks the protocol
+/// or the server stops.
+pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let cfg = &shared.config;
+    let ready = stream
+        .set_read_timeout(Some(cfg.handshake_timeout))
+        .and_then(|_| stream.set_write_timeout(Some(cfg.handshake_timeout)));
+    if let Err(e) = ready {
+        tracing::warn!(%peer, error = %e, "configuring a fabric connection failed");
+        return;
+    }
+    if let Err(e) = server_handshake(&mut &stream, &shared.key) {
+        tracing::info!(%peer, error = %e, "a fabric peer failed the handshake");
+        close_after_error(&stream);
+        return;
+    }
+    if let Err(e) = stream
+        .set_read_timeout(None)
+        .and_then(|_| stream.set_write_timeout(Some(cfg.write_timeout)))
+    {
+        tracing::warn!(%peer, error = %e, "configuring a fabric connection failed");
+        return;
+    }
+    tracing::debug!(%peer, "fabric peer authenticated");
+    let conn = Arc::new(Conn {
+        stream,
+        peer,
+        write_lock: Mutex::new(()),
+    });
+    let mut caps: HashMap<u64, Capability> = HashMap::new();
+    let mut out = OutBatch::default();
+    let mut reader = FrameReader::new();
+    let mut rs = SpinRead {
+        stream: &conn.stream,
+        spin: cfg.spin,
+    };
+    // Whether an error frame was sent and must reach the peer before the close.
+    let mut sent_error = false;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match reader.read_frame(&mut rs) {
+            Ok(Some(frame)) => {
+                let mut served = serve_frame(shared, &conn, &mut caps, &mut out, frame);
+                // Answers to pipelined requests go out together once the requests already
+                // received are served: one write for many responses.
+                if served.is_ok() && (out.is_full() || !reader.has_buffered_frame()) {
+                    served = out.flush(&conn).map_err(ConnError::from);
+                }
+                if let Err(e) = served {
+                    tracing::info!(%peer, error = %e, "closing a fabric connection");
+                    sent_error = matches!(e, ConnError::Protocol(_));
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(FrameError::Closed) => break,
+            Err(FrameError::Io(e)) => {
+                tracing::debug!(%peer, error = %e, "a fabric connection failed");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "a fabric peer sent a bad frame");
+                let _ = out.flush(&conn);
+                let _g = lock(&conn.write_lock);
+                let _ =
+                    write_connection_error(&mut &conn.stream, frame_error_code(&e), &e.to_string());
+                sent_error = true;
+                break;
+            }
+        }
+    }
+    if sent_error {
+        close_after_error(&conn.stream);
+    } else {
+        let _ = conn.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Why a connection must be closed after a frame.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("the peer broke the protocol: {0}")]
+    Protocol(&'static str),
+    #[error("writing to the peer failed: {0}")]
+    Write(#[from] io::Error),
+}
+
+/// Responses of inline requests waiting to be written together.
+#[derive(Default)]
+struct OutBatch {
+    frames: Vec<([u8; HEADER_LEN], Vec<u8>)>,
+    bytes: usize,
+}
+
+impl OutBatch {
+    const MAX_FRAMES: usize = 64;
+    const MAX_BYTES: usize = 1 << 20;
+
+    fn push(&mut self, req: &Header, result: Result<Vec<u8>, RemoteError>) {
+        let (status, body) = match result {
+            Ok(body) => (0, body),
+            Err(e) => (e.code.to_u16(), e.message.into_bytes()),
+        };
+        let h = response_header(req, status, body.len()).encode(&body);
+        self.bytes += HEADER_LEN + body.len();
+        self.frames.push((h, body));
+    }
+
+    fn is_full(&self) -> bool {
+        self.frames.len() >= OutBatch::MAX_FRAMES || self.bytes >= OutBatch::MAX_BYTES
+    }
+
+    fn flush(&mut self, conn: &Conn) -> io::Result<()> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        let mut slices = Vec::with_capacity(self.frames.len() * 2);
+        for (h, body) in &self.frames {
+            slices.push(IoSlice::new(h));
+            if !body.is_empty() {
+                slices.push(IoSlice::new(body));
+            }
+        }
+        let r = {
+            let _g = lock(&conn.write_lock);
+            write_all_vectored(&mut &conn.stream, &mut slices)
+        };
+        drop(slices);
+        self.frames.clear();
+        self.bytes = 0;
+        if r.is_err() {
+            let _ = conn.stream.shutdown(Shutdown::Both);
+        }
+        r
+    }
+}
+
+fn send(conn: &Conn, req: &Header, result: Result<Vec<u8>, RemoteError>) -> io::Result<()> {
+    let _g = lock(&conn.write_lock);
+    let r = match &result {
+        Ok(body) => write_frame(
+            &mut &conn.stream,
+            &response_header(req, 0, body.len()),
+            body,
+        ),
+        Err(err) => write_error_response(&mut &conn.stream, req, err),
+    };
+    if r.is_err() {
+        // A half-written frame would corrupt the stream: end the connection for all.
+        let _ = conn.stream.shutdown(Shutdown::Both);
+    }
+    r
+}
+
+fn serve_frame(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    caps: &mut HashMap<u64, Capability>,
+    out: &mut OutBatch,
+    frame: Frame,
+) -> Result<(), ConnError> {
+    let h = frame.header;
+    if h.is_response() {
+        let _ = out.flush(conn);
+        let _g = lock(&conn.write_lock);
+        let _ = write_connection_error(
+            &mut &conn.stream,
+            ErrorCode::BadFrame,
+            "a client may not send response frames",
+        );
+        return Err(ConnError::Protocol("it sent a response frame"));
+    }
+    if opcode::is_reserved(h.opcode) {
+        let result = serve_builtin(shared, caps, &h, frame.payload);
+        out.push(&h, result);
+        return Ok(());
+    }
+    let rights = if h.vnode == 0 {
+        Rights::empty()
+    } else {
+        match authorize(caps, h.vnode) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(&h, Err(e));
+                return Ok(());
+            }
+        }
+    };
+    let ctx = RequestContext {
+        peer: conn.peer,
+        vnode: h.vnode,
+        rights,
+        request_id: h.request_id,
+    };
+    let req = Request {
+        opcode: h.opcode,
+        vnode: h.vnode,
+        flags: h.flags,
+        payload: frame.payload,
+    };
+    match shared.handler.dispatch(&req) {
+        Dispatch::Inline => {
+            let result = call_handler(shared.handler.as_ref(), &ctx, req);
+            out.push(&h, result);
+        }
+        Dispatch::Worker => {
+            let handler = shared.handler.clone();
+            let job_conn = conn.clone();
+            let job = Box::new(move || {
+                let result = call_handler(handler.as_ref(), &ctx, req);
+                if let Err(e) = send(&job_conn, &h, result) {
+                    tracing::debug!(peer = %job_conn.peer, error = %e, "a fabric response could not be sent");
+                }
+            });
+            if let Err(e) = shared.pool.submit(job) {
+                let err = RemoteError::new(ErrorCode::Unavailable, e.to_string());
+                out.push(&h, Err(err));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn call_handler(
+    handler: &dyn Handler,
+    ctx: &RequestContext,
+    req: Request,
+) -> Result<Vec<u8>, RemoteError> {
+    let op = req.opcode;
+    catch_unwind(AssertUnwindSafe(|| handler.handle(ctx, req))).unwrap_or_else(|_| {
+        tracing::error!(opcode = op, "a fabric handler panicked");
+        Err(RemoteError::new(
+            ErrorCode::Internal,
+            format!("the handler for opcode {op:#06x} panicked"),
+        ))
+    })
+}
+
+fn authorize(caps: &HashMap<u64, Capability>, vnode: u64) -> Result<Rights, RemoteError> {
+    let cap = caps.get(&vnode).ok_or_else(|| {
+        RemoteError::new(
+            ErrorCode::Forbidden,
+            format!("no capability for vNode {vnode} is attached to this connection"),
+        )
+    })?;
+    let now = unix_now();
+    if now >= cap.expires_unix {
+        return Err(RemoteError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "the capability for vNode {vnode} expired at {}",
+                cap.expires_unix
+            ),
+        ));
+    }
+    Ok(cap.rights)
+}
+
+fn serve_builtin(
+    shared: &Shared,
+    caps: &mut HashMap<u64, Capability>,
+    h: &Header,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, RemoteError> {
+    match h.opcode {
+        opcode::PING => Ok(payload),
+        opcode::ATTACH_CAPABILITY => {
+            let cap = Capability::from_bytes(&payload)
+                .map_err(|e| RemoteError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+            if h.vnode != 0 && h.vnode != cap.vnode {
+                return Err(RemoteError::new(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "the frame is for vNode {} but the capability is for vNode {}",
+                        h.vnode, cap.vnode
+                    ),
+                ));
+            }
+            cap.verify(&shared.key, unix_now())
+                .map_err(|e| RemoteError::new(ErrorCode::Forbidden, e.to_string()))?;
+            caps.insert(cap.vnode, cap);
+            Ok(Vec::new())
+        }
+        opcode::HELLO | opcode::AUTH => Err(RemoteError::new(
+            ErrorCode::InvalidArgument,
+            "the connection is already authenticated",
+        )),
+        op => Err(RemoteError::new(
+            ErrorCode::InvalidArgument,
+            format!("opcode {op:#06x} is reserved for the fabric and unknown to this server"),
+        )),
+    }
+}
