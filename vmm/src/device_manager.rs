@@ -74,6 +74,23 @@ fn shared<D: lego_devices::bus::BusDevice + 'static>(d: D) -> Arc<Mutex<D>> {
     Arc::new(Mutex::new(d))
 }
 
+/// Checks that every disk's backing file exists and is a regular file (or a block device),
+/// before any VM is built.
+pub fn check_disks(config: &VmConfig) -> Result<(), DeviceError> {
+    use std::os::unix::fs::FileTypeExt;
+    for disk in &config.disks {
+        let err = |message: String| DeviceError::Disk {
+            path: disk.path.display().to_string(),
+            message,
+        };
+        let meta = std::fs::metadata(&disk.path).map_err(|e| err(e.to_string()))?;
+        if !(meta.is_file() || meta.file_type().is_block_device()) {
+            return Err(err("it is neither a regular file nor a block device".into()));
+        }
+    }
+    Ok(())
+}
+
 /// Creates every device of `config`.
 pub fn create(
     vm: &VmFd,

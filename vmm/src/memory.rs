@@ -45,17 +45,21 @@ pub fn host_available_bytes() -> Option<u64> {
     Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
 }
 
+/// Fails when the host reports less available memory (RAM plus free swap) than `size`.
+pub fn check_available(size: u64) -> Result<(), MemoryError> {
+    match host_available_bytes() {
+        Some(available) if size > available => Err(MemoryError::NotEnough {
+            requested_mib: size >> 20,
+            available_mib: available >> 20,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Creates `size` bytes of guest RAM backed by a shared memfd, laid out per [`layout::ram_ranges`].
 /// Returns the memory and the memfd (for vhost-user backends).
 pub fn create_guest_memory(size: u64) -> Result<(GuestMemory, Arc<File>), MemoryError> {
-    if let Some(available) = host_available_bytes() {
-        if size > available {
-            return Err(MemoryError::NotEnough {
-                requested_mib: size >> 20,
-                available_mib: available >> 20,
-            });
-        }
-    }
+    check_available(size)?;
     let file = Arc::new(memfd(size)?);
     let mut ranges = Vec::new();
     let mut offset = 0u64;

@@ -91,6 +91,8 @@ fn install_stop_signals(event_fd: i32) {
 pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let started = Instant::now();
     boot::check_readable(&config.kernel, config.initrd.as_deref())?;
+    memory::check_available(config.memory)?;
+    device_manager::check_disks(config)?;
     let kvm = kvm::open(kvm_path)?;
     kvm::probe_stock_kernel_support(&kvm)?;
     let ioctl = |what| move |source| VmError::VmIoctl { what, source };

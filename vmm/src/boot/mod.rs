@@ -6,6 +6,7 @@
 
 pub mod e820;
 pub mod params;
+pub mod reset_vector;
 
 use crate::layout;
 use crate::memory::GuestMemory;
@@ -117,17 +118,29 @@ pub struct BootSpec<'a> {
 
 /// Checks that the kernel and initrd can be opened, before any VM is built.
 pub fn check_readable(kernel: &Path, initrd: Option<&Path>) -> Result<(), BootError> {
-    File::open(kernel).map_err(|source| BootError::KernelFile {
+    read_first_byte(kernel).map_err(|source| BootError::KernelFile {
         path: kernel.display().to_string(),
         source,
     })?;
     if let Some(initrd) = initrd {
-        File::open(initrd).map_err(|source| BootError::InitrdFile {
+        read_first_byte(initrd).map_err(|source| BootError::InitrdFile {
             path: initrd.display().to_string(),
             source,
         })?;
     }
     Ok(())
+}
+
+/// Opens `path` and reads a byte: catches missing files, directories and unreadable files.
+fn read_first_byte(path: &Path) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    match File::open(path)?.read(&mut byte)? {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file is empty",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Loads kernel, initrd and command line into `mem` and writes the boot information.
@@ -178,6 +191,7 @@ pub fn load(mem: &GuestMemory, spec: &BootSpec) -> Result<(BootEntry, KernelForm
         rsdp_addr: spec.rsdp_addr,
     };
     let gw = |e: vm_memory::GuestMemoryError| BootError::GuestWrite(e.to_string());
+    reset_vector::write(mem).map_err(gw)?;
 
     let pvh_entry = match result.pvh_boot_cap {
         loader::elf::PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {

@@ -1,0 +1,133 @@
+//! `lego-manager`: cluster membership, monitor liveness, placement of vRegions and volumes, and
+//! capabilities (LegoOS GMM/GSM).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use lego_fabric::ServerConfig;
+use lego_monitors::config::{self, ManagerFileConfig};
+use lego_monitors::daemon;
+use lego_monitors::manager::service::ManagerService;
+use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings};
+use lego_monitors::size::ByteSize;
+
+/// Place vNodes' remote memory and volumes on monitors and watch the monitors' heartbeats.
+#[derive(Debug, Parser)]
+#[command(name = "lego-manager", version)]
+struct Args {
+    /// TOML config file (flags override its keys; unknown keys are errors).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7300].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Folder for the durable state [default: /var/lib/lego/manager].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// vRegion size for new vNodes, a multiple of 4K [default: 1G].
+    #[arg(long, value_name = "SIZE")]
+    region_size: Option<ByteSize>,
+    /// Expected heartbeat interval of monitors in milliseconds [default: 1000].
+    #[arg(long, value_name = "MS")]
+    heartbeat_ms: Option<u64>,
+    /// Heartbeat intervals a monitor may miss before it is declared dead [default: 3].
+    #[arg(long, value_name = "N")]
+    missed_heartbeats: Option<u32>,
+    /// Default lifetime of issued capabilities in seconds [default: 86400].
+    #[arg(long, value_name = "SECS")]
+    capability_ttl_secs: Option<u64>,
+    /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let file: ManagerFileConfig =
+        config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| config::DEFAULT_MANAGER_LISTEN.into());
+    let state_dir = args
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/lego/manager"));
+    let settings = ManagerSettings {
+        region_size: args
+            .region_size
+            .or(file.region_size)
+            .map(ByteSize::bytes)
+            .unwrap_or(1 << 30),
+        heartbeat_interval: Duration::from_millis(
+            args.heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(config::DEFAULT_HEARTBEAT_MS)
+                .max(10),
+        ),
+        missed_heartbeats: args
+            .missed_heartbeats
+            .or(file.missed_heartbeats)
+            .unwrap_or(3)
+            .max(1),
+        capability_ttl: Duration::from_secs(
+            args.capability_ttl_secs
+                .or(file.capability_ttl_secs)
+                .unwrap_or(86400)
+                .max(1),
+        ),
+    };
+    let key =
+        daemon::load_key(args.key_file.or(file.key_file).as_deref()).map_err(|e| e.to_string())?;
+    let mut signals = daemon::shutdown_signals().map_err(|e| e.to_string())?;
+
+    let store = FileStateStore::open(&state_dir)
+        .map_err(|e| format!("the state folder is not usable: {e}"))?;
+    let interval = settings.heartbeat_interval;
+    let manager =
+        Arc::new(Manager::new(settings, key.clone(), Box::new(store)).map_err(|e| e.to_string())?);
+    let server = daemon::serve(
+        &listen,
+        key,
+        Arc::new(ManagerService::new(manager.clone())),
+        ServerConfig::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    tracing::info!(listen = %server.local_addr(), state_dir = %state_dir.display(),
+        region_size = %ByteSize(manager.settings().region_size), "manager serving");
+
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let m = manager.clone();
+    let watcher = std::thread::Builder::new()
+        .name("liveness".into())
+        .spawn(move || loop {
+            m.check_liveness();
+            match stop_rx.recv_timeout(interval / 2) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => break,
+            }
+        })
+        .map_err(|e| format!("cannot start the liveness thread: {e}"))?;
+    let sig = daemon::wait_for_shutdown(&mut signals);
+    tracing::info!(signal = sig, "shutting down");
+    drop(stop_tx);
+    let _ = watcher.join();
+    server.shutdown();
+    tracing::info!("manager stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    daemon::init_logging();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("lego-manager: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

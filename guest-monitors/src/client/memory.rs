@@ -1,0 +1,206 @@
+//! [`MemoryClient`]: one vNode's pages on one memory monitor.
+
+use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Pending, Request};
+
+use super::CallError;
+use crate::proto::memory::{
+    self as mm, MemoryOp, MonitorMemoryStats, VnodeMemoryStats, MAX_PAGES, PAGE_SIZE,
+};
+use crate::proto::{from_json, ProtoError};
+
+/// A vNode's view of one memory monitor. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct MemoryClient {
+    client: Client,
+    vnode: u64,
+}
+
+/// A submitted page read or write; [`PendingPages::wait`] returns the pages read (empty for writes).
+pub struct PendingPages {
+    pending: Pending,
+    expect: usize,
+}
+
+impl PendingPages {
+    /// Waits for the answer.
+    pub fn wait(self) -> Result<Vec<u8>, CallError> {
+        let r = self.pending.wait()?;
+        if r.payload.len() != self.expect {
+            return Err(ProtoError::LengthMismatch {
+                expected: self.expect as u64,
+                got: r.payload.len() as u64,
+            }
+            .into());
+        }
+        Ok(r.payload)
+    }
+}
+
+fn check_pages(n: usize) -> Result<(), CallError> {
+    if n == 0 || n > MAX_PAGES as usize {
+        return Err(CallError::Invalid(format!(
+            "a request carries 1 to {MAX_PAGES} pages, not {n}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_data(data: &[u8]) -> Result<usize, CallError> {
+    if !data.len().is_multiple_of(PAGE_SIZE) {
+        return Err(CallError::Invalid(format!(
+            "{} bytes are not whole 4096-byte pages",
+            data.len()
+        )));
+    }
+    let n = data.len() / PAGE_SIZE;
+    check_pages(n)?;
+    Ok(n)
+}
+
+impl MemoryClient {
+    /// Connects to a memory monitor and attaches `cap` (the client acts for `cap.vnode`).
+    pub fn connect(
+        addr: &str,
+        key: ClusterKey,
+        cap: &Capability,
+        config: ClientConfig,
+    ) -> Result<Self, CallError> {
+        let client = Client::connect(addr, key, config)?;
+        client.attach(cap)?;
+        Ok(Self {
+            client,
+            vnode: cap.vnode,
+        })
+    }
+
+    /// Wraps a connected client that already has a capability for `vnode` attached
+    /// (or `vnode` 0 for cluster-level statistics only).
+    pub fn from_client(client: Client, vnode: u64) -> Self {
+        Self { client, vnode }
+    }
+
+    /// The vNode this client acts for.
+    pub fn vnode(&self) -> u64 {
+        self.vnode
+    }
+
+    /// The underlying fabric client.
+    pub fn fabric(&self) -> &Client {
+        &self.client
+    }
+
+    fn req(&self, op: &MemoryOp<'_>) -> Request {
+        Request::new(op.opcode(), self.vnode, op.encode())
+    }
+
+    /// Submits a read of `count` consecutive pages from `start` without waiting.
+    pub fn submit_read_run(&self, start: u64, count: u32) -> Result<PendingPages, CallError> {
+        check_pages(count as usize)?;
+        let pending = self
+            .client
+            .submit(self.req(&MemoryOp::ReadRun { start, count }));
+        Ok(PendingPages {
+            pending,
+            expect: count as usize * PAGE_SIZE,
+        })
+    }
+
+    /// Submits a write of consecutive pages from `start` without waiting.
+    pub fn submit_write_run(&self, start: u64, data: &[u8]) -> Result<PendingPages, CallError> {
+        check_data(data)?;
+        let pending = self
+            .client
+            .submit(self.req(&MemoryOp::WriteRun { start, data }));
+        Ok(PendingPages { pending, expect: 0 })
+    }
+
+    /// Submits a read of the listed pages without waiting.
+    pub fn submit_read_list(&self, pages: &[u64]) -> Result<PendingPages, CallError> {
+        check_pages(pages.len())?;
+        let pending = self.client.submit(self.req(&MemoryOp::ReadList {
+            pages: pages.to_vec(),
+        }));
+        Ok(PendingPages {
+            pending,
+            expect: pages.len() * PAGE_SIZE,
+        })
+    }
+
+    /// Submits a write of the listed pages without waiting.
+    pub fn submit_write_list(&self, pages: &[u64], data: &[u8]) -> Result<PendingPages, CallError> {
+        let n = check_data(data)?;
+        if n != pages.len() {
+            return Err(CallError::Invalid(format!(
+                "{} page indexes for {n} pages of data",
+                pages.len()
+            )));
+        }
+        let pending = self.client.submit(self.req(&MemoryOp::WriteList {
+            pages: pages.to_vec(),
+            data,
+        }));
+        Ok(PendingPages { pending, expect: 0 })
+    }
+
+    /// Reads one page.
+    pub fn read_page(&self, page: u64) -> Result<Vec<u8>, CallError> {
+        self.read_run(page, 1)
+    }
+
+    /// Writes one page (4096 bytes).
+    pub fn write_page(&self, page: u64, data: &[u8]) -> Result<(), CallError> {
+        if data.len() != PAGE_SIZE {
+            return Err(CallError::Invalid(format!(
+                "a page is 4096 bytes, not {}",
+                data.len()
+            )));
+        }
+        self.write_run(page, data)
+    }
+
+    /// Reads `count` consecutive pages from `start`.
+    pub fn read_run(&self, start: u64, count: u32) -> Result<Vec<u8>, CallError> {
+        self.submit_read_run(start, count)?.wait()
+    }
+
+    /// Writes consecutive pages from `start`.
+    pub fn write_run(&self, start: u64, data: &[u8]) -> Result<(), CallError> {
+        self.submit_write_run(start, data)?.wait().map(|_| ())
+    }
+
+    /// Reads the listed pages (4096 bytes each, in list order).
+    pub fn read_list(&self, pages: &[u64]) -> Result<Vec<u8>, CallError> {
+        self.submit_read_list(pages)?.wait()
+    }
+
+    /// Writes the listed pages.
+    pub fn write_list(&self, pages: &[u64], data: &[u8]) -> Result<(), CallError> {
+        self.submit_write_list(pages, data)?.wait().map(|_| ())
+    }
+
+    /// Frees pages `start..start+count`; returns how many were stored.
+    pub fn trim(&self, start: u64, count: u64) -> Result<u64, CallError> {
+        let r = self
+            .client
+            .call(self.req(&MemoryOp::Trim { start, count }))?;
+        Ok(mm::decode_u64(&r.payload)?)
+    }
+
+    /// Frees every page of this vNode on the monitor.
+    pub fn free_all(&self) -> Result<u64, CallError> {
+        let r = self.client.call(self.req(&MemoryOp::FreeVnode))?;
+        Ok(mm::decode_u64(&r.payload)?)
+    }
+
+    /// This vNode's use of the monitor.
+    pub fn stats(&self) -> Result<VnodeMemoryStats, CallError> {
+        let r = self.client.call(self.req(&MemoryOp::Stats))?;
+        Ok(from_json(&r.payload)?)
+    }
+
+    /// The whole monitor's statistics (cluster-level request, no capability needed).
+    pub fn monitor_stats(client: &Client) -> Result<MonitorMemoryStats, CallError> {
+        let r = client.call(Request::new(mm::STATS, 0, Vec::new()))?;
+        Ok(from_json(&r.payload)?)
+    }
+}

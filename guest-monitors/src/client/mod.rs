@@ -1,0 +1,42 @@
+//! Typed clients for the monitors and the manager, over a shared [`lego_fabric::Client`].
+//!
+//! The VMM side (e.g. a vhost-user backend) uses these: [`MemoryClient`] for a vNode's pages,
+//! [`VnodeMemory`] for all of a vNode's vRegions across monitors, [`StorageClient`] for its volumes, [`ManagerClient`] for placement and capabilities.
+
+pub mod manager;
+pub mod memory;
+pub mod storage;
+pub mod vnode;
+
+pub use manager::ManagerClient;
+pub use memory::{MemoryClient, PendingPages};
+pub use storage::StorageClient;
+pub use vnode::VnodeMemory;
+
+use lego_fabric::{ClientError, ErrorCode, RemoteError};
+
+use crate::proto::ProtoError;
+
+/// Errors from typed client calls.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The fabric call failed (transport, timeout, or an error answered by the server).
+    #[error(transparent)]
+    Fabric(#[from] ClientError),
+    /// The answer could not be decoded.
+    #[error("the server's answer could not be decoded: {0}")]
+    Decode(#[from] ProtoError),
+    /// The arguments cannot be sent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CallError {
+    /// The error code the server answered with, if it answered with an error.
+    pub fn remote_code(&self) -> Option<ErrorCode> {
+        match self {
+            CallError::Fabric(ClientError::Remote(RemoteError { code, .. })) => Some(*code),
+            _ => None,
+        }
+    }
+}

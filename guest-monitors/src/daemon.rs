@@ -1,0 +1,78 @@
+//! What every daemon needs: logging, the cluster key, a bound fabric server, and a clean stop on
+//! SIGTERM/SIGINT.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use lego_fabric::{
+    AuthError, ClusterKey, Handler, Server, ServerConfig, ServerError, ServerHandle,
+};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Errors from daemon start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The cluster key could not be loaded.
+    #[error("cannot load the cluster key: {0}")]
+    Key(#[from] AuthError),
+    /// The server could not bind or start.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Cause.
+        source: ServerError,
+    },
+    /// Signal handlers could not be installed.
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Loads the cluster key from `file` if given, else from the environment.
+pub fn load_key(file: Option<&Path>) -> Result<ClusterKey, DaemonError> {
+    Ok(match file {
+        Some(f) => ClusterKey::from_file(f)?,
+        None => ClusterKey::from_env()?,
+    })
+}
+
+/// Binds a fabric server and starts serving.
+pub fn serve(
+    addr: &str,
+    key: ClusterKey,
+    handler: Arc<dyn Handler>,
+    config: ServerConfig,
+) -> Result<ServerHandle, DaemonError> {
+    let server =
+        Server::bind(addr, key, handler, config).map_err(|source| DaemonError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok(server.spawn())
+}
+
+/// Installs SIGTERM/SIGINT handlers; call before starting threads so no signal is lost.
+pub fn shutdown_signals() -> Result<Signals, DaemonError> {
+    Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)
+}
+
+/// Blocks until SIGTERM or SIGINT arrives; returns the signal's name.
+pub fn wait_for_shutdown(signals: &mut Signals) -> &'static str {
+    match signals.forever().next() {
+        Some(SIGINT) => "SIGINT",
+        Some(SIGTERM) => "SIGTERM",
+        _ => "signal",
+    }
+}

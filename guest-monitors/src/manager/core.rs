@@ -1,0 +1,540 @@
+//! The manager's logic: membership, liveness, placement and capabilities (LegoOS GMM/GSM).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lego_fabric::{Capability, ClusterKey, Rights};
+
+use super::state::{
+    ClusterState, MonitorRecord, StateError, StateStore, VnodeRecord, VolumeRecord,
+};
+use crate::placement::{self, Candidate, PlacementError};
+use crate::proto::manager::{
+    ClusterStatus, Heartbeat, IssuedCapability, MemoryPlacement, MonitorKind, MonitorState,
+    MonitorStatus, RegionPlacement, RegisterMonitor, VnodeStatus, VolumePlacement,
+};
+
+/// Tunables of the manager.
+#[derive(Debug, Clone)]
+pub struct ManagerSettings {
+    /// Bytes per vRegion for newly placed vNodes.
+    pub region_size: u64,
+    /// Expected heartbeat interval of monitors.
+    pub heartbeat_interval: Duration,
+    /// Heartbeat intervals a monitor may miss before it is declared dead.
+    pub missed_heartbeats: u32,
+    /// Default lifetime of issued capabilities.
+    pub capability_ttl: Duration,
+}
+
+impl Default for ManagerSettings {
+    fn default() -> Self {
+        Self {
+            region_size: 1 << 30,
+            heartbeat_interval: Duration::from_secs(1),
+            missed_heartbeats: 3,
+            capability_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Errors from manager operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The monitor is not registered.
+    #[error("the monitor {0} is not registered; register it first")]
+    UnknownMonitor(String),
+    /// A request argument is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Placement failed.
+    #[error(transparent)]
+    Placement(#[from] PlacementError),
+    /// Persisting the state failed (the change was not made).
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+struct Inner {
+    state: ClusterState,
+    last_seen: HashMap<String, Instant>,
+    dead: HashSet<String>,
+}
+
+/// The global manager.
+pub struct Manager {
+    settings: ManagerSettings,
+    key: ClusterKey,
+    store: Box<dyn StateStore>,
+    inner: Mutex<Inner>,
+}
+
+impl Manager {
+    /// Loads the state from `store` (empty if none) and starts with every known monitor given one
+    /// full grace period to heartbeat before it is declared dead.
+    pub fn new(
+        settings: ManagerSettings,
+        key: ClusterKey,
+        store: Box<dyn StateStore>,
+    ) -> Result<Self, ManagerError> {
+        if settings.region_size < 4096 || !settings.region_size.is_multiple_of(4096) {
+            return Err(ManagerError::Invalid(format!(
+                "the region size {} is not a positive multiple of 4096 bytes",
+                settings.region_size
+            )));
+        }
+        let state = store.load()?.unwrap_or_default();
+        let now = Instant::now();
+        let last_seen = state.monitors.keys().map(|a| (a.clone(), now)).collect();
+        tracing::info!(
+            monitors = state.monitors.len(),
+            vnodes = state.vnodes.len(),
+            "manager state loaded"
+        );
+        Ok(Self {
+            settings,
+            key,
+            store,
+            inner: Mutex::new(Inner {
+                state,
+                last_seen,
+                dead: HashSet::new(),
+            }),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &ManagerSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Saves `new` and makes it current only if the save succeeded.
+    fn commit(&self, inner: &mut Inner, new: ClusterState) -> Result<(), ManagerError> {
+        self.store.save(&new)?;
+        inner.state = new;
+        Ok(())
+    }
+
+    fn mark_seen(inner: &mut Inner, addr: &str) {
+        inner.last_seen.insert(addr.to_string(), Instant::now());
+        if inner.dead.remove(addr) {
+            tracing::warn!(monitor = addr, "monitor is alive again");
+        }
+    }
+
+    /// Registers (or re-registers) a monitor.
+    pub fn register(&self, r: &RegisterMonitor) -> Result<(), ManagerError> {
+        if r.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ManagerError::Invalid(format!(
+                "'{}' is not an IP:port address",
+                r.addr
+            )));
+        }
+        let mut inner = self.lock();
+        let rec = MonitorRecord {
+            kind: r.kind,
+            capacity_bytes: r.capacity_bytes,
+            used_bytes: r.used_bytes,
+        };
+        let changed = inner
+            .state
+            .monitors
+            .get(&r.addr)
+            .map(|m| (m.kind, m.capacity_bytes))
+            != Some((r.kind, r.capacity_bytes));
+        if changed {
+            let mut new = inner.state.clone();
+            new.monitors.insert(r.addr.clone(), rec);
+            self.commit(&mut inner, new)?;
+        } else if let Some(m) = inner.state.monitors.get_mut(&r.addr) {
+            m.used_bytes = r.used_bytes;
+        }
+        Self::mark_seen(&mut inner, &r.addr);
+        tracing::info!(kind = %r.kind, monitor = %r.addr, capacity = r.capacity_bytes, "monitor registered");
+        Ok(())
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(&self, h: &Heartbeat) -> Result<(), ManagerError> {
+        let mut inner = self.lock();
+        let Some(m) = inner.state.monitors.get(&h.addr).cloned() else {
+            return Err(ManagerError::UnknownMonitor(h.addr.clone()));
+        };
+        if m.capacity_bytes != h.capacity_bytes {
+            let mut new = inner.state.clone();
+            if let Some(r) = new.monitors.get_mut(&h.addr) {
+                r.capacity_bytes = h.capacity_bytes;
+                r.used_bytes = h.used_bytes;
+            }
+            self.commit(&mut inner, new)?;
+        } else if let Some(r) = inner.state.monitors.get_mut(&h.addr) {
+            r.used_bytes = h.used_bytes;
+        }
+        Self::mark_seen(&mut inner, &h.addr);
+        Ok(())
+    }
+
+    /// Declares dead every monitor silent for longer than the allowed missed heartbeats; returns
+    /// the monitors newly declared dead.
+    pub fn check_liveness(&self) -> Vec<String> {
+        let limit = self.settings.heartbeat_interval * self.settings.missed_heartbeats;
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let mut newly = Vec::new();
+        let addrs: Vec<String> = inner.state.monitors.keys().cloned().collect();
+        for addr in addrs {
+            let seen = inner.last_seen.get(&addr).copied().unwrap_or(now);
+            if now.duration_since(seen) > limit && inner.dead.insert(addr.clone()) {
+                tracing::warn!(
+                    monitor = %addr,
+                    silent_ms = now.duration_since(seen).as_millis() as u64,
+                    missed = self.settings.missed_heartbeats,
+                    "monitor missed its heartbeats and is now considered dead"
+                );
+                newly.push(addr);
+            }
+        }
+        newly
+    }
+
+    fn candidates(inner: &Inner, kind: MonitorKind, state: &ClusterState) -> Vec<Candidate> {
+        state
+            .monitors
+            .iter()
+            .filter(|(_, m)| m.kind == kind)
+            .map(|(a, m)| Candidate {
+                id: a.clone(),
+                capacity: m.capacity_bytes,
+                reserved: state.reserved_on(a),
+                alive: !inner.dead.contains(a),
+            })
+            .collect()
+    }
+
+    fn check_vnode(vnode: u64) -> Result<(), ManagerError> {
+        if vnode == 0 {
+            return Err(ManagerError::Invalid(
+                "vNode 0 is reserved for cluster-level requests".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn memory_placement(vnode: u64, v: &VnodeRecord, default_region: u64) -> MemoryPlacement {
+        MemoryPlacement {
+            vnode,
+            region_size: if v.region_size == 0 {
+                default_region
+            } else {
+                v.region_size
+            },
+            regions: v
+                .regions
+                .iter()
+                .enumerate()
+                .map(|(i, m)| RegionPlacement {
+                    index: i as u64,
+                    monitor: m.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes sure `vnode` has at least `bytes` of remote memory placed (whole vRegions); extra
+    /// regions are reserved on live memory monitors with the most free capacity.
+    pub fn place_memory(&self, vnode: u64, bytes: u64) -> Result<MemoryPlacement, ManagerError> {
+        Self::check_vnode(vnode)?;
+        let mut inner = self.lock();
+        let mut new = inner.state.clone();
+        let rec = new.vnodes.entry(vnode).or_default();
+        if rec.region_size == 0 {
+            rec.region_size = self.settings.region_size;
+        }
+        let region = rec.region_size;
+        let want = bytes.div_ceil(region);
+        let have = rec.regions.len() as u64;
+        if want > have {
+            let cands = Self::candidates(&inner, MonitorKind::Memory, &new);
+            let placed = placement::place(&cands, want - have, region)?;
+            let rec = new.vnodes.entry(vnode).or_default();
+            rec.regions.extend(placed);
+            let p = Self::memory_placement(vnode, rec, region);
+            self.commit(&mut inner, new)?;
+            tracing::info!(
+                vnode,
+                regions = p.regions.len(),
+                region_size = region,
+                "memory placed"
+            );
+            return Ok(p);
+        }
+        let p = Self::memory_placement(vnode, &new.vnodes[&vnode], region);
+        Ok(p)
+    }
+
+    /// Places a volume of `size` bytes on the live storage monitor with the most free capacity
+    /// (idempotent for the same name and size).
+    pub fn place_volume(
+        &self,
+        vnode: u64,
+        name: &str,
+        size: u64,
+    ) -> Result<VolumePlacement, ManagerError> {
+        Self::check_vnode(vnode)?;
+        crate::volume::validate_name(name).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        let mut inner = self.lock();
+        if let Some(v) = inner
+            .state
+            .vnodes
+            .get(&vnode)
+            .and_then(|r| r.volumes.get(name))
+        {
+            if v.size == size {
+                return Ok(VolumePlacement {
+                    name: name.into(),
+                    size,
+                    monitor: v.monitor.clone(),
+                });
+            }
+            return Err(ManagerError::Invalid(format!(
+                "vNode {vnode} already has a volume '{name}' of {} bytes",
+                v.size
+            )));
+        }
+        let mut new = inner.state.clone();
+        let cands = Self::candidates(&inner, MonitorKind::Storage, &new);
+        let placed = placement::place(&cands, 1, size.max(1))?;
+        let monitor = placed.into_iter().next().unwrap_or_default();
+        new.vnodes
+            .entry(vnode)
+            .or_insert_with(|| VnodeRecord {
+                region_size: self.settings.region_size,
+                ..Default::default()
+            })
+            .volumes
+            .insert(
+                name.to_string(),
+                VolumeRecord {
+                    size,
+                    monitor: monitor.clone(),
+                },
+            );
+        self.commit(&mut inner, new)?;
+        tracing::info!(vnode, volume = name, size, monitor = %monitor, "volume placed");
+        Ok(VolumePlacement {
+            name: name.into(),
+            size,
+            monitor,
+        })
+    }
+
+    /// Issues a capability for `vnode` with `rights` (a ttl of zero means the default).
+    pub fn issue_capability(
+        &self,
+        vnode: u64,
+        rights: u32,
+        ttl: Duration,
+    ) -> Result<IssuedCapability, ManagerError> {
+        Self::check_vnode(vnode)?;
+        let rights = Rights::from_bits(rights)
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| {
+                ManagerError::Invalid(format!("{rights:#x} is not a valid set of rights"))
+            })?;
+        let ttl = if ttl.is_zero() {
+            self.settings.capability_ttl
+        } else {
+            ttl
+        };
+        let cap = Capability::issue(&self.key, vnode, rights, ttl);
+        tracing::debug!(vnode, ?rights, "capability issued");
+        Ok(IssuedCapability {
+            capability: cap.to_string(),
+            expires_unix: cap.expires_unix,
+        })
+    }
+
+    /// Forgets a vNode's placements, releasing their reservations.
+    pub fn release_vnode(&self, vnode: u64) -> Result<(), ManagerError> {
+        let mut inner = self.lock();
+        if !inner.state.vnodes.contains_key(&vnode) {
+            return Ok(());
+        }
+        let mut new = inner.state.clone();
+        new.vnodes.remove(&vnode);
+        self.commit(&mut inner, new)?;
+        tracing::info!(vnode, "vNode released");
+        Ok(())
+    }
+
+    /// The cluster as the manager sees it.
+    pub fn status(&self) -> ClusterStatus {
+        let inner = self.lock();
+        let now = Instant::now();
+        let monitors = inner
+            .state
+            .monitors
+            .iter()
+            .map(|(a, m)| MonitorStatus {
+                kind: m.kind,
+                addr: a.clone(),
+                state: if inner.dead.contains(a) {
+                    MonitorState::Dead
+                } else {
+                    MonitorState::Alive
+                },
+                capacity_bytes: m.capacity_bytes,
+                used_bytes: m.used_bytes,
+                reserved_bytes: inner.state.reserved_on(a),
+                last_heartbeat_ms: inner
+                    .last_seen
+                    .get(a)
+                    .map(|t| now.duration_since(*t).as_millis() as u64)
+                    .unwrap_or(0),
+            })
+            .collect();
+        let vnodes = inner
+            .state
+            .vnodes
+            .iter()
+            .map(|(&id, v)| VnodeStatus {
+                vnode: id,
+                memory: Self::memory_placement(id, v, self.settings.region_size),
+                volumes: v
+                    .volumes
+                    .iter()
+                    .map(|(n, r)| VolumePlacement {
+                        name: n.clone(),
+                        size: r.size,
+                        monitor: r.monitor.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        ClusterStatus {
+            region_size: self.settings.region_size,
+            heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
+            monitors,
+            vnodes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::state::MemoryStateStore;
+    use std::sync::Arc;
+
+    struct Shared(Arc<MemoryStateStore>);
+    impl StateStore for Shared {
+        fn load(&self) -> Result<Option<ClusterState>, StateError> {
+            self.0.load()
+        }
+        fn save(&self, s: &ClusterState) -> Result<(), StateError> {
+            self.0.save(s)
+        }
+    }
+
+    fn key() -> ClusterKey {
+        ClusterKey::from_bytes([7; 32])
+    }
+
+    fn settings() -> ManagerSettings {
+        ManagerSettings {
+            region_size: 1 << 20,
+            heartbeat_interval: Duration::from_millis(20),
+            missed_heartbeats: 3,
+            ..Default::default()
+        }
+    }
+
+    fn reg(m: &Manager, kind: MonitorKind, addr: &str, cap: u64) {
+        m.register(&RegisterMonitor {
+            kind,
+            addr: addr.into(),
+            capacity_bytes: cap,
+            used_bytes: 0,
+        })
+        .expect("register");
+    }
+
+    #[test]
+    fn places_memory_and_survives_restart() {
+        let store = Arc::new(MemoryStateStore::default());
+        let m = Manager::new(settings(), key(), Box::new(Shared(store.clone()))).expect("new");
+        reg(&m, MonitorKind::Memory, "10.0.0.1:1", 3 << 20);
+        reg(&m, MonitorKind::Memory, "10.0.0.2:1", 2 << 20);
+        reg(&m, MonitorKind::Storage, "10.0.0.3:1", 1 << 30);
+        let p = m.place_memory(5, 4 << 20).expect("place");
+        assert_eq!(p.regions.len(), 4);
+        let on_a = p
+            .regions
+            .iter()
+            .filter(|r| r.monitor == "10.0.0.1:1")
+            .count();
+        assert_eq!(on_a, 3, "spread by free capacity (3M vs 2M): {p:?}");
+        assert!(m.place_memory(6, 2 << 20).is_err(), "only 1 MiB left");
+        assert_eq!(m.place_memory(5, 1).expect("idempotent").regions.len(), 4);
+        let v = m.place_volume(5, "root", 1 << 20).expect("volume");
+        assert_eq!(v.monitor, "10.0.0.3:1");
+        drop(m);
+        let m2 = Manager::new(settings(), key(), Box::new(Shared(store))).expect("restart");
+        let st = m2.status();
+        assert_eq!(st.vnodes.len(), 1);
+        assert_eq!(st.vnodes[0].memory, p);
+        assert_eq!(st.vnodes[0].volumes.len(), 1);
+        assert_eq!(st.monitors.len(), 3);
+        m2.release_vnode(5).expect("release");
+        assert!(m2.place_memory(6, 5 << 20).is_ok(), "reservations released");
+    }
+
+    #[test]
+    fn dead_monitors_are_detected_and_excluded() {
+        let m =
+            Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
+        reg(&m, MonitorKind::Memory, "10.0.0.1:1", 8 << 20);
+        reg(&m, MonitorKind::Memory, "10.0.0.2:1", 1 << 20);
+        std::thread::sleep(Duration::from_millis(100));
+        m.heartbeat(&Heartbeat {
+            addr: "10.0.0.2:1".into(),
+            capacity_bytes: 1 << 20,
+            used_bytes: 0,
+        })
+        .expect("hb");
+        let dead = m.check_liveness();
+        assert_eq!(dead, vec!["10.0.0.1:1".to_string()]);
+        assert!(m.check_liveness().is_empty(), "reported once");
+        let st = m.status();
+        assert_eq!(st.monitors[0].state, MonitorState::Dead);
+        let p = m.place_memory(1, 1 << 20).expect("place on the live one");
+        assert_eq!(p.regions[0].monitor, "10.0.0.2:1");
+        assert!(m
+            .heartbeat(&Heartbeat {
+                addr: "9.9.9.9:9".into(),
+                capacity_bytes: 0,
+                used_bytes: 0
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn capabilities_verify() {
+        let m =
+            Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
+        let c = m
+            .issue_capability(3, Rights::MEMORY.bits(), Duration::ZERO)
+            .expect("issue");
+        let cap: Capability = c.capability.parse().expect("parse");
+        cap.verify(&key(), lego_fabric::capability::unix_now())
+            .expect("valid");
+        assert_eq!(cap.vnode, 3);
+        assert!(m.issue_capability(0, 1, Duration::ZERO).is_err());
+        assert!(m.issue_capability(3, 0x80, Duration::ZERO).is_err());
+    }
+}

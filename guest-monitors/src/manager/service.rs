@@ -1,0 +1,98 @@
+//! The manager's fabric [`Handler`]: decodes JSON requests and calls [`Manager`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext};
+
+use super::core::{Manager, ManagerError};
+use crate::placement::PlacementError;
+use crate::proto::manager::{self as m, Registered};
+use crate::proto::{from_json, to_json, ProtoError};
+
+impl From<ManagerError> for RemoteError {
+    fn from(e: ManagerError) -> Self {
+        let code = match &e {
+            ManagerError::UnknownMonitor(_) => ErrorCode::NotFound,
+            ManagerError::Invalid(_)
+            | ManagerError::Placement(PlacementError::ZeroUnit | PlacementError::TooMany(_)) => {
+                ErrorCode::InvalidArgument
+            }
+            ManagerError::Placement(PlacementError::NoSpace { .. }) => ErrorCode::NoSpace,
+            ManagerError::State(_) => ErrorCode::Io,
+        };
+        RemoteError::new(code, e.to_string())
+    }
+}
+
+/// Serves manager requests over the fabric.
+pub struct ManagerService {
+    manager: Arc<Manager>,
+}
+
+impl ManagerService {
+    /// A handler around `manager`.
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self { manager }
+    }
+
+    fn serve(&self, req: &Request) -> Result<Vec<u8>, RemoteError> {
+        let mg = &self.manager;
+        let body = &req.payload;
+        Ok(match req.opcode {
+            m::REGISTER => {
+                mg.register(&from_json::<m::RegisterMonitor>(body)?)?;
+                to_json(&Registered {
+                    heartbeat_interval_ms: mg.settings().heartbeat_interval.as_millis() as u64,
+                })
+            }
+            m::HEARTBEAT => {
+                mg.heartbeat(&from_json::<m::Heartbeat>(body)?)?;
+                Vec::new()
+            }
+            m::STATUS => to_json(&mg.status()),
+            m::PLACE_MEMORY => {
+                let p: m::PlaceMemory = from_json(body)?;
+                to_json(&mg.place_memory(p.vnode, p.bytes)?)
+            }
+            m::PLACE_VOLUME => {
+                let p: m::PlaceVolume = from_json(body)?;
+                to_json(&mg.place_volume(p.vnode, &p.name, p.size)?)
+            }
+            m::ISSUE_CAPABILITY => {
+                let p: m::IssueCapability = from_json(body)?;
+                to_json(&mg.issue_capability(p.vnode, p.rights, Duration::from_secs(p.ttl_secs))?)
+            }
+            m::RELEASE_VNODE => {
+                let p: m::ReleaseVnode = from_json(body)?;
+                mg.release_vnode(p.vnode)?;
+                Vec::new()
+            }
+            other => return Err(ProtoError::UnknownOpcode(other).into()),
+        })
+    }
+}
+
+impl Handler for ManagerService {
+    fn handle(&self, ctx: &RequestContext, req: Request) -> Result<Vec<u8>, RemoteError> {
+        if ctx.vnode != 0 {
+            return Err(RemoteError::new(
+                ErrorCode::InvalidArgument,
+                "manager requests are cluster-level; send them for vNode 0",
+            ));
+        }
+        let r = self.serve(&req);
+        if let Err(e) = &r {
+            tracing::debug!(peer = %ctx.peer, opcode = req.opcode, error = %e, "manager request failed");
+        }
+        r
+    }
+
+    fn dispatch(&self, req: &Request) -> Dispatch {
+        // Anything that may persist state (fsync) runs on the worker pool.
+        match req.opcode {
+            m::STATUS | m::ISSUE_CAPABILITY => Dispatch::Inline,
+            _ => Dispatch::Worker,
+        }
+    }
+}

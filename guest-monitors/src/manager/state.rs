@@ -1,0 +1,259 @@
+//! The manager's durable state and the [`StateStore`] it is kept in.
+//!
+//! [`FileStateStore`] replaces one JSON file atomically (temp + fsync + rename + fsync of the
+//! folder), which is plenty for a membership and placement table; an etcd backend can implement
+//! the same trait later.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, FsError};
+use crate::proto::manager::MonitorKind;
+
+/// Version of the state layout written by this build.
+pub const STATE_VERSION: u32 = 1;
+
+/// A registered monitor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorRecord {
+    /// Kind.
+    pub kind: MonitorKind,
+    /// Capacity offered.
+    pub capacity_bytes: u64,
+    /// Bytes in use as last reported.
+    pub used_bytes: u64,
+}
+
+/// A placed volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRecord {
+    /// Size reserved.
+    pub size: u64,
+    /// Storage monitor address.
+    pub monitor: String,
+}
+
+/// A vNode's placements.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VnodeRecord {
+    /// Bytes per vRegion for this vNode (fixed when its first region was placed).
+    pub region_size: u64,
+    /// Memory monitor address of each region, by region index.
+    pub regions: Vec<String>,
+    /// Volumes by name.
+    pub volumes: BTreeMap<String, VolumeRecord>,
+}
+
+/// Everything the manager must remember across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterState {
+    /// Layout version.
+    pub version: u32,
+    /// Monitors by fabric address.
+    pub monitors: BTreeMap<String, MonitorRecord>,
+    /// vNodes by id.
+    pub vnodes: BTreeMap<u64, VnodeRecord>,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        Self {
+            version: STATE_VERSION,
+            monitors: BTreeMap::new(),
+            vnodes: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClusterState {
+    /// Bytes reserved on monitor `addr` by all placements.
+    pub fn reserved_on(&self, addr: &str) -> u64 {
+        self.vnodes
+            .values()
+            .map(|v| {
+                let regions =
+                    v.regions.iter().filter(|m| *m == addr).count() as u64 * v.region_size;
+                let vols: u64 = v
+                    .volumes
+                    .values()
+                    .filter(|r| r.monitor == addr)
+                    .map(|r| r.size)
+                    .sum();
+                regions + vols
+            })
+            .sum()
+    }
+}
+
+/// Errors from a state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading the state failed.
+    #[error("could not read the manager state from '{path}': {source}")]
+    Read {
+        /// Where.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The stored state does not parse.
+    #[error("the manager state in '{path}' is corrupt or from another version: {reason}")]
+    Corrupt {
+        /// Where.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing the state failed.
+    #[error("could not save the manager state: {0}")]
+    Write(#[from] FsError),
+}
+
+/// Where the manager keeps its state.
+pub trait StateStore: Send + Sync {
+    /// Loads the last saved state (`None` if nothing was ever saved).
+    fn load(&self) -> Result<Option<ClusterState>, StateError>;
+    /// Saves the state durably; when this returns `Ok`, a crash cannot lose it.
+    fn save(&self, state: &ClusterState) -> Result<(), StateError>;
+}
+
+/// A state store in one JSON file, replaced atomically.
+#[derive(Debug)]
+pub struct FileStateStore {
+    path: PathBuf,
+}
+
+impl FileStateStore {
+    /// A store at `<dir>/manager-state.json`; checks the folder is writable.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        fsutil::check_writable_dir(dir)?;
+        Ok(Self {
+            path: dir.join("manager-state.json"),
+        })
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl StateStore for FileStateStore {
+    fn load(&self) -> Result<Option<ClusterState>, StateError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: self.path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let state: ClusterState =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: self.path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        if state.version != STATE_VERSION {
+            return Err(StateError::Corrupt {
+                path: self.path.display().to_string(),
+                reason: format!("layout version {} is not {STATE_VERSION}", state.version),
+            });
+        }
+        Ok(Some(state))
+    }
+
+    fn save(&self, state: &ClusterState) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
+            path: self.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        fsutil::write_atomic(&self.path, &bytes)?;
+        Ok(())
+    }
+}
+
+/// A state store in memory (tests, or a manager that need not survive restarts).
+#[derive(Debug, Default)]
+pub struct MemoryStateStore {
+    state: Mutex<Option<ClusterState>>,
+}
+
+impl StateStore for MemoryStateStore {
+    fn load(&self) -> Result<Option<ClusterState>, StateError> {
+        Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    fn save(&self, state: &ClusterState) -> Result<(), StateError> {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(state.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.monitors.insert(
+            "10.0.0.1:7000".into(),
+            MonitorRecord {
+                kind: MonitorKind::Memory,
+                capacity_bytes: 4 << 30,
+                used_bytes: 12,
+            },
+        );
+        let mut v = VnodeRecord {
+            region_size: 1 << 30,
+            regions: vec!["10.0.0.1:7000".into(); 2],
+            ..Default::default()
+        };
+        v.volumes.insert(
+            "root".into(),
+            VolumeRecord {
+                size: 1 << 20,
+                monitor: "10.0.0.2:7100".into(),
+            },
+        );
+        s.vnodes.insert(42, v);
+        s
+    }
+
+    #[test]
+    fn file_store_round_trip() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = FileStateStore::open(d.path()).expect("open");
+        assert!(store.load().expect("load").is_none());
+        let s = sample();
+        store.save(&s).expect("save");
+        let again = FileStateStore::open(d.path()).expect("reopen");
+        assert_eq!(again.load().expect("load"), Some(s.clone()));
+        assert_eq!(s.reserved_on("10.0.0.1:7000"), 2 << 30);
+        assert_eq!(s.reserved_on("10.0.0.2:7100"), 1 << 20);
+    }
+
+    #[test]
+    fn corrupt_state_is_reported() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = FileStateStore::open(d.path()).expect("open");
+        std::fs::write(store.path(), b"{not json").expect("write");
+        let e = store.load().expect_err("corrupt");
+        assert!(e.to_string().contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn memory_store_round_trip() {
+        let m = MemoryStateStore::default();
+        m.save(&sample()).expect("save");
+        assert_eq!(m.load().expect("load"), Some(sample()));
+    }
+}

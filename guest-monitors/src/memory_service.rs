@@ -1,0 +1,99 @@
+//! The memory monitor's fabric [`Handler`]: page operations on the shared [`PageStore`].
+
+use std::sync::Arc;
+
+use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
+
+use crate::pagestore::{PageStore, PageStoreError, PAGE_SIZE};
+use crate::proto::memory::{
+    self as mm, encode_u64, MemoryOp, MonitorMemoryStats, VnodeMemoryStats,
+};
+use crate::proto::to_json;
+
+impl From<PageStoreError> for RemoteError {
+    fn from(e: PageStoreError) -> Self {
+        let code = match &e {
+            PageStoreError::NoSpace { .. } => ErrorCode::NoSpace,
+            PageStoreError::BadLength { .. } | PageStoreError::Overflow { .. } => {
+                ErrorCode::InvalidArgument
+            }
+            PageStoreError::Arena(_) => ErrorCode::Internal,
+        };
+        RemoteError::new(code, e.to_string())
+    }
+}
+
+/// Serves page requests over the fabric.
+pub struct MemoryService {
+    store: Arc<PageStore>,
+}
+
+impl MemoryService {
+    /// A handler around `store`.
+    pub fn new(store: Arc<PageStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Handler for MemoryService {
+    fn handle(&self, ctx: &RequestContext, req: Request) -> Result<Vec<u8>, RemoteError> {
+        let op = MemoryOp::decode(req.opcode, &req.payload)?;
+        let vnode = ctx.vnode;
+        if vnode == 0 {
+            // Cluster-level: only whole-monitor statistics.
+            return match op {
+                MemoryOp::Stats => Ok(to_json(&MonitorMemoryStats { store: self.store.stats() })),
+                _ => Err(RemoteError::new(
+                    ErrorCode::Forbidden,
+                    "page operations need a vNode and its capability; vNode 0 may only ask for statistics",
+                )),
+            };
+        }
+        if !ctx.rights.contains(Rights::MEMORY) {
+            return Err(RemoteError::new(
+                ErrorCode::Forbidden,
+                format!("the capability attached for vNode {vnode} does not grant memory access"),
+            ));
+        }
+        let s = &self.store;
+        match op {
+            MemoryOp::ReadRun { start, count } => {
+                let mut out = vec![0u8; count as usize * PAGE_SIZE];
+                s.read_run(vnode, start, &mut out)?;
+                Ok(out)
+            }
+            MemoryOp::WriteRun { start, data } => {
+                s.write_run(vnode, start, data)?;
+                Ok(Vec::new())
+            }
+            MemoryOp::ReadList { pages } => {
+                let mut out = vec![0u8; pages.len() * PAGE_SIZE];
+                s.read_list(vnode, &pages, &mut out)?;
+                Ok(out)
+            }
+            MemoryOp::WriteList { pages, data } => {
+                s.write_list(vnode, &pages, data)?;
+                Ok(Vec::new())
+            }
+            MemoryOp::Trim { start, count } => Ok(encode_u64(s.trim(vnode, start, count)?)),
+            MemoryOp::FreeVnode => {
+                let freed = s.free_vnode(vnode);
+                tracing::info!(vnode, freed, "freed all pages of a vNode");
+                Ok(encode_u64(freed))
+            }
+            MemoryOp::Stats => Ok(to_json(&VnodeMemoryStats {
+                vnode,
+                pages_stored: s.vnode_pages(vnode),
+            })),
+        }
+    }
+
+    fn dispatch(&self, req: &Request) -> Dispatch {
+        // Page reads and writes are short and never block: answer them on the reader thread.
+        // Trims, frees and statistics may scan whole maps: keep them off it.
+        match req.opcode {
+            mm::TRIM | mm::FREE_VNODE | mm::STATS => Dispatch::Worker,
+            _ => Dispatch::Inline,
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Manager operations (opcodes 0x03xx); every body is JSON and every request is cluster-level
+//! (vNode 0 on the wire; the vNode concerned travels in the body).
+//!
+//! | opcode | request | response |
+//! |---|---|---|
+//! | `REGISTER` 0x0301 | [`RegisterMonitor`] | [`Registered`] |
+//! | `HEARTBEAT` 0x0302 | [`Heartbeat`] | empty (`NotFound`: register again) |
+//! | `STATUS` 0x0303 | empty | [`ClusterStatus`] |
+//! | `PLACE_MEMORY` 0x0304 | [`PlaceMemory`] | [`MemoryPlacement`] |
+//! | `PLACE_VOLUME` 0x0305 | [`PlaceVolume`] | [`VolumePlacement`] |
+//! | `ISSUE_CAPABILITY` 0x0306 | [`IssueCapability`] | [`IssuedCapability`] |
+//! | `RELEASE_VNODE` 0x0307 | [`ReleaseVnode`] | empty |
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Register a monitor.
+pub const REGISTER: u16 = 0x0301;
+/// Heartbeat of a monitor.
+pub const HEARTBEAT: u16 = 0x0302;
+/// Cluster status.
+pub const STATUS: u16 = 0x0303;
+/// Place a vNode's remote memory.
+pub const PLACE_MEMORY: u16 = 0x0304;
+/// Place a vNode's volume.
+pub const PLACE_VOLUME: u16 = 0x0305;
+/// Issue a capability for a vNode.
+pub const ISSUE_CAPABILITY: u16 = 0x0306;
+/// Forget a vNode's placements and release their reservations.
+pub const RELEASE_VNODE: u16 = 0x0307;
+
+/// Kind of monitor.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorKind {
+    /// Holds pages (mComponent).
+    Memory,
+    /// Holds volumes (sComponent).
+    Storage,
+}
+
+impl fmt::Display for MonitorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MonitorKind::Memory => "memory",
+            MonitorKind::Storage => "storage",
+        })
+    }
+}
+
+impl FromStr for MonitorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(MonitorKind::Memory),
+            "storage" => Ok(MonitorKind::Storage),
+            _ => Err(format!(
+                "'{s}' is not a monitor kind; use memory or storage"
+            )),
+        }
+    }
+}
+
+/// Liveness of a monitor as seen by the manager.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MonitorState {
+    /// Heartbeats arrive.
+    Alive,
+    /// It missed the allowed number of heartbeats.
+    Dead,
+}
+
+impl fmt::Display for MonitorState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MonitorState::Alive => "alive",
+            MonitorState::Dead => "dead",
+        })
+    }
+}
+
+/// Body of `REGISTER`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterMonitor {
+    /// Kind of monitor.
+    pub kind: MonitorKind,
+    /// Fabric address clients should use (its identity in the cluster).
+    pub addr: String,
+    /// Capacity offered.
+    pub capacity_bytes: u64,
+    /// Bytes in use now.
+    pub used_bytes: u64,
+}
+
+/// Answer to `REGISTER`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Registered {
+    /// How often to heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Body of `HEARTBEAT`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The monitor's registered address.
+    pub addr: String,
+    /// Capacity offered (may change).
+    pub capacity_bytes: u64,
+    /// Bytes in use now.
+    pub used_bytes: u64,
+}
+
+/// One monitor in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MonitorStatus {
+    /// Kind.
+    pub kind: MonitorKind,
+    /// Fabric address.
+    pub addr: String,
+    /// Alive or dead.
+    pub state: MonitorState,
+    /// Capacity offered.
+    pub capacity_bytes: u64,
+    /// Bytes in use as last reported.
+    pub used_bytes: u64,
+    /// Bytes reserved by placements.
+    pub reserved_bytes: u64,
+    /// Milliseconds since the last heartbeat (since the manager started, if none yet).
+    pub last_heartbeat_ms: u64,
+}
+
+/// One vRegion of a vNode's remote memory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegionPlacement {
+    /// Region index: it covers pages `index * region_pages .. (index + 1) * region_pages`.
+    pub index: u64,
+    /// Memory monitor holding it.
+    pub monitor: String,
+}
+
+/// A vNode's remote memory layout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemoryPlacement {
+    /// The vNode.
+    pub vnode: u64,
+    /// Bytes per region.
+    pub region_size: u64,
+    /// Regions in index order.
+    pub regions: Vec<RegionPlacement>,
+}
+
+impl MemoryPlacement {
+    /// Pages per region.
+    pub fn region_pages(&self) -> u64 {
+        (self.region_size / crate::pagestore::PAGE_SIZE as u64).max(1)
+    }
+
+    /// The monitor holding `page`, if the page lies inside the placed memory.
+    pub fn monitor_of_page(&self, page: u64) -> Option<&str> {
+        let idx = page / self.region_pages();
+        self.regions
+            .get(idx as usize)
+            .filter(|r| r.index == idx)
+            .map(|r| r.monitor.as_str())
+    }
+}
+
+/// A volume's location.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumePlacement {
+    /// Volume name.
+    pub name: String,
+    /// Size reserved.
+    pub size: u64,
+    /// Storage monitor holding it.
+    pub monitor: String,
+}
+
+/// One vNode in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VnodeStatus {
+    /// The vNode.
+    pub vnode: u64,
+    /// Its remote memory.
+    pub memory: MemoryPlacement,
+    /// Its volumes.
+    pub volumes: Vec<VolumePlacement>,
+}
+
+/// Answer to `STATUS`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Region size in bytes.
+    pub region_size: u64,
+    /// Heartbeat interval in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Monitors, by kind then address.
+    pub monitors: Vec<MonitorStatus>,
+    /// vNodes, by id.
+    pub vnodes: Vec<VnodeStatus>,
+}
+
+/// Body of `PLACE_MEMORY`: make sure the vNode has at least `bytes` of remote memory placed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceMemory {
+    /// The vNode (not 0).
+    pub vnode: u64,
+    /// Bytes wanted in total (rounded up to whole regions).
+    pub bytes: u64,
+}
+
+/// Body of `PLACE_VOLUME`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceVolume {
+    /// The vNode (not 0).
+    pub vnode: u64,
+    /// Volume name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Body of `ISSUE_CAPABILITY`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCapability {
+    /// The vNode (not 0).
+    pub vnode: u64,
+    /// Rights bits (`Rights::MEMORY` 1, `Rights::STORAGE` 2).
+    pub rights: u32,
+    /// Lifetime in seconds (0: the manager's default).
+    pub ttl_secs: u64,
+}
+
+/// Answer to `ISSUE_CAPABILITY`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IssuedCapability {
+    /// The capability in hex (`Capability`'s `Display`).
+    pub capability: String,
+    /// Expiry (Unix seconds).
+    pub expires_unix: u64,
+}
+
+/// Body of `RELEASE_VNODE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseVnode {
+    /// The vNode.
+    pub vnode: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_to_monitor() {
+        let p = MemoryPlacement {
+            vnode: 1,
+            region_size: 8192,
+            regions: vec![
+                RegionPlacement {
+                    index: 0,
+                    monitor: "a".into(),
+                },
+                RegionPlacement {
+                    index: 1,
+                    monitor: "b".into(),
+                },
+            ],
+        };
+        assert_eq!(p.monitor_of_page(1), Some("a"));
+        assert_eq!(p.monitor_of_page(2), Some("b"));
+        assert_eq!(p.monitor_of_page(4), None);
+        assert!("memory".parse::<MonitorKind>().is_ok());
+        assert!("disk".parse::<MonitorKind>().is_err());
+    }
+}

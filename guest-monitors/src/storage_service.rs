@@ -1,0 +1,172 @@
+//! The storage monitor's fabric [`Handler`]: volume operations on the [`VolumeStore`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
+
+use crate::proto::storage::{
+    self as st, CreateVolume, DataOp, ResizeVolume, StorageStats, VolumeName,
+};
+use crate::proto::{from_json, to_json, ProtoError};
+use crate::volume::{VolumeError, VolumeStore};
+
+impl From<VolumeError> for RemoteError {
+    fn from(e: VolumeError) -> Self {
+        let code = match &e {
+            VolumeError::BadName(_)
+            | VolumeError::OutOfRange { .. }
+            | VolumeError::TooLarge(_)
+            | VolumeError::Exists(_) => ErrorCode::InvalidArgument,
+            VolumeError::NotFound(_) => ErrorCode::NotFound,
+            VolumeError::NotOwner { .. } => ErrorCode::Forbidden,
+            VolumeError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                ErrorCode::NoSpace
+            }
+            VolumeError::BadMeta { .. } | VolumeError::Io { .. } | VolumeError::Fs(_) => {
+                ErrorCode::Io
+            }
+        };
+        RemoteError::new(code, e.to_string())
+    }
+}
+
+/// Serves volume requests over the fabric.
+pub struct StorageService {
+    store: Arc<VolumeStore>,
+    capacity: u64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl StorageService {
+    /// A handler around `store`, offering `capacity` bytes.
+    pub fn new(store: Arc<VolumeStore>, capacity: u64) -> Self {
+        Self {
+            store,
+            capacity,
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// Current statistics.
+    pub fn stats(&self) -> Result<StorageStats, VolumeError> {
+        let (provisioned, allocated) = self.store.usage()?;
+        Ok(StorageStats {
+            capacity_bytes: self.capacity,
+            provisioned_bytes: provisioned,
+            allocated_bytes: allocated,
+            volumes: self.store.list(0)?.len() as u64,
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Refuses to provision `more` bytes beyond the capacity offered.
+    fn check_capacity(&self, more: u64) -> Result<(), RemoteError> {
+        let (provisioned, _) = self.store.usage()?;
+        if provisioned.saturating_add(more) > self.capacity {
+            return Err(RemoteError::new(
+                ErrorCode::NoSpace,
+                format!(
+                    "the storage monitor is full: {more} more bytes would exceed its capacity of {} bytes \
+                     ({provisioned} already provisioned)",
+                    self.capacity
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn data(&self, vnode: u64, op: DataOp<'_>, flags: u16) -> Result<Vec<u8>, RemoteError> {
+        let s = &self.store;
+        match op {
+            DataOp::Read { name, offset, len } => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                Ok(s.read(vnode, name, offset, len as usize)?)
+            }
+            DataOp::Write { name, offset, data } => {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+                s.write(vnode, name, offset, data, flags & st::FLAG_FUA != 0)?;
+                Ok(Vec::new())
+            }
+            DataOp::Flush { name } => {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+                s.flush(vnode, name)?;
+                Ok(Vec::new())
+            }
+            DataOp::Discard { name, offset, len } => {
+                s.discard(vnode, name, offset, len)?;
+                Ok(Vec::new())
+            }
+            DataOp::WriteZeroes { name, offset, len } => {
+                s.write_zeroes(vnode, name, offset, len)?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn control(&self, vnode: u64, req: &Request) -> Result<Vec<u8>, RemoteError> {
+        let s = &self.store;
+        let body = &req.payload;
+        Ok(match req.opcode {
+            st::CREATE => {
+                let c: CreateVolume = from_json(body)?;
+                self.check_capacity(c.size)?;
+                to_json(&s.create(vnode, &c.name, c.size)?)
+            }
+            st::STAT => to_json(&s.stat(vnode, &from_json::<VolumeName>(body)?.name)?),
+            st::RESIZE => {
+                let r: ResizeVolume = from_json(body)?;
+                let old = s.stat(vnode, &r.name)?.size;
+                self.check_capacity(r.size.saturating_sub(old))?;
+                to_json(&s.resize(vnode, &r.name, r.size)?)
+            }
+            st::DELETE => {
+                s.delete(vnode, &from_json::<VolumeName>(body)?.name)?;
+                Vec::new()
+            }
+            st::LIST => to_json(&s.list(vnode)?),
+            other => return Err(ProtoError::UnknownOpcode(other).into()),
+        })
+    }
+}
+
+impl Handler for StorageService {
+    fn handle(&self, ctx: &RequestContext, req: Request) -> Result<Vec<u8>, RemoteError> {
+        let vnode = ctx.vnode;
+        if vnode == 0 {
+            return match req.opcode {
+                st::STATS => Ok(to_json(&self.stats()?)),
+                st::LIST => Ok(to_json(&self.store.list(0)?)),
+                _ => Err(RemoteError::new(
+                    ErrorCode::Forbidden,
+                    "volume operations need a vNode and its capability; vNode 0 may only list and ask for statistics",
+                )),
+            };
+        }
+        if !ctx.rights.contains(Rights::STORAGE) {
+            return Err(RemoteError::new(
+                ErrorCode::Forbidden,
+                format!("the capability attached for vNode {vnode} does not grant storage access"),
+            ));
+        }
+        let r = match DataOp::decode(req.opcode, &req.payload)? {
+            Some(op) => self.data(vnode, op, req.flags),
+            None => self.control(vnode, &req),
+        };
+        if let Err(e) = &r {
+            tracing::debug!(peer = %ctx.peer, vnode, opcode = req.opcode, error = %e, "storage request failed");
+        }
+        r
+    }
+
+    fn dispatch(&self, _req: &Request) -> Dispatch {
+        // Disk reads, writes and fdatasync block: keep the connection reading meanwhile.
+        Dispatch::Worker
+    }
+}

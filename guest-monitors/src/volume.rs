@@ -1,0 +1,592 @@
+//! The storage monitor's volume store: one sparse file per volume under the data folder, plus a
+//! small metadata file naming its owner vNode.
+//!
+//! Requests are stateless, by (volume name, offset), as in LegoOS's storage monitor. Writes go to
+//! the page cache; `flush` is `fdatasync`, so a flushed write survives a crash of the monitor.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, FsError};
+
+/// Longest accepted volume name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest single read or write.
+pub const MAX_IO: usize = 4 << 20;
+const DATA_EXT: &str = "vol";
+const META_EXT: &str = "meta";
+
+/// Errors from volume operations.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The name could escape the data folder or has odd characters.
+    #[error(
+        "'{0}' is not a valid volume name; use 1-64 letters, digits, '-', '_' or '.', not starting \
+         with '.'"
+    )]
+    BadName(String),
+    /// No such volume.
+    #[error("the volume '{0}' does not exist")]
+    NotFound(String),
+    /// The volume exists already.
+    #[error("the volume '{0}' exists already")]
+    Exists(String),
+    /// Another vNode owns the volume.
+    #[error("the volume '{name}' belongs to another vNode than {vnode}")]
+    NotOwner {
+        /// The volume.
+        name: String,
+        /// The vNode that asked.
+        vnode: u64,
+    },
+    /// The range lies outside the volume.
+    #[error("the range {offset}+{len} lies outside the volume '{name}' of {size} bytes")]
+    OutOfRange {
+        /// The volume.
+        name: String,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// A read or write is larger than [`MAX_IO`].
+    #[error("an I/O of {0} bytes is larger than the limit of {MAX_IO} bytes")]
+    TooLarge(usize),
+    /// The volume's metadata file is unreadable.
+    #[error("the metadata of volume '{name}' is corrupt: {reason}")]
+    BadMeta {
+        /// The volume.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An I/O call failed.
+    #[error("could not {step} volume '{name}': {source}")]
+    Io {
+        /// What was being done.
+        step: &'static str,
+        /// The volume.
+        name: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A durable metadata update failed.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// What is persisted beside each volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMeta {
+    /// The owner vNode.
+    pub owner: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A volume's description as returned to clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The volume name.
+    pub name: String,
+    /// The owner vNode.
+    pub owner: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes actually allocated on disk (sparse files allocate less).
+    pub allocated_bytes: u64,
+}
+
+struct Volume {
+    file: File,
+    meta: RwLock<VolumeMeta>,
+}
+
+/// All volumes of one storage monitor.
+pub struct VolumeStore {
+    dir: PathBuf,
+    open: Mutex<HashMap<String, Arc<Volume>>>,
+    /// Serializes create/resize/delete (the rare metadata operations).
+    admin: Mutex<()>,
+}
+
+/// Checks that a volume name cannot escape the data folder.
+pub fn validate_name(name: &str) -> Result<(), VolumeError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(VolumeError::BadName(name.chars().take(80).collect()))
+    }
+}
+
+impl VolumeStore {
+    /// Opens the store in `dir`, creating the folder if needed and checking it is writable.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, VolumeError> {
+        let dir = dir.into();
+        fsutil::check_writable_dir(&dir)?;
+        Ok(Self {
+            dir,
+            open: Mutex::new(HashMap::new()),
+            admin: Mutex::new(()),
+        })
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn data_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{DATA_EXT}"))
+    }
+
+    fn meta_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{META_EXT}"))
+    }
+
+    fn io_err<'a>(
+        step: &'static str,
+        name: &'a str,
+    ) -> impl FnOnce(std::io::Error) -> VolumeError + 'a {
+        move |source| VolumeError::Io {
+            step,
+            name: name.to_string(),
+            source,
+        }
+    }
+
+    fn read_meta(&self, name: &str) -> Result<VolumeMeta, VolumeError> {
+        let bytes = match std::fs::read(self.meta_path(name)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VolumeError::NotFound(name.to_string()))
+            }
+            Err(e) => return Err(Self::io_err("read the metadata of", name)(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| VolumeError::BadMeta {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn write_meta(&self, name: &str, meta: &VolumeMeta) -> Result<(), VolumeError> {
+        let bytes = serde_json::to_vec(meta).map_err(|e| VolumeError::BadMeta {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        fsutil::write_atomic(&self.meta_path(name), &bytes)?;
+        Ok(())
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Volume>, VolumeError> {
+        validate_name(name)?;
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = open.get(name) {
+            return Ok(v.clone());
+        }
+        let meta = self.read_meta(name)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.data_path(name))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => VolumeError::NotFound(name.to_string()),
+                _ => Self::io_err("open", name)(e),
+            })?;
+        let v = Arc::new(Volume {
+            file,
+            meta: RwLock::new(meta),
+        });
+        open.insert(name.to_string(), v.clone());
+        Ok(v)
+    }
+
+    /// Looks up a volume and checks that `vnode` owns it.
+    fn owned(&self, vnode: u64, name: &str) -> Result<Arc<Volume>, VolumeError> {
+        let v = self.get(name)?;
+        let owner = v.meta.read().unwrap_or_else(|e| e.into_inner()).owner;
+        if owner != vnode {
+            return Err(VolumeError::NotOwner {
+                name: name.to_string(),
+                vnode,
+            });
+        }
+        Ok(v)
+    }
+
+    fn info(name: &str, v: &Volume) -> Result<VolumeInfo, VolumeError> {
+        let meta = v.meta.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let md = v.file.metadata().map_err(Self::io_err("stat", name))?;
+        Ok(VolumeInfo {
+            name: name.to_string(),
+            owner: meta.owner,
+            size: meta.size,
+            allocated_bytes: md.blocks() * 512,
+        })
+    }
+
+    /// Creates a sparse volume of `size` bytes owned by `vnode`.
+    pub fn create(&self, vnode: u64, name: &str, size: u64) -> Result<VolumeInfo, VolumeError> {
+        validate_name(name)?;
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if self.meta_path(name).exists() {
+            return Err(VolumeError::Exists(name.to_string()));
+        }
+        let path = self.data_path(name);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(Self::io_err("create", name))?;
+        file.set_len(size).map_err(Self::io_err("size", name))?;
+        file.sync_all().map_err(Self::io_err("fsync", name))?;
+        // The metadata file is written last: a volume exists once its metadata does.
+        self.write_meta(name, &VolumeMeta { owner: vnode, size })?;
+        let v = Arc::new(Volume {
+            file,
+            meta: RwLock::new(VolumeMeta { owner: vnode, size }),
+        });
+        let info = Self::info(name, &v)?;
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), v);
+        tracing::info!(volume = name, vnode, size, "volume created");
+        Ok(info)
+    }
+
+    /// Describes a volume owned by `vnode` (`vnode` 0, cluster-level, may describe any).
+    pub fn stat(&self, vnode: u64, name: &str) -> Result<VolumeInfo, VolumeError> {
+        let v = if vnode == 0 {
+            self.get(name)?
+        } else {
+            self.owned(vnode, name)?
+        };
+        Self::info(name, &v)
+    }
+
+    /// Changes a volume's size (growing is sparse; shrinking drops the tail).
+    pub fn resize(&self, vnode: u64, name: &str, size: u64) -> Result<VolumeInfo, VolumeError> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let v = self.owned(vnode, name)?;
+        let mut meta = v.meta.write().unwrap_or_else(|e| e.into_inner());
+        v.file.set_len(size).map_err(Self::io_err("resize", name))?;
+        v.file.sync_all().map_err(Self::io_err("fsync", name))?;
+        let new = VolumeMeta {
+            owner: meta.owner,
+            size,
+        };
+        self.write_meta(name, &new)?;
+        *meta = new;
+        drop(meta);
+        tracing::info!(volume = name, vnode, size, "volume resized");
+        Self::info(name, &v)
+    }
+
+    /// Deletes a volume and its data.
+    pub fn delete(&self, vnode: u64, name: &str) -> Result<(), VolumeError> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        self.owned(vnode, name)?;
+        // Metadata first: a crash in between leaves an orphan data file, never a volume without data.
+        std::fs::remove_file(self.meta_path(name))
+            .map_err(Self::io_err("delete the metadata of", name))?;
+        std::fs::remove_file(self.data_path(name)).map_err(Self::io_err("delete", name))?;
+        fsutil::fsync_dir(&self.dir)?;
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        tracing::info!(volume = name, vnode, "volume deleted");
+        Ok(())
+    }
+
+    /// Lists volumes owned by `vnode` (all volumes for `vnode` 0).
+    pub fn list(&self, vnode: u64) -> Result<Vec<VolumeInfo>, VolumeError> {
+        let rd = std::fs::read_dir(&self.dir).map_err(Self::io_err("list the folder of", "*"))?;
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+                continue;
+            };
+            if validate_name(name).is_err() {
+                continue;
+            }
+            match self.get(name).and_then(|v| Self::info(name, &v)) {
+                Ok(info) if vnode == 0 || info.owner == vnode => out.push(info),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(volume = name, error = %e, "skipping unreadable volume"),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn check_range(name: &str, v: &Volume, offset: u64, len: u64) -> Result<(), VolumeError> {
+        let size = v.meta.read().unwrap_or_else(|e| e.into_inner()).size;
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(VolumeError::OutOfRange {
+                name: name.to_string(),
+                offset,
+                len,
+                size,
+            }),
+        }
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub fn read(
+        &self,
+        vnode: u64,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, VolumeError> {
+        if len > MAX_IO {
+            return Err(VolumeError::TooLarge(len));
+        }
+        let v = self.owned(vnode, name)?;
+        Self::check_range(name, &v, offset, len as u64)?;
+        let mut buf = vec![0u8; len];
+        v.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(Self::io_err("read", name))?;
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset`; with `fua` the data is on stable storage before this returns.
+    pub fn write(
+        &self,
+        vnode: u64,
+        name: &str,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), VolumeError> {
+        if data.len() > MAX_IO {
+            return Err(VolumeError::TooLarge(data.len()));
+        }
+        let v = self.owned(vnode, name)?;
+        Self::check_range(name, &v, offset, data.len() as u64)?;
+        v.file
+            .write_all_at(data, offset)
+            .map_err(Self::io_err("write", name))?;
+        if fua {
+            v.file
+                .sync_data()
+                .map_err(Self::io_err("fdatasync", name))?;
+        }
+        Ok(())
+    }
+
+    /// Makes all completed writes to the volume durable (`fdatasync`).
+    pub fn flush(&self, vnode: u64, name: &str) -> Result<(), VolumeError> {
+        let v = self.owned(vnode, name)?;
+        v.file.sync_data().map_err(Self::io_err("fdatasync", name))
+    }
+
+    /// Deallocates a range (punches a hole); it reads as zeros afterwards.
+    pub fn discard(
+        &self,
+        vnode: u64,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), VolumeError> {
+        let v = self.owned(vnode, name)?;
+        Self::check_range(name, &v, offset, len)?;
+        fallocate(
+            &v.file,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(Self::io_err("punch a hole in", name))
+    }
+
+    /// Zeroes a range (zero-range, falling back to a hole punch, then to writing zeros).
+    pub fn write_zeroes(
+        &self,
+        vnode: u64,
+        name: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), VolumeError> {
+        let v = self.owned(vnode, name)?;
+        Self::check_range(name, &v, offset, len)?;
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        if fallocate(&v.file, libc::FALLOC_FL_ZERO_RANGE | keep, offset, len).is_ok()
+            || fallocate(&v.file, libc::FALLOC_FL_PUNCH_HOLE | keep, offset, len).is_ok()
+        {
+            return Ok(());
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            v.file
+                .write_all_at(&zeros[..n], offset + done)
+                .map_err(Self::io_err("write zeroes to", name))?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Sum of the sizes of all volumes (provisioned bytes) and of their allocated bytes.
+    pub fn usage(&self) -> Result<(u64, u64), VolumeError> {
+        let all = self.list(0)?;
+        Ok((
+            all.iter().map(|v| v.size).sum(),
+            all.iter().map(|v| v.allocated_bytes).sum(),
+        ))
+    }
+}
+
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let off = i64::try_from(offset).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let l = i64::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: fallocate only reads its scalar arguments; the fd is valid while `file` is borrowed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, l) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Bytes free on the filesystem holding `dir` (for the default capacity).
+pub fn filesystem_capacity(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid initial value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer for the call.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, VolumeStore) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = VolumeStore::open(d.path().join("vols")).expect("open");
+        (d, s)
+    }
+
+    #[test]
+    fn names_cannot_escape() {
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "x\0y",
+            "/etc/passwd",
+            &"a".repeat(65),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["disk0", "vnode-7_root.img", "A.b-c"] {
+            validate_name(good).expect(good);
+        }
+        let (_d, s) = store();
+        assert!(matches!(
+            s.create(1, "../evil", 4096),
+            Err(VolumeError::BadName(_))
+        ));
+        assert!(matches!(
+            s.read(1, "../../etc/passwd", 0, 1),
+            Err(VolumeError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn create_write_read_flush() {
+        let (_d, s) = store();
+        let info = s.create(3, "root", 1 << 20).expect("create");
+        assert_eq!(info.size, 1 << 20);
+        assert!(matches!(
+            s.create(3, "root", 1),
+            Err(VolumeError::Exists(_))
+        ));
+        s.write(3, "root", 8192, b"hello", false).expect("write");
+        s.flush(3, "root").expect("flush");
+        assert_eq!(s.read(3, "root", 8192, 5).expect("read"), b"hello");
+        assert_eq!(s.read(3, "root", 0, 4).expect("read hole"), vec![0; 4]);
+        assert!(matches!(
+            s.read(3, "root", (1 << 20) - 2, 4),
+            Err(VolumeError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            s.write(3, "root", u64::MAX, b"x", false),
+            Err(VolumeError::OutOfRange { .. })
+        ));
+        s.write(3, "root", 0, b"fua", true).expect("fua write");
+    }
+
+    #[test]
+    fn owner_is_enforced() {
+        let (_d, s) = store();
+        s.create(1, "a", 4096).expect("create");
+        let e = s.read(2, "a", 0, 1).expect_err("other vnode");
+        assert!(matches!(e, VolumeError::NotOwner { .. }), "{e}");
+        assert!(s.write(2, "a", 0, b"x", false).is_err());
+        assert!(s.delete(2, "a").is_err());
+        assert!(s.resize(2, "a", 1).is_err());
+        assert_eq!(s.list(2).expect("list").len(), 0);
+        assert_eq!(s.list(1).expect("list").len(), 1);
+        assert_eq!(s.stat(0, "a").expect("admin stat").owner, 1);
+    }
+
+    #[test]
+    fn discard_zeroes_resize_delete_and_reopen() {
+        let d = tempfile::tempdir().expect("tempdir");
+        {
+            let s = VolumeStore::open(d.path()).expect("open");
+            s.create(5, "v", 1 << 20).expect("create");
+            s.write(5, "v", 0, &vec![0xab; 65536], true).expect("write");
+            s.discard(5, "v", 0, 8192).expect("discard");
+            s.write_zeroes(5, "v", 8192, 4096).expect("zeroes");
+            assert_eq!(s.read(5, "v", 0, 12288).expect("read"), vec![0; 12288]);
+            assert_eq!(s.read(5, "v", 12288, 1).expect("read"), vec![0xab]);
+            s.resize(5, "v", 2 << 20).expect("resize");
+            s.flush(5, "v").expect("flush");
+        }
+        let s = VolumeStore::open(d.path()).expect("reopen");
+        let info = s.stat(5, "v").expect("stat");
+        assert_eq!(info.size, 2 << 20);
+        assert_eq!(s.read(5, "v", 12288, 1).expect("read"), vec![0xab]);
+        assert_eq!(s.usage().expect("usage").0, 2 << 20);
+        s.delete(5, "v").expect("delete");
+        assert!(matches!(s.stat(5, "v"), Err(VolumeError::NotFound(_))));
+    }
+}

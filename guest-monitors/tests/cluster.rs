@@ -1,0 +1,569 @@
+//! End-to-end tests of the real daemons over the fabric, each daemon in its own network
+//! namespace (see `common`).
+
+mod common;
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use lego_fabric::{Client, ClusterKey, ErrorCode, Request, Rights};
+use lego_monitors::client::{CallError, ManagerClient, MemoryClient, StorageClient, VnodeMemory};
+use lego_monitors::proto::manager::{MemoryPlacement, MonitorState};
+use lego_monitors::proto::memory::{self as mm, PAGE_SIZE};
+
+const REGION: u64 = 64 << 20;
+
+fn start_manager(net: &mut Net, key: &ClusterKey, extra: &[&str]) -> Daemon {
+    let h = net.host("m");
+    let state = net.path("manager-state");
+    let mut a = args(&[
+        "--listen",
+        &h.addr,
+        "--state-dir",
+        state.to_str().expect("utf8"),
+        "--region-size",
+        "64M",
+        "--heartbeat-ms",
+        "200",
+    ]);
+    a.extend(args(extra));
+    let mut d = Daemon::start(net, "manager", MANAGER_BIN, &h, &a, key);
+    d.wait_ready(key);
+    d
+}
+
+fn start_memory(
+    net: &mut Net,
+    key: &ClusterKey,
+    name: &str,
+    capacity: &str,
+    manager: Option<&str>,
+) -> Daemon {
+    let h = net.host("mem");
+    let mut a = args(&[
+        "--listen",
+        &h.addr,
+        "--capacity",
+        capacity,
+        "--heartbeat-ms",
+        "200",
+    ]);
+    if let Some(m) = manager {
+        a.extend(args(&["--manager", m]));
+    }
+    let mut d = Daemon::start(net, name, MEMORY_BIN, &h, &a, key);
+    d.wait_ready(key);
+    d
+}
+
+fn start_storage(net: &mut Net, key: &ClusterKey, data: &str) -> (Daemon, Host) {
+    let h = net.host("st");
+    let dir = net.path(data);
+    let a = args(&[
+        "--listen",
+        &h.addr,
+        "--data-dir",
+        dir.to_str().expect("utf8"),
+        "--capacity",
+        "1G",
+    ]);
+    let mut d = Daemon::start(net, "storage", STORAGE_BIN, &h, &a, key);
+    d.wait_ready(key);
+    (d, h)
+}
+
+/// Deterministic page content, distinct per page and cheap to make even in debug builds
+/// (a fill byte plus stamps of the page index and a hash); every 97th page is all zeros.
+fn fill_page(page: u64, buf: &mut [u8]) {
+    if page.is_multiple_of(97) {
+        buf.fill(0);
+        return;
+    }
+    buf.fill((page % 251) as u8 + 1);
+    let h = page.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    for (i, off) in [0usize, 1000, 2048, 3000, 4088].into_iter().enumerate() {
+        let v = if i % 2 == 0 { page } else { h };
+        buf[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Writes then reads back every page of `runs` (first page, count) through `client`, with
+/// `window` requests in flight; returns the number of pages checked.
+fn write_and_verify(client: &MemoryClient, runs: &[(u64, u32)], window: usize) -> u64 {
+    let mut crcs: Vec<u32> = Vec::new();
+    let mut inflight = VecDeque::new();
+    let mut buf = Vec::new();
+    for &(start, count) in runs {
+        buf.resize(count as usize * PAGE_SIZE, 0);
+        for (i, p) in buf.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            fill_page(start + i as u64, p);
+            crcs.push(crc32c::crc32c(p));
+        }
+        inflight.push_back(client.submit_write_run(start, &buf).expect("submit write"));
+        if inflight.len() >= window {
+            inflight
+                .pop_front()
+                .expect("pending")
+                .wait()
+                .expect("write");
+        }
+    }
+    for p in inflight.drain(..) {
+        p.wait().expect("write");
+    }
+    let mut idx = 0usize;
+    let mut checked = 0u64;
+    let mut verify = |data: Vec<u8>, start: u64| {
+        for (i, p) in data.chunks_exact(PAGE_SIZE).enumerate() {
+            assert_eq!(
+                crc32c::crc32c(p),
+                crcs[idx],
+                "page {} read back wrong",
+                start + i as u64
+            );
+            idx += 1;
+            checked += 1;
+        }
+    };
+    let mut reads = VecDeque::new();
+    for &(start, count) in runs {
+        reads.push_back((
+            start,
+            client.submit_read_run(start, count).expect("submit read"),
+        ));
+        if reads.len() >= window {
+            let (s, p) = reads.pop_front().expect("pending");
+            verify(p.wait().expect("read"), s);
+        }
+    }
+    for (s, p) in reads.drain(..) {
+        verify(p.wait().expect("read"), s);
+    }
+    checked
+}
+
+#[test]
+fn million_pages_across_two_memory_monitors() {
+    let key = key();
+    let mut net = Net::new("million_pages");
+    let mgr = start_manager(&mut net, &key, &[]);
+    let m1 = start_memory(&mut net, &key, "mem1", "3G", Some(mgr.addr()));
+    let m2 = start_memory(&mut net, &key, "mem2", "3G", Some(mgr.addr()));
+    let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");
+    eventually("both memory monitors registered", || {
+        (mc.status().ok()?.monitors.len() == 2).then_some(())
+    });
+    const PAGES: u64 = 1_000_000;
+    let vnode = 11;
+    let placement: MemoryPlacement = mc
+        .place_memory(vnode, PAGES * PAGE_SIZE as u64)
+        .expect("place");
+    assert_eq!(placement.region_size, REGION);
+    let on: Vec<usize> = [m1.addr(), m2.addr()]
+        .iter()
+        .map(|a| placement.regions.iter().filter(|r| r.monitor == *a).count())
+        .collect();
+    assert!(
+        on[0] > 0 && on[1] > 0,
+        "regions spread over both monitors: {on:?}"
+    );
+    let cap = mc
+        .issue_capability(vnode, Rights::MEMORY, Duration::ZERO)
+        .expect("cap");
+
+    // Split the pages into 256-page runs, grouped by the monitor owning each run's region.
+    let rp = placement.region_pages();
+    let per_monitor: Vec<(String, Vec<(u64, u32)>)> = [m1.addr(), m2.addr()]
+        .iter()
+        .map(|addr| {
+            let mut runs = Vec::new();
+            let mut p = 0;
+            while p < PAGES {
+                let n = 256.min(PAGES - p).min(rp - p % rp);
+                if placement.monitor_of_page(p) == Some(*addr) {
+                    runs.push((p, n as u32));
+                }
+                p += n;
+            }
+            (addr.to_string(), runs)
+        })
+        .collect();
+    let checked: u64 = std::thread::scope(|s| {
+        let hs: Vec<_> = per_monitor
+            .iter()
+            .map(|(addr, runs)| {
+                let client = MemoryClient::connect(addr, key.clone(), &cap, client_config())
+                    .expect("connect");
+                s.spawn(move || write_and_verify(&client, runs, 16))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("worker")).sum()
+    });
+    assert_eq!(checked, PAGES);
+
+    // A scattered read across regions, and the monitors' own accounting.
+    let client =
+        MemoryClient::connect(m1.addr(), key.clone(), &cap, client_config()).expect("connect");
+    let pages: Vec<u64> = per_monitor[0]
+        .1
+        .iter()
+        .step_by(97)
+        .map(|r| r.0 + 1)
+        .collect();
+    let data = client
+        .read_list(&pages[..pages.len().min(512)])
+        .expect("read list");
+    for (p, d) in pages.iter().zip(data.chunks_exact(PAGE_SIZE)) {
+        let mut want = vec![0; PAGE_SIZE];
+        fill_page(*p, &mut want);
+        assert_eq!(d, &want[..], "page {p}");
+    }
+    let zero_pages = PAGES.div_ceil(97);
+    let stored: u64 = [m1.addr(), m2.addr()]
+        .iter()
+        .map(|a| {
+            let c = Client::connect(*a, key.clone(), client_config()).expect("connect");
+            MemoryClient::monitor_stats(&c)
+                .expect("stats")
+                .store
+                .pages_stored
+        })
+        .sum();
+    assert_eq!(stored, PAGES - zero_pages, "zero pages cost nothing");
+}
+
+#[test]
+fn storage_flush_survives_kill9_and_restart() {
+    let key = key();
+    let mut net = Net::new("flush_kill9");
+    let (mut st, h) = start_storage(&mut net, &key, "vols");
+    let cap = cap(&key, 3, Rights::STORAGE);
+    let sc = StorageClient::connect(&h.addr, key.clone(), &cap, client_config()).expect("connect");
+    sc.create("root", 64 << 20).expect("create");
+    let mut expected = Vec::new();
+    for i in 0..64u64 {
+        let data: Vec<u8> = (0..4096u32).map(|b| (b as u64 * 31 + i) as u8).collect();
+        let off = i * 997 * 4096 % (60 << 20) / 4096 * 4096;
+        sc.write("root", off, &data, false).expect("write");
+        expected.push((off, data));
+    }
+    sc.write("root", 63 << 20, b"forced unit access", true)
+        .expect("fua write");
+    sc.flush("root").expect("flush");
+    st.kill9();
+    st.restart();
+    st.wait_ready(&key);
+    let sc =
+        StorageClient::connect(&h.addr, key.clone(), &cap, client_config()).expect("reconnect");
+    assert_eq!(sc.stat("root").expect("stat").owner, 3);
+    for (off, data) in &expected {
+        assert_eq!(
+            &sc.read("root", *off, 4096).expect("read"),
+            data,
+            "offset {off}"
+        );
+    }
+    assert_eq!(
+        sc.read("root", 63 << 20, 18).expect("read"),
+        b"forced unit access"
+    );
+    // Another vNode cannot touch the volume; names cannot escape the data folder.
+    let other = StorageClient::connect(&h.addr, key.clone(), &cap_for(&key, 4), client_config())
+        .expect("connect");
+    assert_eq!(
+        other
+            .read("root", 0, 1)
+            .map(|_| ())
+            .expect_err("owner")
+            .remote_code(),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        other
+            .create("../escape", 1)
+            .expect_err("traversal")
+            .remote_code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+}
+
+fn cap_for(key: &ClusterKey, vnode: u64) -> lego_fabric::Capability {
+    cap(key, vnode, Rights::STORAGE | Rights::MEMORY)
+}
+
+#[test]
+fn unauthenticated_and_foreign_vnode_requests_are_rejected() {
+    let key = key();
+    let mut net = Net::new("auth");
+    let m = start_memory(&mut net, &key, "mem", "64M", None);
+    let wrong = ClusterKey::from_bytes([0x11; 32]);
+    assert!(
+        Client::connect(m.addr(), wrong, client_config()).is_err(),
+        "a wrong cluster key must be refused"
+    );
+
+    let owner = MemoryClient::connect(
+        m.addr(),
+        key.clone(),
+        &cap(&key, 1, Rights::MEMORY),
+        client_config(),
+    )
+    .expect("owner");
+    owner.write_page(5, &[0xee; PAGE_SIZE]).expect("write");
+
+    // vNode 2 asks for vNode 1's page on a connection holding only vNode 2's capability.
+    let intruder = Client::connect(m.addr(), key.clone(), client_config()).expect("connect");
+    intruder
+        .attach(&cap(&key, 2, Rights::MEMORY))
+        .expect("attach");
+    let body = mm::MemoryOp::ReadRun { start: 5, count: 1 }.encode();
+    let e = intruder
+        .call(Request::new(mm::READ_RUN, 1, body.clone()))
+        .expect_err("foreign vNode");
+    let code = CallError::from(e).remote_code();
+    assert!(
+        matches!(
+            code,
+            Some(ErrorCode::Forbidden | ErrorCode::Unauthenticated)
+        ),
+        "{code:?}"
+    );
+    // Its own vNode sees zeros at the same index, not vNode 1's data.
+    let own = MemoryClient::from_client(intruder.clone(), 2);
+    assert_eq!(own.read_page(5).expect("own page"), vec![0; PAGE_SIZE]);
+    // A forged capability (signed with another key) is refused.
+    let forged = cap(&ClusterKey::from_bytes([0x22; 32]), 1, Rights::MEMORY);
+    assert!(
+        intruder.attach(&forged).is_err()
+            || intruder.call(Request::new(mm::READ_RUN, 1, body)).is_err()
+    );
+    // A storage-only capability does not open memory.
+    let c3 = Client::connect(m.addr(), key.clone(), client_config()).expect("connect");
+    c3.attach(&cap(&key, 3, Rights::STORAGE)).expect("attach");
+    let e = MemoryClient::from_client(c3, 3)
+        .read_page(0)
+        .expect_err("no memory right");
+    assert_eq!(e.remote_code(), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        owner.read_page(5).expect("owner still reads"),
+        vec![0xee; PAGE_SIZE]
+    );
+}
+
+#[test]
+fn malformed_frames_do_not_disturb_other_clients() {
+    let key = key();
+    let mut net = Net::new("malformed");
+    let m = start_memory(&mut net, &key, "mem", "64M", None);
+    let good = MemoryClient::connect(
+        m.addr(),
+        key.clone(),
+        &cap(&key, 7, Rights::MEMORY),
+        client_config(),
+    )
+    .expect("connect");
+    good.write_page(1, &[1; PAGE_SIZE]).expect("write");
+    for round in 0..5u8 {
+        // Garbage on a raw TCP connection: the server closes that connection only.
+        let mut raw = TcpStream::connect(m.addr()).expect("raw connect");
+        raw.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut junk = vec![0xffu8; 64];
+        junk[0] = round;
+        let _ = raw.write_all(&junk);
+        let mut sink = [0u8; 256];
+        let _ = raw.read(&mut sink);
+        // A bad body on an authenticated connection: an error answer, the connection lives on.
+        let e = good
+            .fabric()
+            .call(Request::new(mm::WRITE_RUN, 7, vec![round; 13]))
+            .expect_err("bad body");
+        assert_eq!(
+            CallError::from(e).remote_code(),
+            Some(ErrorCode::InvalidArgument)
+        );
+        let e = good
+            .fabric()
+            .call(Request::new(0x01ee, 7, Vec::new()))
+            .expect_err("bad opcode");
+        assert_eq!(
+            CallError::from(e).remote_code(),
+            Some(ErrorCode::InvalidArgument)
+        );
+        good.write_page(2 + round as u64, &[round + 2; PAGE_SIZE])
+            .expect("still working");
+    }
+    assert_eq!(good.read_page(1).expect("read"), vec![1; PAGE_SIZE]);
+    assert_eq!(good.read_page(6).expect("read"), vec![6; PAGE_SIZE]);
+}
+
+#[test]
+fn manager_restarts_with_placements_and_reports_dead_monitors() {
+    let key = key();
+    let mut net = Net::new("manager");
+    let mut mgr = start_manager(&mut net, &key, &["--missed-heartbeats", "3"]);
+    let mut m1 = start_memory(&mut net, &key, "mem1", "1G", Some(mgr.addr()));
+    let _m2 = start_memory(&mut net, &key, "mem2", "512M", Some(mgr.addr()));
+    let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");
+    eventually("monitors registered", || {
+        (mc.status().ok()?.monitors.len() == 2).then_some(())
+    });
+    let p = mc.place_memory(21, 1 << 30).expect("place");
+    assert_eq!(p.regions.len(), 16);
+    // Never over-committed: 1.5 GiB in total, 1 GiB reserved, 1 GiB more does not fit.
+    let e = mc
+        .place_memory(22, 1 << 30)
+        .expect_err("over-commit refused");
+    assert_eq!(e.remote_code(), Some(ErrorCode::NoSpace));
+
+    // A run across a region boundary goes to both monitors through VnodeMemory.
+    let cap21 = mc
+        .issue_capability(21, Rights::MEMORY, Duration::ZERO)
+        .expect("cap");
+    let vm = VnodeMemory::connect(p.clone(), key.clone(), &cap21, client_config())
+        .expect("vnode memory");
+    let rp = p.region_pages();
+    let boundary: Vec<u8> = (0..8 * PAGE_SIZE)
+        .map(|i| (i / PAGE_SIZE) as u8 + 1)
+        .collect();
+    let cross = (1..p.regions.len() as u64)
+        .find(|&r| p.regions[r as usize].monitor != p.regions[r as usize - 1].monitor)
+        .expect("adjacent regions on different monitors");
+    vm.write_run(cross * rp - 4, &boundary)
+        .expect("write across the boundary");
+    assert_eq!(vm.read_run(cross * rp - 4, 8).expect("read back"), boundary);
+    assert!(
+        vm.read_run(vm.pages() - 1, 2).is_err(),
+        "past the placed memory"
+    );
+    assert_eq!(vm.trim(cross * rp - 4, 8).expect("trim"), 8);
+
+    mgr.kill9();
+    mgr.restart();
+    mgr.wait_ready(&key);
+    let mc =
+        ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager again");
+    let st = mc.status().expect("status");
+    let v = st
+        .vnodes
+        .iter()
+        .find(|v| v.vnode == 21)
+        .expect("vNode 21 remembered");
+    assert_eq!(v.memory, p, "placements survive the restart");
+
+    m1.kill9();
+    let m1_addr = m1.addr().to_string();
+    eventually("the killed monitor reported dead", || {
+        let st = mc.status().ok()?;
+        let mon = st.monitors.iter().find(|m| m.addr == m1_addr)?;
+        (mon.state == MonitorState::Dead).then_some(())
+    });
+    assert!(
+        mgr.log_text().contains("considered dead"),
+        "the manager logs the death"
+    );
+    let st = mc.status().expect("status");
+    assert!(st
+        .monitors
+        .iter()
+        .any(|m| m.addr != m1_addr && m.state == MonitorState::Alive));
+    // New placements avoid the dead monitor.
+    let p2 = mc
+        .place_memory(23, 128 << 20)
+        .expect("place on the live monitor");
+    assert!(p2.regions.iter().all(|r| r.monitor != m1_addr));
+}
+
+#[test]
+fn capacity_trim_and_stats_over_the_fabric() {
+    let key = key();
+    let mut net = Net::new("capacity");
+    let m = start_memory(&mut net, &key, "mem", "1M", None);
+    let c = MemoryClient::connect(
+        m.addr(),
+        key.clone(),
+        &cap(&key, 9, Rights::MEMORY),
+        client_config(),
+    )
+    .expect("connect");
+    let run = vec![0x42u8; 128 * PAGE_SIZE];
+    c.write_run(0, &run).expect("first 128 pages");
+    c.write_run(128, &run).expect("256 pages = 1 MiB");
+    let e = c
+        .write_page(1000, &[1; PAGE_SIZE])
+        .expect_err("over capacity");
+    assert_eq!(e.remote_code(), Some(ErrorCode::NoSpace));
+    assert!(e.to_string().contains("full"), "clear message: {e}");
+    // Overwrites and zero pages need no capacity.
+    c.write_page(5, &[7; PAGE_SIZE]).expect("overwrite");
+    c.write_page(6, &[0; PAGE_SIZE]).expect("zero page frees");
+    c.write_page(1000, &[1; PAGE_SIZE])
+        .expect("the freed page is usable");
+    assert_eq!(c.trim(0, 100).expect("trim"), 99);
+    assert_eq!(c.stats().expect("stats").pages_stored, 157);
+    c.write_list(&[3, 77_777], &[[3u8; PAGE_SIZE], [4u8; PAGE_SIZE]].concat())
+        .expect("write list");
+    assert_eq!(
+        c.read_list(&[77_777, 3, 2]).expect("read list"),
+        [[4u8; PAGE_SIZE], [3u8; PAGE_SIZE], [0u8; PAGE_SIZE]].concat()
+    );
+    let admin = Client::connect(m.addr(), key.clone(), client_config()).expect("connect");
+    let st = MemoryClient::monitor_stats(&admin)
+        .expect("monitor stats")
+        .store;
+    assert_eq!(st.capacity_bytes, 1 << 20);
+    assert_eq!(st.per_vnode, vec![(9, 159)]);
+    assert!(st.nospace_errors >= 1 && st.zero_pages_written >= 1);
+    assert_eq!(c.free_all().expect("free all"), 159);
+    assert_eq!(c.read_page(1000).expect("read"), vec![0; PAGE_SIZE]);
+}
+
+#[test]
+fn volume_operations_over_the_fabric() {
+    let key = key();
+    let mut net = Net::new("volumes");
+    let (_st, h) = start_storage(&mut net, &key, "vols");
+    let sc = StorageClient::connect(
+        &h.addr,
+        key.clone(),
+        &cap(&key, 8, Rights::STORAGE),
+        client_config(),
+    )
+    .expect("connect");
+    sc.create("data", 1 << 20).expect("create");
+    assert_eq!(
+        sc.create("data", 1).expect_err("exists").remote_code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        sc.create("huge", 2 << 30)
+            .expect_err("capacity")
+            .remote_code(),
+        Some(ErrorCode::NoSpace)
+    );
+    sc.write("data", 0, &[9u8; 65536], false).expect("write");
+    sc.discard("data", 0, 4096).expect("discard");
+    sc.write_zeroes("data", 8192, 4096).expect("write zeroes");
+    let back = sc.read("data", 0, 16384).expect("read");
+    assert_eq!(&back[..4096], &[0u8; 4096][..]);
+    assert_eq!(&back[4096..8192], &[9u8; 4096][..]);
+    assert_eq!(&back[8192..12288], &[0u8; 4096][..]);
+    assert_eq!(
+        sc.read("data", (1 << 20) - 1, 2)
+            .expect_err("past the end")
+            .remote_code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(sc.resize("data", 2 << 20).expect("resize").size, 2 << 20);
+    sc.read("data", (2 << 20) - 2, 2).expect("grown");
+    assert_eq!(sc.list().expect("list").len(), 1);
+    assert_eq!(
+        sc.stat("nope").expect_err("missing").remote_code(),
+        Some(ErrorCode::NotFound)
+    );
+    sc.delete("data").expect("delete");
+    assert!(sc.list().expect("list").is_empty());
+}

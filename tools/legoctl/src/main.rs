@@ -1,0 +1,230 @@
+//! `legoctl`: operate a LegoVMM cluster through its manager.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use lego_fabric::{ClientConfig, ClusterKey, Rights};
+use lego_monitors::client::{ManagerClient, MemoryClient, StorageClient};
+use lego_monitors::daemon;
+use lego_monitors::proto::manager::MonitorKind;
+use lego_monitors::size::ByteSize;
+
+/// Operate a LegoVMM cluster: status, placement, volumes, capabilities.
+#[derive(Debug, Parser)]
+#[command(name = "legoctl", version)]
+struct Cli {
+    /// Manager address.
+    #[arg(
+        long,
+        global = true,
+        env = "LEGO_MANAGER",
+        default_value = "127.0.0.1:7300"
+    )]
+    manager: String,
+    /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
+    #[arg(long, global = true, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Seconds to wait for an answer.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show monitors (alive/dead, capacity, use), vNodes and their placements.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a new random cluster key (hex) for LEGO_CLUSTER_KEY or a key file.
+    Keygen,
+    /// Place (at least) SIZE of remote memory for a vNode as vRegions.
+    PlaceMemory {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
+        /// Total remote memory, e.g. 4G.
+        #[arg(long)]
+        size: ByteSize,
+    },
+    /// Place a volume for a vNode and create it on the chosen storage monitor.
+    CreateVolume {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
+        /// Volume name.
+        #[arg(long)]
+        name: String,
+        /// Size, e.g. 10G.
+        #[arg(long)]
+        size: ByteSize,
+    },
+    /// Issue a capability for a vNode (printed in hex).
+    Capability {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
+        /// Rights: memory, storage or both (comma separated).
+        #[arg(long, default_value = "memory,storage")]
+        rights: String,
+        /// Lifetime in seconds (0: the manager's default).
+        #[arg(long, default_value_t = 0)]
+        ttl_secs: u64,
+    },
+    /// Show a monitor's own statistics (pages per vNode, counters; volumes) as JSON.
+    MonitorStats {
+        /// The monitor's fabric address.
+        #[arg(long)]
+        addr: String,
+        /// memory or storage.
+        #[arg(long)]
+        kind: MonitorKind,
+    },
+    /// Forget a vNode's placements (its data on monitors is not touched).
+    Release {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
+    },
+}
+
+fn parse_rights(s: &str) -> Result<Rights, String> {
+    let mut r = Rights::empty();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        r |= match part {
+            "memory" => Rights::MEMORY,
+            "storage" => Rights::STORAGE,
+            other => return Err(format!("'{other}' is not a right; use memory or storage")),
+        };
+    }
+    if r.is_empty() {
+        return Err("no rights given".into());
+    }
+    Ok(r)
+}
+
+/// Prints to stdout, ignoring a closed pipe (e.g. `legoctl status | head`).
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    if let Cmd::Keygen = cli.cmd {
+        out(&format!(
+            "{}\n",
+            ClusterKey::generate().map_err(|e| e.to_string())?.to_hex()
+        ));
+        return Ok(());
+    }
+    let key = daemon::load_key(cli.key_file.as_deref()).map_err(|e| e.to_string())?;
+    let cc = ClientConfig {
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+        connect_timeout: Duration::from_secs(cli.timeout.max(1)),
+        ..Default::default()
+    };
+    if let Cmd::MonitorStats { addr, kind } = &cli.cmd {
+        let c = lego_fabric::Client::connect(addr.as_str(), key, cc)
+            .map_err(|e| format!("cannot reach the monitor at {addr}: {e}"))?;
+        let json = match kind {
+            MonitorKind::Memory => {
+                MemoryClient::monitor_stats(&c).map(|s| serde_json::to_string_pretty(&s))
+            }
+            MonitorKind::Storage => {
+                StorageClient::monitor_stats(&c).map(|s| serde_json::to_string_pretty(&s))
+            }
+        }
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        out(&format!("{json}\n"));
+        return Ok(());
+    }
+    let mgr = ManagerClient::connect(&cli.manager, key.clone(), cc.clone())
+        .map_err(|e| format!("cannot reach the manager at {}: {e}", cli.manager))?;
+    match cli.cmd {
+        Cmd::Keygen | Cmd::MonitorStats { .. } => {}
+        Cmd::Status { json } => {
+            let st = mgr.status().map_err(|e| e.to_string())?;
+            if json {
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?
+                ));
+            } else {
+                out(&legoctl::render::status(&st));
+            }
+        }
+        Cmd::PlaceMemory { vnode, size } => {
+            let p = mgr
+                .place_memory(vnode, size.bytes())
+                .map_err(|e| e.to_string())?;
+            let mut t = legoctl::table::Table::new(&["REGION", "MONITOR"]);
+            for r in &p.regions {
+                t.row(vec![r.index.to_string(), r.monitor.clone()]);
+            }
+            out(&format!(
+                "vNode {vnode}: {} region(s) of {}\n{}",
+                p.regions.len(),
+                ByteSize(p.region_size),
+                t.render()
+            ));
+        }
+        Cmd::CreateVolume { vnode, name, size } => {
+            let p = mgr
+                .place_volume(vnode, &name, size.bytes())
+                .map_err(|e| e.to_string())?;
+            let cap = mgr
+                .issue_capability(vnode, Rights::STORAGE, Duration::from_secs(300))
+                .map_err(|e| e.to_string())?;
+            let sc = StorageClient::connect(&p.monitor, key, &cap, cc)
+                .map_err(|e| format!("cannot reach the storage monitor {}: {e}", p.monitor))?;
+            let info = match sc.create(&name, size.bytes()) {
+                Ok(i) => i,
+                Err(e)
+                    if e.remote_code() == Some(lego_fabric::ErrorCode::InvalidArgument)
+                        && e.to_string().contains("exists") =>
+                {
+                    sc.stat(&name).map_err(|e| e.to_string())?
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            out(&format!(
+                "volume '{}' of vNode {vnode}: {} on {}\n",
+                info.name,
+                ByteSize(info.size),
+                p.monitor
+            ));
+        }
+        Cmd::Capability {
+            vnode,
+            rights,
+            ttl_secs,
+        } => {
+            let r = parse_rights(&rights)?;
+            let cap = mgr
+                .issue_capability(vnode, r, Duration::from_secs(ttl_secs))
+                .map_err(|e| e.to_string())?;
+            out(&format!("{cap}\n"));
+        }
+        Cmd::Release { vnode } => {
+            mgr.release_vnode(vnode).map_err(|e| e.to_string())?;
+            out(&format!("vNode {vnode} released\n"));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("legoctl: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

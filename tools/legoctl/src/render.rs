@@ -1,0 +1,174 @@
+//! Human-readable rendering of the manager's [`ClusterStatus`].
+
+use lego_monitors::proto::manager::ClusterStatus;
+use lego_monitors::size::human;
+
+use crate::table::Table;
+
+/// Renders the status as tables: monitors, vNode memory placements, volumes.
+pub fn status(st: &ClusterStatus) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "region size {}   heartbeat {} ms   {} monitor(s), {} vNode(s)\n\nMONITORS\n",
+        human(st.region_size),
+        st.heartbeat_interval_ms,
+        st.monitors.len(),
+        st.vnodes.len()
+    ));
+    let mut m = Table::new(&[
+        "KIND",
+        "ADDRESS",
+        "STATE",
+        "CAPACITY",
+        "USED",
+        "RESERVED",
+        "LAST HEARTBEAT",
+    ]);
+    for mon in &st.monitors {
+        m.row(vec![
+            mon.kind.to_string(),
+            mon.addr.clone(),
+            mon.state.to_string(),
+            human(mon.capacity_bytes),
+            human(mon.used_bytes),
+            human(mon.reserved_bytes),
+            format!("{:.1} s ago", mon.last_heartbeat_ms as f64 / 1000.0),
+        ]);
+    }
+    out.push_str(if m.is_empty() {
+        "(none registered)\n"
+    } else {
+        ""
+    });
+    if !m.is_empty() {
+        out.push_str(&m.render());
+    }
+
+    out.push_str("\nVNODE MEMORY (vRegions)\n");
+    let mut v = Table::new(&["VNODE", "REGIONS", "SIZE", "MONITOR", "REGION INDEXES"]);
+    for vn in &st.vnodes {
+        // Group regions by monitor for a compact view.
+        let mut by_mon: Vec<(String, Vec<u64>)> = Vec::new();
+        for r in &vn.memory.regions {
+            match by_mon.iter_mut().find(|(m, _)| *m == r.monitor) {
+                Some((_, idx)) => idx.push(r.index),
+                None => by_mon.push((r.monitor.clone(), vec![r.index])),
+            }
+        }
+        if by_mon.is_empty() {
+            continue;
+        }
+        for (i, (mon, idx)) in by_mon.iter().enumerate() {
+            let (id, count, size) = if i == 0 {
+                (
+                    vn.vnode.to_string(),
+                    vn.memory.regions.len().to_string(),
+                    human(vn.memory.regions.len() as u64 * vn.memory.region_size),
+                )
+            } else {
+                (String::new(), String::new(), String::new())
+            };
+            v.row(vec![id, count, size, mon.clone(), ranges(idx)]);
+        }
+    }
+    out.push_str(&if v.is_empty() {
+        "(none placed)\n".to_string()
+    } else {
+        v.render()
+    });
+
+    out.push_str("\nVOLUMES\n");
+    let mut t = Table::new(&["VNODE", "NAME", "SIZE", "MONITOR"]);
+    for vn in &st.vnodes {
+        for vol in &vn.volumes {
+            t.row(vec![
+                vn.vnode.to_string(),
+                vol.name.clone(),
+                human(vol.size),
+                vol.monitor.clone(),
+            ]);
+        }
+    }
+    out.push_str(&if t.is_empty() {
+        "(none placed)\n".to_string()
+    } else {
+        t.render()
+    });
+    out
+}
+
+/// Compacts sorted indexes into ranges: `[0, 1, 2, 5]` becomes `"0-2,5"`.
+pub fn ranges(idx: &[u64]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < idx.len() {
+        let start = idx[i];
+        let mut end = start;
+        while i + 1 < idx.len() && idx[i + 1] == end + 1 {
+            i += 1;
+            end = idx[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lego_monitors::proto::manager::*;
+
+    #[test]
+    fn renders_status() {
+        let st = ClusterStatus {
+            region_size: 1 << 30,
+            heartbeat_interval_ms: 1000,
+            monitors: vec![MonitorStatus {
+                kind: MonitorKind::Memory,
+                addr: "10.0.0.1:7100".into(),
+                state: MonitorState::Dead,
+                capacity_bytes: 4 << 30,
+                used_bytes: 1 << 20,
+                reserved_bytes: 2 << 30,
+                last_heartbeat_ms: 5000,
+            }],
+            vnodes: vec![VnodeStatus {
+                vnode: 7,
+                memory: MemoryPlacement {
+                    vnode: 7,
+                    region_size: 1 << 30,
+                    regions: vec![
+                        RegionPlacement {
+                            index: 0,
+                            monitor: "a".into(),
+                        },
+                        RegionPlacement {
+                            index: 1,
+                            monitor: "a".into(),
+                        },
+                        RegionPlacement {
+                            index: 2,
+                            monitor: "b".into(),
+                        },
+                    ],
+                },
+                volumes: vec![VolumePlacement {
+                    name: "root".into(),
+                    size: 1 << 30,
+                    monitor: "s".into(),
+                }],
+            }],
+        };
+        let s = status(&st);
+        assert!(s.contains("dead"), "{s}");
+        assert!(s.contains("0-1"), "{s}");
+        assert!(s.contains("root"), "{s}");
+        assert!(s.contains("3.0 GiB"), "{s}");
+        assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what LegoVMM's builds, tests and nested-KVM testbed need on Debian 12 (bookworm).
+# Idempotent: a second run installs nothing and takes a second or two.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+say() { echo "setup: $*" >&2; }
+
+# QEMU must come from bookworm-backports: it matches the preinstalled qemu-utils 10.0
+# (bookworm's own 7.2 conflicts with it).
+if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    say "adding bookworm-backports to apt sources"
+    echo "deb http://deb.debian.org/debian bookworm-backports main" |
+        $SUDO tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+    NEED_UPDATE=1
+fi
+
+# lego-image fetches the guest kernel and busybox with `apt-get download`: the lists must
+# know linux-image-cloud-amd64 from the backports-enabled sources.
+if [ "${NEED_UPDATE:-0}" = 1 ] || ! apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -q "Candidate: [0-9]" ||
+    ! apt-cache policy qemu-system-x86 2>/dev/null | grep -q "bookworm-backports"; then
+    say "apt-get update"
+    $SUDO apt-get update -q >/dev/null
+fi
+
+missing=()
+for pkg in cpio e2fsprogs iproute2 qemu-utils busybox-static; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    say "installing qemu-system-x86 from bookworm-backports"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports qemu-system-x86 >/dev/null
+fi
+[ -f /usr/share/qemu/qboot.rom ] || { say "qboot.rom is missing from the QEMU install"; exit 1; }
+say "ready: $(qemu-system-x86_64 --version | head -1), $(cargo --version)"

@@ -1,0 +1,244 @@
+//! A job (a shell script with files, run on the compute host) and what comes back.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::disk::{self, DiskError};
+use crate::mode::Mode;
+
+/// Errors from reading a job's results.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The result could not be read from the job disk.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The result could not be read from the job folder.
+    #[error("could not read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The result could not be written where it was asked for.
+    #[error("could not write {path}: {source}")]
+    Write {
+        /// The destination.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// A script to run on the compute host, in a job folder holding its files.
+///
+/// The script runs with `sh` (busybox) in nested mode and `bash` in direct mode, in the
+/// job folder, with `$LEGOVMM` (the command that runs legovmm), `$JOB_DIR` (the job
+/// folder, where result files go), `$LEGO_TESTBED_MODE` (`nested` or `direct`) and
+/// `$LEGO_TESTBED_LIB` (shell functions such as `lego_vnode`, see [`crate::shell`]) set.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// A short name for logs (`<cache>/testbed/logs/<name>.console.log`).
+    pub name: String,
+    /// The script's text.
+    pub script: String,
+    /// Files copied into the job folder: `(host path, name in the job folder)`.
+    pub files: Vec<(PathBuf, String)>,
+    /// Kill the run after this long (in nested mode this includes L1's boot).
+    pub timeout: Duration,
+    /// A console line containing this text shows the run got past the point where it may
+    /// hang; if it does not appear within `ready_timeout`, the try is killed and retried.
+    pub ready_marker: Option<String>,
+    /// How long to wait for `ready_marker`, from the start of each try.
+    pub ready_timeout: Duration,
+    /// How many more tries after a try that missed its ready marker.
+    pub retries: u32,
+    /// Free space for results on the job disk, in MiB (nested mode).
+    pub disk_extra_mib: u64,
+}
+
+impl Job {
+    /// A job with a script and defaults: no files, 300 s timeout, no ready marker.
+    pub fn new(name: impl Into<String>, script: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            script: script.into(),
+            files: Vec::new(),
+            timeout: Duration::from_secs(300),
+            ready_marker: None,
+            ready_timeout: Duration::from_secs(120),
+            retries: 0,
+            disk_extra_mib: 64,
+        }
+    }
+
+    /// Adds a file to the job folder under `name`.
+    pub fn file(mut self, host: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        self.files.push((host.into(), name.into()));
+        self
+    }
+
+    /// Sets the overall timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Sets the ready marker, its timeout and the number of retries after a miss.
+    pub fn ready(mut self, marker: impl Into<String>, within: Duration, retries: u32) -> Self {
+        self.ready_marker = Some(marker.into());
+        self.ready_timeout = within;
+        self.retries = retries;
+        self
+    }
+}
+
+/// How a job's last try ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The script ran to its end; its status is in [`JobOutput::job_exit`].
+    Completed,
+    /// The run was killed at the job's timeout.
+    TimedOut,
+    /// Every try missed the ready marker.
+    NotReady,
+    /// The compute host ended without reporting the script's status (e.g. L1 crashed or
+    /// QEMU failed to start); see the console.
+    HostFailed,
+}
+
+/// Where a job's result files are.
+#[derive(Debug)]
+pub(crate) enum Results {
+    /// The ext4 job disk of a nested run (kept in the temporary folder).
+    Disk {
+        image: PathBuf,
+        _dir: tempfile::TempDir,
+    },
+    /// The job folder of a direct run.
+    Dir { dir: tempfile::TempDir },
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub struct JobOutput {
+    /// Where it ran.
+    pub mode: Mode,
+    /// How the last try ended.
+    pub outcome: Outcome,
+    /// The console of the last try (L1's serial console in nested mode; the script's
+    /// merged output in direct mode).
+    pub console: String,
+    /// The script's exit status, when it completed.
+    pub job_exit: Option<i32>,
+    /// How many tries ran (1 + retries used).
+    pub tries: u32,
+    /// Wall time of the last try.
+    pub duration: Duration,
+    /// Wall time of all tries.
+    pub total_duration: Duration,
+    /// Nested mode: time from QEMU's start to L1's `/init`.
+    pub l1_init_after: Option<Duration>,
+    /// Nested mode: whether L1 had `/dev/kvm` (None if it never said).
+    pub l1_kvm: Option<bool>,
+    /// When the ready marker appeared in the last try.
+    pub ready_after: Option<Duration>,
+    /// The console log file of the last try.
+    pub console_log: PathBuf,
+    pub(crate) results: Results,
+}
+
+impl JobOutput {
+    /// Returns true if the script completed with status 0.
+    pub fn succeeded(&self) -> bool {
+        self.outcome == Outcome::Completed && self.job_exit == Some(0)
+    }
+
+    /// Reads a file the job left in its job folder (`$JOB_DIR/<name>`); in nested mode it
+    /// is read from the job disk with debugfs.
+    pub fn read_file(&self, name: &str) -> Result<Vec<u8>, JobError> {
+        match &self.results {
+            Results::Disk { image, .. } => Ok(disk::read_file(image, name)?),
+            Results::Dir { dir } => {
+                let path = existing(dir.path(), name)?;
+                std::fs::read(&path).map_err(|source| JobError::Read { path, source })
+            }
+        }
+    }
+
+    /// Copies a file the job left in its job folder to `dest` on this host.
+    pub fn copy_file(&self, name: &str, dest: &Path) -> Result<(), JobError> {
+        match &self.results {
+            Results::Disk { image, .. } => Ok(disk::dump_file(image, name, dest)?),
+            Results::Dir { dir } => {
+                let path = existing(dir.path(), name)?;
+                std::fs::copy(path, dest)
+                    .map(|_| ())
+                    .map_err(|source| JobError::Write {
+                        path: dest.to_path_buf(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Returns the job disk image (nested mode only), valid while `self` lives.
+    pub fn disk_image(&self) -> Option<&Path> {
+        match &self.results {
+            Results::Disk { image, .. } => Some(image),
+            Results::Dir { .. } => None,
+        }
+    }
+
+    /// Returns a one-line summary of the run.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "mode {}, {:?}, exit {}, {} tr{}, {:.1} s",
+            self.mode,
+            self.outcome,
+            self.job_exit.map_or("none".to_string(), |c| c.to_string()),
+            self.tries,
+            if self.tries == 1 { "y" } else { "ies" },
+            self.duration.as_secs_f64()
+        );
+        if let Some(t) = self.l1_init_after {
+            s.push_str(&format!(", L1 init after {:.2} s", t.as_secs_f64()));
+        }
+        if let Some(t) = self.ready_after {
+            s.push_str(&format!(", ready after {:.2} s", t.as_secs_f64()));
+        }
+        s
+    }
+}
+
+/// Returns the path of the job file `name` in `dir`, if the job left it there.
+fn existing(dir: &Path, name: &str) -> Result<PathBuf, JobError> {
+    disk::check_name(name)?;
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DiskError::NotFound {
+            name: name.to_string(),
+            image: dir.to_path_buf(),
+        }
+        .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_sets_fields() {
+        let j = Job::new("n", "true")
+            .file("/etc/hostname", "h")
+            .timeout(Duration::from_secs(5))
+            .ready("R", Duration::from_secs(2), 3);
+        assert_eq!(j.files.len(), 1);
+        assert_eq!(j.ready_marker.as_deref(), Some("R"));
+        assert_eq!(j.retries, 3);
+        assert_eq!(j.timeout, Duration::from_secs(5));
+    }
+}

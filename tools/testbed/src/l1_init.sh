@@ -1,0 +1,64 @@
+#!/bin/busybox sh
+# /init of the LegoVMM testbed's compute host (L1). Markers on the console:
+#   LEGO_L1_INIT, LEGO_L1_KVM=yes|no, LEGO_L1_DISK=..., LEGO_L1_JOB_EXIT=<rc>.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export HOME=/tmp
+mkdir -p /proc /sys /dev /tmp /mnt /run
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo "LEGO_L1_INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+while read -r m; do
+    [ -n "$m" ] || continue
+    out=$(insmod "/lib/modules/l1/$m" 2>&1) || case "$out" in
+        *'File exists'*) ;;
+        *) echo "LEGO_L1_MODULE_FAILED=$m: $out" ;;
+    esac
+done < /etc/lego/l1-modules
+
+if [ -c /dev/kvm ]; then
+    echo "LEGO_L1_KVM=yes uptime=$(cut -d' ' -f1 /proc/uptime)"
+else
+    echo "LEGO_L1_KVM=no (svm flags: $(grep -c -w svm /proc/cpuinfo) cpus)"
+fi
+
+finish() {
+    cd /
+    sync
+    umount /mnt 2>/dev/null || mount -o remount,ro /mnt 2>/dev/null
+    sync
+    echo "LEGO_L1_POWEROFF uptime=$(cut -d' ' -f1 /proc/uptime)"
+    poweroff -f
+    while :; do sleep 3600; done
+}
+
+n=0
+while [ ! -b /dev/vda ] && [ $n -lt 50 ]; do
+    sleep 0.1
+    n=$((n + 1))
+done
+if ! mount -t ext4 /dev/vda /mnt; then
+    echo "LEGO_L1_DISK=missing"
+    echo "LEGO_L1_JOB_EXIT=255"
+    finish
+fi
+echo "LEGO_L1_DISK=mounted"
+
+# Put the VMM's shared libraries where its loader looks for them.
+if [ -f /mnt/.lego/libs ]; then
+    while read -r lib; do
+        [ -n "$lib" ] || continue
+        mkdir -p "${lib%/*}"
+        [ -e "$lib" ] || ln -s "/mnt/.lego/root$lib" "$lib"
+    done < /mnt/.lego/libs
+fi
+
+export JOB_DIR=/mnt/job
+export LEGOVMM=/mnt/.lego/bin/legovmm
+export LEGO_TESTBED_LIB=/mnt/.lego/lib.sh
+export LEGO_TESTBED_MODE=nested
+cd "$JOB_DIR" && sh ./job.sh < /dev/null
+echo "LEGO_L1_JOB_EXIT=$?"
+finish
