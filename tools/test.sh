@@ -18,5 +18,5 @@ cargo clippy --release --workspace --all-targets -q -- -D warnings
 stamp "guest image"
 cargo run --release -q -p lego-image -- build
 stamp "tests"
-LEGOVMM_BIN="$PWD/target/release/legovmm" cargo test --release --workspace
+LEGOVMM_BIN="$PWD/target/release/legovmm" cargo test --release --workspace --no-fail-fast
 stamp "done"

@@ -187,6 +187,11 @@ fn reuse_without_apt(dir: &Path) -> Option<L1Assets> {
         return None;
     }
     let text = std::fs::read_to_string(&stamp).ok()?;
+    // The stamp records the init the initramfs was built from: trust it, not local.txt alone.
+    let init_line = format!("init {:016x}", fnv1a(INIT_SCRIPT.as_bytes()));
+    if !text.lines().any(|l| l == init_line) {
+        return None;
+    }
     let kernel_version = text
         .lines()
         .find_map(|l| l.strip_prefix("kernel "))?

@@ -16,14 +16,8 @@ pub enum PathsError {
     MissingLegovmm(PathBuf),
 }
 
-/// Returns the workspace root this crate was built from.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
+/// Returns the workspace root this crate was built from (shared with `lego-image`).
+pub use lego_image::guest_tools::workspace_root;
 
 /// Returns the cache folder shared with `lego-image`: `$LEGO_CACHE` or `<workspace>/.cache`.
 pub fn default_cache() -> PathBuf {
