@@ -43,6 +43,16 @@ pub const VIRTIO_GSIS: [u32; 14] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 
 /// The serial port's GSI.
 pub const SERIAL_GSI: u32 = 4;
 
+// The fixed boot areas must not overlap: checked when the crate compiles.
+const _: () = {
+    assert!(BOOT_IDT_START > BOOT_GDT_START);
+    assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+    assert!(PDE_START + 4096 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(VIRTIO_MMIO_START >= MMIO_HOLE_START);
+    assert!(VIRTIO_MMIO_START + VIRTIO_GSIS.len() as u64 * VIRTIO_MMIO_SIZE <= IOAPIC_START);
+};
+
 /// The guest RAM ranges `(start, len)` for `mem_size` bytes: one below the MMIO hole and, for
 /// large guests, one above 4 GiB.
 pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
@@ -67,15 +77,5 @@ mod tests {
         assert_eq!(big[0], (0, MMIO_HOLE_START));
         assert_eq!(big[1], (RAM_ABOVE_4G_START, (4 << 30) - MMIO_HOLE_START));
         assert_eq!(big.iter().map(|r| r.1).sum::<u64>(), 4 << 30);
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(BOOT_IDT_START > BOOT_GDT_START);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
-        assert!(PDE_START + 4096 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        let last = VIRTIO_MMIO_START + VIRTIO_GSIS.len() as u64 * VIRTIO_MMIO_SIZE;
-        assert!(VIRTIO_MMIO_START >= MMIO_HOLE_START && last <= IOAPIC_START);
     }
 }

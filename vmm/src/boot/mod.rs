@@ -1,8 +1,9 @@
 //! Loading the guest kernel, initrd and command line, and writing the boot information.
 //!
-//! A bzImage boots through the 64-bit Linux boot protocol (entry at the protected-mode code
-//! + 0x200, `rsi` = zero page). An ELF vmlinux boots through PVH when it carries a PVH note
-//! (32-bit entry, `ebx` = start info), else through the 64-bit protocol at its ELF entry.
+//! A bzImage boots through the 64-bit Linux boot protocol (entry 0x200 bytes into the
+//! protected-mode code, `rsi` = zero page). An ELF vmlinux boots through PVH when it carries
+//! a PVH note (32-bit entry, `ebx` = start info), else through the 64-bit protocol at its
+//! ELF entry.
 
 pub mod e820;
 pub mod params;

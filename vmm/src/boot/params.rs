@@ -171,10 +171,12 @@ mod tests {
     #[test]
     fn bzimage_header_is_kept_and_extended() {
         let map = memory_map(256 << 20);
-        let mut hdr = setup_header::default();
-        hdr.version = 0x020f;
-        hdr.header = HDRS_MAGIC;
-        hdr.loadflags = 1;
+        let hdr = setup_header {
+            version: 0x020f,
+            header: HDRS_MAGIC,
+            loadflags: 1,
+            ..Default::default()
+        };
         let mut i = inputs(&map);
         i.setup_header = Some(hdr);
         let p = zero_page(&i);

@@ -38,10 +38,9 @@ pub fn patch(entries: &mut [kvm_cpuid_entry2], id: u8, vcpus: u8) {
                     e.edx &= !EDX_HTT;
                 }
             }
-            LEAF_CACHE_TOPOLOGY => {
-                if e.eax & 0x1f != 0 {
-                    e.eax = (e.eax & 0x03ff_ffff) | ((count - 1) << 26);
-                }
+            // Cache leaves with a type (low five bits) say how many cores share them.
+            LEAF_CACHE_TOPOLOGY if e.eax & 0x1f != 0 => {
+                e.eax = (e.eax & 0x03ff_ffff) | ((count - 1) << 26);
             }
             LEAF_PMU | LEAF_AMD_PERFMON_V2 => {
                 e.eax = 0;
