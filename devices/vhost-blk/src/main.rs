@@ -1,0 +1,59 @@
+//! `lego-vhost-blk`: the vhost-user-blk backend daemon. See `--help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lego_vhost_blk::cli::{Cli, CliError};
+use lego_vhost_blk::open::{open_store, OpenError};
+use lego_vhost_blk::server::{Server, ServerError};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot start the signal thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn run(cli: Cli) -> Result<(), MainError> {
+    let spec = cli.store_spec()?;
+    let queues = cli.queue_settings()?;
+    // Installed before any thread starts, so no signal is lost to a default handler.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(MainError::Signals)?;
+    let store = open_store(&spec, cli.key_file.as_deref())?;
+    let server = Server::bind(&cli.socket, store, queues)?;
+    let stop = server.stop_handle();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                tracing::info!("{name} received, stopping");
+                stop.stop();
+            }
+        })
+        .map_err(MainError::Thread)?;
+    server.run()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    lego_monitors::daemon::init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lego-vhost-blk: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Opening the store a daemon serves: a local file, or remote memory / a remote disk placed
+//! by the manager and reached with the capability it issues.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lego_fabric::{ClientConfig, ClusterKey, ErrorCode, Rights};
+use lego_monitors::client::{CallError, ManagerClient, StorageClient, VnodeMemory};
+use lego_monitors::daemon::DaemonError;
+
+use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
+use crate::store::remote_disk::RemoteDiskStore;
+use crate::store::remote_memory::RemoteMemoryStore;
+use crate::store::BlockStore;
+
+/// Which store to open, and where it lives.
+#[derive(Debug, Clone)]
+pub enum StoreSpec {
+    /// A local file.
+    File(FileStoreOptions),
+    /// A vNode's remote memory, placed by the manager.
+    RemoteMemory {
+        /// The manager's fabric address.
+        manager: String,
+        /// The vNode.
+        vnode: u64,
+        /// Bytes of remote memory to expose.
+        size: u64,
+    },
+    /// A vNode volume on a storage monitor.
+    RemoteDisk {
+        /// The manager's fabric address.
+        manager: String,
+        /// The vNode.
+        vnode: u64,
+        /// The volume name.
+        volume: String,
+        /// Its size (needed to create it; checked against an existing one).
+        size: Option<u64>,
+        /// Create the volume if it does not exist.
+        create: bool,
+        /// Serve it read-only.
+        read_only: bool,
+    },
+}
+
+/// Errors from opening a store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The cluster key could not be loaded.
+    #[error("{0}")]
+    Key(DaemonError),
+    /// The local file could not be opened.
+    #[error(transparent)]
+    File(#[from] FileStoreError),
+    /// The manager did not answer.
+    #[error("cannot reach the manager at {addr}: {source}")]
+    Manager {
+        /// Its address.
+        addr: String,
+        /// Cause.
+        source: CallError,
+    },
+    /// The manager refused a request.
+    #[error("the manager could not {what}: {source}")]
+    Refused {
+        /// What was asked.
+        what: String,
+        /// Cause.
+        source: CallError,
+    },
+    /// A monitor did not answer or refused the capability.
+    #[error("cannot reach the {kind} monitor at {addr}: {source}")]
+    Monitor {
+        /// "memory" or "storage".
+        kind: &'static str,
+        /// Its address (or addresses).
+        addr: String,
+        /// Cause.
+        source: CallError,
+    },
+    /// The manager placed less memory than asked for.
+    #[error("the manager placed {placed} bytes of remote memory for vNode {vnode}, less than the {wanted} asked for")]
+    ShortPlacement {
+        /// The vNode.
+        vnode: u64,
+        /// Bytes placed.
+        placed: u64,
+        /// Bytes wanted.
+        wanted: u64,
+    },
+    /// The volume does not exist and may not be created.
+    #[error("vNode {vnode} has no volume '{volume}'{hint}")]
+    NoVolume {
+        /// The vNode.
+        vnode: u64,
+        /// The volume.
+        volume: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// A volume operation on the storage monitor failed.
+    #[error("the storage monitor could not {what} the volume '{volume}': {source}")]
+    Volume {
+        /// What was attempted.
+        what: &'static str,
+        /// The volume.
+        volume: String,
+        /// Cause.
+        source: CallError,
+    },
+}
+
+/// Fabric client settings used for the manager and the monitors.
+pub fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_secs(5),
+        ..ClientConfig::default()
+    }
+}
+
+/// Opens the store `spec` names. Remote stores load the cluster key from `key_file`, else
+/// from `LEGO_CLUSTER_KEY` / `LEGO_CLUSTER_KEY_FILE`.
+pub fn open_store(
+    spec: &StoreSpec,
+    key_file: Option<&Path>,
+) -> Result<Arc<dyn BlockStore>, OpenError> {
+    let key = || lego_monitors::daemon::load_key(key_file).map_err(OpenError::Key);
+    match spec {
+        StoreSpec::File(opts) => Ok(Arc::new(FileStore::open(opts)?)),
+        StoreSpec::RemoteMemory {
+            manager,
+            vnode,
+            size,
+        } => Ok(Arc::new(open_remote_memory(
+            manager,
+            *vnode,
+            *size,
+            key()?,
+        )?)),
+        StoreSpec::RemoteDisk {
+            manager,
+            vnode,
+            volume,
+            size,
+            create,
+            read_only,
+        } => {
+            let d = DiskRequest {
+                vnode: *vnode,
+                volume,
+                size: *size,
+                create: *create,
+                read_only: *read_only,
+            };
+            Ok(Arc::new(open_remote_disk(manager, &d, key()?)?))
+        }
+    }
+}
+
+fn connect_manager(addr: &str, key: &ClusterKey) -> Result<ManagerClient, OpenError> {
+    ManagerClient::connect(addr, key.clone(), client_config()).map_err(|source| {
+        OpenError::Manager {
+            addr: addr.into(),
+            source,
+        }
+    })
+}
+
+fn open_remote_memory(
+    manager: &str,
+    vnode: u64,
+    size: u64,
+    key: ClusterKey,
+) -> Result<RemoteMemoryStore, OpenError> {
+    let mgr = connect_manager(manager, &key)?;
+    let placement = mgr
+        .place_memory(vnode, size)
+        .map_err(|source| OpenError::Refused {
+            what: format!("place {size} bytes of remote memory for vNode {vnode}"),
+            source,
+        })?;
+    let cap = mgr
+        .issue_capability(vnode, Rights::MEMORY, Duration::ZERO)
+        .map_err(|source| OpenError::Refused {
+            what: format!("issue a memory capability for vNode {vnode}"),
+            source,
+        })?;
+    let monitors: Vec<String> = placement
+        .regions
+        .iter()
+        .map(|r| r.monitor.clone())
+        .collect();
+    let memory = VnodeMemory::connect(placement, key, &cap, client_config()).map_err(|source| {
+        OpenError::Monitor {
+            kind: "memory",
+            addr: monitors.join(", "),
+            source,
+        }
+    })?;
+    let placed = memory.pages() * lego_monitors::proto::memory::PAGE_SIZE as u64;
+    if placed < size {
+        return Err(OpenError::ShortPlacement {
+            vnode,
+            placed,
+            wanted: size,
+        });
+    }
+    tracing::info!(vnode, size, placed, monitors = %monitors.join(","), "remote memory ready");
+    Ok(RemoteMemoryStore::new(memory, size))
+}
+
+struct DiskRequest<'a> {
+    vnode: u64,
+    volume: &'a str,
+    size: Option<u64>,
+    create: bool,
+    read_only: bool,
+}
+
+fn open_remote_disk(
+    manager: &str,
+    d: &DiskRequest<'_>,
+    key: ClusterKey,
+) -> Result<RemoteDiskStore, OpenError> {
+    let (vnode, volume) = (d.vnode, d.volume);
+    let mgr = connect_manager(manager, &key)?;
+    let status = mgr.status().map_err(|source| OpenError::Refused {
+        what: "report the cluster status".into(),
+        source,
+    })?;
+    let known = status
+        .vnodes
+        .iter()
+        .filter(|v| v.vnode == vnode)
+        .flat_map(|v| v.volumes.iter())
+        .find(|v| v.name == volume)
+        .cloned();
+    let monitor = match (known, d.size) {
+        (Some(p), _) if !d.create => p.monitor,
+        (None, _) if !d.create => {
+            return Err(OpenError::NoVolume {
+                vnode,
+                volume: volume.into(),
+                hint: " (and --no-create was given)",
+            })
+        }
+        (Some(p), None) => p.monitor,
+        (None, None) => {
+            return Err(OpenError::NoVolume {
+                vnode,
+                volume: volume.into(),
+                hint: "; give --size to create it",
+            })
+        }
+        (_, Some(size)) => {
+            mgr.place_volume(vnode, volume, size)
+                .map_err(|source| OpenError::Refused {
+                    what: format!("place the {size}-byte volume '{volume}' of vNode {vnode}"),
+                    source,
+                })?
+                .monitor
+        }
+    };
+    let cap = mgr
+        .issue_capability(vnode, Rights::STORAGE, Duration::ZERO)
+        .map_err(|source| OpenError::Refused {
+            what: format!("issue a storage capability for vNode {vnode}"),
+            source,
+        })?;
+    let client =
+        StorageClient::connect(&monitor, key, &cap, client_config()).map_err(|source| {
+            OpenError::Monitor {
+                kind: "storage",
+                addr: monitor.clone(),
+                source,
+            }
+        })?;
+    let info = match client.stat(volume) {
+        Ok(info) => info,
+        Err(e) if e.remote_code() == Some(ErrorCode::NotFound) => {
+            let Some(size) = d.size.filter(|_| d.create) else {
+                return Err(OpenError::NoVolume {
+                    vnode,
+                    volume: volume.into(),
+                    hint: " on its storage monitor (and --no-create was given)",
+                });
+            };
+            tracing::info!(vnode, volume, size, monitor, "creating the volume");
+            client
+                .create(volume, size)
+                .map_err(|source| OpenError::Volume {
+                    what: "create",
+                    volume: volume.into(),
+                    source,
+                })?
+        }
+        Err(source) => {
+            return Err(OpenError::Volume {
+                what: "describe",
+                volume: volume.into(),
+                source,
+            })
+        }
+    };
+    tracing::info!(
+        vnode,
+        volume,
+        size = info.size,
+        monitor,
+        "remote disk ready"
+    );
+    Ok(RemoteDiskStore::new(client, volume, info.size, d.read_only))
+}

@@ -1,0 +1,250 @@
+//! [`Server`]: listens on the vhost-user socket and serves one frontend connection at a time,
+//! then the next; [`StopHandle::stop`] ends it cleanly (the socket file is removed).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::backend::BlkBackend;
+use crate::config::DeviceConfig;
+use crate::request::RequestHandler;
+use crate::store::BlockStore;
+
+/// Errors from binding or serving the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Another process serves this socket.
+    #[error("the socket {0} is in use by another process")]
+    InUse(PathBuf),
+    /// Something other than a socket is in the way.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot listen on {path}: {reason}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Cause.
+        reason: String,
+    },
+    /// The stop event could not be created or waited on.
+    #[error("cannot wait for connections: {0}")]
+    Wait(io::Error),
+    /// vhost-user-backend failed to set up or accept a connection.
+    #[error("cannot serve a frontend: {0}")]
+    Daemon(String),
+}
+
+/// Queue settings of the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Number of request queues (1 to 64).
+    pub queues: u16,
+    /// Largest queue size offered (a power of two).
+    pub queue_size: u16,
+}
+
+struct StopState {
+    requested: AtomicBool,
+    wake: EventFd,
+    current: Mutex<Option<ShutdownHandle>>,
+    socket: PathBuf,
+}
+
+/// Stops a running [`Server`] from any thread (e.g. a signal handler thread).
+#[derive(Clone)]
+pub struct StopHandle(Arc<StopState>);
+
+impl StopHandle {
+    /// Asks the server to drop its frontend (if any) and return from [`Server::run`].
+    pub fn stop(&self) {
+        let s = &self.0;
+        s.requested.store(true, Ordering::SeqCst);
+        if let Err(e) = s.wake.write(1) {
+            tracing::warn!("cannot wake the server: {e}");
+        }
+        if let Some(h) = s.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            h.shutdown();
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+}
+
+/// A bound vhost-user-blk socket and the store it serves.
+pub struct Server {
+    listener: Listener,
+    handler: Arc<RequestHandler>,
+    config: DeviceConfig,
+    stop: StopHandle,
+}
+
+/// Makes room for the socket: removes a stale one, refuses a live one or a non-socket.
+fn prepare_path(path: &Path) -> Result<(), ServerError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(ServerError::Bind {
+                path: path.into(),
+                reason: e.to_string(),
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::NotASocket(path.into()));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(ServerError::InUse(path.into()));
+    }
+    tracing::info!(socket = %path.display(), "removing a stale socket");
+    std::fs::remove_file(path).map_err(|e| ServerError::Bind {
+        path: path.into(),
+        reason: format!("cannot remove the stale socket: {e}"),
+    })
+}
+
+impl Server {
+    /// Binds `socket` for a device serving `store`.
+    pub fn bind(
+        socket: &Path,
+        store: Arc<dyn BlockStore>,
+        queues: QueueSettings,
+    ) -> Result<Self, ServerError> {
+        prepare_path(socket)?;
+        let listener = Listener::new(socket, false).map_err(|e| ServerError::Bind {
+            path: socket.into(),
+            reason: e.to_string(),
+        })?;
+        let config = DeviceConfig::for_store(store.as_ref(), queues.queues, queues.queue_size);
+        let wake =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(ServerError::Wait)?;
+        Ok(Self {
+            listener,
+            handler: Arc::new(RequestHandler::new(store)),
+            config,
+            stop: StopHandle(Arc::new(StopState {
+                requested: AtomicBool::new(false),
+                wake,
+                current: Mutex::new(None),
+                socket: socket.into(),
+            })),
+        })
+    }
+
+    /// A handle that stops [`Server::run`].
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Serves frontends one after another until stopped. The socket is removed on return.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        tracing::info!(
+            socket = %self.stop.0.socket.display(),
+            capacity = self.config.capacity,
+            queues = self.config.queues,
+            serial = self.handler.store().serial(),
+            "waiting for a vhost-user frontend"
+        );
+        while self.wait_for_connection()? {
+            self.serve_one()?;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Blocks until a frontend connects (`true`) or a stop is requested (`false`).
+    fn wait_for_connection(&self) -> Result<bool, ServerError> {
+        loop {
+            if self.stop.requested() {
+                return Ok(false);
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop.0.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call, and
+            // both descriptors stay open while `self` lives.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Wait(e));
+            }
+            if fds[1].revents != 0 {
+                return Ok(false);
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn serve_one(&mut self) -> Result<(), ServerError> {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let backend = Arc::new(BlkBackend::new(
+            self.handler.clone(),
+            self.config.clone(),
+            mem.clone(),
+        ));
+        let mut daemon = VhostUserDaemon::new("lego-vhost-blk".into(), backend, mem)
+            .map_err(|e| ServerError::Daemon(e.to_string()))?;
+        daemon
+            .start(&mut self.listener)
+            .map_err(|e| ServerError::Daemon(e.to_string()))?;
+        tracing::info!("frontend connected");
+        {
+            let mut cur = self
+                .stop
+                .0
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *cur = daemon.shutdown_handle();
+            // A stop that raced with the accept has not seen this handle: apply it now.
+            if self.stop.requested() {
+                if let Some(h) = cur.as_ref() {
+                    h.shutdown();
+                }
+            }
+        }
+        let result = daemon.wait();
+        *self
+            .stop
+            .0
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        match result {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => tracing::info!("frontend disconnected"),
+            Err(e) => tracing::warn!("the frontend connection ended with an error: {e}"),
+        }
+        // Dropping the daemon stops and joins the queue workers before the next frontend.
+        drop(daemon);
+        Ok(())
+    }
+}

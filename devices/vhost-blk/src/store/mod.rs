@@ -1,0 +1,152 @@
+//! What a virtio-blk device is backed by: the [`BlockStore`] trait and its implementations.
+//!
+//! * [`file::FileStore`]: a local file (or block device).
+//! * [`remote_memory::RemoteMemoryStore`]: a vNode's remote memory on memory monitors.
+//! * [`remote_disk::RemoteDiskStore`]: a volume on a storage monitor.
+//!
+//! Offsets and lengths are in bytes and are multiples of [`SECTOR_SIZE`]; the request layer
+//! checks alignment and bounds before calling a store, and stores check them again with
+//! [`check_range`] so that no caller can reach outside the device.
+
+pub mod file;
+pub mod remote_disk;
+pub mod remote_memory;
+
+use lego_monitors::client::CallError;
+
+/// The virtio-blk sector: every offset and length handed to a store is a multiple of it.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Errors from a store operation. The request layer turns every one of them into an I/O error
+/// status for the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The range does not lie inside the device or is not sector aligned.
+    #[error("the range of {len} bytes at offset {offset} is misaligned or lies outside the {capacity}-byte device")]
+    OutOfRange {
+        /// First byte.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+        /// Device capacity in bytes.
+        capacity: u64,
+    },
+    /// The store is read-only.
+    #[error("the device is read-only")]
+    ReadOnly,
+    /// The store does not implement this operation.
+    #[error("the device does not support {0}")]
+    Unsupported(&'static str),
+    /// A local I/O operation failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A call to a monitor failed.
+    #[error("{op} on the monitor failed: {source}")]
+    Remote {
+        /// What was being done.
+        op: &'static str,
+        /// Cause.
+        source: CallError,
+    },
+}
+
+/// A block device's contents, addressed by byte offset in whole sectors.
+///
+/// Implementations are shared by every queue's worker thread, so they must be `Send + Sync`
+/// and serve concurrent calls.
+pub trait BlockStore: Send + Sync {
+    /// Size in bytes (a multiple of [`SECTOR_SIZE`]).
+    fn capacity(&self) -> u64;
+
+    /// Whether writes, discards and write-zeroes are refused.
+    fn read_only(&self) -> bool;
+
+    /// The device serial answered to GET_ID (the guest sees its first 20 bytes).
+    fn serial(&self) -> &str;
+
+    /// The block size the guest should use (a power of two, at least [`SECTOR_SIZE`]).
+    fn block_size(&self) -> u32 {
+        SECTOR_SIZE as u32
+    }
+
+    /// Fills `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError>;
+
+    /// Writes `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether [`BlockStore::discard`] is implemented.
+    fn supports_discard(&self) -> bool {
+        false
+    }
+
+    /// Deallocates a range; its contents become unspecified (zeros for every store here).
+    fn discard(&self, _offset: u64, _len: u64) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("discard"))
+    }
+
+    /// Whether [`BlockStore::write_zeroes`] is implemented.
+    fn supports_write_zeroes(&self) -> bool {
+        false
+    }
+
+    /// Makes a range read as zeros; with `may_unmap` the space may also be deallocated.
+    fn write_zeroes(&self, _offset: u64, _len: u64, _may_unmap: bool) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("write-zeroes"))
+    }
+}
+
+/// Checks that `len` bytes at `offset` are sector aligned and lie inside `capacity`.
+pub fn check_range(offset: u64, len: u64, capacity: u64) -> Result<(), StoreError> {
+    let inside = offset.checked_add(len).is_some_and(|end| end <= capacity);
+    if inside && offset.is_multiple_of(SECTOR_SIZE) && len.is_multiple_of(SECTOR_SIZE) {
+        Ok(())
+    } else {
+        Err(StoreError::OutOfRange {
+            offset,
+            len,
+            capacity,
+        })
+    }
+}
+
+/// Checks a range for a write-like operation on a store that may be read-only.
+pub fn check_write(
+    store_read_only: bool,
+    offset: u64,
+    len: u64,
+    capacity: u64,
+) -> Result<(), StoreError> {
+    if store_read_only {
+        return Err(StoreError::ReadOnly);
+    }
+    check_range(offset, len, capacity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked() {
+        assert!(check_range(0, 512, 1024).is_ok());
+        assert!(check_range(512, 512, 1024).is_ok());
+        assert!(check_range(0, 0, 0).is_ok());
+        assert!(check_range(512, 1024, 1024).is_err());
+        assert!(check_range(1, 512, 4096).is_err());
+        assert!(check_range(0, 100, 4096).is_err());
+        assert!(check_range(u64::MAX - 511, 512, u64::MAX).is_err());
+        assert!(matches!(
+            check_write(true, 0, 512, 1024),
+            Err(StoreError::ReadOnly)
+        ));
+    }
+}

@@ -1,0 +1,228 @@
+//! A real Linux guest under QEMU (TCG, q35, `vhost-user-blk-pci`) against the daemon: with the
+//! file store it writes a pattern and verifies it in a second boot, reading its device serial
+//! from sysfs and using two queues; with remote memory it turns the device into swap and runs
+//! a memory test larger than its RAM. Skipped, with the reason printed, when QEMU or the guest
+//! image (`cargo run -p lego-image -- build`) is missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::Daemon;
+
+/// A whole boot may take this long before the test fails (a boot takes ~3 s here).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The guest kernel and initramfs, if built.
+fn guest_image() -> Result<(PathBuf, PathBuf), String> {
+    let cache = match std::env::var_os("LEGO_CACHE") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache"),
+    };
+    let kernel = cache.join("guest/vmlinuz");
+    let initrd = cache.join("guest/initramfs.cpio");
+    if kernel.is_file() && initrd.is_file() {
+        Ok((kernel, initrd))
+    } else {
+        Err(format!(
+            "no guest image in {} (build it with `cargo run -p lego-image -- build`)",
+            cache.display()
+        ))
+    }
+}
+
+fn qemu() -> Result<(), String> {
+    match Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err("qemu-system-x86_64 is not installed".into()),
+    }
+}
+
+/// Whether the test can run; prints why not.
+fn prerequisites() -> Option<(PathBuf, PathBuf)> {
+    let r = qemu().and_then(|()| guest_image());
+    match r {
+        Ok(img) => Some(img),
+        Err(why) => {
+            eprintln!("skipping the QEMU test: {why}");
+            None
+        }
+    }
+}
+
+/// Boots the guest against `socket` running `run`; returns its console.
+fn boot(
+    img: &(PathBuf, PathBuf),
+    dir: &Path,
+    socket: &Path,
+    cpus: u32,
+    mem_mib: u32,
+    queues: u16,
+    run: &str,
+) -> String {
+    let console = dir.join(format!("console-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&console);
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-M",
+            "q35",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-smp", &cpus.to_string(), "-m", &format!("{mem_mib}M")])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-object")
+        .arg(format!(
+            "memory-backend-memfd,id=mem,size={mem_mib}M,share=on"
+        ))
+        .args(["-machine", "memory-backend=mem"])
+        .arg("-chardev")
+        .arg(format!("socket,id=blk,path={}", socket.display()))
+        .arg("-device")
+        .arg(format!(
+            "vhost-user-blk-pci,chardev=blk,num-queues={queues}"
+        ))
+        .arg("-kernel")
+        .arg(&img.0)
+        .arg("-initrd")
+        .arg(&img.1)
+        .arg("-append")
+        .arg(format!("console=ttyS0 quiet panic=-1 lego.run=\"{run}\""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start qemu");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for qemu") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            panic!("the guest did not finish within {BOOT_TIMEOUT:?}; console:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        status.success(),
+        "qemu exited with {status}; console:\n{text}"
+    );
+    text
+}
+
+fn assert_has(console: &str, line: &str) {
+    assert!(
+        console
+            .lines()
+            .any(|l| l.trim_end() == line || l.starts_with(line)),
+        "the console lacks '{line}':\n{console}"
+    );
+}
+
+#[test]
+fn linux_guest_uses_the_file_store_with_two_queues() {
+    let Some(img) = prerequisites() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--store",
+            "file",
+            "--path",
+            disk.to_str().expect("utf-8"),
+            "--size",
+            "64M",
+            "--queues",
+            "2",
+        ],
+    );
+    let console = boot(
+        &img,
+        dir.path(),
+        &daemon.socket,
+        2,
+        256,
+        2,
+        "echo SERIAL=$(cat /sys/block/vda/serial); echo MQ=$(ls /sys/block/vda/mq | wc -l); lego-guest-tools disk-write /dev/vda --seed 5 --blocks 512",
+    );
+    assert_has(&console, "SERIAL=lego-local:disk.img");
+    assert_has(&console, "MQ=2");
+    assert_has(&console, "LEGO_DISK_WRITE_OK");
+    assert_has(&console, "LEGO_RUN_EXIT=0");
+    // A second guest, through a new frontend connection, finds the data.
+    let console = boot(
+        &img,
+        dir.path(),
+        &daemon.socket,
+        1,
+        256,
+        1,
+        "lego-guest-tools disk-verify /dev/vda --seed 5 --blocks 512",
+    );
+    assert_has(&console, "LEGO_DISK_VERIFY_OK");
+    assert_has(&console, "LEGO_RUN_EXIT=0");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn linux_guest_swaps_to_remote_memory() {
+    let Some(img) = prerequisites() else { return };
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = cluster.key_hex();
+    let daemon = Daemon::start_env(
+        dir.path(),
+        &[
+            "--store",
+            "remote-memory",
+            "--manager",
+            &cluster.manager_addr,
+            "--vnode",
+            "9",
+            "--size",
+            "256M",
+        ],
+        &[("LEGO_CLUSTER_KEY", &key)],
+    );
+    let console = boot(
+        &img,
+        dir.path(),
+        &daemon.socket,
+        1,
+        128,
+        1,
+        "echo SERIAL=$(cat /sys/block/vda/serial); mkswap /dev/vda >/dev/null && swapon /dev/vda && lego-guest-tools memtest --mib 160 --seed 3 && grep SwapTotal /proc/meminfo",
+    );
+    assert_has(&console, "SERIAL=lego-remote-memory");
+    assert_has(&console, "LEGO_MEMTEST pages=40960 bad=0 ");
+    assert_has(&console, "LEGO_RUN_EXIT=0");
+    let stats = cluster.pages.stats();
+    let stored = stats
+        .per_vnode
+        .iter()
+        .find(|(v, _)| *v == 9)
+        .map_or(0, |(_, n)| *n);
+    assert!(
+        stored > 1000,
+        "only {stored} pages of vNode 9 reached the memory monitor"
+    );
+    eprintln!("remote memory pages stored after the memtest: {stored}");
+    assert!(daemon.terminate().success());
+}

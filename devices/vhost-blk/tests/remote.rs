@@ -1,0 +1,165 @@
+//! The daemon against a real cluster: a manager, a memory monitor and a storage monitor from
+//! `lego-monitors`, run in this process on loopback, with the daemon placing its store through
+//! the manager and reaching the monitors over the fabric with the capability it was issued.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::*;
+use vm_memory::{Bytes, GuestAddress};
+
+/// Writes a pattern at `sector`, reads it back through the device, and returns it.
+fn write_and_read_back(d: &mut Driver, sector: u64, len: u32, seed: u32) -> Vec<u8> {
+    let pattern: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(seed) % 251) as u8)
+        .collect();
+    d.mem
+        .write_slice(&pattern, GuestAddress(DATA))
+        .expect("data");
+    assert_eq!(
+        d.request(T_OUT, sector, Some((len, false))),
+        (1, 0),
+        "write"
+    );
+    d.mem
+        .write_slice(&vec![0u8; len as usize], GuestAddress(DATA))
+        .expect("clear");
+    assert_eq!(
+        d.request(T_IN, sector, Some((len, true))),
+        (len + 1, 0),
+        "read"
+    );
+    let mut back = vec![0u8; len as usize];
+    d.mem
+        .read_slice(&mut back, GuestAddress(DATA))
+        .expect("read back");
+    assert_eq!(back, pattern, "data read back through the device");
+    pattern
+}
+
+fn get_id(d: &mut Driver) -> Vec<u8> {
+    assert_eq!(d.request(T_GET_ID, 0, Some((20, true))), (21, 0));
+    let mut id = vec![0u8; 20];
+    d.mem.read_slice(&mut id, GuestAddress(DATA)).expect("id");
+    id
+}
+
+#[test]
+fn remote_memory_pages_land_on_the_memory_monitor() {
+    let c = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = c.key_hex();
+    let daemon = Daemon::start_env(
+        dir.path(),
+        &[
+            "--store",
+            "remote-memory",
+            "--manager",
+            &c.manager_addr,
+            "--vnode",
+            "5",
+            "--size",
+            "4M",
+        ],
+        &[("LEGO_CLUSTER_KEY", &key)],
+    );
+    let mut d = Driver::connect(&daemon.socket);
+    let cfg = d.config();
+    assert_eq!(
+        u64::from_le_bytes(cfg[..8].try_into().expect("8")),
+        8192,
+        "capacity"
+    );
+    assert_eq!(
+        u32::from_le_bytes(cfg[20..24].try_into().expect("4")),
+        4096,
+        "blk_size"
+    );
+    assert_eq!(&get_id(&mut d)[..18], b"lego-remote-memory");
+
+    // Pages across the 1 MiB region boundary, and a sub-page write in the middle of one.
+    write_and_read_back(&mut d, 2040, 16384, 31);
+    write_and_read_back(&mut d, 3, 1024, 17);
+    let stats = c.pages.stats();
+    assert_eq!(
+        stats.per_vnode,
+        vec![(5, 5)],
+        "4 + 1 pages of vNode 5 are stored"
+    );
+    assert_eq!(d.request(T_FLUSH, 0, None), (1, 0));
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn remote_disk_is_created_written_flushed_and_reopened() {
+    let c = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = c.key_hex();
+    let env = [("LEGO_CLUSTER_KEY", key.as_str())];
+    let base = [
+        "--store",
+        "remote-disk",
+        "--manager",
+        &c.manager_addr,
+        "--vnode",
+        "6",
+        "--volume",
+        "vol",
+    ];
+
+    // With --no-create, a missing volume is a clear error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lego-vhost-blk"))
+        .arg("--socket")
+        .arg(dir.path().join("x.sock"))
+        .args(base)
+        .arg("--no-create")
+        .envs(env)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vNode 6 has no volume 'vol'"), "{err}");
+
+    let mut args = base.to_vec();
+    args.extend(["--size", "2M"]);
+    let daemon = Daemon::start_env(dir.path(), &args, &env);
+    let mut d = Driver::connect(&daemon.socket);
+    let cfg = d.config();
+    assert_eq!(
+        u64::from_le_bytes(cfg[..8].try_into().expect("8")),
+        4096,
+        "capacity"
+    );
+    assert_eq!(&get_id(&mut d)[..], b"lego-remote-disk:vol");
+    let pattern = write_and_read_back(&mut d, 100, 12288, 13);
+    assert_eq!(d.request(T_FLUSH, 0, None), (1, 0), "flush");
+    assert!(daemon.terminate().success());
+    drop(d);
+
+    // The bytes are in the monitor's volume file.
+    let file = std::fs::read_dir(c.volumes_dir.path())
+        .expect("volumes")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "vol"))
+        .expect("a volume file");
+    let bytes = std::fs::read(file).expect("volume file");
+    assert_eq!(&bytes[100 * 512..100 * 512 + 12288], &pattern[..]);
+
+    // Reopened with --no-create, the data is still there.
+    let mut args = base.to_vec();
+    args.push("--no-create");
+    let daemon = Daemon::start_env(dir.path(), &args, &env);
+    let mut d = Driver::connect(&daemon.socket);
+    d.mem
+        .write_slice(&[0u8; 12288], GuestAddress(DATA))
+        .expect("clear");
+    assert_eq!(d.request(T_IN, 100, Some((12288, true))), (12289, 0));
+    let mut back = vec![0u8; 12288];
+    d.mem
+        .read_slice(&mut back, GuestAddress(DATA))
+        .expect("read");
+    assert_eq!(back, pattern);
+    assert!(daemon.terminate().success());
+}
