@@ -18,8 +18,11 @@ fi
 
 # lego-image fetches the guest kernel and busybox with `apt-get download`: the lists must
 # know linux-image-cloud-amd64 from the backports-enabled sources.
-if [ "${NEED_UPDATE:-0}" = 1 ] || ! apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -q "Candidate: [0-9]" ||
-    ! apt-cache policy qemu-system-x86 2>/dev/null | grep -q "bookworm-backports"; then
+# (Captured first: with pipefail, `grep -q` closing the pipe early would fail the check.)
+kernel_policy=$(apt-cache policy linux-image-cloud-amd64 2>/dev/null || true)
+qemu_policy=$(apt-cache policy qemu-system-x86 2>/dev/null || true)
+if [ "${NEED_UPDATE:-0}" = 1 ] || ! grep -q "Candidate: [0-9]" <<<"$kernel_policy" ||
+    ! grep -q "bookworm-backports" <<<"$qemu_policy"; then
     say "apt-get update"
     $SUDO apt-get update -q >/dev/null
 fi
