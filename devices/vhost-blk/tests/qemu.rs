@@ -1,8 +1,10 @@
 //! A real Linux guest under QEMU (TCG, q35, `vhost-user-blk-pci`) against the daemon: with the
 //! file store it writes a pattern and verifies it in a second boot, reading its device serial
-//! from sysfs and using two queues; with remote memory it turns the device into swap and runs
-//! a memory test larger than its RAM. Skipped, with the reason printed, when QEMU or the guest
-//! image (`cargo run -p lego-image -- build`) is missing.
+//! from sysfs and using two queues; with remote memory the guest's init turns the device into
+//! swap by itself (by its serial) and a memory test larger than the guest's RAM passes; with a
+//! remote disk the init formats it on first boot and mounts it at /mnt/remote, and a file
+//! written there is found by a second boot through a restarted daemon. Skipped, with the
+//! reason printed, when QEMU or the guest image (`cargo run -p lego-image -- build`) is missing.
 
 mod common;
 
@@ -135,6 +137,13 @@ fn assert_has(console: &str, line: &str) {
     );
 }
 
+fn assert_lacks(console: &str, text: &str) {
+    assert!(
+        !console.contains(text),
+        "the console has '{text}':\n{console}"
+    );
+}
+
 #[test]
 fn linux_guest_uses_the_file_store_with_two_queues() {
     let Some(img) = prerequisites() else { return };
@@ -163,6 +172,10 @@ fn linux_guest_uses_the_file_store_with_two_queues() {
         "echo SERIAL=$(cat /sys/block/vda/serial); echo MQ=$(ls /sys/block/vda/mq | wc -l); lego-guest-tools disk-write /dev/vda --seed 5 --blocks 512",
     );
     assert_has(&console, "SERIAL=lego-local:disk.img");
+    // A local disk is left alone by the init.
+    assert_lacks(&console, "LEGO_SWAP_ON");
+    assert_lacks(&console, "LEGO_REMOTE_DISK");
+    assert_lacks(&console, "LEGO_ERROR");
     assert_has(&console, "MQ=2");
     assert_has(&console, "LEGO_DISK_WRITE_OK");
     assert_has(&console, "LEGO_RUN_EXIT=0");
@@ -208,9 +221,12 @@ fn linux_guest_swaps_to_remote_memory() {
         1,
         128,
         1,
-        "echo SERIAL=$(cat /sys/block/vda/serial); mkswap /dev/vda >/dev/null && swapon /dev/vda && lego-guest-tools memtest --mib 160 --seed 3 && grep SwapTotal /proc/meminfo",
+        // No mkswap or swapon here: the init does it, recognising the device by its serial.
+        "echo SERIAL=$(cat /sys/block/vda/serial); lego-guest-tools memtest --mib 160 --seed 3 && grep SwapTotal /proc/meminfo",
     );
     assert_has(&console, "SERIAL=lego-remote-memory");
+    assert_has(&console, "LEGO_SWAP_ON dev=/dev/vda size_kb=262144");
+    assert_lacks(&console, "LEGO_ERROR");
     assert_has(&console, "LEGO_MEMTEST pages=40960 bad=0 ");
     assert_has(&console, "LEGO_RUN_EXIT=0");
     let stats = cluster.pages.stats();
@@ -224,5 +240,92 @@ fn linux_guest_swaps_to_remote_memory() {
         "only {stored} pages of vNode 9 reached the memory monitor"
     );
     eprintln!("remote memory pages stored after the memtest: {stored}");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn linux_guest_keeps_a_file_on_the_remote_disk() {
+    let Some(img) = prerequisites() else { return };
+    let cluster = Cluster::start();
+    let key = cluster.key_hex();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manager = cluster.manager_addr.as_str();
+    let daemon_args = |create: bool| {
+        let mut a = vec![
+            "--store",
+            "remote-disk",
+            "--manager",
+            manager,
+            "--vnode",
+            "11",
+            "--volume",
+            "data",
+            "--size",
+            "32M",
+        ];
+        if !create {
+            a.push("--no-create");
+        }
+        a
+    };
+    let first = dir.path().join("first");
+    std::fs::create_dir(&first).expect("mkdir");
+    let daemon = Daemon::start_env(&first, &daemon_args(true), &[("LEGO_CLUSTER_KEY", &key)]);
+    let console = boot(
+        &img,
+        &first,
+        &daemon.socket,
+        1,
+        128,
+        1,
+        "echo SERIAL=$(cat /sys/block/vda/serial); echo kept-by-the-storage-monitor > /mnt/remote/proof.txt && echo LISTED=$(ls /mnt/remote)",
+    );
+    assert_has(&console, "SERIAL=lego-remote-disk:dat");
+    assert_has(&console, "LEGO_REMOTE_DISK_FORMATTED dev=/dev/vda");
+    assert_has(
+        &console,
+        "LEGO_REMOTE_DISK_MOUNTED dev=/dev/vda path=/mnt/remote",
+    );
+    assert_has(&console, "LISTED=lost+found proof.txt");
+    assert_has(&console, "LEGO_RUN_EXIT=0");
+    assert_has(
+        &console,
+        "LEGO_REMOTE_DISK_UNMOUNTED dev=/dev/vda path=/mnt/remote",
+    );
+    assert_lacks(&console, "LEGO_ERROR");
+    assert!(daemon.terminate().success());
+
+    // A new daemon, which must find the volume on the storage monitor, and a new guest: the
+    // init mounts the existing filesystem without formatting it, and the file is there. At
+    // power-off the init still unmounts it although a leftover process holds it.
+    let second = dir.path().join("second");
+    std::fs::create_dir(&second).expect("mkdir");
+    let daemon = Daemon::start_env(&second, &daemon_args(false), &[("LEGO_CLUSTER_KEY", &key)]);
+    let console = boot(
+        &img,
+        &second,
+        &daemon.socket,
+        1,
+        128,
+        1,
+        // The sleep left behind keeps the mount busy: the init must end it to unmount.
+        "echo FOUND=$(cat /mnt/remote/proof.txt); (cd /mnt/remote && exec sleep 600) &",
+    );
+    assert_lacks(&console, "LEGO_REMOTE_DISK_FORMATTED");
+    assert_has(
+        &console,
+        "LEGO_REMOTE_DISK_MOUNTED dev=/dev/vda path=/mnt/remote",
+    );
+    assert_has(&console, "FOUND=kept-by-the-storage-monitor");
+    assert_has(
+        &console,
+        "lego-init: /mnt/remote is busy; ending all processes",
+    );
+    assert_has(&console, "LEGO_RUN_EXIT=0");
+    assert_has(
+        &console,
+        "LEGO_REMOTE_DISK_UNMOUNTED dev=/dev/vda path=/mnt/remote",
+    );
+    assert_lacks(&console, "LEGO_ERROR");
     assert!(daemon.terminate().success());
 }

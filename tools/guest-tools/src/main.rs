@@ -1,11 +1,12 @@
 //! The `lego-guest-tools` command line. Every subcommand prints greppable `LEGO_*` marker
 //! lines; exit status 1 means a check failed, 2 means the command could not run.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lego_guest_tools::{disk, memtest, sysinfo};
+use lego_guest_tools::{boot_timer, disk, memtest, sysinfo};
 
 /// Helper run inside LegoVMM guests.
 #[derive(Debug, Parser)]
@@ -51,6 +52,61 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Run a VMM, time its guest's ready marker and its exit, and sample its memory;
+    /// prints one LEGO_BOOT_TIMING line. Exit 0 = clean run, 125 = no ready marker in
+    /// time (killed), 124 = overall timeout, else the VMM's status.
+    BootTimer(BootTimerArgs),
+}
+
+/// Arguments of `boot-timer`.
+#[derive(Debug, clap::Args)]
+struct BootTimerArgs {
+    /// The VMM's name in the timing line (no spaces or '=').
+    #[arg(long, default_value = "vmm")]
+    label: String,
+    /// Console text showing the guest is up.
+    #[arg(long, default_value = "LEGO_GUEST_READY")]
+    ready: String,
+    /// Copy console lines containing this text to standard output ("" for none).
+    #[arg(long, default_value = "LEGO_")]
+    forward: String,
+    /// Keep a copy of the whole console (the VMM's standard output) in this file.
+    #[arg(long)]
+    console: Option<PathBuf>,
+    /// Memory sampling period in milliseconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    sample_ms: u64,
+    /// Kill the VMM if the ready marker has not appeared after this many seconds (0 = never).
+    #[arg(long, default_value_t = 0)]
+    ready_timeout: u64,
+    /// Kill the VMM if it has not exited after this many seconds (0 = never).
+    #[arg(long, default_value_t = 0)]
+    timeout: u64,
+    /// The VMM command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<OsString>,
+}
+
+/// Runs `boot-timer` and prints its timing line.
+fn boot_timer_main(a: BootTimerArgs) -> ExitCode {
+    let secs = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+    let cfg = boot_timer::TimerConfig {
+        label: a.label,
+        ready_marker: a.ready,
+        forward: Some(a.forward).filter(|f| !f.is_empty()),
+        console: a.console,
+        sample_every: std::time::Duration::from_millis(a.sample_ms),
+        ready_timeout: secs(a.ready_timeout),
+        timeout: secs(a.timeout),
+        command: a.command,
+    };
+    match boot_timer::run(&cfg) {
+        Ok(t) => {
+            println!("{}", t.line());
+            ExitCode::from(t.tool_exit_code())
+        }
+        Err(e) => fail(e),
+    }
 }
 
 /// Prints an error marker and returns exit status 2.
@@ -114,5 +170,6 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Cmd::BootTimer(a) => boot_timer_main(a),
     }
 }

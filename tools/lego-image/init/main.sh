@@ -7,9 +7,13 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 lego_load_modules /etc/lego/modules
 echo LEGO_GUEST_READY
+# Remote memory becomes swap, the remote disk is mounted at /mnt/remote.
+lego_attach_devices
 if ! lego_run "$(cat /proc/cmdline)"; then
     setsid cttyhack sh -l
 fi
+# Unmount the remote disk cleanly (and turn swap off) so what was written there lasts.
+lego_detach_devices
 sync
 poweroff -f
 # Only reached if power-off failed; never let PID 1 exit.

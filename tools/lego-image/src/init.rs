@@ -1,9 +1,18 @@
 //! The guest's `/init` script (busybox sh) and the files it reads.
 //!
 //! `/init` mounts proc, sysfs and devtmpfs, loads the modules listed in
-//! [`MODULE_LIST_PATH`], prints `LEGO_GUEST_READY`, runs `lego.run=` from the kernel command
-//! line with `sh -c` and prints `LEGO_RUN_EXIT=<status>`, then powers off. Without
-//! `lego.run` it starts a shell on the console and powers off when that exits.
+//! [`MODULE_LIST_PATH`], prints `LEGO_GUEST_READY`, attaches the LegoVMM devices (see below),
+//! runs `lego.run=` from the kernel command line with `sh -c` and prints
+//! `LEGO_RUN_EXIT=<status>`, then detaches the devices and powers off. Without `lego.run` it
+//! starts a shell on the console and powers off when that exits.
+//!
+//! Devices are told apart by their virtio serial (`/sys/block/vdX/serial`, set by
+//! `lego-vhost-blk`): `lego-remote-memory` becomes swap ([`SWAP_ON_MARKER`]);
+//! `lego-remote-disk:<volume>` is mounted at [`REMOTE_DISK_PATH`], given an ext2 filesystem
+//! first only when its first 64 KiB are zero ([`REMOTE_DISK_FORMATTED_MARKER`],
+//! [`REMOTE_DISK_MOUNTED_MARKER`]), and unmounted before power-off
+//! ([`REMOTE_DISK_UNMOUNTED_MARKER`]); `lego-local:<name>` disks are left alone. A failure
+//! prints a line starting with [`ERROR_PREFIX`] and the boot goes on.
 
 /// The shell functions of the init (command line parsing, module loading).
 pub const FUNCTIONS: &str = include_str!("../init/functions.sh");
@@ -19,6 +28,24 @@ pub const READY_MARKER: &str = "LEGO_GUEST_READY";
 
 /// The prefix of the line the init prints with the exit status of `lego.run`.
 pub const RUN_EXIT_PREFIX: &str = "LEGO_RUN_EXIT=";
+
+/// Printed once remote memory is swap: `LEGO_SWAP_ON dev=/dev/vdX size_kb=<n>`.
+pub const SWAP_ON_MARKER: &str = "LEGO_SWAP_ON";
+
+/// Printed when the init made a filesystem on an empty remote disk: `... dev=/dev/vdX`.
+pub const REMOTE_DISK_FORMATTED_MARKER: &str = "LEGO_REMOTE_DISK_FORMATTED";
+
+/// Printed once the remote disk is mounted: `... dev=/dev/vdX path=/mnt/remote`.
+pub const REMOTE_DISK_MOUNTED_MARKER: &str = "LEGO_REMOTE_DISK_MOUNTED";
+
+/// Printed at power-off once the remote disk is unmounted: `... dev=/dev/vdX path=/mnt/remote`.
+pub const REMOTE_DISK_UNMOUNTED_MARKER: &str = "LEGO_REMOTE_DISK_UNMOUNTED";
+
+/// Where the remote disk is mounted.
+pub const REMOTE_DISK_PATH: &str = "/mnt/remote";
+
+/// The start of a line reporting that setting up or tearing down a device failed.
+pub const ERROR_PREFIX: &str = "LEGO_ERROR";
 
 /// Returns the complete `/init` script.
 pub fn script() -> String {
@@ -115,5 +142,22 @@ mod tests {
         assert!(s.starts_with("#!/bin/sh\n"));
         assert!(s.contains(READY_MARKER) && s.contains(RUN_EXIT_PREFIX));
         assert!(s.contains(MODULE_LIST_PATH));
+        for m in [
+            SWAP_ON_MARKER,
+            REMOTE_DISK_FORMATTED_MARKER,
+            REMOTE_DISK_MOUNTED_MARKER,
+            REMOTE_DISK_UNMOUNTED_MARKER,
+            REMOTE_DISK_PATH,
+            ERROR_PREFIX,
+        ] {
+            assert!(s.contains(m), "the init never mentions {m}");
+        }
+        // The main part attaches the devices before running the command and detaches them
+        // before powering off.
+        let attach = MAIN.find("lego_attach_devices").expect("attach");
+        let run = MAIN.find("lego_run \"").expect("run");
+        let detach = MAIN.find("lego_detach_devices").expect("detach");
+        let off = MAIN.find("poweroff -f").expect("poweroff");
+        assert!(attach < run && run < detach && detach < off);
     }
 }

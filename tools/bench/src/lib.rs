@@ -1,0 +1,19 @@
+//! `lego-bench`: benchmark drivers for LegoVMM.
+//!
+//! `boot-bench` boots the same guest with legovmm and with QEMU microvm, interleaved, in
+//! one compute host of the testbed, timing each boot with `lego-guest-tools boot-timer`
+//! (ready marker, exit, peak `VmRSS - RssShmem`), and prints a markdown table.
+//!
+//! - [`assets`]: the files a run needs (guest image, VMMs, QEMU's libraries, the timer);
+//! - [`script`]: the job script run on the compute host;
+//! - [`results`]: parsing the timing lines the job leaves;
+//! - [`stats`]: medians and ranges;
+//! - [`report`]: the markdown report.
+
+#![warn(missing_docs)]
+
+pub mod assets;
+pub mod report;
+pub mod results;
+pub mod script;
+pub mod stats;
