@@ -10,4 +10,5 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod vhost_user;
 pub mod virtio;

@@ -37,6 +37,7 @@ fn help_lists_the_run_flags() {
         "--vcpus",
         "--config",
         "--disk",
+        "--vhost-user-blk",
         "--serial",
     ] {
         assert!(text.contains(flag), "run --help lacks {flag}: {text}");
@@ -117,6 +118,53 @@ fn a_missing_disk_is_named() {
     assert_fails_with(
         &["run", "--kernel", "/bin/sh", "--disk", "/nonexistent.img"],
         &["cannot attach disk /nonexistent.img"],
+    );
+}
+
+#[test]
+fn vhost_user_blk_sockets_are_checked_and_malformed_specs_explained() {
+    assert_fails_with(
+        &[
+            "run",
+            "--kernel",
+            "/bin/sh",
+            "--vhost-user-blk",
+            "socket=/nonexistent.sock",
+        ],
+        &[
+            "the vhost-user backend socket /nonexistent.sock cannot be used",
+            "No such file",
+        ],
+    );
+    // A regular file is not a backend.
+    assert_fails_with(
+        &[
+            "run",
+            "--kernel",
+            "/bin/sh",
+            "--vhost-user-blk",
+            "socket=/bin/sh",
+        ],
+        &["/bin/sh cannot be used", "not a Unix socket"],
+    );
+    for bad in ["bogus", "socket=", "path=/x.sock"] {
+        assert_fails_with(
+            &["run", "--kernel", "/bin/sh", "--vhost-user-blk", bad],
+            &[&format!(
+                "'{bad}' is not a vhost-user-blk device: use socket=PATH"
+            )],
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vnode.toml");
+    std::fs::write(
+        &cfg,
+        "kernel = \"/bin/sh\"\n[[vhost_user_blk]]\nsocket = \"/x.sock\"\nsokcet = 1\n",
+    )
+    .unwrap();
+    assert_fails_with(
+        &["run", "--config", cfg.to_str().unwrap()],
+        &["is invalid", "sokcet"],
     );
 }
 

@@ -48,6 +48,9 @@ pub enum ConfigError {
     /// A disk specification could not be understood.
     #[error("'{0}' is not a disk: use PATH or PATH,readonly")]
     BadDisk(String),
+    /// A vhost-user-blk specification could not be understood.
+    #[error("'{0}' is not a vhost-user-blk device: use socket=PATH")]
+    BadVhostUserBlk(String),
     /// A serial output specification could not be understood.
     #[error("'{0}' is not a serial output: use stdout, none, file:PATH or socket:PATH")]
     BadSerial(String),
@@ -114,6 +117,31 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// A virtio-blk disk served by a vhost-user-blk backend on a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserBlkConfig {
+    /// The backend's listening socket.
+    pub socket: PathBuf,
+}
+
+impl std::str::FromStr for VhostUserBlkConfig {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut socket = None;
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("socket", p)) if !p.is_empty() && socket.is_none() => {
+                    socket = Some(PathBuf::from(p));
+                }
+                _ => return Err(ConfigError::BadVhostUserBlk(s.into())),
+            }
+        }
+        let socket = socket.ok_or_else(|| ConfigError::BadVhostUserBlk(s.into()))?;
+        Ok(Self { socket })
+    }
+}
+
 /// The config file's contents; every field is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +159,9 @@ pub struct FileConfig {
     /// Local-file virtio-blk disks.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// vhost-user-blk disks (`[[vhost_user_blk]]` tables with `socket`).
+    #[serde(default)]
+    pub vhost_user_blk: Vec<VhostUserBlkConfig>,
     /// Serial output: "stdout", "none", "file:PATH" or "socket:PATH".
     pub serial: Option<String>,
 }
@@ -185,6 +216,8 @@ pub struct Overrides {
     pub vcpus: Option<u64>,
     /// `--disk` (replaces the file's disks when any is given).
     pub disks: Vec<String>,
+    /// `--vhost-user-blk` (replaces the file's when any is given).
+    pub vhost_user_blk: Vec<String>,
     /// `--serial`.
     pub serial: Option<String>,
 }
@@ -204,6 +237,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Local-file disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// vhost-user-blk disks, seen by the guest after the local disks.
+    pub vhost_user_blk: Vec<VhostUserBlkConfig>,
     /// Serial output.
     pub serial: SerialOutput,
 }
@@ -235,6 +270,15 @@ impl VmConfig {
                 .map(|d| d.parse())
                 .collect::<Result<_, _>>()?
         };
+        let vhost_user_blk = if flags.vhost_user_blk.is_empty() {
+            file.vhost_user_blk
+        } else {
+            flags
+                .vhost_user_blk
+                .iter()
+                .map(|d| d.parse())
+                .collect::<Result<_, _>>()?
+        };
         let serial = match flags.serial.or(file.serial) {
             Some(s) => s.parse()?,
             None => SerialOutput::Stdout,
@@ -249,6 +293,7 @@ impl VmConfig {
             memory,
             vcpus: vcpus as u8,
             disks,
+            vhost_user_blk,
             serial,
         })
     }
@@ -322,6 +367,31 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_blk_disks_come_from_flags_or_the_file() {
+        let text = "kernel = \"/k\"\n[[vhost_user_blk]]\nsocket = \"/run/a.sock\"\n";
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let cfg = VmConfig::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(cfg.vhost_user_blk[0].socket, PathBuf::from("/run/a.sock"));
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let flags = Overrides {
+            vhost_user_blk: vec!["socket=/b.sock".into(), "socket=/c.sock".into()],
+            ..Default::default()
+        };
+        let cfg = VmConfig::resolve(file, flags).unwrap();
+        let sockets: Vec<_> = cfg
+            .vhost_user_blk
+            .iter()
+            .map(|v| v.socket.clone())
+            .collect();
+        assert_eq!(
+            sockets,
+            [PathBuf::from("/b.sock"), PathBuf::from("/c.sock")]
+        );
+        let bad = "kernel = \"/k\"\n[[vhost_user_blk]]\nsocket = \"/a\"\nqueues = 2\n";
+        assert!(toml::from_str::<FileConfig>(bad).is_err());
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vm.toml");
@@ -352,6 +422,22 @@ mod tests {
         assert!("a,bogus".parse::<DiskConfig>().is_err());
         assert!("/d,readonly".parse::<DiskConfig>().unwrap().readonly);
         assert!("tcp:1".parse::<SerialOutput>().is_err());
+        for bad in [
+            "bogus",
+            "socket=",
+            "path=/s",
+            "socket=/a,socket=/b",
+            "socket=/a,x=1",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    bad.parse::<VhostUserBlkConfig>(),
+                    Err(ConfigError::BadVhostUserBlk(_))
+                ),
+                "{bad} should be rejected"
+            );
+        }
         assert_eq!(
             "file:/x".parse::<SerialOutput>().unwrap(),
             SerialOutput::File("/x".into())

@@ -10,8 +10,10 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use lego_devices::bus::{Bus, BusError, SharedDevice};
 use lego_devices::exit::ExitNotifier;
 use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
+use lego_devices::vhost_user::VhostUserBlk;
 use lego_devices::virtio::block::Block;
 use lego_devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use lego_devices::virtio::VirtioDevice;
 use std::sync::{Arc, Mutex};
 
 /// Errors creating devices.
@@ -28,6 +30,25 @@ pub enum DeviceError {
     Disk {
         /// The backing file.
         path: String,
+        /// Why.
+        message: String,
+    },
+    /// A vhost-user-blk backend's socket is unusable.
+    #[error("the vhost-user backend socket {path} cannot be used: {message}")]
+    VhostUserSocket {
+        /// The socket.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// A vhost-user-blk backend could not be connected or set up.
+    #[error(transparent)]
+    VhostUser(#[from] lego_devices::vhost_user::VhostUserError),
+    /// A virtio-mmio transport refused a device.
+    #[error("cannot attach {what}: {message}")]
+    Transport {
+        /// The device.
+        what: String,
         /// Why.
         message: String,
     },
@@ -91,6 +112,59 @@ pub fn check_disks(config: &VmConfig) -> Result<(), DeviceError> {
     Ok(())
 }
 
+/// Checks that every vhost-user-blk backend's socket exists and is a Unix socket, before
+/// any VM is built.
+pub fn check_vhost_user(config: &VmConfig) -> Result<(), DeviceError> {
+    use std::os::unix::fs::FileTypeExt;
+    for dev in &config.vhost_user_blk {
+        let err = |message: String| DeviceError::VhostUserSocket {
+            path: dev.socket.display().to_string(),
+            message,
+        };
+        let meta = std::fs::metadata(&dev.socket).map_err(|e| err(e.to_string()))?;
+        if !meta.file_type().is_socket() {
+            return Err(err(
+                "it is not a Unix socket (is the backend running?)".into()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Places `device` behind a virtio-mmio window in slot `slot` and wires its queue
+/// notifications (ioeventfds) and interrupt (irqfd) into KVM.
+fn attach_virtio<D: VirtioDevice + 'static>(
+    vm: &VmFd,
+    mmio: &mut Bus,
+    mem: &GuestMemory,
+    slot: usize,
+    device: D,
+    what: &str,
+) -> Result<MmioDevice, DeviceError> {
+    let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
+    let transport =
+        MmioTransport::new(device, mem.clone()).map_err(|e| DeviceError::Transport {
+            what: what.into(),
+            message: e.to_string(),
+        })?;
+    let base = layout::VIRTIO_MMIO_START + slot as u64 * layout::VIRTIO_MMIO_SIZE;
+    let gsi = layout::VIRTIO_GSIS[slot];
+    for (q, evt) in transport.queue_events().iter().enumerate() {
+        vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
+            .map_err(kvm_err(format!("queue {q} notifications of {what}")))?;
+    }
+    vm.register_irqfd(transport.interrupt_event(), gsi)
+        .map_err(kvm_err(format!("the interrupt of {what}")))?;
+    let dev: SharedDevice = shared(transport);
+    mmio.insert(dev, base, MMIO_LEN)?;
+    tracing::info!(base = format_args!("{base:#x}"), gsi, "attached {what}");
+    Ok(MmioDevice {
+        base,
+        size: layout::VIRTIO_MMIO_SIZE,
+        gsi,
+    })
+}
+
 /// Creates every device of `config`.
 pub fn create(
     vm: &VmFd,
@@ -125,35 +199,36 @@ pub fn create(
         pvpanic::LEN,
     )?;
 
-    if config.disks.len() > layout::VIRTIO_GSIS.len() {
+    if config.disks.len() + config.vhost_user_blk.len() > layout::VIRTIO_GSIS.len() {
         return Err(DeviceError::TooManyVirtio(layout::VIRTIO_GSIS.len()));
     }
     let mut virtio = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
-        let disk_err = |message: String| DeviceError::Disk {
-            path: disk.path.display().to_string(),
-            message,
-        };
-        let block = Block::new(&disk.path, disk.readonly, &format!("lego-local-{i}"))
-            .map_err(|e| disk_err(e.to_string()))?;
-        let transport =
-            MmioTransport::new(block, mem.clone()).map_err(|e| disk_err(e.to_string()))?;
-        let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
-        let gsi = layout::VIRTIO_GSIS[i];
-        for (q, evt) in transport.queue_events().iter().enumerate() {
-            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
-                .map_err(kvm_err(format!("queue {q} notifications of disk {i}")))?;
-        }
-        vm.register_irqfd(transport.interrupt_event(), gsi)
-            .map_err(kvm_err(format!("the interrupt of disk {i}")))?;
-        let dev: SharedDevice = shared(transport);
-        mmio.insert(dev, base, MMIO_LEN)?;
-        tracing::info!(disk = %disk.path.display(), readonly = disk.readonly, base = format_args!("{base:#x}"), gsi, "attached virtio-blk disk");
-        virtio.push(MmioDevice {
-            base,
-            size: layout::VIRTIO_MMIO_SIZE,
-            gsi,
-        });
+        let block =
+            Block::new(&disk.path, disk.readonly, &format!("lego-local-{i}")).map_err(|e| {
+                DeviceError::Disk {
+                    path: disk.path.display().to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+        let what = format!(
+            "virtio-blk disk {}{}",
+            disk.path.display(),
+            if disk.readonly { " (read-only)" } else { "" }
+        );
+        virtio.push(attach_virtio(
+            vm,
+            &mut mmio,
+            mem,
+            virtio.len(),
+            block,
+            &what,
+        )?);
+    }
+    for dev in &config.vhost_user_blk {
+        let blk = VhostUserBlk::connect(&dev.socket)?;
+        let what = format!("vhost-user-blk disk at {}", dev.socket.display());
+        virtio.push(attach_virtio(vm, &mut mmio, mem, virtio.len(), blk, &what)?);
     }
     Ok(Devices { pio, mmio, virtio })
 }

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a vNode and run it until the guest powers off.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check whether this host's KVM can boot stock kernels (exit 0 if it can).
     Probe {
         /// The KVM device.
@@ -41,7 +41,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, vcpus, [[disks]], serial); flags override it.
+    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, vcpus, [[disks]], [[vhost_user_blk]], serial); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Kernel image: a bzImage or an ELF vmlinux (PVH entry used when present).
@@ -62,6 +62,9 @@ struct RunArgs {
     /// A virtio-blk disk backed by a local file; repeat for more (vda, vdb, ...).
     #[arg(long, value_name = "PATH[,readonly]")]
     disk: Vec<String>,
+    /// A virtio-blk disk served by a vhost-user-blk backend (e.g. lego-vhost-blk) listening on the Unix socket PATH; repeat for more. The guest sees them after the --disk disks.
+    #[arg(long = "vhost-user-blk", value_name = "socket=PATH")]
+    vhost_user_blk: Vec<String>,
     /// Where the serial console goes: stdout, none, file:PATH or socket:PATH (listen) [default: stdout].
     #[arg(long, value_name = "OUTPUT")]
     serial: Option<String>,
@@ -75,7 +78,7 @@ fn main() -> ExitCode {
     init_logging(&cli.log_level);
     match cli.command {
         Command::Probe { kvm_device } => probe(&kvm_device),
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
@@ -120,6 +123,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         vcpus: args.vcpus,
         disks: args.disk,
+        vhost_user_blk: args.vhost_user_blk,
         serial: args.serial,
     };
     let config = match VmConfig::resolve(file, flags) {

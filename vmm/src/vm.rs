@@ -93,6 +93,7 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     boot::check_readable(&config.kernel, config.initrd.as_deref())?;
     memory::check_available(config.memory)?;
     device_manager::check_disks(config)?;
+    device_manager::check_vhost_user(config)?;
     let kvm = kvm::open(kvm_path)?;
     kvm::probe_stock_kernel_support(&kvm)?;
     let ioctl = |what| move |source| VmError::VmIoctl { what, source };
@@ -153,6 +154,7 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     tracing::info!(
         kernel = %config.kernel.display(), ?format, ?entry,
         memory_mib = config.memory >> 20, vcpus = config.vcpus, disks = config.disks.len(),
+        vhost_user_blk = config.vhost_user_blk.len(),
         "booting vNode"
     );
 

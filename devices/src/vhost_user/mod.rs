@@ -1,0 +1,62 @@
+//! vhost-user frontends: virtio devices whose queues a separate backend process serves
+//! over a Unix socket (the vhost-user protocol), reading and writing guest RAM directly
+//! through the shared memfd.
+//!
+//! legovmm keeps the virtio-mmio transport; on DRIVER_OK the device hands the backend the
+//! guest memory table, the rings' addresses, the queue-notify eventfds (KVM ioeventfds, so
+//! guest kicks go straight to the backend) and one call eventfd per queue, which
+//! [`relay`] turns into the device's interrupt.
+
+pub mod blk;
+pub mod features;
+pub mod relay;
+
+use std::io;
+
+pub use blk::VhostUserBlk;
+
+/// Errors of a vhost-user frontend.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    /// The backend's socket could not be connected.
+    #[error("cannot connect to the vhost-user backend at {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A vhost-user request failed or the backend answered it wrongly.
+    #[error("the vhost-user backend at {path} failed {step}: {source}")]
+    Protocol {
+        /// The socket.
+        path: String,
+        /// The request, e.g. "GET_FEATURES".
+        step: String,
+        /// The vhost crate's error.
+        #[source]
+        source: vhost::Error,
+    },
+    /// The backend cannot serve a modern virtio device.
+    #[error("the vhost-user backend at {0} does not offer VIRTIO_F_VERSION_1")]
+    NotModern(String),
+    /// The backend does not negotiate protocol features, or not CONFIG.
+    #[error("the vhost-user backend at {0} does not offer the CONFIG protocol feature, which legovmm needs to read the disk's capacity")]
+    NoConfig(String),
+    /// Guest memory is not file-backed, so the backend cannot map it.
+    #[error("guest memory at {0:#x} is not backed by a shared file, so a vhost-user backend cannot map it")]
+    MemoryNotShared(u64),
+    /// A queue's rings are not inside guest memory.
+    #[error("queue {0}'s rings are not inside guest memory")]
+    QueueOutsideMemory(usize),
+    /// A system resource (eventfd, thread) could not be set up.
+    #[error("could not {what}: {source}")]
+    Io {
+        /// What the frontend was doing.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}

@@ -1,0 +1,214 @@
+//! The interrupt relay of a vhost-user device: a thread that turns the backend's "used
+//! buffers" eventfds into the device's virtio interrupt, and reports a backend that hangs up.
+//!
+//! The virtio-mmio transport keeps an InterruptStatus word that the guest reads before it
+//! looks at the used rings, so the backend's call eventfd cannot be the KVM irqfd itself:
+//! someone must set the status bit first. That costs one thread wake-up per interrupt. A
+//! later optimisation can hand the backend the irqfd directly, with a level-triggered
+//! resample eventfd to keep the status word in step.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::virtio::{RateLimitedLog, VirtioInterrupt};
+
+/// A running relay thread; stopped (and joined) by [`Relay::stop`] or on drop.
+pub struct Relay {
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the relay thread watches.
+struct Watched {
+    calls: Vec<EventFd>,
+    socket: UnixStream,
+    stop: EventFd,
+    interrupt: VirtioInterrupt,
+    path: String,
+}
+
+impl Relay {
+    /// Starts relaying `calls` (one per queue) to `interrupt`, and watching `socket` (a
+    /// clone of the backend connection) for a hang-up of the backend at `path`.
+    pub fn start(
+        calls: Vec<EventFd>,
+        socket: UnixStream,
+        interrupt: VirtioInterrupt,
+        path: String,
+    ) -> io::Result<Self> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let watched = Watched {
+            calls,
+            socket,
+            stop: stop.try_clone()?,
+            interrupt,
+            path,
+        };
+        let epoll = watched.register()?;
+        let thread = std::thread::Builder::new()
+            .name("vhost-user-irq".into())
+            .spawn(move || watched.run(&epoll))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            if let Err(e) = self.stop.write(1) {
+                tracing::error!("could not stop the vhost-user interrupt relay: {e}");
+                return;
+            }
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Watched {
+    /// The epoll token of the backend socket; the stop eventfd's is one more; the call
+    /// eventfds' are their queue indexes.
+    fn socket_token(&self) -> u64 {
+        self.calls.len() as u64
+    }
+
+    fn register(&self) -> io::Result<Epoll> {
+        let epoll = Epoll::new()?;
+        for (i, call) in self.calls.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                call.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        // Only a hang-up of the socket: its replies belong to whoever sent the request.
+        epoll.ctl(
+            ControlOperation::Add,
+            self.socket.as_raw_fd(),
+            EpollEvent::new(EventSet::READ_HANG_UP, self.socket_token()),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            self.stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, self.socket_token() + 1),
+        )?;
+        Ok(epoll)
+    }
+
+    fn run(self, epoll: &Epoll) {
+        let mut events = vec![EpollEvent::default(); self.calls.len() + 2];
+        let mut log = RateLimitedLog::default();
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(
+                        "the interrupt relay of the vhost-user backend at {} failed: {e}; the disk stops answering",
+                        self.path
+                    );
+                    return;
+                }
+            };
+            for event in &events[..n] {
+                let token = event.data();
+                if token == self.socket_token() + 1 {
+                    return;
+                }
+                if token == self.socket_token() {
+                    tracing::error!(
+                        "the vhost-user backend at {} closed its connection; the disk stops answering",
+                        self.path
+                    );
+                    if let Err(e) = epoll.ctl(
+                        ControlOperation::Delete,
+                        self.socket.as_raw_fd(),
+                        EpollEvent::default(),
+                    ) {
+                        tracing::warn!("could not stop watching the backend socket: {e}");
+                        return;
+                    }
+                    continue;
+                }
+                let Some(call) = usize::try_from(token).ok().and_then(|i| self.calls.get(i)) else {
+                    continue;
+                };
+                match call.read() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => {
+                        if let Some(suppressed) = log.check() {
+                            tracing::warn!(
+                                "could not read queue {token}'s call eventfd: {e} ({suppressed} similar messages suppressed)"
+                            );
+                        }
+                        continue;
+                    }
+                }
+                if let Err(e) = self.interrupt.signal_used_queue() {
+                    if let Some(suppressed) = log.check() {
+                        tracing::warn!(
+                            "could not raise the vhost-user device's interrupt: {e} ({suppressed} similar messages suppressed)"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::interrupt::INT_USED_RING;
+    use std::time::{Duration, Instant};
+
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_call_raises_the_used_ring_interrupt_and_a_hang_up_does_not_stop_the_relay() {
+        let calls: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let backend_calls: Vec<EventFd> = calls.iter().map(|c| c.try_clone().unwrap()).collect();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let irq = VirtioInterrupt::new().unwrap();
+        let mut relay = Relay::start(calls, ours, irq.clone(), "test.sock".into()).unwrap();
+
+        backend_calls[1].write(1).unwrap();
+        wait_for("the interrupt", || irq.status() & INT_USED_RING != 0);
+        assert!(irq.event().read().unwrap() >= 1);
+        irq.ack(INT_USED_RING);
+
+        // The backend dies: the relay logs it and keeps going.
+        drop(theirs);
+        std::thread::sleep(Duration::from_millis(50));
+        backend_calls[0].write(1).unwrap();
+        wait_for("the interrupt after the hang-up", || {
+            irq.status() & INT_USED_RING != 0
+        });
+        relay.stop();
+        relay.stop();
+    }
+}
