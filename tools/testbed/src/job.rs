@@ -36,6 +36,9 @@ pub enum JobError {
 /// job folder, with `$LEGOVMM` (the command that runs legovmm), `$JOB_DIR` (the job
 /// folder, where result files go), `$LEGO_TESTBED_MODE` (`nested` or `direct`) and
 /// `$LEGO_TESTBED_LIB` (shell functions such as `lego_vnode`, see [`crate::shell`]) set.
+/// `$LEGO_HOST_ADDR` is the address at which the script reaches daemons listening on this
+/// machine's `127.0.0.1`: `127.0.0.1` in direct mode, `10.0.2.2` in nested mode with
+/// [`Job::network`] (unset in nested mode without it).
 #[derive(Debug, Clone)]
 pub struct Job {
     /// A short name for logs (`<cache>/testbed/logs/<name>.console.log`).
@@ -55,6 +58,9 @@ pub struct Job {
     pub retries: u32,
     /// Free space for results on the job disk, in MiB (nested mode).
     pub disk_extra_mib: u64,
+    /// Nested mode: give the compute host a user-mode network to this machine's loopback
+    /// (see [`crate::qemu::NETDEV`]). Direct mode needs none.
+    pub network: bool,
 }
 
 impl Job {
@@ -69,6 +75,7 @@ impl Job {
             ready_timeout: Duration::from_secs(120),
             retries: 0,
             disk_extra_mib: 64,
+            network: false,
         }
     }
 
@@ -81,6 +88,13 @@ impl Job {
     /// Sets the overall timeout.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = t;
+        self
+    }
+
+    /// Asks for (or not) the compute host's network to this machine's loopback, reached
+    /// from the script at `$LEGO_HOST_ADDR`.
+    pub fn network(mut self, on: bool) -> Self {
+        self.network = on;
         self
     }
 
@@ -141,6 +155,8 @@ pub struct JobOutput {
     pub l1_init_after: Option<Duration>,
     /// Nested mode: whether L1 had `/dev/kvm` (None if it never said).
     pub l1_kvm: Option<bool>,
+    /// Nested mode with the network: whether L1 brought it up (None if it never said).
+    pub l1_net: Option<bool>,
     /// When the ready marker appeared in the last try.
     pub ready_after: Option<Duration>,
     /// The console log file of the last try.
@@ -235,7 +251,10 @@ mod tests {
         let j = Job::new("n", "true")
             .file("/etc/hostname", "h")
             .timeout(Duration::from_secs(5))
-            .ready("R", Duration::from_secs(2), 3);
+            .ready("R", Duration::from_secs(2), 3)
+            .network(true);
+        assert!(j.network);
+        assert!(!Job::new("m", "true").network);
         assert_eq!(j.files.len(), 1);
         assert_eq!(j.ready_marker.as_deref(), Some("R"));
         assert_eq!(j.retries, 3);

@@ -1,6 +1,6 @@
 //! The compute host's (L1's) boot files: the stock Debian cloud kernel and a small
-//! initramfs with busybox, the testbed's `/init` and the modules for virtio-mmio disks and
-//! KVM on AMD. Cached in `<cache>/testbed/l1/` and rebuilt only when the inputs change.
+//! initramfs with busybox, the testbed's `/init` and the modules for virtio-mmio disks,
+//! KVM on AMD and (loaded only on request) virtio-net. Cached in `<cache>/testbed/l1/` and rebuilt only when the inputs change.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -24,11 +24,15 @@ pub const L1_MODULES: &[&str] = &[
     "kvm_amd",
 ];
 
+/// The modules L1 loads only when the job asks for the network (dependencies already in
+/// [`L1_MODULES`] are not repeated).
+pub const L1_NET_MODULES: &[&str] = &["failover", "net_failover", "virtio_net"];
+
 /// L1's `/init`.
 pub const INIT_SCRIPT: &str = include_str!("l1_init.sh");
 
 /// Bumped when the layout of the initramfs changes.
-const FORMAT: &str = "lego-testbed l1 format 1";
+const FORMAT: &str = "lego-testbed l1 format 2";
 
 /// Errors from preparing L1's boot files.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,7 @@ struct Inputs {
     unpacked: debian::Unpacked,
     busybox: PathBuf,
     modules: Vec<PathBuf>,
+    net_modules: Vec<PathBuf>,
 }
 
 impl Inputs {
@@ -103,10 +108,15 @@ impl Inputs {
             return Err(L1Error::NoBusybox(busybox));
         }
         let modules = modules::resolve(&unpacked.modules_dir, L1_MODULES)?;
+        let net_modules = modules::resolve(&unpacked.modules_dir, L1_NET_MODULES)?
+            .into_iter()
+            .filter(|m| !modules.contains(m))
+            .collect();
         Ok(Self {
             unpacked,
             busybox,
             modules,
+            net_modules,
         })
     }
 
@@ -117,6 +127,9 @@ impl Inputs {
         }
         for m in &self.modules {
             s.push_str(&format!("module {}\n", m.display()));
+        }
+        for m in &self.net_modules {
+            s.push_str(&format!("net-module {}\n", m.display()));
         }
         s.push_str(&format!("busybox {}\n", self.busybox.display()));
         s.push_str(&format!("init {:016x}\n", fnv1a(INIT_SCRIPT.as_bytes())));
@@ -133,17 +146,22 @@ impl Inputs {
         a.add_char_device("dev/console", 0o600, 5, 1)?;
         a.add_file_from("bin/busybox", &self.busybox, 0o755)?;
         a.add_file("init", INIT_SCRIPT, 0o755)?;
-        let mut order = String::new();
-        for m in &self.modules {
-            let name = m
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            a.add_file_from(&format!("lib/modules/l1/{name}"), m, 0o644)?;
-            order.push_str(&name);
-            order.push('\n');
+        for (list, modules) in [
+            ("etc/lego/l1-modules", &self.modules),
+            ("etc/lego/l1-net-modules", &self.net_modules),
+        ] {
+            let mut order = String::new();
+            for m in modules {
+                let name = m
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                a.add_file_from(&format!("lib/modules/l1/{name}"), m, 0o644)?;
+                order.push_str(&name);
+                order.push('\n');
+            }
+            a.add_file(list, order, 0o644)?;
         }
-        a.add_file("etc/lego/l1-modules", order, 0o644)?;
         Ok(a)
     }
 }
@@ -158,8 +176,9 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 /// Describes the inputs that do not come from apt.
 fn local_inputs() -> String {
     format!(
-        "{FORMAT}\nmodules {}\ninit {:016x}\n",
+        "{FORMAT}\nmodules {}\nnet-modules {}\ninit {:016x}\n",
         L1_MODULES.join(","),
+        L1_NET_MODULES.join(","),
         fnv1a(INIT_SCRIPT.as_bytes())
     )
 }
@@ -248,7 +267,7 @@ pub fn prepare(cache: &Path) -> Result<L1Assets, L1Error> {
     }
     eprintln!(
         "lego-testbed: building the compute host initramfs ({} modules, kernel {kernel_version})",
-        inputs.modules.len()
+        inputs.modules.len() + inputs.net_modules.len()
     );
     let _ = std::fs::remove_file(&stamp);
     let local = dir.join("local.txt");
@@ -284,6 +303,16 @@ mod tests {
             assert!(INIT_SCRIPT.contains(m), "{m}");
         }
         assert!(INIT_SCRIPT.contains("poweroff -f"));
+    }
+
+    #[test]
+    fn local_inputs_name_every_module_list() {
+        let local = local_inputs();
+        assert!(local.contains(&L1_MODULES.join(",")), "{local}");
+        assert!(local.contains(&L1_NET_MODULES.join(",")), "{local}");
+        assert!(INIT_SCRIPT.contains("/etc/lego/l1-net-modules"));
+        assert!(INIT_SCRIPT.contains(crate::qemu::NET_CMDLINE));
+        assert!(INIT_SCRIPT.contains(crate::markers::L1_NET_UP));
     }
 
     #[test]

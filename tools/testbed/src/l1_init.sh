@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of the LegoVMM testbed's compute host (L1). Markers on the console:
-#   LEGO_L1_INIT, LEGO_L1_KVM=yes|no, LEGO_L1_DISK=..., LEGO_L1_JOB_EXIT=<rc>.
+#   LEGO_L1_INIT, LEGO_L1_KVM=yes|no, LEGO_L1_NET=up|down (with lego.net=1 only),
+#   LEGO_L1_DISK=..., LEGO_L1_JOB_EXIT=<rc>.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 export HOME=/tmp
@@ -10,19 +11,48 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "LEGO_L1_INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 
-while read -r m; do
-    [ -n "$m" ] || continue
-    out=$(insmod "/lib/modules/l1/$m" 2>&1) || case "$out" in
-        *'File exists'*) ;;
-        *) echo "LEGO_L1_MODULE_FAILED=$m: $out" ;;
-    esac
-done < /etc/lego/l1-modules
+# Loads the modules listed in $1, in order.
+load_modules() {
+    while read -r m; do
+        [ -n "$m" ] || continue
+        out=$(insmod "/lib/modules/l1/$m" 2>&1) || case "$out" in
+            *'File exists'*) ;;
+            *) echo "LEGO_L1_MODULE_FAILED=$m: $out" ;;
+        esac
+    done < "$1"
+}
+load_modules /etc/lego/l1-modules
 
 if [ -c /dev/kvm ]; then
     echo "LEGO_L1_KVM=yes uptime=$(cut -d' ' -f1 /proc/uptime)"
 else
     echo "LEGO_L1_KVM=no (svm flags: $(grep -c -w svm /proc/cpuinfo) cpus)"
 fi
+
+# The network (slirp): only the 10.0.2.0/24 link, where 10.0.2.2 is the host's loopback.
+# No default route, so nothing is sent past this machine.
+net_up() {
+    load_modules /etc/lego/l1-net-modules
+    ip link set lo up
+    n=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+    if [ ! -e /sys/class/net/eth0 ]; then
+        echo "LEGO_L1_NET=down no eth0 (virtio_net did not find the NIC)"
+        return 1
+    fi
+    if ! out=$(ip link set eth0 up 2>&1 && ip addr add 10.0.2.15/24 dev eth0 2>&1); then
+        echo "LEGO_L1_NET=down $out"
+        return 1
+    fi
+    echo "LEGO_L1_NET=up addr=10.0.2.15 host=10.0.2.2 uptime=$(cut -d' ' -f1 /proc/uptime)"
+    export LEGO_HOST_ADDR=10.0.2.2
+}
+case " $(cat /proc/cmdline) " in
+    *' lego.net=1 '*) net_up ;;
+esac
 
 finish() {
     cd /

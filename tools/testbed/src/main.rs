@@ -42,6 +42,10 @@ struct Cli {
     /// vCPUs of the nested compute host.
     #[arg(long, global = true, default_value_t = 2, value_name = "N")]
     l1_cpus: u32,
+    /// Give the nested compute host a user-mode network: jobs reach this machine's
+    /// 127.0.0.1 at $LEGO_HOST_ADDR (10.0.2.2; 127.0.0.1 in direct mode, network or not).
+    #[arg(long, global = true)]
+    network: bool,
     /// Do not stream the console to stderr.
     #[arg(long, global = true)]
     quiet: bool,
@@ -179,6 +183,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         ..QemuConfig::default()
     };
     config.stream_console = !cli.quiet;
+    config.network = cli.network;
     match cli.command {
         Cmd::Mode => {
             let tb = Testbed::new(config)?;

@@ -7,6 +7,10 @@ pub const L1_INIT: &str = "LEGO_L1_INIT";
 pub const L1_KVM_YES: &str = "LEGO_L1_KVM=yes";
 /// L1 has no `/dev/kvm`.
 pub const L1_KVM_NO: &str = "LEGO_L1_KVM=no";
+/// L1's network is up (the job asked for it); the line goes on with `addr=` and `host=`.
+pub const L1_NET_UP: &str = "LEGO_L1_NET=up";
+/// L1's network was asked for but could not be brought up; the line says why.
+pub const L1_NET_DOWN: &str = "LEGO_L1_NET=down";
 /// Prefix of the job script's exit status in L1.
 pub const L1_JOB_EXIT: &str = "LEGO_L1_JOB_EXIT=";
 /// Prefix of the guest command's exit status in a vNode (printed by lego-image's init).

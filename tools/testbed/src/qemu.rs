@@ -1,6 +1,7 @@
 //! The QEMU command line of the compute host: TCG, a microvm machine with qboot, an
 //! emulated EPYC CPU with SVM and nested paging, the console on the serial port, and the
-//! job disk as a virtio-mmio block device.
+//! job disk as a virtio-mmio block device; optionally a user-mode (slirp) network to this
+//! machine's loopback.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,21 @@ pub const MACHINE: &str = "microvm,x-option-roms=off,pit=off,pic=off";
 /// less the features TCG cannot emulate (QEMU would drop them anyway, with a warning per
 /// feature and vCPU).
 pub const CPU: &str = "EPYC,+svm,+npt,-fxsr-opt,-misalignsse,-osvw,-topoext,-perfctr-core,-clzero,-ibpb,-nrip-save,-xsavec,-xsaves";
+
+/// The optional network: QEMU user mode (slirp) as a virtio-mmio NIC. L1 is `10.0.2.15`
+/// and reaches this machine's `127.0.0.1` at `10.0.2.2` (slirp maps its host address to
+/// the loopback). IPv6 is off so that no router advertisement gives L1 a default route;
+/// L1's `/init` routes only `10.0.2.0/24`, so nothing goes past this machine.
+/// `restrict=on` would block the connections to `10.0.2.2` as well.
+pub const NETDEV: &str = "user,id=n0,restrict=off,ipv4=on,ipv6=off";
+/// The NIC the network is attached to.
+pub const NIC: &str = "virtio-net-device,netdev=n0";
+/// The kernel command line word that tells L1's `/init` to bring the network up.
+pub const NET_CMDLINE: &str = "lego.net=1";
+/// L1's address on the network.
+pub const L1_ADDR: &str = "10.0.2.15";
+/// The address at which L1 reaches this machine's loopback.
+pub const HOST_ADDR: &str = "10.0.2.2";
 
 /// Errors from preparing the QEMU command.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +57,8 @@ pub struct QemuConfig {
     pub cpus: u32,
     /// Extra kernel command line words for L1.
     pub extra_cmdline: String,
+    /// Attach the user-mode network ([`NETDEV`]) and ask L1's `/init` to bring it up.
+    pub network: bool,
 }
 
 impl Default for QemuConfig {
@@ -51,6 +69,7 @@ impl Default for QemuConfig {
             memory_mib: 2048,
             cpus: 2,
             extra_cmdline: String::new(),
+            network: false,
         }
     }
 }
@@ -119,8 +138,13 @@ impl QemuConfig {
     }
 
     /// Returns the command that boots L1 from `kernel` and `initramfs` with `disk`
-    /// attached as a virtio-mmio block device (`/dev/vda`).
+    /// attached as a virtio-mmio block device (`/dev/vda`), and the network when
+    /// [`QemuConfig::network`] is set.
     pub fn command(&self, kernel: &Path, initramfs: &Path, disk: &Path) -> Command {
+        let mut extra = self.extra_cmdline.clone();
+        if self.network {
+            extra = format!("{NET_CMDLINE} {extra}");
+        }
         let mut cmd = Command::new(&self.binary);
         cmd.args(["-accel", "tcg", "-M", MACHINE, "-cpu", CPU])
             .arg("-smp")
@@ -134,7 +158,7 @@ impl QemuConfig {
             .arg("-initrd")
             .arg(initramfs)
             .arg("-append")
-            .arg(kernel_cmdline(&self.extra_cmdline))
+            .arg(kernel_cmdline(&extra))
             .args([
                 "-nodefaults",
                 "-no-user-config",
@@ -150,6 +174,9 @@ impl QemuConfig {
                 disk.display()
             ))
             .args(["-device", "virtio-blk-device,drive=job"]);
+        if self.network {
+            cmd.args(["-netdev", NETDEV, "-device", NIC]);
+        }
         cmd
     }
 }
@@ -188,6 +215,29 @@ mod tests {
         ] {
             assert!(line.contains(want), "{want} missing from {line}");
         }
+        assert!(!line.contains("-netdev"), "{line}");
+        assert!(!line.contains(NET_CMDLINE), "{line}");
+    }
+
+    #[test]
+    fn network_adds_slirp_and_the_cmdline_word() {
+        let cfg = QemuConfig {
+            network: true,
+            extra_cmdline: "x=1".into(),
+            ..QemuConfig::default()
+        };
+        let line = describe(&cfg.command(Path::new("/k"), Path::new("/i"), Path::new("/d")));
+        for want in [
+            "-netdev user,id=n0,restrict=off,ipv4=on,ipv6=off",
+            "-device virtio-net-device,netdev=n0",
+            "lego.net=1 x=1'",
+        ] {
+            assert!(line.contains(want), "{want} missing from {line}");
+        }
+        assert!(
+            !line.contains("hostfwd") && !line.contains("guestfwd"),
+            "{line}"
+        );
     }
 
     #[test]

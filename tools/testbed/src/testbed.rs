@@ -56,6 +56,8 @@ pub struct TestbedConfig {
     pub qemu: QemuConfig,
     /// Copy console lines to standard error as they arrive.
     pub stream_console: bool,
+    /// Give every job the compute host's network, as [`Job::network`] does for one job.
+    pub network: bool,
 }
 
 impl TestbedConfig {
@@ -67,6 +69,7 @@ impl TestbedConfig {
             mode: ModeChoice::Auto,
             qemu: QemuConfig::default(),
             stream_console: false,
+            network: false,
         }
     }
 }
@@ -212,10 +215,9 @@ impl Testbed {
         let assets = self.l1_assets()?;
         let image = dir.path().join("disk.img");
         disk::make_image(&dir.path().join("root"), &image, job.disk_extra_mib)?;
-        let cmd = self
-            .config
-            .qemu
-            .command(&assets.kernel, &assets.initramfs, &image);
+        let mut qemu = self.config.qemu.clone();
+        qemu.network |= job.network || self.config.network;
+        let cmd = qemu.command(&assets.kernel, &assets.initramfs, &image);
         tracing::debug!("compute host: {}", qemu::describe(&cmd));
         let mut watch = self.watch(job, log);
         watch.timed_markers = vec![markers::L1_INIT.to_string()];
@@ -250,7 +252,8 @@ impl Testbed {
                 crate::shell::LIB_ENV,
                 dir.path().join(crate::shell::LIB_PATH),
             )
-            .env("LEGO_TESTBED_MODE", "direct");
+            .env("LEGO_TESTBED_MODE", "direct")
+            .env("LEGO_HOST_ADDR", "127.0.0.1");
         let w = console::run(cmd, &self.watch(job, log))?;
         Ok((w, dir))
     }
@@ -295,6 +298,15 @@ impl Testbed {
         } else {
             None
         };
+        let l1_net = if !nested {
+            None
+        } else if w.console.contains(markers::L1_NET_UP) {
+            Some(true)
+        } else if w.console.contains(markers::L1_NET_DOWN) {
+            Some(false)
+        } else {
+            None
+        };
         let l1_init_after = w
             .seen
             .iter()
@@ -310,6 +322,7 @@ impl Testbed {
             total_duration: start.elapsed(),
             l1_init_after,
             l1_kvm,
+            l1_net,
             ready_after: w.ready_after,
             console_log: log,
             results,
@@ -373,7 +386,7 @@ mod tests {
         std::fs::write(src.path(), "input").unwrap();
         let job = Job::new(
             "unit-direct",
-            "cat in.txt > out.txt; echo \"$LEGO_TESTBED_MODE\"; $LEGOVMM; echo vmm=$?; exit 5",
+            "cat in.txt > out.txt; echo \"$LEGO_TESTBED_MODE host=$LEGO_HOST_ADDR\"; $LEGOVMM; echo vmm=$?; exit 5",
         )
         .file(src.path(), "in.txt")
         .timeout(Duration::from_secs(20));
@@ -383,7 +396,11 @@ mod tests {
         assert_eq!(out.read_file("out.txt").unwrap(), b"input");
         let err = out.read_file("absent").unwrap_err();
         assert!(err.to_string().contains("left no file"), "{err}");
-        assert!(out.console.contains("direct"));
+        assert!(
+            out.console.contains("direct host=127.0.0.1"),
+            "{}",
+            out.console
+        );
         assert!(out.console.contains("vmm=127"), "{}", out.console);
     }
 

@@ -1,7 +1,10 @@
 //! Boots the real nested compute host (QEMU TCG, emulated AMD SVM) and checks what jobs
 //! get back. Skipped, with a message, where QEMU or its qboot firmware is missing.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::Path;
+use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -100,4 +103,96 @@ fn a_missed_ready_marker_is_retried_and_counted() {
     let out = testbed().run(&job).unwrap();
     assert_eq!(out.outcome, Outcome::NotReady, "{}", out.console);
     assert_eq!(out.tries, 2);
+}
+
+/// Starts a line echo server on this machine's 127.0.0.1 (a free port): each connection
+/// gets its first line back and is closed; every line received is also sent to the
+/// returned channel.
+fn echo_server() -> (u16, mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+            let mut line = String::new();
+            let Ok(mut reader) = conn.try_clone().map(BufReader::new) else {
+                continue;
+            };
+            if reader.read_line(&mut line).is_ok() {
+                let _ = conn.write_all(line.as_bytes());
+                let _ = tx.send(line);
+            }
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn the_network_reaches_a_server_on_the_host_loopback() {
+    if !qemu_present() {
+        return;
+    }
+    let _g = serial();
+    let (port, received) = echo_server();
+    let token = format!(
+        "lego-token-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let script = format!(
+        "echo \"host=$LEGO_HOST_ADDR\"\n\
+         echo {token} | nc -w 10 \"$LEGO_HOST_ADDR\" {port} > reply.txt\n\
+         echo \"nc=$?\"\n\
+         ip route > routes.txt\n"
+    );
+    let job = Job::new("test-net", script)
+        .network(true)
+        .timeout(Duration::from_secs(50));
+    let out = testbed().run(&job).unwrap();
+    assert_eq!(out.outcome, Outcome::Completed, "{}", out.console);
+    assert_eq!(out.l1_net, Some(true), "{}", out.console);
+    assert!(
+        out.console
+            .contains("LEGO_L1_NET=up addr=10.0.2.15 host=10.0.2.2"),
+        "{}",
+        out.console
+    );
+    assert!(out.console.contains("host=10.0.2.2\n"), "{}", out.console);
+    let reply = String::from_utf8(out.read_file("reply.txt").unwrap()).unwrap();
+    assert_eq!(reply, format!("{token}\n"), "{}", out.console);
+    assert_eq!(
+        received.recv_timeout(Duration::from_secs(1)).unwrap(),
+        format!("{token}\n")
+    );
+    // Only the slirp link is routed: nothing can be sent past this machine.
+    let routes = String::from_utf8(out.read_file("routes.txt").unwrap()).unwrap();
+    assert!(routes.contains("10.0.2.0/24 dev eth0"), "{routes}");
+    assert!(!routes.contains("default"), "{routes}");
+    eprintln!("{}", out.summary());
+}
+
+#[test]
+fn without_the_network_there_is_no_nic() {
+    if !qemu_present() {
+        return;
+    }
+    let _g = serial();
+    let job = Job::new(
+        "test-no-net",
+        "ls /sys/class/net > nics.txt\necho \"host=${LEGO_HOST_ADDR-unset}\"\n",
+    )
+    .timeout(Duration::from_secs(50));
+    let out = testbed().run(&job).unwrap();
+    assert_eq!(out.outcome, Outcome::Completed, "{}", out.console);
+    assert_eq!(out.job_exit, Some(0), "{}", out.console);
+    assert_eq!(out.l1_net, None, "{}", out.console);
+    assert!(!out.console.contains("LEGO_L1_NET"), "{}", out.console);
+    assert!(out.console.contains("host=unset"), "{}", out.console);
+    let nics = String::from_utf8(out.read_file("nics.txt").unwrap()).unwrap();
+    assert_eq!(nics.trim(), "lo", "{nics}");
 }
