@@ -51,6 +51,12 @@ pub enum ConfigError {
     /// A vhost-user-blk specification could not be understood.
     #[error("'{0}' is not a vhost-user-blk device: use socket=PATH")]
     BadVhostUserBlk(String),
+    /// A remote disk specification could not be understood.
+    #[error("'{0}' is not a remote disk: use NAME or NAME,SIZE (for example data,2G)")]
+    BadRemoteDisk(String),
+    /// Remote devices were asked for without saying whose they are.
+    #[error("--remote-memory and --remote-disk need --vnode N: the vNode whose memory and volumes the manager places (not 0)")]
+    NoVnode,
     /// A serial output specification could not be understood.
     #[error("'{0}' is not a serial output: use stdout, none, file:PATH or socket:PATH")]
     BadSerial(String),
@@ -142,6 +148,52 @@ impl std::str::FromStr for VhostUserBlkConfig {
     }
 }
 
+/// A vNode volume on a storage monitor, served to the guest as its remote disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDisk {
+    /// The volume's name.
+    pub name: String,
+    /// Its size when it must be created (an existing volume keeps its size).
+    pub size: Option<u64>,
+}
+
+impl std::str::FromStr for RemoteDisk {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::BadRemoteDisk(s.into());
+        let (name, size) = match s.split_once(',') {
+            Some((n, sz)) => (n, Some(parse_size(sz).map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        if name.is_empty() || name.contains(['/', ',', '=']) {
+            return Err(bad());
+        }
+        Ok(Self {
+            name: name.into(),
+            size,
+        })
+    }
+}
+
+/// The vNode's devices that live on the cluster: served by `lego-vhost-blk` backends that
+/// legovmm starts, placed by the manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// The manager's fabric address.
+    pub manager: String,
+    /// The vNode id whose memory and volumes these are.
+    pub vnode: u64,
+    /// Cluster key file passed to the backends (else they read LEGO_CLUSTER_KEY[_FILE]).
+    pub key_file: Option<PathBuf>,
+    /// Remote memory to place, in bytes (the guest's swap).
+    pub memory: Option<u64>,
+    /// The remote disk.
+    pub disk: Option<RemoteDisk>,
+}
+
+/// The manager address used when none is given.
+pub const DEFAULT_MANAGER: &str = "127.0.0.1:7300";
+
 /// The config file's contents; every field is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +216,16 @@ pub struct FileConfig {
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
     /// Serial output: "stdout", "none", "file:PATH" or "socket:PATH".
     pub serial: Option<String>,
+    /// Remote memory on the cluster, e.g. "1G".
+    pub remote_memory: Option<SizeValue>,
+    /// Remote disk: "NAME" or "NAME,SIZE".
+    pub remote_disk: Option<String>,
+    /// The manager's address.
+    pub manager: Option<String>,
+    /// The vNode id.
+    pub vnode: Option<u64>,
+    /// Cluster key file.
+    pub key_file: Option<PathBuf>,
 }
 
 /// A size as it may appear in TOML: a string with a unit, or a bare number of MiB.
@@ -220,6 +282,16 @@ pub struct Overrides {
     pub vhost_user_blk: Vec<String>,
     /// `--serial`.
     pub serial: Option<String>,
+    /// `--remote-memory`.
+    pub remote_memory: Option<String>,
+    /// `--remote-disk`.
+    pub remote_disk: Option<String>,
+    /// `--manager`.
+    pub manager: Option<String>,
+    /// `--vnode`.
+    pub vnode: Option<u64>,
+    /// `--key-file`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// A complete, validated vNode configuration.
@@ -239,6 +311,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// vhost-user-blk disks, seen by the guest after the local disks.
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
+    /// Remote memory and disk on the cluster, if any.
+    pub remote: Option<RemoteConfig>,
     /// Serial output.
     pub serial: SerialOutput,
 }
@@ -283,6 +357,34 @@ impl VmConfig {
             Some(s) => s.parse()?,
             None => SerialOutput::Stdout,
         };
+        let remote_memory = match flags.remote_memory {
+            Some(m) => Some(parse_size(&m)?),
+            None => file.remote_memory.map(|m| m.bytes()).transpose()?,
+        };
+        let remote_disk = flags
+            .remote_disk
+            .or(file.remote_disk)
+            .map(|d| d.parse::<RemoteDisk>())
+            .transpose()?;
+        let remote = if remote_memory.is_some() || remote_disk.is_some() {
+            let vnode = flags
+                .vnode
+                .or(file.vnode)
+                .filter(|&v| v != 0)
+                .ok_or(ConfigError::NoVnode)?;
+            Some(RemoteConfig {
+                manager: flags
+                    .manager
+                    .or(file.manager)
+                    .unwrap_or_else(|| DEFAULT_MANAGER.into()),
+                vnode,
+                key_file: flags.key_file.or(file.key_file),
+                memory: remote_memory,
+                disk: remote_disk,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             kernel,
             initrd: flags.initrd.or(file.initrd),
@@ -294,6 +396,7 @@ impl VmConfig {
             vcpus: vcpus as u8,
             disks,
             vhost_user_blk,
+            remote,
             serial,
         })
     }
@@ -389,6 +492,59 @@ mod tests {
         );
         let bad = "kernel = \"/k\"\n[[vhost_user_blk]]\nsocket = \"/a\"\nqueues = 2\n";
         assert!(toml::from_str::<FileConfig>(bad).is_err());
+    }
+
+    #[test]
+    fn remote_devices_need_a_vnode_and_default_to_the_local_manager() {
+        let base = || Overrides {
+            kernel: Some("/k".into()),
+            remote_memory: Some("1G".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            VmConfig::resolve(FileConfig::default(), base()),
+            Err(ConfigError::NoVnode)
+        ));
+        let mut o = base();
+        o.vnode = Some(7);
+        o.remote_disk = Some("data,2G".into());
+        let remote = VmConfig::resolve(FileConfig::default(), o)
+            .unwrap()
+            .remote
+            .unwrap();
+        assert_eq!(remote.manager, DEFAULT_MANAGER);
+        assert_eq!((remote.vnode, remote.memory), (7, Some(1 << 30)));
+        assert_eq!(
+            remote.disk,
+            Some(RemoteDisk {
+                name: "data".into(),
+                size: Some(2 << 30)
+            })
+        );
+        let file: FileConfig = toml::from_str(
+            "kernel = \"/k\"\nremote_disk = \"root\"\nvnode = 3\nmanager = \"10.0.2.2:7300\"\n",
+        )
+        .unwrap();
+        let remote = VmConfig::resolve(file, Overrides::default())
+            .unwrap()
+            .remote
+            .unwrap();
+        assert_eq!(
+            (remote.vnode, remote.manager.as_str()),
+            (3, "10.0.2.2:7300")
+        );
+        assert_eq!(remote.disk.unwrap().size, None);
+        for bad in ["", "a/b", "data,lots", ",1G"] {
+            assert!(bad.parse::<RemoteDisk>().is_err(), "{bad}");
+        }
+        let none = VmConfig::resolve(
+            FileConfig::default(),
+            Overrides {
+                kernel: Some("/k".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(none.unwrap().remote, None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! the vCPUs ([`cpu`]) and runs them until the guest ends.
 
 pub mod acpi;
+pub mod backends;
 pub mod boot;
 pub mod config;
 pub mod console;

@@ -68,6 +68,21 @@ struct RunArgs {
     /// Where the serial console goes: stdout, none, file:PATH or socket:PATH (listen) [default: stdout].
     #[arg(long, value_name = "OUTPUT")]
     serial: Option<String>,
+    /// Remote memory for the vNode, e.g. 1G: placed by the manager on memory monitors, served by a lego-vhost-blk that legovmm starts; the guest's init makes it swap.
+    #[arg(long, value_name = "SIZE")]
+    remote_memory: Option<String>,
+    /// A remote disk: a volume on a storage monitor (created with SIZE if it does not exist); the guest's init mounts it at /mnt/remote.
+    #[arg(long, value_name = "NAME[,SIZE]")]
+    remote_disk: Option<String>,
+    /// The manager placing remote devices [default: 127.0.0.1:7300].
+    #[arg(long, value_name = "ADDR", env = "LEGO_MANAGER")]
+    manager: Option<String>,
+    /// The vNode id owning the remote devices (needed with --remote-memory/--remote-disk).
+    #[arg(long, value_name = "N")]
+    vnode: Option<u64>,
+    /// Cluster key file for the remote devices' backends [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
@@ -125,6 +140,11 @@ fn run(args: RunArgs) -> ExitCode {
         disks: args.disk,
         vhost_user_blk: args.vhost_user_blk,
         serial: args.serial,
+        remote_memory: args.remote_memory,
+        remote_disk: args.remote_disk,
+        manager: args.manager,
+        vnode: args.vnode,
+        key_file: args.key_file,
     };
     let config = match VmConfig::resolve(file, flags) {
         Ok(c) => c,

@@ -2,6 +2,7 @@
 //! waiting for the guest (or a signal) to end it and stopping everything cleanly.
 
 use crate::acpi::{self, AcpiInputs};
+use crate::backends;
 use crate::boot::{self, BootSpec};
 use crate::config::VmConfig;
 use crate::cpu::vcpu::{Vcpu, VcpuShared};
@@ -59,6 +60,9 @@ pub enum VmError {
     /// A vCPU could not be configured.
     #[error(transparent)]
     Vcpu(#[from] crate::cpu::vcpu::VcpuError),
+    /// A remote device's backend could not be started.
+    #[error(transparent)]
+    Backend(#[from] backends::BackendError),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
@@ -96,6 +100,22 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     device_manager::check_vhost_user(config)?;
     let kvm = kvm::open(kvm_path)?;
     kvm::probe_stock_kernel_support(&kvm)?;
+    // Remote devices: start their backends (they ask the manager for placement), then attach
+    // their sockets like any vhost-user-blk disk. They stop when `_remote` is dropped.
+    let mut with_remote;
+    let mut config = config;
+    let _remote = match &config.remote {
+        Some(remote) => {
+            let devices = backends::start(remote)?;
+            with_remote = config.clone();
+            with_remote
+                .vhost_user_blk
+                .extend(devices.sockets.iter().cloned());
+            config = &with_remote;
+            Some(devices)
+        }
+        None => None,
+    };
     let ioctl = |what| move |source| VmError::VmIoctl { what, source };
 
     let vm = kvm.create_vm().map_err(ioctl("create the VM"))?;

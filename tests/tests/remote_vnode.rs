@@ -1,0 +1,190 @@
+//! A vNode whose swap is remote memory and whose second disk is a remote volume, through
+//! `legovmm --remote-memory/--remote-disk`: legovmm starts the `lego-vhost-blk` backends,
+//! they ask the manager for placement, and the guest's init makes the remote memory its swap
+//! and mounts the remote disk. One compute-host boot runs the manager and both monitors (as
+//! real processes), a memory-hungry vNode with small RAM, and a second launch of the vNode
+//! that finds the file the first one wrote on its remote disk.
+
+use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
+use lego_tests::marker;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The guest's RAM and the memory its workload touches: twice the RAM.
+const GUEST_RAM_MIB: u64 = 128;
+const WORKLOAD_MIB: u64 = 256;
+
+const SCRIPT: &str = r#"
+. "$LEGO_TESTBED_LIB"
+# The daemons talk over loopback, which the compute host's minimal init leaves down.
+ip link set lo up 2> /dev/null || true
+export LEGO_VHOST_BLK_BIN="$JOB_DIR/lego-vhost-blk"
+mkdir -p state volumes
+./lego-manager --state-dir state --listen 127.0.0.1:7300 --heartbeat-ms 200 > manager.log 2>&1 &
+sleep 0.5
+./lego-memory-monitor --listen 127.0.0.1:7100 --capacity 1G --manager 127.0.0.1:7300 --heartbeat-ms 200 > memory-monitor.log 2>&1 &
+./lego-storage-monitor --listen 127.0.0.1:7200 --data-dir volumes --capacity 1G --manager 127.0.0.1:7300 --heartbeat-ms 200 > storage-monitor.log 2>&1 &
+n=0
+while [ "$(./legoctl --manager 127.0.0.1:7300 status 2> /dev/null | grep -c alive)" -lt 2 ] && [ "$n" -lt 300 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+./legoctl --manager 127.0.0.1:7300 status
+
+lego_vnode first 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vcpus 1 \
+    --vnode 1 --manager 127.0.0.1:7300 --remote-memory 512M --remote-disk data,64M \
+    --cmdline 'console=ttyS0 quiet lego.run="lego-guest-tools memtest --mib 256 && echo proof-of-vnode-1 > /mnt/remote/proof.txt && grep Swap /proc/meminfo"'
+lego_vnode second 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vcpus 1 \
+    --vnode 1 --manager 127.0.0.1:7300 --remote-disk data \
+    --cmdline 'console=ttyS0 quiet lego.run="cat /mnt/remote/proof.txt"'
+
+./legoctl --manager 127.0.0.1:7300 status > status.txt 2>&1
+./legoctl --manager 127.0.0.1:7300 monitor-stats --kind memory --addr 127.0.0.1:7100 > memory-stats.txt 2>&1
+kill %1 %2 %3 2> /dev/null
+wait
+exit 0
+"#;
+
+struct Results {
+    out: JobOutput,
+}
+
+impl Results {
+    fn file(&self, name: &str) -> String {
+        let bytes = self
+            .out
+            .read_file(name)
+            .unwrap_or_else(|e| panic!("the job left no {name}: {e}\n{}", self.out.summary()));
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn exit(&self, vnode: &str) -> i32 {
+        self.file(&format!("{vnode}.exit"))
+            .trim()
+            .parse()
+            .expect("exit status")
+    }
+}
+
+fn release_binary(name: &str) -> PathBuf {
+    let legovmm = lego_tests::legovmm();
+    let p = legovmm.with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --release --workspace`",
+        p.display()
+    );
+    p
+}
+
+fn results() -> &'static Results {
+    static RESULTS: OnceLock<Results> = OnceLock::new();
+    RESULTS.get_or_init(|| {
+        let cache = lego_testbed::paths::default_cache();
+        let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+        let key = std::process::Command::new(release_binary("legoctl"))
+            .arg("keygen")
+            .output()
+            .expect("legoctl keygen runs");
+        let key = String::from_utf8(key.stdout).expect("a hex key");
+        let script = format!("export LEGO_CLUSTER_KEY={}\n{SCRIPT}", key.trim());
+        let testbed = Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm())))
+            .expect("the testbed starts");
+        let mut job = Job::new("remote-vnode", script)
+            .file(&image.kernel, "vmlinuz")
+            .file(&image.initramfs, "initramfs.cpio")
+            .timeout(Duration::from_secs(900))
+            .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
+        for bin in [
+            "lego-vhost-blk",
+            "lego-manager",
+            "lego-memory-monitor",
+            "lego-storage-monitor",
+            "legoctl",
+        ] {
+            job = job.file(release_binary(bin), bin);
+        }
+        let out = testbed.run(&job).expect("the testbed runs the job");
+        eprintln!("remote_vnode: {}", out.summary());
+        assert!(
+            out.succeeded(),
+            "the job failed:\n{}\n{}",
+            out.summary(),
+            out.console
+        );
+        Results { out }
+    })
+}
+
+/// The number after `"key":` in pretty-printed JSON.
+fn json_number(json: &str, key: &str) -> u64 {
+    json.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("\"{key}\":")))
+        .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{json}"))
+}
+
+#[test]
+fn a_small_vnode_runs_a_workload_twice_its_ram_on_remote_memory_with_no_bad_pages() {
+    let r = results();
+    let console = r.file("first.console");
+    assert!(
+        console.contains("LEGO_SWAP_ON dev="),
+        "the init did not make remote memory swap:\n{console}"
+    );
+    let line = console
+        .lines()
+        .find(|l| l.contains("LEGO_MEMTEST"))
+        .unwrap_or_else(|| panic!("no memtest result:\n{console}"));
+    assert_eq!(marker(line, "bad"), Some("0"), "{line}");
+    let pages: u64 = marker(line, "pages").expect("pages").parse().unwrap();
+    assert_eq!(pages, WORKLOAD_MIB * 256, "{line}");
+    assert!(WORKLOAD_MIB >= 2 * GUEST_RAM_MIB);
+    assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
+    assert_eq!(r.exit("first"), 0, "legovmm: {}", r.file("first.err"));
+    // Pages really went to the memory monitor and came back: the workload cannot fit in RAM,
+    // so at least half of the excess was written out, and the verify pass read pages in.
+    let stats = r.file("memory-stats.txt");
+    let written = json_number(&stats, "pages_written");
+    let read = json_number(&stats, "pages_read");
+    assert!(
+        written >= (WORKLOAD_MIB - GUEST_RAM_MIB) * 256 / 2,
+        "only {written} pages written:\n{stats}"
+    );
+    assert!(read > 0, "no page came back from the monitor:\n{stats}");
+}
+
+#[test]
+fn the_remote_disk_keeps_a_file_across_launches_of_the_vnode() {
+    let r = results();
+    let first = r.file("first.console");
+    assert!(first.contains("LEGO_REMOTE_DISK_FORMATTED"), "{first}");
+    assert!(first.contains("LEGO_REMOTE_DISK_MOUNTED"), "{first}");
+    let second = r.file("second.console");
+    assert!(
+        second.contains("proof-of-vnode-1"),
+        "the file did not survive:\n{second}"
+    );
+    assert!(
+        !second.contains("LEGO_REMOTE_DISK_FORMATTED"),
+        "the disk was formatted again:\n{second}"
+    );
+    assert_eq!(r.exit("second"), 0, "legovmm: {}", r.file("second.err"));
+}
+
+#[test]
+fn the_manager_shows_the_vnodes_placements() {
+    let r = results();
+    let status = r.file("status.txt");
+    assert!(
+        status.contains("data"),
+        "the volume is not placed:\n{status}"
+    );
+    assert!(status.contains("VNODE MEMORY"), "{status}");
+    let first_err = r.file("first.err");
+    assert!(
+        first_err.contains("remote memory is served")
+            || first_err.contains("started remote device backend"),
+        "{first_err}"
+    );
+}
