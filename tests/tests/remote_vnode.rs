@@ -14,6 +14,7 @@ use std::time::Duration;
 /// The guest's RAM and the memory its workload touches: twice the RAM.
 const GUEST_RAM_MIB: u64 = 128;
 const WORKLOAD_MIB: u64 = 256;
+const _: () = assert!(WORKLOAD_MIB >= 2 * GUEST_RAM_MIB, "the workload must not fit in RAM");
 
 const SCRIPT: &str = r#"
 . "$LEGO_TESTBED_LIB"
@@ -139,7 +140,6 @@ fn a_small_vnode_runs_a_workload_twice_its_ram_on_remote_memory_with_no_bad_page
     assert_eq!(marker(line, "bad"), Some("0"), "{line}");
     let pages: u64 = marker(line, "pages").expect("pages").parse().unwrap();
     assert_eq!(pages, WORKLOAD_MIB * 256, "{line}");
-    assert!(WORKLOAD_MIB >= 2 * GUEST_RAM_MIB);
     assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
     assert_eq!(r.exit("first"), 0, "legovmm: {}", r.file("first.err"));
     // Pages really went to the memory monitor and came back: the workload cannot fit in RAM,
