@@ -14,37 +14,14 @@ use std::time::Duration;
 /// The guest's RAM and the memory its workload touches: twice the RAM.
 const GUEST_RAM_MIB: u64 = 128;
 const WORKLOAD_MIB: u64 = 256;
-const _: () = assert!(WORKLOAD_MIB >= 2 * GUEST_RAM_MIB, "the workload must not fit in RAM");
+const _: () = assert!(
+    WORKLOAD_MIB >= 2 * GUEST_RAM_MIB,
+    "the workload must not fit in RAM"
+);
 
-const SCRIPT: &str = r#"
-. "$LEGO_TESTBED_LIB"
-# The daemons talk over loopback, which the compute host's minimal init leaves down.
-ip link set lo up 2> /dev/null || true
-export LEGO_VHOST_BLK_BIN="$JOB_DIR/lego-vhost-blk"
-mkdir -p state volumes
-./lego-manager --state-dir state --listen 127.0.0.1:7300 --heartbeat-ms 200 > manager.log 2>&1 &
-sleep 0.5
-./lego-memory-monitor --listen 127.0.0.1:7100 --capacity 1G --manager 127.0.0.1:7300 --heartbeat-ms 200 > memory-monitor.log 2>&1 &
-./lego-storage-monitor --listen 127.0.0.1:7200 --data-dir volumes --capacity 1G --manager 127.0.0.1:7300 --heartbeat-ms 200 > storage-monitor.log 2>&1 &
-n=0
-while [ "$(./legoctl --manager 127.0.0.1:7300 status 2> /dev/null | grep -c alive)" -lt 2 ] && [ "$n" -lt 300 ]; do
-    sleep 0.1; n=$((n + 1))
-done
-./legoctl --manager 127.0.0.1:7300 status
-
-lego_vnode first 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vcpus 1 \
-    --vnode 1 --manager 127.0.0.1:7300 --remote-memory 512M --remote-disk data,64M \
-    --cmdline 'console=ttyS0 quiet lego.run="lego-guest-tools memtest --mib 256 && echo proof-of-vnode-1 > /mnt/remote/proof.txt && grep Swap /proc/meminfo"'
-lego_vnode second 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vcpus 1 \
-    --vnode 1 --manager 127.0.0.1:7300 --remote-disk data \
-    --cmdline 'console=ttyS0 quiet lego.run="cat /mnt/remote/proof.txt"'
-
-./legoctl --manager 127.0.0.1:7300 status > status.txt 2>&1
-./legoctl --manager 127.0.0.1:7300 monitor-stats --kind memory --addr 127.0.0.1:7100 > memory-stats.txt 2>&1
-kill %1 %2 %3 2> /dev/null
-wait
-exit 0
-"#;
+/// The demo's job script (`tools/demo.sh` runs it with a 512 MiB workload); the test runs it
+/// smaller so that CI stays quick.
+const SCRIPT: &str = include_str!("../../tools/demo/remote-vnode.sh");
 
 struct Results {
     out: JobOutput,
@@ -88,7 +65,11 @@ fn results() -> &'static Results {
             .output()
             .expect("legoctl keygen runs");
         let key = String::from_utf8(key.stdout).expect("a hex key");
-        let script = format!("export LEGO_CLUSTER_KEY={}\n{SCRIPT}", key.trim());
+        let script = format!(
+            "export LEGO_CLUSTER_KEY={}\nexport GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=512M \
+             WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}",
+            key.trim()
+        );
         let testbed = Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm())))
             .expect("the testbed starts");
         let mut job = Job::new("remote-vnode", script)
@@ -162,7 +143,7 @@ fn the_remote_disk_keeps_a_file_across_launches_of_the_vnode() {
     assert!(first.contains("LEGO_REMOTE_DISK_MOUNTED"), "{first}");
     let second = r.file("second.console");
     assert!(
-        second.contains("proof-of-vnode-1"),
+        second.contains("written-by-vnode-1"),
         "the file did not survive:\n{second}"
     );
     assert!(
@@ -181,6 +162,16 @@ fn the_manager_shows_the_vnodes_placements() {
         "the volume is not placed:\n{status}"
     );
     assert!(status.contains("VNODE MEMORY"), "{status}");
+    // The demo's summary came out whole.
+    let console = &r.out.console;
+    assert!(
+        console.contains("LEGO_DEMO_DONE first=0 second=0"),
+        "{console}"
+    );
+    assert!(
+        console.contains("of page data over the fabric"),
+        "{console}"
+    );
     let first_err = r.file("first.err");
     assert!(
         first_err.contains("remote memory is served")

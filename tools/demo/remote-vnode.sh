@@ -1,0 +1,74 @@
+# The remote-memory vNode job, run on the compute host by lego-testbed (POSIX sh).
+# It starts LegoVMM's remote side on this machine (a manager, a memory monitor and a storage
+# monitor, as real processes talking over the fabric), launches a vNode with little local RAM
+# plus remote memory and a remote disk (`legovmm --remote-memory --remote-disk`: legovmm starts
+# the lego-vhost-blk backends, the manager places the memory and the volume), runs a
+# memory-hungry workload that checks every page and writes a file to the remote disk, then
+# launches the vNode again to read the file back, and prints a summary.
+#
+# Parameters (environment, with defaults): LEGO_CLUSTER_KEY (required), GUEST_RAM (128M),
+# REMOTE_MEMORY (1G), WORKLOAD_MIB (512), VOLUME (data), VOLUME_SIZE (256M), VNODE (1).
+. "$LEGO_TESTBED_LIB"
+GUEST_RAM=${GUEST_RAM:-128M}
+REMOTE_MEMORY=${REMOTE_MEMORY:-1G}
+WORKLOAD_MIB=${WORKLOAD_MIB:-512}
+VOLUME=${VOLUME:-data}
+VOLUME_SIZE=${VOLUME_SIZE:-256M}
+VNODE=${VNODE:-1}
+MANAGER=127.0.0.1:7300
+
+# The daemons talk over loopback, which a minimal compute-host init may leave down.
+ip link set lo up 2> /dev/null || true
+export LEGO_VHOST_BLK_BIN="$JOB_DIR/lego-vhost-blk"
+mkdir -p state volumes
+./lego-manager --state-dir state --listen $MANAGER --heartbeat-ms 200 > manager.log 2>&1 &
+manager=$!
+sleep 0.5
+./lego-memory-monitor --listen 127.0.0.1:7100 --capacity 2G --manager $MANAGER --heartbeat-ms 200 > memory-monitor.log 2>&1 &
+memory_monitor=$!
+./lego-storage-monitor --listen 127.0.0.1:7200 --data-dir volumes --capacity 2G --manager $MANAGER --heartbeat-ms 200 > storage-monitor.log 2>&1 &
+storage_monitor=$!
+n=0
+while [ "$(./legoctl --manager $MANAGER status 2> /dev/null | grep -c alive)" -lt 2 ] && [ "$n" -lt 300 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+echo "== the cluster"
+./legoctl --manager $MANAGER status
+
+echo "== vNode $VNODE, first launch: $GUEST_RAM of RAM, $REMOTE_MEMORY of remote memory, workload $WORKLOAD_MIB MiB"
+lego_vnode first 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory "$GUEST_RAM" --vcpus 1 \
+    --vnode "$VNODE" --manager $MANAGER --remote-memory "$REMOTE_MEMORY" --remote-disk "$VOLUME,$VOLUME_SIZE" \
+    --cmdline "console=ttyS0 quiet lego.run=\"lego-guest-tools memtest --mib $WORKLOAD_MIB && grep -E '^(MemTotal|SwapTotal):' /proc/meminfo && grep -E '^pswp(in|out) ' /proc/vmstat && echo written-by-vnode-$VNODE > /mnt/remote/proof.txt\""
+echo "== vNode $VNODE, second launch: the remote disk again"
+lego_vnode second 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory "$GUEST_RAM" --vcpus 1 \
+    --vnode "$VNODE" --manager $MANAGER --remote-disk "$VOLUME" \
+    --cmdline 'console=ttyS0 quiet lego.run="cat /mnt/remote/proof.txt"'
+
+./legoctl --manager $MANAGER status > status.txt 2>&1
+./legoctl --manager $MANAGER monitor-stats --kind memory --addr 127.0.0.1:7100 > memory-stats.txt 2>&1
+./legoctl --manager $MANAGER monitor-stats --kind storage --addr 127.0.0.1:7200 > storage-stats.txt 2>&1
+kill $manager $memory_monitor $storage_monitor 2> /dev/null
+wait $manager $memory_monitor $storage_monitor 2> /dev/null
+
+# The summary, from the guest's console and the monitors' counters.
+value() { grep -m1 "$1" "$2" | sed "s/.*$1[^0-9]*\([0-9]*\).*/\1/"; }
+json() { grep -m1 "\"$1\":" "$2" | sed 's/[^0-9]//g'; }
+mem_kb=$(value MemTotal first.console)
+swap_kb=$(value SwapTotal first.console)
+pswpin=$(value pswpin first.console)
+pswpout=$(value pswpout first.console)
+verify_ms=$(value verify_ms= first.console)
+pages_written=$(json pages_written memory-stats.txt)
+pages_read=$(json pages_read memory-stats.txt)
+fabric_mib=$(( (${pages_written:-0} + ${pages_read:-0}) * 4 / 1024 ))
+echo "== summary"
+echo "vNode $VNODE: local RAM ${mem_kb:-?} kB (MemTotal), remote memory ${swap_kb:-?} kB of swap on the memory monitor"
+grep -m1 LEGO_MEMTEST first.console
+echo "pages swapped out ${pswpout:-?}, swapped in ${pswpin:-?} (guest /proc/vmstat)"
+if [ -n "$pswpin" ] && [ "${pswpin:-0}" -gt 0 ] && [ -n "$verify_ms" ]; then
+    echo "mean page-in cost during the verify pass: $(( verify_ms * 1000 / pswpin )) us per page swapped in (upper bound: includes the checking)"
+fi
+echo "memory monitor: ${pages_written:-?} pages written, ${pages_read:-?} read: ${fabric_mib} MiB of page data over the fabric"
+echo "remote disk after relaunch: $(grep -m1 written-by-vnode second.console || echo MISSING)"
+echo "LEGO_DEMO_DONE first=$(cat first.exit) second=$(cat second.exit)"
+exit 0
