@@ -23,6 +23,19 @@ const _: () = assert!(
 /// smaller so that CI stays quick.
 const SCRIPT: &str = include_str!("../../tools/demo/remote-vnode.sh");
 
+/// Bad input against the running cluster: a manager nobody answers at, and a volume that
+/// does not exist. legovmm must say so clearly and the cluster must lose nothing.
+const BAD_INPUT: &str = r#"
+lego_extra_checks() {
+    $LEGOVMM run --kernel vmlinuz --initrd initramfs.cpio --memory 128M \
+        --vnode 9 --manager 127.0.0.1:1 --remote-memory 64M > unreachable.out 2> unreachable.err
+    echo $? > unreachable.exit
+    $LEGOVMM run --kernel vmlinuz --initrd initramfs.cpio --memory 128M \
+        --vnode "$VNODE" --manager "$MANAGER" --remote-disk nosuch > novolume.out 2> novolume.err
+    echo $? > novolume.exit
+}
+"#;
+
 struct Results {
     out: JobOutput,
 }
@@ -67,7 +80,7 @@ fn results() -> &'static Results {
         let key = String::from_utf8(key.stdout).expect("a hex key");
         let script = format!(
             "export LEGO_CLUSTER_KEY={}\nexport GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=512M \
-             WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}",
+             WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{BAD_INPUT}\n{SCRIPT}",
             key.trim()
         );
         let testbed = Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm())))
@@ -151,6 +164,25 @@ fn the_remote_disk_keeps_a_file_across_launches_of_the_vnode() {
         "the disk was formatted again:\n{second}"
     );
     assert_eq!(r.exit("second"), 0, "legovmm: {}", r.file("second.err"));
+}
+
+#[test]
+fn an_unreachable_manager_and_a_missing_volume_are_clear_errors() {
+    let r = results();
+    let err = r.file("unreachable.err");
+    assert_eq!(r.file("unreachable.exit").trim(), "1", "{err}");
+    assert!(
+        err.contains("remote memory backend did not come up") && err.contains("127.0.0.1:1"),
+        "{err}"
+    );
+    let err = r.file("novolume.err");
+    assert_eq!(r.file("novolume.exit").trim(), "1", "{err}");
+    assert!(
+        err.contains("remote disk backend did not come up") && err.contains("nosuch"),
+        "{err}"
+    );
+    // Nothing was lost: the vNode's volume is still placed after the failed launches.
+    assert!(r.file("status.txt").contains("data"));
 }
 
 #[test]

@@ -44,6 +44,9 @@ lego_vnode second 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpi
     --vnode "$VNODE" --manager $MANAGER --remote-disk "$VOLUME" \
     --cmdline 'console=ttyS0 quiet lego.run="cat /mnt/remote/proof.txt"'
 
+# A caller may add its own checks against the running cluster (the tests do).
+if command -v lego_extra_checks > /dev/null 2>&1; then lego_extra_checks; fi
+
 ./legoctl --manager $MANAGER status > status.txt 2>&1
 ./legoctl --manager $MANAGER monitor-stats --kind memory --addr 127.0.0.1:7100 > memory-stats.txt 2>&1
 ./legoctl --manager $MANAGER monitor-stats --kind storage --addr 127.0.0.1:7200 > storage-stats.txt 2>&1
