@@ -7,7 +7,10 @@
 # launches the vNode again to read the file back, and prints a summary.
 #
 # Parameters (environment, with defaults): LEGO_CLUSTER_KEY (required), GUEST_RAM (128M),
-# REMOTE_MEMORY (1G), WORKLOAD_MIB (512), VOLUME (data), VOLUME_SIZE (256M), VNODE (1).
+# REMOTE_MEMORY (1G), WORKLOAD_MIB (512), VOLUME (data), VOLUME_SIZE (256M), VNODE (1),
+# REMOTE_SIDE (local: start the daemons here; host: they already run on the machine that
+# runs the testbed, the manager at $LEGO_HOST_ADDR:${HOST_MANAGER_PORT:-17300} and the memory
+# monitor at port ${HOST_MEMORY_PORT:-17100}, so every fabric request crosses the network).
 . "$LEGO_TESTBED_LIB"
 GUEST_RAM=${GUEST_RAM:-128M}
 REMOTE_MEMORY=${REMOTE_MEMORY:-1G}
@@ -15,19 +18,28 @@ WORKLOAD_MIB=${WORKLOAD_MIB:-512}
 VOLUME=${VOLUME:-data}
 VOLUME_SIZE=${VOLUME_SIZE:-256M}
 VNODE=${VNODE:-1}
-MANAGER=127.0.0.1:7300
+REMOTE_SIDE=${REMOTE_SIDE:-local}
+if [ "$REMOTE_SIDE" = host ]; then
+    MANAGER=$LEGO_HOST_ADDR:${HOST_MANAGER_PORT:-17300}
+    MEMORY_MONITOR=$LEGO_HOST_ADDR:${HOST_MEMORY_PORT:-17100}
+else
+    MANAGER=127.0.0.1:7300
+    MEMORY_MONITOR=127.0.0.1:7100
+fi
 
 # The daemons talk over loopback, which a minimal compute-host init may leave down.
 ip link set lo up 2> /dev/null || true
 export LEGO_VHOST_BLK_BIN="$JOB_DIR/lego-vhost-blk"
-mkdir -p state volumes
-./lego-manager --state-dir state --listen $MANAGER --heartbeat-ms 200 > manager.log 2>&1 &
-manager=$!
-sleep 0.5
-./lego-memory-monitor --listen 127.0.0.1:7100 --capacity 2G --manager $MANAGER --heartbeat-ms 200 > memory-monitor.log 2>&1 &
-memory_monitor=$!
-./lego-storage-monitor --listen 127.0.0.1:7200 --data-dir volumes --capacity 2G --manager $MANAGER --heartbeat-ms 200 > storage-monitor.log 2>&1 &
-storage_monitor=$!
+if [ "$REMOTE_SIDE" = local ]; then
+    mkdir -p state volumes
+    ./lego-manager --state-dir state --listen $MANAGER --heartbeat-ms 200 > manager.log 2>&1 &
+    manager=$!
+    sleep 0.5
+    ./lego-memory-monitor --listen $MEMORY_MONITOR --capacity 2G --manager $MANAGER --heartbeat-ms 200 > memory-monitor.log 2>&1 &
+    memory_monitor=$!
+    ./lego-storage-monitor --listen 127.0.0.1:7200 --data-dir volumes --capacity 2G --manager $MANAGER --heartbeat-ms 200 > storage-monitor.log 2>&1 &
+    storage_monitor=$!
+fi
 n=0
 while [ "$(./legoctl --manager $MANAGER status 2> /dev/null | grep -c alive)" -lt 2 ] && [ "$n" -lt 300 ]; do
     sleep 0.1; n=$((n + 1))
@@ -48,10 +60,11 @@ lego_vnode second 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpi
 if command -v lego_extra_checks > /dev/null 2>&1; then lego_extra_checks; fi
 
 ./legoctl --manager $MANAGER status > status.txt 2>&1
-./legoctl --manager $MANAGER monitor-stats --kind memory --addr 127.0.0.1:7100 > memory-stats.txt 2>&1
-./legoctl --manager $MANAGER monitor-stats --kind storage --addr 127.0.0.1:7200 > storage-stats.txt 2>&1
-kill $manager $memory_monitor $storage_monitor 2> /dev/null
-wait $manager $memory_monitor $storage_monitor 2> /dev/null
+./legoctl --manager $MANAGER monitor-stats --kind memory --addr $MEMORY_MONITOR > memory-stats.txt 2>&1
+if [ "$REMOTE_SIDE" = local ]; then
+    kill $manager $memory_monitor $storage_monitor 2> /dev/null
+    wait $manager $memory_monitor $storage_monitor 2> /dev/null
+fi
 
 # The summary, from the guest's console and the monitors' counters.
 value() { grep -m1 "$1" "$2" | sed "s/.*$1[^0-9]*\([0-9]*\).*/\1/"; }
