@@ -1,0 +1,654 @@
+//! Backend benchmark: `lego-vhost-blk` on remote memory vs `qemu-storage-daemon` exporting a
+//! vhost-user-blk device whose block node is an NBD client of `qemu-nbd` (file on tmpfs), both
+//! over loopback and both driven by the same vhost-user frontend here (memfd guest memory, one
+//! hand-laid split virtqueue, kick/call eventfds, no EVENT_IDX).
+//!
+//! Ours: `lego-manager` + `lego-memory-monitor` (release binaries of this workspace) and
+//! `lego-vhost-blk --store remote-memory --size 256M`.
+//! Theirs: `qemu-nbd -f raw -x bench -t --cache=writeback` serving a 256 MiB file in /dev/shm on
+//! 127.0.0.1, and `qemu-storage-daemon --blockdev driver=nbd,... --export type=vhost-user-blk`.
+//!
+//! 4 KiB random reads and writes over the first 64 MiB (pre-written), at queue depth 1
+//! (latency and ops/s) and 32 (ops/s, 32 requests kept in flight on one queue), rounds
+//! interleaved (ours, theirs, ours, ...), medians. Prints a markdown table.
+//!
+//! Run: `cargo build --release --workspace && cargo bench -p lego-vhost-blk --bench vs_qsd`.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{
+    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
+    MmapRegion,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+const ROUNDS: usize = 5;
+const ROW_TIME: Duration = Duration::from_millis(400);
+const WARMUP: Duration = Duration::from_millis(50);
+const DEV_SIZE: u64 = 256 << 20;
+const WORK_BLOCKS: u64 = (64 << 20) / 4096;
+const BLOCK: u32 = 4096;
+
+// Guest memory layout (one queue).
+const MEM_SIZE: usize = 1 << 20;
+const QSIZE: u16 = 128;
+const DESC: u64 = 0x0;
+const AVAIL: u64 = 0x1000;
+const USED: u64 = 0x2000;
+const HDR: u64 = 0x3000; // 16 bytes per slot
+const STATUS: u64 = 0x3800; // 1 byte per slot
+const DATA: u64 = 0x1_0000; // 4 KiB per slot
+const MAX_QD: usize = 32;
+
+const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+/// A child process killed (and reaped) when dropped, also on panic.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name, child }
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(st) = self.child.try_wait().expect("wait") {
+            panic!("{} exited early with {st}", self.name);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A file removed when dropped.
+struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_for(what: &str, procs: &mut [&mut Proc], mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The workspace's release binaries (other packages' binaries are not built by `cargo bench
+/// -p lego-vhost-blk`): next to this bench's target dir first, then the workspace's target.
+fn release_bin(name: &str) -> PathBuf {
+    let mut dirs = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        // target/release/deps/vs_qsd-HASH
+        if let Some(d) = exe.parent().and_then(Path::parent) {
+            dirs.push(d.to_path_buf());
+        }
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release"));
+    for d in &dirs {
+        let p = d.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found in {dirs:?}: run `cargo build --release --workspace` first");
+}
+
+/// Guest memory in a memfd, shared with the backend.
+fn guest_memory() -> GuestMemoryMmap {
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"vs-qsd".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(MEM_SIZE as u64).expect("size the memfd");
+    let region = MmapRegion::from_file(FileOffset::new(file, 0), MEM_SIZE).expect("mmap");
+    let region = GuestRegionMmap::new(region, GuestAddress(0)).expect("region");
+    GuestMemoryMmap::from_regions(vec![region]).expect("guest memory")
+}
+
+/// A vhost-user frontend with one queue of `QSIZE` entries; request slot `s` (0..32) uses
+/// descriptors 3s (header), 3s+1 (4 KiB data) and 3s+2 (status), laid out once.
+struct Driver {
+    _fe: Frontend,
+    mem: GuestMemoryMmap,
+    kick: EventFd,
+    call: EventFd,
+    avail_idx: u16,
+    used_seen: u16,
+    free: Vec<u16>,
+    started: [Option<Instant>; MAX_QD],
+    rng: u64,
+}
+
+impl Driver {
+    fn connect(socket: &Path) -> Driver {
+        let mem = guest_memory();
+        let mut fe = Frontend::connect(socket, 1).expect("vhost-user connect");
+        fe.set_owner().expect("set_owner");
+        let offered = fe.get_features().expect("get_features");
+        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        assert_ne!(offered & VIRTIO_F_VERSION_1, 0, "VERSION_1 not offered");
+        assert_ne!(offered & protocol, 0, "PROTOCOL_FEATURES not offered");
+        fe.set_features(VIRTIO_F_VERSION_1 | protocol)
+            .expect("set_features");
+        let pf = fe.get_protocol_features().expect("get_protocol_features");
+        fe.set_protocol_features(
+            pf & (VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::MQ
+                | VhostUserProtocolFeatures::REPLY_ACK),
+        )
+        .expect("set_protocol_features");
+        let region = mem.iter().next().expect("one region");
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
+        fe.set_mem_table(&[info]).expect("set_mem_table");
+        let host = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).expect("host") as u64;
+        fe.set_vring_num(0, QSIZE).expect("set_vring_num");
+        fe.set_vring_addr(
+            0,
+            &VringConfigData {
+                queue_max_size: QSIZE,
+                queue_size: QSIZE,
+                flags: 0,
+                desc_table_addr: host(DESC),
+                used_ring_addr: host(USED),
+                avail_ring_addr: host(AVAIL),
+                log_addr: None,
+            },
+        )
+        .expect("set_vring_addr");
+        fe.set_vring_base(0, 0).expect("set_vring_base");
+        let kick = EventFd::new(libc::EFD_NONBLOCK).expect("kick");
+        let call = EventFd::new(libc::EFD_NONBLOCK).expect("call");
+        fe.set_vring_call(0, &call).expect("set_vring_call");
+        fe.set_vring_kick(0, &kick).expect("set_vring_kick");
+        fe.set_vring_enable(0, true).expect("set_vring_enable");
+        for s in 0..MAX_QD as u64 {
+            let chain = [
+                (HDR + 16 * s, 16u32, F_NEXT),
+                (DATA + u64::from(BLOCK) * s, BLOCK, F_NEXT),
+                (STATUS + s, 1, F_WRITE),
+            ];
+            for (i, (addr, len, flags)) in chain.into_iter().enumerate() {
+                let d = 3 * s + i as u64;
+                let at = GuestAddress(DESC + 16 * d);
+                mem.write_obj(addr, at).expect("desc");
+                mem.write_obj(len, at.unchecked_add(8)).expect("desc");
+                mem.write_obj(flags, at.unchecked_add(12)).expect("desc");
+                mem.write_obj(d as u16 + 1, at.unchecked_add(14))
+                    .expect("desc");
+            }
+        }
+        for s in 0..MAX_QD {
+            let pattern = vec![(s as u8).wrapping_mul(37) | 1; BLOCK as usize];
+            mem.write_slice(&pattern, GuestAddress(DATA + u64::from(BLOCK) * s as u64))
+                .expect("data");
+        }
+        Driver {
+            _fe: fe,
+            mem,
+            kick,
+            call,
+            avail_idx: 0,
+            used_seen: 0,
+            free: (0..MAX_QD as u16).rev().collect(),
+            started: [None; MAX_QD],
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Puts request slot `s` on the avail ring (not yet published).
+    fn queue(&mut self, s: u16, kind: u32, block: u64) {
+        let s64 = u64::from(s);
+        let mut hdr = [0u8; 16];
+        hdr[..4].copy_from_slice(&kind.to_le_bytes());
+        hdr[8..].copy_from_slice(&(block * 8).to_le_bytes());
+        self.mem
+            .write_slice(&hdr, GuestAddress(HDR + 16 * s64))
+            .expect("hdr");
+        let flags = if kind == T_IN {
+            F_NEXT | F_WRITE
+        } else {
+            F_NEXT
+        };
+        self.mem
+            .write_obj(flags, GuestAddress(DESC + 16 * (3 * s64 + 1) + 12))
+            .expect("flags");
+        self.mem
+            .write_obj(0xFFu8, GuestAddress(STATUS + s64))
+            .expect("status");
+        let slot = u64::from(self.avail_idx % QSIZE);
+        self.mem
+            .write_obj(3 * s, GuestAddress(AVAIL + 4 + 2 * slot))
+            .expect("avail ring");
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.started[usize::from(s)] = Some(Instant::now());
+    }
+
+    /// Publishes the queued requests and kicks.
+    fn publish(&mut self) {
+        fence(Ordering::SeqCst);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+            .expect("avail idx");
+        fence(Ordering::SeqCst);
+        self.kick.write(1).expect("kick");
+    }
+
+    /// Waits for the interrupt and reaps every completion; returns the latencies.
+    fn reap(&mut self, lat: &mut Vec<u32>) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let used: u16 = self.mem.read_obj(GuestAddress(USED + 2)).expect("used idx");
+            fence(Ordering::SeqCst);
+            if used != self.used_seen {
+                let now = Instant::now();
+                let mut n = 0;
+                while self.used_seen != used {
+                    let slot = u64::from(self.used_seen % QSIZE);
+                    let id: u32 = self
+                        .mem
+                        .read_obj(GuestAddress(USED + 4 + 8 * slot))
+                        .expect("used id");
+                    let s = (id / 3) as u16;
+                    assert!(
+                        id.is_multiple_of(3) && usize::from(s) < MAX_QD,
+                        "bad used id {id}"
+                    );
+                    let st: u8 = self
+                        .mem
+                        .read_obj(GuestAddress(STATUS + u64::from(s)))
+                        .expect("status");
+                    assert_eq!(st, 0, "request failed with status {st}");
+                    let t0 = self.started[usize::from(s)].take().expect("in flight");
+                    lat.push((now - t0).as_nanos().min(u32::MAX as u128) as u32);
+                    self.free.push(s);
+                    self.used_seen = self.used_seen.wrapping_add(1);
+                    n += 1;
+                }
+                return n;
+            }
+            assert!(
+                wait_readable(&self.call, deadline),
+                "no completion within 20 s"
+            );
+            let _ = self.call.read();
+        }
+    }
+
+    /// Runs `kind` at depth `qd` for `dur` (over the first `WORK_BLOCKS` blocks, random, or
+    /// sequential when `seq`); returns (ops, elapsed, latencies in ns).
+    fn run(&mut self, kind: u32, qd: usize, dur: Duration, seq: bool) -> (u64, Duration, Vec<u32>) {
+        let mut lat = Vec::with_capacity(1 << 16);
+        let mut next_seq = 0u64;
+        let t0 = Instant::now();
+        let mut ops = 0u64;
+        let mut in_flight = 0usize;
+        let mut stop = false;
+        loop {
+            let mut queued = false;
+            while !stop && in_flight < qd {
+                let s = self.free.pop().expect("free slot");
+                let block = if seq {
+                    next_seq += 1;
+                    if next_seq >= WORK_BLOCKS {
+                        stop = true;
+                    }
+                    next_seq - 1
+                } else {
+                    self.next_rand() % WORK_BLOCKS
+                };
+                self.queue(s, kind, block);
+                in_flight += 1;
+                queued = true;
+            }
+            if queued {
+                self.publish();
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let n = self.reap(&mut lat);
+            in_flight -= n;
+            ops += n as u64;
+            if !seq && t0.elapsed() >= dur {
+                stop = true;
+            }
+        }
+        (ops, t0.elapsed(), lat)
+    }
+}
+
+fn wait_readable(fd: &EventFd, deadline: Instant) -> bool {
+    loop {
+        let ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `p` is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return r > 0 && p.revents & libc::POLLIN != 0;
+    }
+}
+
+/// Our side: manager, memory monitor, lego-vhost-blk on remote memory.
+fn start_ours(dir: &Path, procs: &mut Vec<Proc>) -> PathBuf {
+    let key = lego_fabric::ClusterKey::generate()
+        .expect("cluster key")
+        .to_hex();
+    let mport = free_port();
+    let maddr = format!("127.0.0.1:{mport}");
+    let mut manager = Proc::spawn(
+        "lego-manager",
+        Command::new(release_bin("lego-manager"))
+            .args(["--listen", &maddr, "--state-dir"])
+            .arg(dir.join("manager-state"))
+            .args(["--region-size", "64M"])
+            .env("LEGO_CLUSTER_KEY", &key)
+            .env("RUST_LOG", "warn"),
+    );
+    wait_for("lego-manager", &mut [&mut manager], || {
+        TcpStream::connect(&maddr).is_ok()
+    });
+    let mon_addr = format!("127.0.0.1:{}", free_port());
+    let monitor = Proc::spawn(
+        "lego-memory-monitor",
+        Command::new(release_bin("lego-memory-monitor"))
+            .args(["--listen", &mon_addr, "--manager", &maddr])
+            .args(["--capacity", "1G"])
+            .env("LEGO_CLUSTER_KEY", &key)
+            .env("RUST_LOG", "warn"),
+    );
+    procs.push(manager);
+    procs.push(monitor);
+    // Placement fails until the monitor has registered: retry the daemon until it serves.
+    let socket = dir.join("lego.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut d = Proc::spawn(
+            "lego-vhost-blk",
+            Command::new(env!("CARGO_BIN_EXE_lego-vhost-blk"))
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--store", "remote-memory", "--manager", &maddr])
+                .args(["--vnode", "7", "--size", "256M"])
+                .env("LEGO_CLUSTER_KEY", &key)
+                .env("RUST_LOG", "off")
+                .stderr(Stdio::null()),
+        );
+        loop {
+            if socket.exists() {
+                procs.push(d);
+                return socket;
+            }
+            if d.child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for p in procs.iter_mut() {
+            p.check_alive();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lego-vhost-blk never came up (rerun with RUST_LOG to see why)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reference: lego-vhost-blk with its file store on tmpfs (no fabric, no monitor).
+fn start_ours_file(dir: &Path, image: &Path, procs: &mut Vec<Proc>) -> PathBuf {
+    let socket = dir.join("lego-file.sock");
+    let mut d = Proc::spawn(
+        "lego-vhost-blk (file)",
+        Command::new(env!("CARGO_BIN_EXE_lego-vhost-blk"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--store", "file", "--path"])
+            .arg(image)
+            .env("RUST_LOG", "warn"),
+    );
+    wait_for("lego-vhost-blk (file)", &mut [&mut d], || socket.exists());
+    procs.push(d);
+    socket
+}
+
+/// Their side: qemu-nbd on a tmpfs file, qemu-storage-daemon exporting it as vhost-user-blk.
+fn start_theirs(dir: &Path, image: &Path, procs: &mut Vec<Proc>) -> PathBuf {
+    let port = free_port().to_string();
+    let mut nbd = Proc::spawn(
+        "qemu-nbd",
+        Command::new("qemu-nbd")
+            .args([
+                "-f",
+                "raw",
+                "-x",
+                "bench",
+                "-t",
+                "-e",
+                "4",
+                "--cache=writeback",
+            ])
+            .args(["-b", "127.0.0.1", "-p", &port])
+            .arg(image),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    wait_for("qemu-nbd", &mut [&mut nbd], || {
+        TcpStream::connect(&addr).is_ok()
+    });
+    let socket = dir.join("qsd.sock");
+    let mut qsd = Proc::spawn(
+        "qemu-storage-daemon",
+        Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=nbd,node-name=n,server.type=inet,server.host=127.0.0.1,\
+                 server.port={port},export=bench"
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path={},writable=on",
+                socket.display()
+            )),
+    );
+    wait_for("qemu-storage-daemon", &mut [&mut nbd, &mut qsd], || {
+        socket.exists()
+    });
+    procs.push(nbd);
+    procs.push(qsd);
+    socket
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[derive(Default)]
+struct Samples {
+    ops: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+fn measure(d: &mut Driver, kind: u32, qd: usize, s: &mut Samples) {
+    d.run(kind, qd, WARMUP, false);
+    let (ops, el, mut lat) = d.run(kind, qd, ROW_TIME, false);
+    lat.sort_unstable();
+    s.ops.push(ops as f64 / el.as_secs_f64());
+    s.p50.push(percentile(&lat, 0.50));
+    s.p99.push(percentile(&lat, 0.99));
+}
+
+fn kops(x: f64) -> String {
+    format!("{:.1}k", x / 1000.0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not: then do nothing
+    // (this starts daemons and takes a minute).
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("vs_qsd: run with `cargo bench -p lego-vhost-blk --bench vs_qsd`");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("vs-qsd-")
+        .tempdir()
+        .expect("tempdir");
+    let shm = |tag: &str| {
+        let p = Path::new("/dev/shm").join(format!("lego-vs-qsd-{}-{tag}.img", std::process::id()));
+        File::create(&p)
+            .and_then(|f| f.set_len(DEV_SIZE))
+            .expect("create a tmpfs image");
+        TempPath(p)
+    };
+    let image = shm("nbd");
+    let ref_image = shm("ref");
+
+    // Children are killed when `procs` drops (also on panic).
+    let mut procs: Vec<Proc> = Vec::new();
+    let ours_sock = start_ours(dir.path(), &mut procs);
+    let theirs_sock = start_theirs(dir.path(), &image.0, &mut procs);
+    let ref_sock = start_ours_file(dir.path(), &ref_image.0, &mut procs);
+    let mut drivers = [
+        Driver::connect(&ours_sock),
+        Driver::connect(&theirs_sock),
+        Driver::connect(&ref_sock),
+    ];
+    for (i, d) in drivers.iter_mut().enumerate() {
+        d.rng ^= 0x5555 * i as u64; // different (but fixed) offsets per side
+    }
+
+    // Pre-write the working set on each.
+    for d in drivers.iter_mut() {
+        let t = Instant::now();
+        let (ops, _, _) = d.run(T_OUT, MAX_QD, Duration::ZERO, true);
+        assert_eq!(ops, WORK_BLOCKS);
+        eprintln!("pre-wrote 64 MiB in {:.2} s", t.elapsed().as_secs_f64());
+    }
+
+    let rows: [(&str, u32, usize); 4] = [
+        ("4K random read, QD1", T_IN, 1),
+        ("4K random write, QD1", T_OUT, 1),
+        ("4K random read, QD32", T_IN, 32),
+        ("4K random write, QD32", T_OUT, 32),
+    ];
+    let mut results: Vec<[Samples; 3]> = Vec::new();
+    for &(name, kind, qd) in &rows {
+        let mut s: [Samples; 3] = Default::default();
+        for _ in 0..ROUNDS {
+            for (side, d) in drivers.iter_mut().enumerate() {
+                measure(d, kind, qd, &mut s[side]);
+            }
+        }
+        eprintln!("{name}: done");
+        results.push(s);
+    }
+    drop(drivers);
+    drop(procs);
+
+    println!();
+    println!("Command: `cargo bench -p lego-vhost-blk --bench vs_qsd`");
+    println!();
+    println!(
+        "| test | lego-vhost-blk (remote memory) | qemu-storage-daemon (qemu-nbd) | ratio | \
+         reference: lego-vhost-blk file store on tmpfs |"
+    );
+    println!("|---|---|---|---|---|");
+    for ((name, _, qd), s) in rows.iter().zip(results) {
+        let [ours, theirs, refr] = s;
+        let (o, t, r) = (median(ours.ops), median(theirs.ops), median(refr.ops));
+        println!(
+            "| {name}, ops/s | {} | {} | {:.2} | {} |",
+            kops(o),
+            kops(t),
+            o / t,
+            kops(r)
+        );
+        let lats = if *qd == 1 {
+            vec![
+                ("p50", ours.p50, theirs.p50, refr.p50),
+                ("p99", ours.p99, theirs.p99, refr.p99),
+            ]
+        } else {
+            vec![("p50 latency", ours.p50, theirs.p50, refr.p50)]
+        };
+        for (label, o, t, r) in lats {
+            let (o, t, r) = (median(o), median(t), median(r));
+            println!(
+                "| {name}, {label} | {o:.1} µs | {t:.1} µs | {:.2} | {r:.1} µs |",
+                t / o
+            );
+        }
+    }
+    println!();
+    println!(
+        "{ROUNDS} interleaved rounds of {} ms per row and side, medians; ratio = ours/theirs \
+         for ops/s and theirs/ours for latency (>1: lego-vhost-blk is faster).",
+        ROW_TIME.as_millis()
+    );
+}
