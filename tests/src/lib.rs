@@ -37,3 +37,61 @@ pub fn marker<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         )
     })
 }
+
+/// Reading what a testbed job left in its job folder.
+pub trait JobFiles {
+    /// The text of the job file `name`; panics with the job's summary when it is missing.
+    fn text(&self, name: &str) -> String;
+    /// The exit status `lego_vnode` recorded for the vNode `name` (`<name>.exit`).
+    fn vnode_exit(&self, name: &str) -> i32;
+    /// Checks that the disk image `name` came back holding `blocks` blocks of `seed`'s pattern.
+    fn assert_disk_holds(&self, name: &str, seed: u64, blocks: u64);
+}
+
+impl JobFiles for lego_testbed::JobOutput {
+    fn text(&self, name: &str) -> String {
+        let bytes = self
+            .read_file(name)
+            .unwrap_or_else(|e| panic!("the job left no {name}: {e}\n{}", self.summary()));
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn vnode_exit(&self, name: &str) -> i32 {
+        let text = self.text(&format!("{name}.exit"));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}.exit holds no status: {text:?}"))
+    }
+
+    fn assert_disk_holds(&self, name: &str, seed: u64, blocks: u64) {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let back = dir.path().join(name);
+        self.copy_file(name, &back)
+            .unwrap_or_else(|e| panic!("the disk {name} does not come back: {e}"));
+        let verify = lego_guest_tools::disk::verify_pattern(&back, seed, blocks)
+            .unwrap_or_else(|e| panic!("the disk {name} cannot be read: {e}"));
+        assert!(
+            matches!(verify, lego_guest_tools::disk::Verify::Ok(_)),
+            "the host does not find the guest's writes (seed {seed}) in {name}: {verify:?}"
+        );
+    }
+}
+
+/// A release binary of the workspace, next to the legovmm under test.
+pub fn release_binary(name: &str) -> PathBuf {
+    let p = legovmm().with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is not built: run `cargo build --release --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// The number after `"key":` in pretty-printed JSON (the monitors' statistics).
+pub fn json_number(json: &str, key: &str) -> u64 {
+    json.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("\"{key}\":")))
+        .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{json}"))
+}

@@ -6,8 +6,7 @@
 //! that finds the file the first one wrote on its remote disk.
 
 use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
-use lego_tests::marker;
-use std::path::PathBuf;
+use lego_tests::{json_number, marker, release_binary, JobFiles};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -38,34 +37,6 @@ lego_extra_checks() {
 
 struct Results {
     out: JobOutput,
-}
-
-impl Results {
-    fn file(&self, name: &str) -> String {
-        let bytes = self
-            .out
-            .read_file(name)
-            .unwrap_or_else(|e| panic!("the job left no {name}: {e}\n{}", self.out.summary()));
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    fn exit(&self, vnode: &str) -> i32 {
-        self.file(&format!("{vnode}.exit"))
-            .trim()
-            .parse()
-            .expect("exit status")
-    }
-}
-
-fn release_binary(name: &str) -> PathBuf {
-    let legovmm = lego_tests::legovmm();
-    let p = legovmm.with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build --release --workspace`",
-        p.display()
-    );
-    p
 }
 
 fn results() -> &'static Results {
@@ -111,18 +82,10 @@ fn results() -> &'static Results {
     })
 }
 
-/// The number after `"key":` in pretty-printed JSON.
-fn json_number(json: &str, key: &str) -> u64 {
-    json.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("\"{key}\":")))
-        .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in:\n{json}"))
-}
-
 #[test]
 fn a_small_vnode_runs_a_workload_twice_its_ram_on_remote_memory_with_no_bad_pages() {
     let r = results();
-    let console = r.file("first.console");
+    let console = r.out.text("first.console");
     assert!(
         console.contains("LEGO_SWAP_ON dev="),
         "the init did not make remote memory swap:\n{console}"
@@ -135,10 +98,15 @@ fn a_small_vnode_runs_a_workload_twice_its_ram_on_remote_memory_with_no_bad_page
     let pages: u64 = marker(line, "pages").expect("pages").parse().unwrap();
     assert_eq!(pages, WORKLOAD_MIB * 256, "{line}");
     assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(r.exit("first"), 0, "legovmm: {}", r.file("first.err"));
+    assert_eq!(
+        r.out.vnode_exit("first"),
+        0,
+        "legovmm: {}",
+        r.out.text("first.err")
+    );
     // Pages really went to the memory monitor and came back: the workload cannot fit in RAM,
     // so at least half of the excess was written out, and the verify pass read pages in.
-    let stats = r.file("memory-stats.txt");
+    let stats = r.out.text("memory-stats.txt");
     let written = json_number(&stats, "pages_written");
     let read = json_number(&stats, "pages_read");
     assert!(
@@ -151,10 +119,10 @@ fn a_small_vnode_runs_a_workload_twice_its_ram_on_remote_memory_with_no_bad_page
 #[test]
 fn the_remote_disk_keeps_a_file_across_launches_of_the_vnode() {
     let r = results();
-    let first = r.file("first.console");
+    let first = r.out.text("first.console");
     assert!(first.contains("LEGO_REMOTE_DISK_FORMATTED"), "{first}");
     assert!(first.contains("LEGO_REMOTE_DISK_MOUNTED"), "{first}");
-    let second = r.file("second.console");
+    let second = r.out.text("second.console");
     assert!(
         second.contains("written-by-vnode-1"),
         "the file did not survive:\n{second}"
@@ -163,32 +131,37 @@ fn the_remote_disk_keeps_a_file_across_launches_of_the_vnode() {
         !second.contains("LEGO_REMOTE_DISK_FORMATTED"),
         "the disk was formatted again:\n{second}"
     );
-    assert_eq!(r.exit("second"), 0, "legovmm: {}", r.file("second.err"));
+    assert_eq!(
+        r.out.vnode_exit("second"),
+        0,
+        "legovmm: {}",
+        r.out.text("second.err")
+    );
 }
 
 #[test]
 fn an_unreachable_manager_and_a_missing_volume_are_clear_errors() {
     let r = results();
-    let err = r.file("unreachable.err");
-    assert_eq!(r.file("unreachable.exit").trim(), "1", "{err}");
+    let err = r.out.text("unreachable.err");
+    assert_eq!(r.out.text("unreachable.exit").trim(), "1", "{err}");
     assert!(
         err.contains("remote memory backend did not come up") && err.contains("127.0.0.1:1"),
         "{err}"
     );
-    let err = r.file("novolume.err");
-    assert_eq!(r.file("novolume.exit").trim(), "1", "{err}");
+    let err = r.out.text("novolume.err");
+    assert_eq!(r.out.text("novolume.exit").trim(), "1", "{err}");
     assert!(
         err.contains("remote disk backend did not come up") && err.contains("nosuch"),
         "{err}"
     );
     // Nothing was lost: the vNode's volume is still placed after the failed launches.
-    assert!(r.file("status.txt").contains("data"));
+    assert!(r.out.text("status.txt").contains("data"));
 }
 
 #[test]
 fn the_manager_shows_the_vnodes_placements() {
     let r = results();
-    let status = r.file("status.txt");
+    let status = r.out.text("status.txt");
     assert!(
         status.contains("data"),
         "the volume is not placed:\n{status}"
@@ -204,7 +177,7 @@ fn the_manager_shows_the_vnodes_placements() {
         console.contains("of page data over the fabric"),
         "{console}"
     );
-    let first_err = r.file("first.err");
+    let first_err = r.out.text("first.err");
     assert!(
         first_err.contains("remote memory is served")
             || first_err.contains("started remote device backend"),

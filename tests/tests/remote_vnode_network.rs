@@ -6,8 +6,7 @@
 //! issue's: 128 MiB of local RAM, 1 GiB of remote memory, a 512 MiB workload.
 
 use lego_testbed::{Job, JobOutput, Mode, Testbed, TestbedConfig};
-use lego_tests::marker;
-use std::path::PathBuf;
+use lego_tests::{json_number, marker, release_binary, JobFiles};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -18,16 +17,6 @@ const MEMORY_PORT: u16 = 17100;
 const STORAGE_PORT: u16 = 17200;
 const GUEST_RAM_MIB: u64 = 128;
 const WORKLOAD_MIB: u64 = 512;
-
-fn release_binary(name: &str) -> PathBuf {
-    let p = lego_tests::legovmm().with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is not built: run `cargo build --release --workspace`",
-        p.display()
-    );
-    p
-}
 
 /// The daemons on this machine; killed when dropped.
 struct HostCluster {
@@ -132,16 +121,6 @@ struct Results {
     host_memory_stats: String,
 }
 
-impl Results {
-    fn file(&self, name: &str) -> String {
-        let bytes = self
-            .out
-            .read_file(name)
-            .unwrap_or_else(|e| panic!("the job left no {name}: {e}\n{}", self.out.summary()));
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
 fn results() -> &'static Results {
     static RESULTS: OnceLock<Results> = OnceLock::new();
     RESULTS.get_or_init(|| {
@@ -181,17 +160,10 @@ fn results() -> &'static Results {
     })
 }
 
-fn json_number(json: &str, key: &str) -> u64 {
-    json.lines()
-        .find_map(|l| l.trim().strip_prefix(&format!("\"{key}\":")))
-        .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in:\n{json}"))
-}
-
 #[test]
 fn swap_pages_cross_the_network_to_a_memory_monitor_on_this_host() {
     let r = results();
-    let console = r.file("first.console");
+    let console = r.out.text("first.console");
     assert!(console.contains("LEGO_SWAP_ON dev="), "{console}");
     let line = console
         .lines()
@@ -217,9 +189,9 @@ fn swap_pages_cross_the_network_to_a_memory_monitor_on_this_host() {
 fn the_remote_disk_on_this_host_keeps_the_file_across_launches() {
     let r = results();
     assert!(
-        r.file("second.console").contains("written-by-vnode-1"),
+        r.out.text("second.console").contains("written-by-vnode-1"),
         "{}",
-        r.file("second.console")
+        r.out.text("second.console")
     );
     assert!(
         r.out.console.contains("LEGO_DEMO_DONE first=0 second=0"),

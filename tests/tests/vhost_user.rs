@@ -5,7 +5,7 @@
 
 use lego_testbed::disk;
 use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
-use lego_tests::marker;
+use lego_tests::{marker, JobFiles};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -95,38 +95,6 @@ struct Results {
     out: JobOutput,
     qsd: bool,
     _dir: tempfile::TempDir,
-}
-
-impl Results {
-    fn file(&self, name: &str) -> String {
-        let bytes = self
-            .out
-            .read_file(name)
-            .unwrap_or_else(|e| panic!("the job left no {name}: {e}\n{}", self.out.summary()));
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    fn exit(&self, vnode: &str) -> i32 {
-        self.file(&format!("{vnode}.exit"))
-            .trim()
-            .parse()
-            .expect("exit status")
-    }
-
-    /// Checks that the disk `name` came back holding the pattern of `seed`.
-    fn assert_disk_holds(&self, name: &str, seed: u64) {
-        let dir = tempfile::tempdir().unwrap();
-        let back = dir.path().join(name);
-        self.out
-            .copy_file(name, &back)
-            .expect("the disk comes back");
-        let verify = lego_guest_tools::disk::verify_pattern(&back, seed, DISK_BLOCKS)
-            .expect("the disk reads");
-        assert!(
-            matches!(verify, lego_guest_tools::disk::Verify::Ok(_)),
-            "the host does not find the guest's writes (seed {seed}) in {name}: {verify:?}"
-        );
-    }
 }
 
 /// Our backend: `$LEGO_VHOST_BLK_BIN`, else the workspace's release build.
@@ -232,11 +200,11 @@ fn results() -> &'static Results {
 #[test]
 fn a_guest_reads_and_writes_a_disk_served_by_lego_vhost_blk() {
     let r = results();
-    let console = r.file("local.console");
+    let console = r.out.text("local.console");
     assert!(
         console.contains("LEGO_DISK_VERIFY_OK"),
         "the guest could not read what the host wrote:\n{console}\n{}",
-        r.file("local.err")
+        r.out.text("local.err")
     );
     assert!(console.contains("LEGO_DISK_WRITE_OK"), "{console}");
     assert!(
@@ -244,29 +212,34 @@ fn a_guest_reads_and_writes_a_disk_served_by_lego_vhost_blk() {
         "the guest did not see the backend's serial:\n{console}"
     );
     assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(r.exit("local"), 0, "legovmm: {}", r.file("local.err"));
-    assert!(
-        r.file("local.err").contains("the guest powered off"),
-        "{}",
-        r.file("local.err")
-    );
-    r.assert_disk_holds("data.img", 2);
     assert_eq!(
-        r.exit("backend"),
+        r.out.vnode_exit("local"),
+        0,
+        "legovmm: {}",
+        r.out.text("local.err")
+    );
+    assert!(
+        r.out.text("local.err").contains("the guest powered off"),
+        "{}",
+        r.out.text("local.err")
+    );
+    r.out.assert_disk_holds("data.img", 2, DISK_BLOCKS);
+    assert_eq!(
+        r.out.vnode_exit("backend"),
         0,
         "lego-vhost-blk did not stop cleanly on SIGTERM: {}",
-        r.file("backend.log")
+        r.out.text("backend.log")
     );
 }
 
 #[test]
 fn a_backend_that_dies_is_reported_and_legovmm_keeps_running() {
     let r = results();
-    let err = r.file("dead.err");
+    let err = r.out.text("dead.err");
     assert!(
-        r.file("dead.console").contains("LEGO_GUEST_READY"),
+        r.out.text("dead.console").contains("LEGO_GUEST_READY"),
         "the guest never came up:\n{}\n{err}",
-        r.file("dead.console")
+        r.out.text("dead.console")
     );
     assert!(
         err.contains(
@@ -275,13 +248,13 @@ fn a_backend_that_dies_is_reported_and_legovmm_keeps_running() {
         "legovmm did not report the dead backend: {err}"
     );
     assert_eq!(
-        r.file("dead.alive").trim(),
+        r.out.text("dead.alive").trim(),
         "yes",
         "legovmm did not outlive its backend: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
     // Stopped by the job's SIGTERM, as a VMM with a live guest is.
-    assert_eq!(r.exit("dead"), 143, "legovmm: {err}");
+    assert_eq!(r.out.vnode_exit("dead"), 143, "legovmm: {err}");
     assert!(err.contains("stopped by signal 15"), "{err}");
 }
 
@@ -292,15 +265,15 @@ fn a_guest_reads_and_writes_a_disk_served_by_qemu_storage_daemon() {
         eprintln!("skipped: {QSD} is not installed");
         return;
     }
-    let console = r.file("qsd.console");
-    let err = r.file("qsd.err");
+    let console = r.out.text("qsd.console");
+    let err = r.out.text("qsd.err");
     assert!(
         console.contains("LEGO_DISK_VERIFY_OK"),
         "the guest could not read what the host wrote:\n{console}\n{err}\n{}",
-        r.file("qsd.log")
+        r.out.text("qsd.log")
     );
     assert!(console.contains("LEGO_DISK_WRITE_OK"), "{console}");
     assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(r.exit("qsd"), 0, "legovmm: {err}");
-    r.assert_disk_holds("qsd.img", 4);
+    assert_eq!(r.out.vnode_exit("qsd"), 0, "legovmm: {err}");
+    r.out.assert_disk_holds("qsd.img", 4, DISK_BLOCKS);
 }

@@ -4,7 +4,7 @@
 //! each test below asserts on its own vNode's results.
 
 use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
-use lego_tests::marker;
+use lego_tests::{marker, JobFiles};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -35,23 +35,6 @@ cmdline = 'console=ttyS0 quiet lego.run="reboot -f"'
 struct Results {
     out: JobOutput,
     _dir: tempfile::TempDir,
-}
-
-impl Results {
-    fn file(&self, name: &str) -> String {
-        let bytes = self
-            .out
-            .read_file(name)
-            .unwrap_or_else(|e| panic!("the job left no {name}: {e}\n{}", self.out.summary()));
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    fn exit(&self, vnode: &str) -> i32 {
-        self.file(&format!("{vnode}.exit"))
-            .trim()
-            .parse()
-            .expect("exit status")
-    }
 }
 
 fn results() -> &'static Results {
@@ -95,7 +78,7 @@ fn results() -> &'static Results {
 #[test]
 fn guest_sees_two_vcpus_and_the_requested_memory_and_exits_zero() {
     let r = results();
-    let console = r.file("boot.console");
+    let console = r.out.text("boot.console");
     assert_eq!(marker(&console, "LEGO_CPUS"), Some("2"), "{console}");
     let mem_kb: u64 = marker(&console, "LEGO_MEM_TOTAL_KB")
         .expect("MemTotal")
@@ -111,49 +94,49 @@ fn guest_sees_two_vcpus_and_the_requested_memory_and_exits_zero() {
         "MemTotal {mem_kb} kB is far below 256 MiB"
     );
     assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(r.exit("boot"), 0, "legovmm: {}", r.file("boot.err"));
-    assert!(r.file("boot.err").contains("the guest powered off"));
+    assert_eq!(
+        r.out.vnode_exit("boot"),
+        0,
+        "legovmm: {}",
+        r.out.text("boot.err")
+    );
+    assert!(r.out.text("boot.err").contains("the guest powered off"));
 }
 
 #[test]
 fn the_virtio_disk_is_read_and_written_through() {
     let r = results();
-    let console = r.file("boot.console");
+    let console = r.out.text("boot.console");
     assert!(
         console.contains("LEGO_DISK_VERIFY_OK"),
         "the guest could not read what the host wrote:\n{console}"
     );
     assert!(console.contains("LEGO_DISK_WRITE_OK"), "{console}");
-    let dir = tempfile::tempdir().unwrap();
-    let back = dir.path().join("data.img");
-    r.out
-        .copy_file("data.img", &back)
-        .expect("the disk comes back");
-    let verify =
-        lego_guest_tools::disk::verify_pattern(&back, 2, DISK_BLOCKS).expect("the disk reads");
-    assert!(
-        matches!(verify, lego_guest_tools::disk::Verify::Ok(_)),
-        "the host does not find the guest's writes: {verify:?}"
-    );
+    r.out.assert_disk_holds("data.img", 2, DISK_BLOCKS);
 }
 
 #[test]
 fn a_guest_reboot_ends_legovmm_with_status_zero_and_config_files_work() {
     let r = results();
-    assert_eq!(r.exit("reboot"), 0, "legovmm: {}", r.file("reboot.err"));
-    assert!(
-        r.file("reboot.err").contains("the guest rebooted"),
-        "{}",
-        r.file("reboot.err")
+    assert_eq!(
+        r.out.vnode_exit("reboot"),
+        0,
+        "legovmm: {}",
+        r.out.text("reboot.err")
     );
-    assert!(r.file("reboot.console").contains("LEGO_GUEST_READY"));
+    assert!(
+        r.out.text("reboot.err").contains("the guest rebooted"),
+        "{}",
+        r.out.text("reboot.err")
+    );
+    assert!(r.out.text("reboot.console").contains("LEGO_GUEST_READY"));
 }
 
 #[test]
 fn a_guest_panic_ends_legovmm_nonzero_with_the_reason() {
     let r = results();
-    let err = r.file("panic.err");
-    assert_eq!(r.exit("panic"), 3, "legovmm: {err}");
+    let err = r.out.text("panic.err");
+    assert_eq!(r.out.vnode_exit("panic"), 3, "legovmm: {err}");
     assert!(
         err.contains("the guest crashed") && err.contains("panic"),
         "{err}"
