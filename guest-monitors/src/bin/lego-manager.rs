@@ -122,12 +122,5 @@ fn run(args: Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     daemon::init_logging();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("lego-manager: error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    lego_monitors::monitor_main::exit_code("lego-manager", run(Args::parse()))
 }

@@ -1,0 +1,171 @@
+//! What the memory and storage monitors share: their common flags, how flags and the config
+//! file resolve into settings, and the serve / heartbeat / wait / shutdown sequence.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lego_fabric::{ClusterKey, Handler, ServerConfig};
+
+use crate::agent::{Agent, AgentConfig, UsageFn};
+use crate::config::{self, MonitorFileConfig};
+use crate::daemon;
+use crate::proto::manager::MonitorKind;
+
+/// Flags every monitor takes (flatten into the binary's own `Args`).
+#[derive(Debug, clap::Args)]
+pub struct MonitorFlags {
+    /// TOML config file (flags override its keys; unknown keys are errors).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7100 for memory, 127.0.0.1:7200 for storage].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address announced to the manager [default: the bound address].
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Manager to register with and heartbeat to (none: run standalone).
+    #[arg(long, value_name = "ADDR")]
+    pub manager: Option<String>,
+    /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Heartbeat interval in milliseconds [default: 1000].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Worker threads for blocking requests [default: 4].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+/// Resolved settings every monitor needs.
+pub struct MonitorSettings {
+    /// Address to bind.
+    pub listen: String,
+    /// Address to announce, if given.
+    pub advertise: Option<String>,
+    /// Manager address, if any.
+    pub manager: Option<String>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Worker threads.
+    pub workers: usize,
+    /// Cluster key.
+    pub key: ClusterKey,
+}
+
+/// Loads the config file named by the flags and resolves the common settings (flags win).
+pub fn resolve(
+    flags: MonitorFlags,
+    default_listen: &str,
+) -> Result<(MonitorSettings, MonitorFileConfig), String> {
+    let file: MonitorFileConfig =
+        config::load(flags.config.as_deref()).map_err(|e| e.to_string())?;
+    let key = daemon::load_key(flags.key_file.or(file.key_file.clone()).as_deref())
+        .map_err(|e| e.to_string())?;
+    let settings = MonitorSettings {
+        listen: flags
+            .listen
+            .or(file.listen.clone())
+            .unwrap_or_else(|| default_listen.into()),
+        advertise: flags.advertise.or(file.advertise.clone()),
+        manager: flags.manager.or(file.manager.clone()),
+        heartbeat: Duration::from_millis(
+            flags
+                .heartbeat_ms
+                .or(file.heartbeat_ms)
+                .unwrap_or(config::DEFAULT_HEARTBEAT_MS)
+                .max(10),
+        ),
+        workers: flags.workers.or(file.workers).unwrap_or(4).max(1),
+        key,
+    };
+    Ok((settings, file))
+}
+
+/// Serves `handler`, registers and heartbeats to the manager (if any) with `usage`, waits for
+/// SIGTERM/SIGINT and shuts down. `serving` is called once the address is bound.
+pub fn serve_until_signal(
+    settings: MonitorSettings,
+    kind: MonitorKind,
+    handler: Arc<dyn Handler>,
+    usage: UsageFn,
+    serving: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let mut signals = daemon::shutdown_signals().map_err(|e| e.to_string())?;
+    let server = daemon::serve(
+        &settings.listen,
+        settings.key.clone(),
+        handler,
+        ServerConfig {
+            workers: settings.workers,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let bound = server.local_addr();
+    let advertise = advertise_addr(settings.advertise, bound)?;
+    serving(bound);
+    let agent = settings.manager.map(|manager| {
+        Agent::start(
+            AgentConfig {
+                manager,
+                kind,
+                advertise,
+                interval: settings.heartbeat,
+            },
+            settings.key,
+            usage,
+        )
+    });
+    let sig = daemon::wait_for_shutdown(&mut signals);
+    tracing::info!(signal = sig, "shutting down");
+    if let Some(a) = agent {
+        a.stop();
+    }
+    server.shutdown();
+    Ok(())
+}
+
+/// The address the manager is told: the given one, else the bound one unless it is a wildcard.
+fn advertise_addr(given: Option<String>, bound: SocketAddr) -> Result<String, String> {
+    match given {
+        Some(a) => Ok(a),
+        None if bound.ip().is_unspecified() => Err(format!(
+            "listening on {bound} needs --advertise ADDR: the manager must be told a reachable address"
+        )),
+        None => Ok(bound.to_string()),
+    }
+}
+
+/// Runs a daemon's `run`, logging and printing its error as `NAME: error: ...`.
+pub fn exit_code(name: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{name}: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listen_needs_an_advertised_address() {
+        let any: SocketAddr = "0.0.0.0:7100".parse().unwrap();
+        assert!(advertise_addr(None, any)
+            .unwrap_err()
+            .contains("--advertise"));
+        assert_eq!(
+            advertise_addr(Some("10.0.2.2:7100".into()), any).unwrap(),
+            "10.0.2.2:7100"
+        );
+        let lo: SocketAddr = "127.0.0.1:7100".parse().unwrap();
+        assert_eq!(advertise_addr(None, lo).unwrap(), "127.0.0.1:7100");
+    }
+}
