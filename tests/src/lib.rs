@@ -95,3 +95,25 @@ pub fn json_number(json: &str, key: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
         .unwrap_or_else(|| panic!("no {key} in:\n{json}"))
 }
+
+/// Returns the value `once` holds, running `init` to fill it the first time. A panic in
+/// `init` is kept as the value's failure, so a job shared by several tests runs once even when
+/// it fails, and every test that needs it reports the same failure.
+pub fn shared<T>(
+    once: &'static std::sync::OnceLock<Result<T, String>>,
+    init: fn() -> T,
+) -> &'static T {
+    let value = once.get_or_init(|| {
+        std::panic::catch_unwind(init).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the shared job panicked".to_string())
+        })
+    });
+    match value {
+        Ok(v) => v,
+        Err(e) => panic!("the job these tests share failed: {e}"),
+    }
+}

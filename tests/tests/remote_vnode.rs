@@ -39,47 +39,46 @@ struct Results {
     out: JobOutput,
 }
 
+/// The job's results, shared by the tests of this file: the job runs once, and if it fails
+/// every test reports that failure (it is not run again).
 fn results() -> &'static Results {
-    static RESULTS: OnceLock<Results> = OnceLock::new();
-    RESULTS.get_or_init(|| {
-        let cache = lego_testbed::paths::default_cache();
-        let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
-        let key = std::process::Command::new(release_binary("legoctl"))
-            .arg("keygen")
-            .output()
-            .expect("legoctl keygen runs");
-        let key = String::from_utf8(key.stdout).expect("a hex key");
-        let script = format!(
-            "export LEGO_CLUSTER_KEY={}\nexport GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=512M \
-             WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{BAD_INPUT}\n{SCRIPT}",
-            key.trim()
-        );
-        let testbed = Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm())))
-            .expect("the testbed starts");
-        let mut job = Job::new("remote-vnode", script)
-            .file(&image.kernel, "vmlinuz")
-            .file(&image.initramfs, "initramfs.cpio")
-            .timeout(Duration::from_secs(900))
-            .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
-        for bin in [
-            "lego-vhost-blk",
-            "lego-manager",
-            "lego-memory-monitor",
-            "lego-storage-monitor",
-            "legoctl",
-        ] {
-            job = job.file(release_binary(bin), bin);
-        }
-        let out = testbed.run(&job).expect("the testbed runs the job");
-        eprintln!("remote_vnode: {}", out.summary());
-        assert!(
-            out.succeeded(),
-            "the job failed:\n{}\n{}",
-            out.summary(),
-            out.console
-        );
-        Results { out }
-    })
+    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
+    lego_tests::shared(&RESULTS, run_job)
+}
+
+fn run_job() -> Results {
+    let cache = lego_testbed::paths::default_cache();
+    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+    let key = std::process::Command::new(release_binary("legoctl"))
+        .arg("keygen")
+        .output()
+        .expect("legoctl keygen runs");
+    let key = String::from_utf8(key.stdout).expect("a hex key");
+    let script = format!(
+        "export LEGO_CLUSTER_KEY={}\nexport GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=512M \
+         WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{BAD_INPUT}\n{SCRIPT}",
+        key.trim()
+    );
+    let testbed =
+        Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm()))).expect("the testbed starts");
+    let mut job = Job::new("remote-vnode", script)
+        .file(&image.kernel, "vmlinuz")
+        .file(&image.initramfs, "initramfs.cpio")
+        .timeout(Duration::from_secs(900))
+        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
+    for bin in [
+        "lego-vhost-blk",
+        "lego-manager",
+        "lego-memory-monitor",
+        "lego-storage-monitor",
+        "legoctl",
+    ] {
+        job = job.file(release_binary(bin), bin);
+    }
+    let out = testbed.run(&job).expect("the testbed runs the job");
+    eprintln!("remote_vnode: {}", out.summary());
+    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    Results { out }
 }
 
 #[test]

@@ -121,43 +121,66 @@ struct Results {
     host_memory_stats: String,
 }
 
+/// The job's results, shared by the tests of this file: the job runs once, and if it fails
+/// every test reports that failure (it is not run again).
 fn results() -> &'static Results {
-    static RESULTS: OnceLock<Results> = OnceLock::new();
-    RESULTS.get_or_init(|| {
-        let cache = lego_testbed::paths::default_cache();
-        let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
-        let key = Command::new(release_binary("legoctl")).arg("keygen").output().expect("keygen");
-        let key = String::from_utf8(key.stdout).expect("a hex key").trim().to_string();
-        let mut config = TestbedConfig::new(Some(lego_tests::legovmm()));
-        config.network = true;
-        let testbed = Testbed::new(config).expect("the testbed starts");
-        // Monitors tell the manager where clients reach them: from inside the nested compute
-        // host this machine's loopback is 10.0.2.2.
-        let advertise = if testbed.mode() == Mode::Nested { "10.0.2.2" } else { "127.0.0.1" };
-        let _cluster = start_cluster(&key, advertise);
-        let script = format!(
-            "export LEGO_CLUSTER_KEY={key}\nexport REMOTE_SIDE=host HOST_MANAGER_PORT={MANAGER_PORT} \
-             HOST_MEMORY_PORT={MEMORY_PORT} GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=1G \
-             WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}"
-        );
-        let mut job = Job::new("remote-vnode-network", script)
-            .file(&image.kernel, "vmlinuz")
-            .file(&image.initramfs, "initramfs.cpio")
-            .timeout(Duration::from_secs(1200))
-            .ready("LEGO_VNODE_START", Duration::from_secs(240), 2)
-            .network(true);
-        for bin in ["lego-vhost-blk", "legoctl"] {
-            job = job.file(release_binary(bin), bin);
-        }
-        let out = testbed.run(&job).expect("the testbed runs the job");
-        eprintln!("remote_vnode_network: {}", out.summary());
-        assert!(out.succeeded(), "the job failed:\n{}\n{}", out.summary(), out.console);
-        let host_memory_stats = legoctl(
-            &key,
-            &["monitor-stats", "--kind", "memory", "--addr", &format!("127.0.0.1:{MEMORY_PORT}")],
-        );
-        Results { out, host_memory_stats }
-    })
+    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
+    lego_tests::shared(&RESULTS, run_job)
+}
+
+fn run_job() -> Results {
+    let cache = lego_testbed::paths::default_cache();
+    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+    let key = Command::new(release_binary("legoctl"))
+        .arg("keygen")
+        .output()
+        .expect("keygen");
+    let key = String::from_utf8(key.stdout)
+        .expect("a hex key")
+        .trim()
+        .to_string();
+    let mut config = TestbedConfig::new(Some(lego_tests::legovmm()));
+    config.network = true;
+    let testbed = Testbed::new(config).expect("the testbed starts");
+    // Monitors tell the manager where clients reach them: from inside the nested compute
+    // host this machine's loopback is 10.0.2.2.
+    let advertise = if testbed.mode() == Mode::Nested {
+        "10.0.2.2"
+    } else {
+        "127.0.0.1"
+    };
+    let _cluster = start_cluster(&key, advertise);
+    let script = format!(
+        "export LEGO_CLUSTER_KEY={key}\nexport REMOTE_SIDE=host HOST_MANAGER_PORT={MANAGER_PORT} \
+         HOST_MEMORY_PORT={MEMORY_PORT} GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=1G \
+         WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}"
+    );
+    let mut job = Job::new("remote-vnode-network", script)
+        .file(&image.kernel, "vmlinuz")
+        .file(&image.initramfs, "initramfs.cpio")
+        .timeout(Duration::from_secs(1200))
+        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2)
+        .network(true);
+    for bin in ["lego-vhost-blk", "legoctl"] {
+        job = job.file(release_binary(bin), bin);
+    }
+    let out = testbed.run(&job).expect("the testbed runs the job");
+    eprintln!("remote_vnode_network: {}", out.summary());
+    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    let host_memory_stats = legoctl(
+        &key,
+        &[
+            "monitor-stats",
+            "--kind",
+            "memory",
+            "--addr",
+            &format!("127.0.0.1:{MEMORY_PORT}"),
+        ],
+    );
+    Results {
+        out,
+        host_memory_stats,
+    }
 }
 
 #[test]
@@ -196,6 +219,6 @@ fn the_remote_disk_on_this_host_keeps_the_file_across_launches() {
     assert!(
         r.out.console.contains("LEGO_DEMO_DONE first=0 second=0"),
         "{}",
-        r.out.console
+        r.out.console_tail(120)
     );
 }

@@ -140,61 +140,59 @@ fn qsd_files() -> Vec<(PathBuf, String)> {
     files
 }
 
+/// The job's results, shared by the tests of this file: the job runs once, and if it fails
+/// every test reports that failure (it is not run again).
 fn results() -> &'static Results {
-    static RESULTS: OnceLock<Results> = OnceLock::new();
-    RESULTS.get_or_init(|| {
-        let cache = lego_testbed::paths::default_cache();
-        let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data.img");
-        lego_guest_tools::disk::write_pattern(&data, 1, DISK_BLOCKS)
-            .expect("the host writes the disk");
-        let dead_disk = dir.path().join("dead.img");
-        lego_guest_tools::disk::write_pattern(&dead_disk, 5, DISK_BLOCKS)
-            .expect("the host writes the disk");
-        let qsd_disk = dir.path().join("qsd.img");
-        lego_guest_tools::disk::write_pattern(&qsd_disk, 3, DISK_BLOCKS)
-            .expect("the host writes the disk");
+    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
+    lego_tests::shared(&RESULTS, run_job)
+}
 
-        let testbed = Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm())))
-            .expect("the testbed starts");
-        eprintln!(
-            "vhost_user: testbed mode {} ({})",
-            testbed.mode(),
-            testbed.mode_reason()
-        );
-        let mut job = Job::new("vhost-user", SCRIPT)
-            .file(&image.kernel, "vmlinuz")
-            .file(&image.initramfs, "initramfs.cpio")
-            .file(lego_vhost_blk(), "lego-vhost-blk")
-            .file(&data, "data.img")
-            .file(&dead_disk, "dead.img")
-            .timeout(Duration::from_secs(900))
-            .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
-        let qsd = qsd_files();
-        let with_qsd = !qsd.is_empty();
-        if with_qsd {
-            job = job.file(&qsd_disk, "qsd.img");
-            for (path, name) in qsd {
-                job = job.file(path, name);
-            }
-        } else {
-            eprintln!("vhost_user: {QSD} is not installed; the interop case is skipped");
+fn run_job() -> Results {
+    let cache = lego_testbed::paths::default_cache();
+    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.img");
+    lego_guest_tools::disk::write_pattern(&data, 1, DISK_BLOCKS).expect("the host writes the disk");
+    let dead_disk = dir.path().join("dead.img");
+    lego_guest_tools::disk::write_pattern(&dead_disk, 5, DISK_BLOCKS)
+        .expect("the host writes the disk");
+    let qsd_disk = dir.path().join("qsd.img");
+    lego_guest_tools::disk::write_pattern(&qsd_disk, 3, DISK_BLOCKS)
+        .expect("the host writes the disk");
+
+    let testbed =
+        Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm()))).expect("the testbed starts");
+    eprintln!(
+        "vhost_user: testbed mode {} ({})",
+        testbed.mode(),
+        testbed.mode_reason()
+    );
+    let mut job = Job::new("vhost-user", SCRIPT)
+        .file(&image.kernel, "vmlinuz")
+        .file(&image.initramfs, "initramfs.cpio")
+        .file(lego_vhost_blk(), "lego-vhost-blk")
+        .file(&data, "data.img")
+        .file(&dead_disk, "dead.img")
+        .timeout(Duration::from_secs(900))
+        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
+    let qsd = qsd_files();
+    let with_qsd = !qsd.is_empty();
+    if with_qsd {
+        job = job.file(&qsd_disk, "qsd.img");
+        for (path, name) in qsd {
+            job = job.file(path, name);
         }
-        let out = testbed.run(&job).expect("the testbed runs the job");
-        eprintln!("vhost_user: {}", out.summary());
-        assert!(
-            out.succeeded(),
-            "the job failed:\n{}\n{}",
-            out.summary(),
-            out.console
-        );
-        Results {
-            out,
-            qsd: with_qsd,
-            _dir: dir,
-        }
-    })
+    } else {
+        eprintln!("vhost_user: {QSD} is not installed; the interop case is skipped");
+    }
+    let out = testbed.run(&job).expect("the testbed runs the job");
+    eprintln!("vhost_user: {}", out.summary());
+    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    Results {
+        out,
+        qsd: with_qsd,
+        _dir: dir,
+    }
 }
 
 #[test]

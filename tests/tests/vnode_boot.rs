@@ -37,42 +37,40 @@ struct Results {
     _dir: tempfile::TempDir,
 }
 
+/// The job's results, shared by the tests of this file: the job runs once, and if it fails
+/// every test reports that failure (it is not run again).
 fn results() -> &'static Results {
-    static RESULTS: OnceLock<Results> = OnceLock::new();
-    RESULTS.get_or_init(|| {
-        let cache = lego_testbed::paths::default_cache();
-        let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
-        let dir = tempfile::tempdir().unwrap();
-        let disk: PathBuf = dir.path().join("data.img");
-        lego_guest_tools::disk::write_pattern(&disk, 1, DISK_BLOCKS)
-            .expect("the host writes the disk");
-        let config = dir.path().join("vnode.toml");
-        std::fs::write(&config, CONFIG).unwrap();
+    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
+    lego_tests::shared(&RESULTS, run_job)
+}
 
-        let testbed = Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm())))
-            .expect("the testbed starts");
-        eprintln!(
-            "vnode_boot: testbed mode {} ({})",
-            testbed.mode(),
-            testbed.mode_reason()
-        );
-        let job = Job::new("vnode-boot", SCRIPT)
-            .file(&image.kernel, "vmlinuz")
-            .file(&image.initramfs, "initramfs.cpio")
-            .file(&disk, "data.img")
-            .file(&config, "vnode.toml")
-            .timeout(Duration::from_secs(900))
-            .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
-        let out = testbed.run(&job).expect("the testbed runs the job");
-        eprintln!("vnode_boot: {}", out.summary());
-        assert!(
-            out.succeeded(),
-            "the job failed:\n{}\n{}",
-            out.summary(),
-            out.console
-        );
-        Results { out, _dir: dir }
-    })
+fn run_job() -> Results {
+    let cache = lego_testbed::paths::default_cache();
+    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+    let dir = tempfile::tempdir().unwrap();
+    let disk: PathBuf = dir.path().join("data.img");
+    lego_guest_tools::disk::write_pattern(&disk, 1, DISK_BLOCKS).expect("the host writes the disk");
+    let config = dir.path().join("vnode.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+
+    let testbed =
+        Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm()))).expect("the testbed starts");
+    eprintln!(
+        "vnode_boot: testbed mode {} ({})",
+        testbed.mode(),
+        testbed.mode_reason()
+    );
+    let job = Job::new("vnode-boot", SCRIPT)
+        .file(&image.kernel, "vmlinuz")
+        .file(&image.initramfs, "initramfs.cpio")
+        .file(&disk, "data.img")
+        .file(&config, "vnode.toml")
+        .timeout(Duration::from_secs(900))
+        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
+    let out = testbed.run(&job).expect("the testbed runs the job");
+    eprintln!("vnode_boot: {}", out.summary());
+    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    Results { out, _dir: dir }
 }
 
 #[test]

@@ -192,6 +192,15 @@ pub fn stage_vmm(root: &Path, legovmm: Option<&Path>) -> Result<(), DiskError> {
     stage_shell_lib(root)
 }
 
+/// Records which try of the job the next image is for, in `<root>/.lego/try` (the compute
+/// host's init exports it as `$LEGO_TESTBED_TRY`).
+pub fn stage_try(root: &Path, attempt: u32) -> Result<(), DiskError> {
+    let lego = root.join(".lego");
+    std::fs::create_dir_all(&lego).map_err(io_err("create", &lego))?;
+    let path = lego.join("try");
+    std::fs::write(&path, format!("{attempt}\n")).map_err(io_err("write", &path))
+}
+
 /// Writes the jobs' shell library to `<root>/.lego/lib.sh`.
 pub fn stage_shell_lib(root: &Path) -> Result<(), DiskError> {
     let path = root.join(crate::shell::LIB_PATH);

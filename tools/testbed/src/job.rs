@@ -34,7 +34,8 @@ pub enum JobError {
 ///
 /// The script runs with `sh` (busybox) in nested mode and `bash` in direct mode, in the
 /// job folder, with `$LEGOVMM` (the command that runs legovmm), `$JOB_DIR` (the job
-/// folder, where result files go), `$LEGO_TESTBED_MODE` (`nested` or `direct`) and
+/// folder, where result files go), `$LEGO_TESTBED_MODE` (`nested` or `direct`),
+/// `$LEGO_TESTBED_TRY` (1 for the first try, 2 for the first retry, ...) and
 /// `$LEGO_TESTBED_LIB` (shell functions such as `lego_vnode`, see [`crate::shell`]) set.
 /// `$LEGO_HOST_ADDR` is the address at which the script reaches daemons listening on this
 /// machine's `127.0.0.1`: `127.0.0.1` in direct mode, `10.0.2.2` in nested mode with
@@ -98,7 +99,8 @@ impl Job {
         self
     }
 
-    /// Sets the ready marker, its timeout and the number of retries after a miss.
+    /// Sets the ready marker, its timeout and the number of retries after a try that misses
+    /// it or (nested) loses its compute host.
     pub fn ready(mut self, marker: impl Into<String>, within: Duration, retries: u32) -> Self {
         self.ready_marker = Some(marker.into());
         self.ready_timeout = within;
@@ -117,7 +119,7 @@ pub enum Outcome {
     /// Every try missed the ready marker.
     NotReady,
     /// The compute host ended without reporting the script's status (e.g. L1 crashed or
-    /// QEMU failed to start); see the console.
+    /// QEMU failed to start); see [`JobOutput::host_exit`] and the console.
     HostFailed,
 }
 
@@ -145,6 +147,8 @@ pub struct JobOutput {
     pub console: String,
     /// The script's exit status, when it completed.
     pub job_exit: Option<i32>,
+    /// Nested mode: the exit status of the compute host's QEMU, when it exited by itself.
+    pub host_exit: Option<i32>,
     /// How many tries ran (1 + retries used).
     pub tries: u32,
     /// Wall time of the last try.
@@ -223,7 +227,38 @@ impl JobOutput {
         if let Some(t) = self.ready_after {
             s.push_str(&format!(", ready after {:.2} s", t.as_secs_f64()));
         }
+        if let (Outcome::HostFailed, Some(code)) = (self.outcome, self.host_exit) {
+            s.push_str(&format!(", compute host's QEMU exited with status {code}"));
+        }
         s
+    }
+
+    /// Returns the last `lines` lines of the console.
+    pub fn console_tail(&self, lines: usize) -> &str {
+        tail_lines(&self.console, lines)
+    }
+
+    /// Returns what a failed job's report should show: the summary, where the whole
+    /// console is, and the console's last 120 lines (where a failure usually is).
+    pub fn failure_report(&self) -> String {
+        format!(
+            "{}\nwhole console: {}\n--- last lines of the console ---\n{}",
+            self.summary(),
+            self.console_log.display(),
+            self.console_tail(120)
+        )
+    }
+}
+
+/// Returns the last `lines` lines of `text`.
+pub(crate) fn tail_lines(text: &str, lines: usize) -> &str {
+    if lines == 0 {
+        return "";
+    }
+    let trimmed = text.trim_end_matches('\n');
+    match trimmed.rmatch_indices('\n').nth(lines - 1) {
+        Some((i, _)) => &text[i + 1..],
+        None => text,
     }
 }
 
@@ -245,6 +280,15 @@ fn existing(dir: &Path, name: &str) -> Result<PathBuf, JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_lines_keeps_the_end() {
+        assert_eq!(tail_lines("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail_lines("a\nb\nc", 1), "c");
+        assert_eq!(tail_lines("a\nb", 5), "a\nb");
+        assert_eq!(tail_lines("a\nb", 0), "");
+        assert_eq!(tail_lines("", 3), "");
+    }
 
     #[test]
     fn builder_sets_fields() {

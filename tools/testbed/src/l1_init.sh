@@ -89,6 +89,8 @@ export JOB_DIR=/mnt/job
 export LEGOVMM=/mnt/.lego/bin/legovmm
 export LEGO_TESTBED_LIB=/mnt/.lego/lib.sh
 export LEGO_TESTBED_MODE=nested
+LEGO_TESTBED_TRY=$(cat /mnt/.lego/try 2>/dev/null || echo 1)
+export LEGO_TESTBED_TRY
 cd "$JOB_DIR" && sh ./job.sh < /dev/null
 echo "LEGO_L1_JOB_EXIT=$?"
 finish

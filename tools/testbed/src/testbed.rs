@@ -168,20 +168,42 @@ impl Testbed {
             );
             let (watched, results) = match staged.take() {
                 Some(dir) => {
-                    let (w, dir) = self.try_nested(job, &log, dir)?;
+                    let (w, dir) = self.try_nested(job, &log, dir, attempt)?;
                     let image = dir.path().join("disk.img");
                     (w, Results::Disk { image, _dir: dir })
                 }
                 None => {
-                    let (w, dir) = self.try_direct(job, &log)?;
+                    let (w, dir) = self.try_direct(job, &log, attempt)?;
                     (w, Results::Dir { dir })
                 }
             };
-            if watched.ending == Ending::NotReady && attempt < tries {
-                eprintln!(
-                    "lego-testbed: try {attempt} missed the ready marker {:?} within {:.0} s; killed it, retrying",
+            let retry_because = if attempt >= tries {
+                None
+            } else if watched.ending == Ending::NotReady {
+                Some(format!(
+                    "missed the ready marker {:?} within {:.0} s; killed it",
                     job.ready_marker.as_deref().unwrap_or(""),
                     job.ready_timeout.as_secs_f64()
+                ))
+            } else if self.host_died(&watched) {
+                // The compute host (an emulated machine under TCG) died under the job: an
+                // infrastructure failure, not the job's. Each try gets a fresh job disk.
+                Some(format!(
+                    "lost its compute host (QEMU exited with {:?} before the job's status); \
+                     last console lines:\n{}",
+                    watched.ending,
+                    crate::job::tail_lines(&watched.console, 40)
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = retry_because {
+                let kept = log.with_extension(format!("try{attempt}.log"));
+                let _ = std::fs::copy(&log, &kept);
+                eprintln!(
+                    "lego-testbed: job {:?} try {attempt} {why}\nlego-testbed: its console is kept in {}; retrying",
+                    job.name,
+                    kept.display()
                 );
                 if let Results::Disk { _dir, .. } = results {
                     staged = Some(_dir);
@@ -193,6 +215,13 @@ impl Testbed {
             eprintln!("lego-testbed: job {:?}: {}", job.name, out.summary());
             return Ok(out);
         }
+    }
+
+    /// Returns true if a nested try's compute host ended without reporting the job's status.
+    fn host_died(&self, w: &Watched) -> bool {
+        self.mode() == Mode::Nested
+            && matches!(w.ending, Ending::Exited(_))
+            && markers::last_value(&w.console, markers::L1_JOB_EXIT).is_none()
     }
 
     /// Builds the staging folder of a nested job: `root/job`, `root/.lego`.
@@ -211,9 +240,11 @@ impl Testbed {
         job: &Job,
         log: &Path,
         dir: tempfile::TempDir,
+        attempt: u32,
     ) -> Result<(Watched, tempfile::TempDir), TestbedError> {
         let assets = self.l1_assets()?;
         let image = dir.path().join("disk.img");
+        disk::stage_try(&dir.path().join("root"), attempt)?;
         disk::make_image(&dir.path().join("root"), &image, job.disk_extra_mib)?;
         let mut qemu = self.config.qemu.clone();
         qemu.network |= job.network || self.config.network;
@@ -230,6 +261,7 @@ impl Testbed {
         &self,
         job: &Job,
         log: &Path,
+        attempt: u32,
     ) -> Result<(Watched, tempfile::TempDir), TestbedError> {
         let dir = temp_dir("lego-testbed-job-")?;
         disk::stage_job(dir.path(), &job.script, &job.files)?;
@@ -253,6 +285,7 @@ impl Testbed {
                 dir.path().join(crate::shell::LIB_PATH),
             )
             .env("LEGO_TESTBED_MODE", "direct")
+            .env("LEGO_TESTBED_TRY", attempt.to_string())
             .env("LEGO_HOST_ADDR", "127.0.0.1");
         let w = console::run(cmd, &self.watch(job, log))?;
         Ok((w, dir))
@@ -278,6 +311,10 @@ impl Testbed {
         log: PathBuf,
     ) -> JobOutput {
         let nested = self.mode() == Mode::Nested;
+        let host_exit = match (w.ending, nested) {
+            (Ending::Exited(code), true) => Some(code),
+            _ => None,
+        };
         let (outcome, job_exit) = match (w.ending, nested) {
             (Ending::TimedOut, _) => (Outcome::TimedOut, None),
             (Ending::NotReady, _) => (Outcome::NotReady, None),
@@ -317,6 +354,7 @@ impl Testbed {
             outcome,
             console: w.console,
             job_exit,
+            host_exit,
             tries,
             duration: w.duration,
             total_duration: start.elapsed(),

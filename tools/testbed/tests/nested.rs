@@ -105,6 +105,57 @@ fn a_missed_ready_marker_is_retried_and_counted() {
     assert_eq!(out.tries, 2);
 }
 
+#[test]
+fn a_compute_host_that_dies_under_the_job_is_retried() {
+    if !qemu_present() {
+        return;
+    }
+    let _g = serial();
+    // The first try crashes the compute host's kernel (as a TCG or nested-SVM fault would);
+    // the retry gets a fresh host and a fresh job disk.
+    let job = Job::new(
+        "test-host-dies",
+        "echo \"try $LEGO_TESTBED_TRY\" > try.txt; sync\n\
+         if [ \"$LEGO_TESTBED_TRY\" = 1 ]; then echo c > /proc/sysrq-trigger; sleep 60; fi\n\
+         echo survived > result.txt\n",
+    )
+    .timeout(Duration::from_secs(120))
+    .ready("LEGO_L1_DISK", Duration::from_secs(60), 1);
+    let out = testbed().run(&job).unwrap();
+    assert_eq!(out.outcome, Outcome::Completed, "{}", out.failure_report());
+    assert_eq!(out.tries, 2, "{}", out.failure_report());
+    assert_eq!(out.read_file("try.txt").unwrap(), b"try 2\n");
+    assert_eq!(out.read_file("result.txt").unwrap(), b"survived\n");
+}
+
+#[test]
+fn a_job_that_kills_its_host_on_every_try_is_a_host_failure() {
+    if !qemu_present() {
+        return;
+    }
+    let _g = serial();
+    let job = Job::new(
+        "test-host-dies-always",
+        "echo c > /proc/sysrq-trigger; sleep 60\n",
+    )
+    .timeout(Duration::from_secs(120))
+    .ready("LEGO_L1_DISK", Duration::from_secs(60), 1);
+    let out = testbed().run(&job).unwrap();
+    assert_eq!(out.outcome, Outcome::HostFailed, "{}", out.console);
+    assert_eq!(out.tries, 2);
+    assert!(out.host_exit.is_some(), "{}", out.summary());
+    assert!(
+        out.summary().contains("compute host's QEMU exited"),
+        "{}",
+        out.summary()
+    );
+    assert!(
+        out.failure_report().contains("Kernel panic"),
+        "{}",
+        out.failure_report()
+    );
+}
+
 /// Starts a line echo server on this machine's 127.0.0.1 (a free port): each connection
 /// gets its first line back and is closed; every line received is also sent to the
 /// returned channel.
