@@ -487,6 +487,58 @@ mod tests {
         );
     }
 
+    /// A fake legovmm whose first guest triple-faults after coming up, and whose second runs.
+    fn triple_fault_once(dir: &Path) -> Testbed {
+        let fake = dir.join("fake-legovmm");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\nif [ ! -e crashed ]; then touch crashed; echo LEGO_GUEST_READY; \
+             echo 'legovmm: the guest crashed: vCPU 0 triple-faulted (KVM_EXIT_SHUTDOWN)' >&2; \
+             exit 3; fi\necho LEGO_GUEST_READY; echo LEGO_RUN_EXIT=0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let mut cfg = direct().config().clone();
+        cfg.legovmm = Some(fake);
+        Testbed::new(cfg).unwrap()
+    }
+
+    #[test]
+    fn lego_vnode_retries_a_triple_fault_only_on_the_nested_testbed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tb = triple_fault_once(dir.path());
+        let nested = Job::new(
+            "unit-triple-fault-nested",
+            ". \"$LEGO_TESTBED_LIB\"\nexport LEGO_TESTBED_MODE=nested\nlego_vnode g 2 5 --x\n",
+        )
+        .timeout(Duration::from_secs(60));
+        let out = tb.run(&nested).unwrap();
+        assert_eq!(out.job_exit, Some(0), "{}", out.console);
+        assert!(
+            out.console.contains("LEGO_VNODE_TRIPLE_FAULT name=g try=1"),
+            "{}",
+            out.console
+        );
+        assert!(out
+            .console
+            .contains("LEGO_VNODE_DONE name=g exit=0 tries=2"));
+        assert!(out.read_file("g.try1.console").is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let tb = triple_fault_once(dir.path());
+        let direct = Job::new(
+            "unit-triple-fault-direct",
+            ". \"$LEGO_TESTBED_LIB\"\nlego_vnode g 2 5 --x\n",
+        )
+        .timeout(Duration::from_secs(60));
+        let out = tb.run(&direct).unwrap();
+        assert_eq!(out.job_exit, Some(3), "{}", out.console);
+        assert!(out
+            .console
+            .contains("LEGO_VNODE_DONE name=g exit=3 tries=1"));
+    }
+
     #[test]
     fn direct_job_retries_a_missed_ready_marker() {
         let tb = direct();

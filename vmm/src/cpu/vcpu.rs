@@ -133,6 +133,7 @@ impl Vcpu {
     /// is kicked out of KVM_RUN with a signal).
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let id = self.id;
+        let mut crashed = false;
         while !stop.load(Ordering::Acquire) {
             let outcome = match self.fd.run() {
                 Ok(exit) => handle_exit(id, exit, &self.pio, &self.mmio),
@@ -143,19 +144,41 @@ impl Vcpu {
             };
             if let Some(exit) = outcome {
                 tracing::debug!(vcpu = id, ?exit, "vCPU stopped the guest");
+                crashed = matches!(exit, GuestExit::Crashed(_));
                 self.exit.notify(exit);
                 break;
             }
         }
+        self.log_state(crashed);
+    }
+
+    /// Logs where the vCPU stopped: at debug level normally, as a warning after a crash (the
+    /// registers are what a triple fault leaves to go on).
+    fn log_state(&self, crashed: bool) {
+        let id = self.id;
         match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(regs), Ok(sregs)) => tracing::debug!(
-                vcpu = id,
-                rip = format_args!("{:#x}", regs.rip),
-                rcx = format_args!("{:#x}", regs.rcx),
-                cr0 = format_args!("{:#x}", sregs.cr0),
-                efer = format_args!("{:#x}", sregs.efer),
-                "vCPU stopped"
-            ),
+            (Ok(regs), Ok(sregs)) => {
+                let state = format!(
+                    "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} \
+                     cr4={:#x} efer={:#x} idt={:#x}+{:#x}",
+                    regs.rip,
+                    regs.rsp,
+                    regs.rflags,
+                    sregs.cs.selector,
+                    sregs.cr0,
+                    sregs.cr2,
+                    sregs.cr3,
+                    sregs.cr4,
+                    sregs.efer,
+                    sregs.idt.base,
+                    sregs.idt.limit
+                );
+                if crashed {
+                    tracing::warn!(vcpu = id, "vCPU state at the crash: {state}");
+                } else {
+                    tracing::debug!(vcpu = id, "vCPU stopped: {state}");
+                }
+            }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::debug!(vcpu = id, "vCPU stopped; its registers are unreadable: {e}")
             }
