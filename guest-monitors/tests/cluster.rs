@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use lego_fabric::{Client, ClusterKey, ErrorCode, Request, Rights};
-use lego_monitors::client::{CallError, ManagerClient, MemoryClient, StorageClient, VnodeMemory};
+use lego_monitors::client::{
+    CallError, ManagerClient, MemoryClient, PageOp, StorageClient, VnodeMemory,
+};
 use lego_monitors::proto::manager::{MemoryPlacement, MonitorState};
 use lego_monitors::proto::memory::{self as mm, PAGE_SIZE};
 
@@ -439,6 +441,39 @@ fn manager_restarts_with_placements_and_reports_dead_monitors() {
         vm.read_run(vm.pages() - 1, 2).is_err(),
         "past the placed memory"
     );
+    // One batch of many ops over both monitors: writes on either side of the boundary and a
+    // bad op in the middle, then reads of them all; only the bad op fails.
+    let page = |n: u8| vec![n; PAGE_SIZE];
+    let (a, b) = (cross * rp - 1, cross * rp);
+    let (pa, pb) = (page(0xa1), page(0xb2));
+    let writes = [
+        PageOp::Write {
+            start: a,
+            data: &pa,
+        },
+        PageOp::Read {
+            start: vm.pages(),
+            count: 1,
+        },
+        PageOp::Write {
+            start: b,
+            data: &pb,
+        },
+    ];
+    let done: Vec<_> = vm.submit(&writes).into_iter().map(|p| p.wait()).collect();
+    assert!(done[0].is_ok() && done[2].is_ok(), "{done:?}");
+    assert!(done[1].is_err(), "a read past the placed memory must fail");
+    let reads = [
+        PageOp::Read { start: b, count: 1 },
+        PageOp::Read { start: a, count: 2 },
+    ];
+    let got: Vec<_> = vm
+        .submit(&reads)
+        .into_iter()
+        .map(|p| p.wait().expect("batched read"))
+        .collect();
+    assert_eq!(got[0], pb);
+    assert_eq!(got[1], [pa.clone(), pb.clone()].concat());
     assert_eq!(vm.trim(cross * rp - 4, 8).expect("trim"), 8);
 
     mgr.kill9();

@@ -1,6 +1,7 @@
 //! [`BlkBackend`]: the vhost-user device one frontend connection talks to. It offers the
 //! features and config space of [`DeviceConfig`], runs one worker thread per queue, and serves
-//! each kicked queue's chains through the shared [`RequestHandler`].
+//! each kicked queue's chains through the shared [`RequestHandler`]: every available chain at
+//! once, with their store operations in flight together, and one interrupt per batch.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +49,11 @@ impl BlkBackend {
         &self.config
     }
 
+    /// Chains served together at most: a queue cannot hold more distinct requests.
+    fn max_batch(&self) -> usize {
+        usize::from(self.config.queue_size).max(1)
+    }
+
     fn queue_fault(&self, queue: usize, what: &str) {
         if let Some(suppressed) = self.queue_faults.admit() {
             tracing::warn!(queue, suppressed, "queue problem: {what}");
@@ -66,20 +72,28 @@ impl BlkBackend {
             }
             let mut served = 0usize;
             loop {
-                let chain = vring
-                    .get_mut()
-                    .get_queue_mut()
-                    .pop_descriptor_chain(mem.clone());
-                let Some(chain) = chain else { break };
-                served += 1;
-                let head = chain.head_index();
-                let done = self.handler.process(&mem, chain);
-                if let Err(e) = vring.add_used(head, done.used_len) {
-                    self.queue_fault(queue, &format!("cannot complete request {head}: {e}"));
-                    return;
+                // Take every available chain (at most a queue's worth) and serve them with
+                // their store operations in flight together.
+                let mut chains = Vec::new();
+                while chains.len() < self.max_batch() {
+                    let chain = vring
+                        .get_mut()
+                        .get_queue_mut()
+                        .pop_descriptor_chain(mem.clone());
+                    let Some(chain) = chain else { break };
+                    chains.push(chain);
                 }
-                // Signal per request: each may have waited on the fabric, and the guest should
-                // not wait for the rest of the batch to learn about it.
+                if chains.is_empty() {
+                    break;
+                }
+                served += chains.len();
+                for (head, done) in self.handler.process_batch(&mem, chains) {
+                    if let Err(e) = vring.add_used(head, done.used_len) {
+                        self.queue_fault(queue, &format!("cannot complete request {head}: {e}"));
+                        return;
+                    }
+                }
+                // One interrupt per batch (when the driver wants one).
                 if vring.needs_notification().unwrap_or(true) {
                     if let Err(e) = vring.signal_used_queue() {
                         self.queue_fault(queue, &format!("cannot interrupt the guest: {e}"));

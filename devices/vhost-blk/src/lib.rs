@@ -3,7 +3,8 @@
 //!
 //! * [`cli`]: the command line; [`open`]: turns it into a [`store::BlockStore`].
 //! * [`store`]: the stores (file, remote memory, remote disk).
-//! * [`request`]: one virtio-blk request from descriptor chain to status byte.
+//! * [`request`]: virtio-blk requests from descriptor chains to status bytes, in batches whose
+//!   store operations are in flight together.
 //! * [`config`]: feature bits and config space; [`backend`]: the vhost-user device.
 //! * [`server`]: the socket, one frontend at a time, clean stop.
 

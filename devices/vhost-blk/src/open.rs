@@ -120,6 +120,18 @@ pub fn client_config() -> ClientConfig {
     }
 }
 
+/// How long a queue worker busy-polls for a monitor's answer before it sleeps: a round trip
+/// on a fast fabric is shorter than two thread wake-ups.
+pub const MONITOR_SPIN: Duration = Duration::from_micros(50);
+
+/// Fabric client settings for the data path (the monitors serving the device's blocks).
+pub fn monitor_client_config() -> ClientConfig {
+    ClientConfig {
+        spin: MONITOR_SPIN,
+        ..client_config()
+    }
+}
+
 /// Opens the store `spec` names. Remote stores load the cluster key from `key_file`, else
 /// from `LEGO_CLUSTER_KEY` / `LEGO_CLUSTER_KEY_FILE`.
 pub fn open_store(
@@ -192,13 +204,14 @@ fn open_remote_memory(
         .iter()
         .map(|r| r.monitor.clone())
         .collect();
-    let memory = VnodeMemory::connect(placement, key, &cap, client_config()).map_err(|source| {
-        OpenError::Monitor {
-            kind: "memory",
-            addr: monitors.join(", "),
-            source,
-        }
-    })?;
+    let memory =
+        VnodeMemory::connect(placement, key, &cap, monitor_client_config()).map_err(|source| {
+            OpenError::Monitor {
+                kind: "memory",
+                addr: monitors.join(", "),
+                source,
+            }
+        })?;
     let placed = memory.pages() * lego_monitors::proto::memory::PAGE_SIZE as u64;
     if placed < size {
         return Err(OpenError::ShortPlacement {
@@ -270,7 +283,7 @@ fn open_remote_disk(
             source,
         })?;
     let client =
-        StorageClient::connect(&monitor, key, &cap, client_config()).map_err(|source| {
+        StorageClient::connect(&monitor, key, &cap, monitor_client_config()).map_err(|source| {
             OpenError::Monitor {
                 kind: "storage",
                 addr: monitor.clone(),

@@ -1,26 +1,33 @@
-//! Serving one virtio-blk request: parse the descriptor chain (header, data, status byte),
-//! run it against the [`BlockStore`], write the status, and say how many bytes the device
-//! wrote for the used ring.
+//! Serving virtio-blk requests: parse each descriptor chain (header, data, status byte)
+//! (`parse`), run the batch against the [`BlockStore`] with its reads and writes in flight
+//! together ([`run`]), then write each status and say how many bytes the device wrote for the
+//! used ring.
 //!
 //! Nothing a guest puts in a chain can panic or stall the device: a chain that cannot be read
 //! is completed with `VIRTIO_BLK_S_IOERR` when it has a status byte, and with no bytes written
 //! when it has none; such problems are logged at most once a second.
 
-use std::io::{Read, Write};
+mod parse;
+pub mod run;
+
+use std::io::Write;
 use std::sync::Arc;
 
-use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
-    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
-};
-use virtio_queue::{DescriptorChain, Reader, Writer};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemory, GuestMemoryMmap};
 
 use crate::ratelimit::RateLimiter;
 use crate::store::{BlockStore, StoreError, SECTOR_SIZE};
+use parse::Parsed;
 
-/// Bytes moved between the guest and the store per step of a large read or write.
+/// The completion of a chain with no status byte: nothing written.
+const EMPTY: Completion = Completion {
+    used_len: 0,
+    status: None,
+};
+
+/// Bytes moved between the guest and the store per store operation of a large read or write.
 pub const CHUNK: usize = 1 << 20;
 /// Segments accepted in one DISCARD or WRITE_ZEROES request.
 pub const MAX_DISCARD_SEGMENTS: u32 = 32;
@@ -117,51 +124,51 @@ impl RequestHandler {
         T: std::ops::Deref + Clone,
         T::Target: GuestMemory + Sized,
     {
-        let head = chain.head_index();
-        let mut writer = match Writer::new(mem, chain.clone()) {
-            Ok(w) => w,
-            Err(e) => {
-                self.guest_fault(
-                    head,
-                    &format!("the writable descriptors are malformed: {e}"),
-                );
-                return Completion {
-                    used_len: 0,
-                    status: None,
-                };
-            }
+        self.process_batch(mem, vec![chain])
+            .pop()
+            .map_or(EMPTY, |(_, c)| c)
+    }
+
+    /// Serves `chains` (in the order the driver made them available) with their store
+    /// operations in flight together: each chain is parsed, the reads and writes are
+    /// submitted, then each completes. Returns every chain's head index and completion, in
+    /// the same order.
+    pub fn process_batch<T>(
+        &self,
+        mem: &GuestMemoryMmap,
+        chains: Vec<DescriptorChain<T>>,
+    ) -> Vec<(u16, Completion)>
+    where
+        T: std::ops::Deref + Clone,
+        T::Target: GuestMemory + Sized,
+    {
+        let mut reqs: Vec<Parsed<'_>> = chains
+            .into_iter()
+            .map(|chain| parse::parse(self, mem, chain))
+            .collect();
+        run::run(self.store.as_ref(), &mut reqs);
+        reqs.into_iter()
+            .map(|r| (r.head, self.complete(r)))
+            .collect()
+    }
+
+    /// Writes a finished request's status byte and says what the device wrote.
+    fn complete(&self, req: Parsed<'_>) -> Completion {
+        let head = req.head;
+        let Some(mut status_writer) = req.status else {
+            return EMPTY;
         };
-        let writable = writer.available_bytes();
-        if writable == 0 {
-            self.guest_fault(head, "the chain has no writable byte for the status");
-            return Completion {
-                used_len: 0,
-                status: None,
-            };
-        }
-        let mut status_writer = match writer.split_at(writable - 1) {
-            Ok(w) => w,
-            Err(e) => {
-                self.guest_fault(head, &format!("the status byte cannot be located: {e}"));
-                return Completion {
-                    used_len: 0,
-                    status: None,
-                };
-            }
-        };
-        let result = Reader::new(mem, chain)
-            .map_err(RequestError::Readable)
-            .and_then(|mut reader| self.execute(&mut reader, &mut writer));
-        let (status, data_len) = match result {
-            Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
-            Err(e) => {
+        let data_len = req.data.as_ref().map_or(0, |w| w.bytes_written());
+        let status = match &req.error {
+            None => VIRTIO_BLK_S_OK as u8,
+            Some(e) => {
                 if e.is_guest_fault() {
                     self.guest_fault(head, &e.to_string());
                 } else {
-                    self.store_fault(head, &e);
+                    self.store_fault(head, e);
                 }
                 // Whatever reached the guest before the failure still counts as written.
-                (e.status(), writer.bytes_written())
+                e.status()
             }
         };
         if let Err(e) = status_writer.write_all(&[status]) {
@@ -177,135 +184,7 @@ impl RequestHandler {
         }
     }
 
-    /// Runs the request; returns the data bytes written to the guest.
-    fn execute(
-        &self,
-        reader: &mut Reader<'_>,
-        writer: &mut Writer<'_>,
-    ) -> Result<usize, RequestError> {
-        if reader.available_bytes() < HEADER_LEN {
-            return Err(RequestError::ShortHeader(reader.available_bytes()));
-        }
-        let hdr: [u8; HEADER_LEN] = reader.read_obj().map_err(RequestError::GuestMemory)?;
-        let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let mut sector = [0u8; 8];
-        sector.copy_from_slice(&hdr[8..16]);
-        let sector = u64::from_le_bytes(sector);
-        match kind {
-            VIRTIO_BLK_T_IN => self.read(sector, writer),
-            VIRTIO_BLK_T_OUT => self.write(sector, reader).map(|()| 0),
-            VIRTIO_BLK_T_FLUSH => self.store.flush().map(|()| 0).map_err(Into::into),
-            VIRTIO_BLK_T_GET_ID => self.get_id(writer),
-            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-                self.discard_or_zero(kind, reader).map(|()| 0)
-            }
-            other => Err(RequestError::Unsupported(other)),
-        }
-    }
-
-    fn read(&self, sector: u64, writer: &mut Writer<'_>) -> Result<usize, RequestError> {
-        let len = writer.available_bytes();
-        let offset = byte_range(sector, len as u64)?;
-        check_inside(offset, len as u64, self.store.capacity())?;
-        let mut buf = vec![0u8; len.min(CHUNK)];
-        let mut done = 0usize;
-        while done < len {
-            let n = (len - done).min(CHUNK);
-            self.store.read_at(offset + done as u64, &mut buf[..n])?;
-            writer
-                .write_all(&buf[..n])
-                .map_err(RequestError::GuestMemory)?;
-            done += n;
-        }
-        Ok(len)
-    }
-
-    fn write(&self, sector: u64, reader: &mut Reader<'_>) -> Result<(), RequestError> {
-        let len = reader.available_bytes();
-        let offset = byte_range(sector, len as u64)?;
-        if self.store.read_only() {
-            return Err(StoreError::ReadOnly.into());
-        }
-        check_inside(offset, len as u64, self.store.capacity())?;
-        let mut buf = vec![0u8; len.min(CHUNK)];
-        let mut done = 0usize;
-        while done < len {
-            let n = (len - done).min(CHUNK);
-            reader
-                .read_exact(&mut buf[..n])
-                .map_err(RequestError::GuestMemory)?;
-            self.store.write_at(offset + done as u64, &buf[..n])?;
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn get_id(&self, writer: &mut Writer<'_>) -> Result<usize, RequestError> {
-        let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
-        let serial = self.store.serial().as_bytes();
-        let n = serial.len().min(id.len());
-        id[..n].copy_from_slice(&serial[..n]);
-        let len = writer.available_bytes().min(id.len());
-        writer
-            .write_all(&id[..len])
-            .map_err(RequestError::GuestMemory)?;
-        Ok(len)
-    }
-
-    fn discard_or_zero(&self, kind: u32, reader: &mut Reader<'_>) -> Result<(), RequestError> {
-        let zero = kind == VIRTIO_BLK_T_WRITE_ZEROES;
-        let supported = if zero {
-            self.store.supports_write_zeroes()
-        } else {
-            self.store.supports_discard()
-        };
-        if !supported {
-            return Err(RequestError::Unsupported(kind));
-        }
-        let len = reader.available_bytes();
-        let count = len / SEGMENT_LEN;
-        if !len.is_multiple_of(SEGMENT_LEN) || count == 0 || count > MAX_DISCARD_SEGMENTS as usize {
-            return Err(RequestError::Segments(format!(
-                "{len} bytes are not 1 to {MAX_DISCARD_SEGMENTS} segments of 16 bytes"
-            )));
-        }
-        let mut segments = Vec::with_capacity(count);
-        for _ in 0..count {
-            let s: [u8; SEGMENT_LEN] = reader.read_obj().map_err(RequestError::GuestMemory)?;
-            let mut sector = [0u8; 8];
-            sector.copy_from_slice(&s[..8]);
-            let sector = u64::from_le_bytes(sector);
-            let sectors = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
-            let flags = u32::from_le_bytes([s[12], s[13], s[14], s[15]]);
-            // DISCARD must not carry the unmap flag; neither may carry reserved flags.
-            let allowed = if zero { FLAG_UNMAP } else { 0 };
-            if flags & !allowed != 0 {
-                return Err(RequestError::Unsupported(kind));
-            }
-            if sectors > MAX_DISCARD_SECTORS {
-                return Err(RequestError::Segments(format!(
-                    "a segment of {sectors} sectors exceeds the limit of {MAX_DISCARD_SECTORS}"
-                )));
-            }
-            let len = u64::from(sectors) * SECTOR_SIZE;
-            let offset = byte_range(sector, len)?;
-            if self.store.read_only() {
-                return Err(StoreError::ReadOnly.into());
-            }
-            check_inside(offset, len, self.store.capacity())?;
-            segments.push((offset, len, flags & FLAG_UNMAP != 0));
-        }
-        for (offset, len, unmap) in segments {
-            if zero {
-                self.store.write_zeroes(offset, len, unmap)?;
-            } else {
-                self.store.discard(offset, len)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn guest_fault(&self, head: u16, what: &str) {
+    pub(crate) fn guest_fault(&self, head: u16, what: &str) {
         if let Some(suppressed) = self.guest_faults.admit() {
             tracing::warn!(head, suppressed, "malformed request from the guest: {what}");
         }
@@ -332,5 +211,9 @@ fn check_inside(offset: u64, len: u64, capacity: u64) -> Result<(), RequestError
     crate::store::check_range(offset, len, capacity).map_err(RequestError::Store)
 }
 
+#[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
+mod test_rig;
 #[cfg(test)]
 mod tests;

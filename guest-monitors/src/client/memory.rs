@@ -15,6 +15,26 @@ pub struct MemoryClient {
     vnode: u64,
 }
 
+/// A run of consecutive pages to read or write, for [`MemoryClient::submit_runs`] and
+/// [`super::VnodeMemory::submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageOp<'a> {
+    /// Read `count` pages from page `start`.
+    Read {
+        /// First page.
+        start: u64,
+        /// Page count.
+        count: u64,
+    },
+    /// Write whole pages from page `start`.
+    Write {
+        /// First page.
+        start: u64,
+        /// A whole number of pages.
+        data: &'a [u8],
+    },
+}
+
 /// A submitted page read or write; [`PendingPages::wait`] returns the pages read (empty for writes).
 pub struct PendingPages {
     pending: Pending,
@@ -112,6 +132,39 @@ impl MemoryClient {
             .client
             .submit(self.req(&MemoryOp::WriteRun { start, data }));
         Ok(PendingPages { pending, expect: 0 })
+    }
+
+    /// Submits page runs without waiting, all with one vectored write; one [`PendingPages`]
+    /// per op, in order. Each op carries 1 to [`MAX_PAGES`] pages; if one does not, nothing
+    /// is sent.
+    pub fn submit_runs(&self, ops: &[PageOp<'_>]) -> Result<Vec<PendingPages>, CallError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut reqs = Vec::with_capacity(ops.len());
+        let mut expect = Vec::with_capacity(ops.len());
+        for op in ops {
+            match *op {
+                PageOp::Read { start, count } => {
+                    check_pages(usize::try_from(count).unwrap_or(usize::MAX))?;
+                    let count = count as u32;
+                    reqs.push(self.req(&MemoryOp::ReadRun { start, count }));
+                    expect.push(count as usize * PAGE_SIZE);
+                }
+                PageOp::Write { start, data } => {
+                    check_data(data)?;
+                    reqs.push(self.req(&MemoryOp::WriteRun { start, data }));
+                    expect.push(0);
+                }
+            }
+        }
+        Ok(self
+            .client
+            .submit_batch(reqs)
+            .into_iter()
+            .zip(expect)
+            .map(|(pending, expect)| PendingPages { pending, expect })
+            .collect())
     }
 
     /// Submits a read of the listed pages without waiting.

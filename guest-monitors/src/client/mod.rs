@@ -1,7 +1,9 @@
 //! Typed clients for the monitors and the manager, over a shared [`lego_fabric::Client`].
 //!
 //! The VMM side (e.g. a vhost-user backend) uses these: [`MemoryClient`] for a vNode's pages,
-//! [`VnodeMemory`] for all of a vNode's vRegions across monitors, [`StorageClient`] for its volumes, [`ManagerClient`] for placement and capabilities.
+//! [`VnodeMemory`] for all of a vNode's vRegions across monitors (page runs submitted in
+//! batches and waited on later as [`PendingRun`]s), [`StorageClient`] for its volumes,
+//! [`ManagerClient`] for placement and capabilities.
 
 pub mod manager;
 pub mod memory;
@@ -9,9 +11,9 @@ pub mod storage;
 pub mod vnode;
 
 pub use manager::ManagerClient;
-pub use memory::{MemoryClient, PendingPages};
+pub use memory::{MemoryClient, PageOp, PendingPages};
 pub use storage::StorageClient;
-pub use vnode::VnodeMemory;
+pub use vnode::{PendingRun, VnodeMemory};
 
 use lego_fabric::{ClientError, ErrorCode, RemoteError};
 

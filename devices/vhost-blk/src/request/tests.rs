@@ -3,12 +3,17 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::test_rig::Rig;
 use super::*;
 
 /// An in-memory store whose failures and capabilities tests switch on and off.
@@ -101,23 +106,9 @@ const STATUS: u64 = 0x1F_0000;
 const R: u16 = 0;
 const W: u16 = VRING_DESC_F_WRITE as u16;
 
-struct Rig {
-    mem: GuestMemoryMmap,
-    store: Arc<FakeStore>,
-    handler: RequestHandler,
-}
-
-impl Rig {
+impl Rig<FakeStore> {
     fn new(store: FakeStore) -> Self {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)])
-            .expect("guest memory");
-        let store = Arc::new(store);
-        let handler = RequestHandler::new(store.clone());
-        Self {
-            mem,
-            store,
-            handler,
-        }
+        Self::with_memory(store, 0x20_0000)
     }
 
     fn header(&self, kind: u32, sector: u64) {

@@ -9,8 +9,11 @@
 //! [`check_range`] so that no caller can reach outside the device.
 
 pub mod file;
+pub mod pending;
 pub mod remote_disk;
 pub mod remote_memory;
+
+pub use pending::{Later, StoreOp, StorePending};
 
 use lego_monitors::client::CallError;
 
@@ -45,6 +48,14 @@ pub enum StoreError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A store answered a read with the wrong number of bytes.
+    #[error("a read of {expected} bytes returned {got}")]
+    ShortRead {
+        /// Bytes asked for.
+        expected: usize,
+        /// Bytes returned.
+        got: usize,
+    },
     /// A call to a monitor failed.
     #[error("{op} on the monitor failed: {source}")]
     Remote {
@@ -59,6 +70,9 @@ pub enum StoreError {
 ///
 /// Implementations are shared by every queue's worker thread, so they must be `Send + Sync`
 /// and serve concurrent calls.
+///
+/// Reads and writes can also be started without waiting with [`BlockStore::submit`], so that
+/// one queue keeps many requests in flight.
 pub trait BlockStore: Send + Sync {
     /// Size in bytes (a multiple of [`SECTOR_SIZE`]).
     fn capacity(&self) -> u64;
@@ -83,6 +97,22 @@ pub trait BlockStore: Send + Sync {
     /// Makes every completed write durable.
     fn flush(&self) -> Result<(), StoreError>;
 
+    /// Starts `ops` and returns one [`StorePending`] per op, in order, to be waited on later.
+    ///
+    /// The ops of one call run concurrently and may complete in any order, so none may depend
+    /// on another (the request layer never puts a FLUSH, DISCARD or WRITE_ZEROES among them: it
+    /// waits for everything in flight first). A caller waits for every pending of a call
+    /// before it calls again or runs any other operation from the same thread: a store may
+    /// block until its earlier operations are finished.
+    ///
+    /// The default runs each op synchronously with [`BlockStore::read_at`] and
+    /// [`BlockStore::write_at`]; stores that can pipeline override it.
+    fn submit(&self, ops: &[StoreOp<'_>]) -> Vec<StorePending> {
+        ops.iter()
+            .map(|op| StorePending::ready(run_op(self, op)))
+            .collect()
+    }
+
     /// Whether [`BlockStore::discard`] is implemented.
     fn supports_discard(&self) -> bool {
         false
@@ -101,6 +131,17 @@ pub trait BlockStore: Send + Sync {
     /// Makes a range read as zeros; with `may_unmap` the space may also be deallocated.
     fn write_zeroes(&self, _offset: u64, _len: u64, _may_unmap: bool) -> Result<(), StoreError> {
         Err(StoreError::Unsupported("write-zeroes"))
+    }
+}
+
+/// Runs `op` synchronously on `store`: the bytes read, or nothing for a write.
+pub fn run_op<S: BlockStore + ?Sized>(store: &S, op: &StoreOp<'_>) -> Result<Vec<u8>, StoreError> {
+    match *op {
+        StoreOp::Read { offset, len } => {
+            let mut buf = vec![0u8; len];
+            store.read_at(offset, &mut buf).map(|()| buf)
+        }
+        StoreOp::Write { offset, data } => store.write_at(offset, data).map(|()| Vec::new()),
     }
 }
 

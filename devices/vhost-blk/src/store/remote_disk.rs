@@ -1,11 +1,12 @@
 //! [`RemoteDiskStore`]: a vNode volume on a storage monitor as a block device. Large requests
-//! are split into pieces that are pipelined on the fabric connection; FLUSH is the monitor's
+//! are split into pieces that are pipelined on the fabric connection, and a batch of requests
+//! ([`BlockStore::submit`]) is sent before any answer is awaited; FLUSH is the monitor's
 //! `fdatasync` of the volume.
 
 use lego_fabric::Pending;
 use lego_monitors::client::{CallError, StorageClient};
 
-use super::{check_range, check_write, BlockStore, StoreError};
+use super::{check_range, check_write, BlockStore, StoreError, StoreOp, StorePending};
 
 /// Largest piece sent in one fabric request (the monitor accepts up to 4 MiB).
 const PIECE: usize = 1 << 20;
@@ -110,6 +111,65 @@ impl BlockStore for RemoteDiskStore {
             })
             .collect();
         wait_all(pending, "volume write").map(|_| ())
+    }
+
+    fn submit(&self, ops: &[StoreOp<'_>]) -> Vec<StorePending> {
+        ops.iter()
+            .map(|op| match *op {
+                StoreOp::Read { offset, len } => {
+                    if let Err(e) = check_range(offset, len as u64, self.capacity) {
+                        return StorePending::ready(Err(e));
+                    }
+                    let pending: Vec<(Pending, usize)> = (0..len)
+                        .step_by(PIECE)
+                        .map(|at| {
+                            let n = (len - at).min(PIECE);
+                            let p =
+                                self.client
+                                    .submit_read(&self.volume, offset + at as u64, n as u32);
+                            (p, n)
+                        })
+                        .collect();
+                    StorePending::deferred(move || {
+                        let sizes: Vec<usize> = pending.iter().map(|(_, n)| *n).collect();
+                        let answers =
+                            wait_all(pending.into_iter().map(|(p, _)| p).collect(), "volume read")?;
+                        let mut out = Vec::with_capacity(len);
+                        for (src, n) in answers.into_iter().zip(sizes) {
+                            if src.len() != n {
+                                return Err(remote("volume read")(CallError::Invalid(format!(
+                                    "asked for {n} bytes, got {}",
+                                    src.len()
+                                ))));
+                            }
+                            if out.is_empty() {
+                                out = src;
+                            } else {
+                                out.extend_from_slice(&src);
+                            }
+                        }
+                        Ok(out)
+                    })
+                }
+                StoreOp::Write { offset, data } => {
+                    let len = data.len() as u64;
+                    if let Err(e) = check_write(self.read_only, offset, len, self.capacity) {
+                        return StorePending::ready(Err(e));
+                    }
+                    let pending: Vec<Pending> = data
+                        .chunks(PIECE)
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let at = offset + (i * PIECE) as u64;
+                            self.client.submit_write(&self.volume, at, c, false)
+                        })
+                        .collect();
+                    StorePending::deferred(move || {
+                        wait_all(pending, "volume write").map(|_| Vec::new())
+                    })
+                }
+            })
+            .collect()
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -3,38 +3,46 @@
 //!
 //! Monitors hold 4 KiB pages, so the device advertises a 4 KiB block size; a request that is
 //! not page aligned (a guest may still send one) is served by read-modify-write of its edge
-//! pages. Such writes take an exclusive lock so that two sub-page writes to one page from
-//! different queues cannot lose each other's bytes; whole-page writes share the lock.
+//! pages. Such writes hold the [`gate::Gate`] exclusively so that two sub-page writes to one
+//! page from different queues cannot lose each other's bytes; whole-page writes share it for
+//! as long as they are in flight. Reads and whole-page writes are pipelined
+//! ([`BlockStore::submit`]): every page of a batch is sent before any answer is awaited.
 
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+pub mod gate;
+
+use std::sync::Arc;
 
 use lego_monitors::client::{CallError, VnodeMemory};
 use lego_monitors::proto::memory::PAGE_SIZE;
 
-use super::{check_range, check_write, BlockStore, StoreError};
+use super::pending::Later;
+use super::{check_range, check_write, BlockStore, StoreError, StoreOp, StorePending};
+use gate::Gate;
+/// A page operation handed to [`PageAccess::submit_pages`]: a run of pages to read or write.
+pub use lego_monitors::client::PageOp;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
 /// The serial of every remote memory device.
 pub const SERIAL: &str = "lego-remote-memory";
 
+/// A page operation in flight: the pages read (empty for a write).
+pub type PageWait = Later<CallError>;
+
 /// Page access to remote memory; implemented by [`VnodeMemory`] (and by fakes in tests).
 pub trait PageAccess: Send + Sync {
-    /// Reads `count` pages from page `start`.
-    fn read_pages(&self, start: u64, count: u64) -> Result<Vec<u8>, CallError>;
-    /// Writes whole pages from page `start`.
-    fn write_pages(&self, start: u64, data: &[u8]) -> Result<(), CallError>;
+    /// Starts `ops` without waiting; one [`PageWait`] per op, in order.
+    fn submit_pages(&self, ops: &[PageOp<'_>]) -> Vec<PageWait>;
     /// Frees `count` pages from `start` (they read as zeros afterwards).
     fn trim_pages(&self, start: u64, count: u64) -> Result<(), CallError>;
 }
 
 impl PageAccess for VnodeMemory {
-    fn read_pages(&self, start: u64, count: u64) -> Result<Vec<u8>, CallError> {
-        self.read_run(start, count)
-    }
-
-    fn write_pages(&self, start: u64, data: &[u8]) -> Result<(), CallError> {
-        self.write_run(start, data)
+    fn submit_pages(&self, ops: &[PageOp<'_>]) -> Vec<PageWait> {
+        self.submit(ops)
+            .into_iter()
+            .map(|p| PageWait::deferred(move || p.wait()))
+            .collect()
     }
 
     fn trim_pages(&self, start: u64, count: u64) -> Result<(), CallError> {
@@ -42,11 +50,21 @@ impl PageAccess for VnodeMemory {
     }
 }
 
+/// Runs one page op and waits for it.
+fn page_op<P: PageAccess + ?Sized>(pages: &P, op: PageOp<'_>) -> Result<Vec<u8>, CallError> {
+    match pages.submit_pages(&[op]).pop() {
+        Some(w) => w.wait(),
+        None => Err(CallError::Invalid(
+            "the page operation was not started".into(),
+        )),
+    }
+}
+
 /// Remote memory as a block device of `capacity` bytes.
 pub struct RemoteMemoryStore<P: PageAccess = VnodeMemory> {
     pages: P,
     capacity: u64,
-    rmw: RwLock<()>,
+    gate: Arc<Gate>,
 }
 
 fn remote(op: &'static str) -> impl FnOnce(CallError) -> StoreError {
@@ -68,23 +86,43 @@ fn expect_len<'a>(pages: &'a [u8], count: u64, op: &'static str) -> Result<&'a [
     }
 }
 
+/// The pages covering `len` bytes at `offset`: (first page, page count, offset in the first).
+fn cover(offset: u64, len: u64) -> (u64, u64, usize) {
+    let first = offset / PAGE;
+    let end = (offset + len).div_ceil(PAGE);
+    (first, end - first, (offset - first * PAGE) as usize)
+}
+
+/// How one op of a batch is served.
+enum Plan {
+    /// Finished without the monitors (an error or an empty op).
+    Done(Result<Vec<u8>, StoreError>),
+    /// Page op `n` of the batch, reading `count` pages; the op wants `at..at+len` of them.
+    Read {
+        n: usize,
+        count: u64,
+        at: usize,
+        len: usize,
+    },
+    /// Page op `n` of the batch, a whole-page write.
+    Write { n: usize },
+    /// A partial-page write, done by read-modify-write once the batch's page ops are done.
+    Partial,
+}
+
 impl<P: PageAccess> RemoteMemoryStore<P> {
     /// Serves the first `capacity` bytes (rounded down to whole pages) of `pages`.
     pub fn new(pages: P, capacity: u64) -> Self {
         Self {
             pages,
             capacity: capacity - capacity % PAGE,
-            rmw: RwLock::new(()),
+            gate: Arc::new(Gate::default()),
         }
     }
 
-    fn shared(&self) -> RwLockReadGuard<'_, ()> {
-        // The lock guards no data, so a poisoned lock is as good as a healthy one.
-        self.rmw.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.rmw.write().unwrap_or_else(|e| e.into_inner())
+    /// The page access in use.
+    pub fn pages(&self) -> &P {
+        &self.pages
     }
 
     /// Writes bytes at any sector-aligned offset: whole pages directly, partial edge pages
@@ -93,37 +131,87 @@ impl<P: PageAccess> RemoteMemoryStore<P> {
         if len == 0 {
             return Ok(());
         }
-        let first = offset / PAGE;
-        let end = (offset + len).div_ceil(PAGE);
+        let (first, count, at) = cover(offset, len);
         let aligned = offset.is_multiple_of(PAGE) && len.is_multiple_of(PAGE);
         if aligned {
-            let _g = self.shared();
-            return match data {
-                Some(d) => self
-                    .pages
-                    .write_pages(first, d)
-                    .map_err(remote("page write")),
-                None => self
-                    .pages
-                    .write_pages(first, &vec![0u8; len as usize])
-                    .map_err(remote("page write")),
+            let _t = self.gate.shared();
+            let zeros;
+            let data = match data {
+                Some(d) => d,
+                None => {
+                    zeros = vec![0u8; len as usize];
+                    &zeros
+                }
             };
+            return page_op(&self.pages, PageOp::Write { start: first, data })
+                .map(|_| ())
+                .map_err(remote("page write"));
         }
-        let _g = self.exclusive();
-        let mut buf = self
-            .pages
-            .read_pages(first, end - first)
-            .map_err(remote("page read for a partial write"))?;
-        expect_len(&buf, end - first, "page read for a partial write")?;
-        let at = (offset - first * PAGE) as usize;
+        let _g = self.gate.exclusive();
+        let mut buf = page_op(
+            &self.pages,
+            PageOp::Read {
+                start: first,
+                count,
+            },
+        )
+        .map_err(remote("page read for a partial write"))?;
+        expect_len(&buf, count, "page read for a partial write")?;
         let dst = &mut buf[at..at + len as usize];
         match data {
             Some(d) => dst.copy_from_slice(d),
             None => dst.fill(0),
         }
-        self.pages
-            .write_pages(first, &buf)
-            .map_err(remote("page write"))
+        page_op(
+            &self.pages,
+            PageOp::Write {
+                start: first,
+                data: &buf,
+            },
+        )
+        .map(|_| ())
+        .map_err(remote("page write"))
+    }
+
+    /// Plans `op` as the page ops it needs, appended to `page_ops`.
+    fn plan<'a>(&self, op: &StoreOp<'a>, page_ops: &mut Vec<PageOp<'a>>) -> Plan {
+        match *op {
+            StoreOp::Read { offset, len } => {
+                if let Err(e) = check_range(offset, len as u64, self.capacity) {
+                    return Plan::Done(Err(e));
+                }
+                if len == 0 {
+                    return Plan::Done(Ok(Vec::new()));
+                }
+                let (start, count, at) = cover(offset, len as u64);
+                page_ops.push(PageOp::Read { start, count });
+                Plan::Read {
+                    n: page_ops.len() - 1,
+                    count,
+                    at,
+                    len,
+                }
+            }
+            StoreOp::Write { offset, data } => {
+                let len = data.len() as u64;
+                if let Err(e) = check_write(false, offset, len, self.capacity) {
+                    return Plan::Done(Err(e));
+                }
+                if len == 0 {
+                    return Plan::Done(Ok(Vec::new()));
+                }
+                if !(offset.is_multiple_of(PAGE) && len.is_multiple_of(PAGE)) {
+                    return Plan::Partial;
+                }
+                page_ops.push(PageOp::Write {
+                    start: offset / PAGE,
+                    data,
+                });
+                Plan::Write {
+                    n: page_ops.len() - 1,
+                }
+            }
+        }
     }
 }
 
@@ -145,20 +233,24 @@ impl<P: PageAccess> BlockStore for RemoteMemoryStore<P> {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
-        let len = buf.len() as u64;
-        check_range(offset, len, self.capacity)?;
-        if len == 0 {
-            return Ok(());
+        let len = buf.len();
+        let op = StoreOp::Read { offset, len };
+        let data = self.submit(&[op]).pop().map_or_else(
+            || {
+                Err(StoreError::ShortRead {
+                    expected: len,
+                    got: 0,
+                })
+            },
+            Later::wait,
+        )?;
+        if data.len() != len {
+            return Err(StoreError::ShortRead {
+                expected: len,
+                got: data.len(),
+            });
         }
-        let first = offset / PAGE;
-        let end = (offset + len).div_ceil(PAGE);
-        let pages = self
-            .pages
-            .read_pages(first, end - first)
-            .map_err(remote("page read"))?;
-        let at = (offset - first * PAGE) as usize;
-        let src = expect_len(&pages, end - first, "page read")?;
-        buf.copy_from_slice(&src[at..at + buf.len()]);
+        buf.copy_from_slice(&data);
         Ok(())
     }
 
@@ -171,6 +263,73 @@ impl<P: PageAccess> BlockStore for RemoteMemoryStore<P> {
         // A page is stored on its monitor before the write is acknowledged; remote memory is
         // volatile by design, so there is nothing more to make durable.
         Ok(())
+    }
+
+    fn submit(&self, ops: &[StoreOp<'_>]) -> Vec<StorePending> {
+        let mut page_ops = Vec::with_capacity(ops.len());
+        let plans: Vec<Plan> = ops.iter().map(|op| self.plan(op, &mut page_ops)).collect();
+        // Whole-page writes share the gate until their answers are in.
+        let ticket = page_ops
+            .iter()
+            .any(|p| matches!(p, PageOp::Write { .. }))
+            .then(|| Arc::new(self.gate.shared()));
+        let mut waits: Vec<Option<PageWait>> = self
+            .pages
+            .submit_pages(&page_ops)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut take = |n: usize| {
+            waits.get_mut(n).and_then(Option::take).unwrap_or_else(|| {
+                PageWait::ready(Err(CallError::Invalid(
+                    "the page operation was not started".into(),
+                )))
+            })
+        };
+        let mut partial = Vec::new();
+        let mut out: Vec<StorePending> = plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| match plan {
+                Plan::Done(r) => StorePending::ready(r),
+                Plan::Read { n, count, at, len } => take(n).then(move |r| {
+                    let pages = r.map_err(remote("page read"))?;
+                    expect_len(&pages, count, "page read")?;
+                    if at == 0 && len == pages.len() {
+                        Ok(pages)
+                    } else {
+                        Ok(pages[at..at + len].to_vec())
+                    }
+                }),
+                Plan::Write { n } => {
+                    let ticket = ticket.clone();
+                    take(n).then(move |r| {
+                        drop(ticket);
+                        r.map(|_| Vec::new()).map_err(remote("page write"))
+                    })
+                }
+                Plan::Partial => {
+                    partial.push(i);
+                    StorePending::ready(Ok(Vec::new()))
+                }
+            })
+            .collect();
+        drop(ticket);
+        if !partial.is_empty() {
+            // A read-modify-write needs the gate to itself: finish this batch's page ops first
+            // (the caller holds nothing else from this store, see `BlockStore::submit`).
+            out = out
+                .into_iter()
+                .map(|p| StorePending::ready(p.wait()))
+                .collect();
+            for i in partial {
+                if let StoreOp::Write { offset, data } = ops[i] {
+                    let r = self.write_span(offset, data.len() as u64, Some(data));
+                    out[i] = StorePending::ready(r.map(|()| Vec::new()));
+                }
+            }
+        }
+        out
     }
 
     fn supports_discard(&self) -> bool {
@@ -197,7 +356,7 @@ impl<P: PageAccess> BlockStore for RemoteMemoryStore<P> {
         }
         self.write_span(offset, full_start - offset, None)?;
         {
-            let _g = self.shared();
+            let _t = self.gate.shared();
             self.pages
                 .trim_pages(full_start / PAGE, (full_end - full_start) / PAGE)
                 .map_err(remote("page trim"))?;
@@ -217,6 +376,8 @@ mod tests {
         bytes: Mutex<Vec<u8>>,
         fail: AtomicBool,
         trims: Mutex<Vec<(u64, u64)>>,
+        /// The size of every batch submitted.
+        batches: Mutex<Vec<usize>>,
     }
 
     impl FakePages {
@@ -225,6 +386,7 @@ mod tests {
                 bytes: Mutex::new(vec![0; (pages * PAGE) as usize]),
                 fail: AtomicBool::new(false),
                 trims: Mutex::new(Vec::new()),
+                batches: Mutex::new(Vec::new()),
             }
         }
 
@@ -237,7 +399,42 @@ mod tests {
         }
     }
 
+    /// Runs page ops one by one with `read` and `write`, as a synchronous fake monitor.
+    fn run_pages(
+        ops: &[PageOp<'_>],
+        read: impl Fn(u64, u64) -> Result<Vec<u8>, CallError>,
+        write: impl Fn(u64, &[u8]) -> Result<(), CallError>,
+    ) -> Vec<PageWait> {
+        ops.iter()
+            .map(|op| {
+                PageWait::ready(match *op {
+                    PageOp::Read { start, count } => read(start, count),
+                    PageOp::Write { start, data } => write(start, data).map(|()| Vec::new()),
+                })
+            })
+            .collect()
+    }
+
     impl PageAccess for FakePages {
+        fn submit_pages(&self, ops: &[PageOp<'_>]) -> Vec<PageWait> {
+            self.batches.lock().expect("lock").push(ops.len());
+            run_pages(
+                ops,
+                |s, c| self.read_pages(s, c),
+                |s, d| self.write_pages(s, d),
+            )
+        }
+
+        fn trim_pages(&self, start: u64, count: u64) -> Result<(), CallError> {
+            self.check()?;
+            self.trims.lock().expect("lock").push((start, count));
+            let mut b = self.bytes.lock().expect("lock");
+            b[(start * PAGE) as usize..((start + count) * PAGE) as usize].fill(0);
+            Ok(())
+        }
+    }
+
+    impl FakePages {
         fn read_pages(&self, start: u64, count: u64) -> Result<Vec<u8>, CallError> {
             self.check()?;
             let b = self.bytes.lock().expect("lock");
@@ -254,14 +451,6 @@ mod tests {
             let mut b = self.bytes.lock().expect("lock");
             let at = (start * PAGE) as usize;
             b[at..at + data.len()].copy_from_slice(data);
-            Ok(())
-        }
-
-        fn trim_pages(&self, start: u64, count: u64) -> Result<(), CallError> {
-            self.check()?;
-            self.trims.lock().expect("lock").push((start, count));
-            let mut b = self.bytes.lock().expect("lock");
-            b[(start * PAGE) as usize..((start + count) * PAGE) as usize].fill(0);
             Ok(())
         }
     }
@@ -322,11 +511,12 @@ mod tests {
     struct ShortPages;
 
     impl PageAccess for ShortPages {
-        fn read_pages(&self, _start: u64, count: u64) -> Result<Vec<u8>, CallError> {
-            Ok(vec![0; ((count - 1) * PAGE) as usize])
-        }
-        fn write_pages(&self, _start: u64, _data: &[u8]) -> Result<(), CallError> {
-            Ok(())
+        fn submit_pages(&self, ops: &[PageOp<'_>]) -> Vec<PageWait> {
+            run_pages(
+                ops,
+                |_, count| Ok(vec![0; ((count - 1) * PAGE) as usize]),
+                |_, _| Ok(()),
+            )
         }
         fn trim_pages(&self, _start: u64, _count: u64) -> Result<(), CallError> {
             Ok(())
@@ -353,5 +543,78 @@ mod tests {
         assert!(s.write_at(0, &buf).is_err());
         assert!(s.write_zeroes(0, PAGE, true).is_err());
         s.flush().expect("flush has nothing to do");
+    }
+
+    #[test]
+    fn a_batch_goes_out_at_once_and_partial_writes_follow_it() {
+        let s = store(8);
+        let a = vec![0xAAu8; PAGE_SIZE];
+        let b = vec![0xBBu8; 2 * PAGE_SIZE];
+        let part = [0xCCu8; 512];
+        let ops = [
+            StoreOp::Write {
+                offset: 0,
+                data: &a,
+            },
+            StoreOp::Write {
+                offset: 2 * PAGE,
+                data: &b,
+            },
+            StoreOp::Write {
+                offset: 5 * PAGE + 512,
+                data: &part,
+            },
+            StoreOp::Read {
+                offset: 6 * PAGE,
+                len: 512,
+            },
+            // Outside the device: fails alone.
+            StoreOp::Read {
+                offset: 8 * PAGE,
+                len: 4096,
+            },
+        ];
+        let done: Vec<_> = s.submit(&ops).into_iter().map(Later::wait).collect();
+        assert_eq!(done.len(), 5);
+        assert!(done[..4].iter().all(Result::is_ok), "{done:?}");
+        assert!(matches!(done[4], Err(StoreError::OutOfRange { .. })));
+        assert_eq!(done[3].as_ref().expect("read").len(), 512);
+        // Whole pages and the read in one batch; then the read-modify-write (read + write).
+        assert_eq!(*s.pages.batches.lock().expect("lock"), vec![3, 1, 1]);
+        let reads = s.submit(&[
+            StoreOp::Read {
+                offset: 0,
+                len: 4 * PAGE_SIZE,
+            },
+            StoreOp::Read {
+                offset: 5 * PAGE,
+                len: PAGE_SIZE,
+            },
+        ]);
+        let mut reads = reads.into_iter().map(|p| p.wait().expect("read"));
+        let first = reads.next().expect("first");
+        assert_eq!(&first[..PAGE_SIZE], &a[..]);
+        assert!(first[PAGE_SIZE..2 * PAGE_SIZE].iter().all(|&x| x == 0));
+        assert_eq!(&first[2 * PAGE_SIZE..], &b[..]);
+        let fifth = reads.next().expect("second");
+        assert!(fifth[..512].iter().all(|&x| x == 0));
+        assert_eq!(&fifth[512..1024], &part[..]);
+        assert!(fifth[1024..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn monitor_failures_fail_only_their_ops() {
+        let s = store(2);
+        s.pages.fail.store(true, Ordering::SeqCst);
+        let ops = [
+            StoreOp::Read {
+                offset: 0,
+                len: 4096,
+            },
+            StoreOp::Read { offset: 0, len: 0 },
+        ];
+        let done: Vec<_> = s.submit(&ops).into_iter().map(Later::wait).collect();
+        assert!(matches!(done[0], Err(StoreError::Remote { .. })));
+        assert_eq!(done[1].as_ref().expect("empty read"), &Vec::<u8>::new());
     }
 }
