@@ -475,6 +475,13 @@ fn manager_restarts_with_placements_and_reports_dead_monitors() {
     assert_eq!(got[0], pb);
     assert_eq!(got[1], [pa.clone(), pb.clone()].concat());
     assert_eq!(vm.trim(cross * rp - 4, 8).expect("trim"), 8);
+    vm.write_run(a, &[pa.clone(), pb.clone()].concat())
+        .expect("two pages on two monitors");
+    assert_eq!(vm.free_all().expect("free all"), 2);
+    assert_eq!(
+        vm.read_run(a, 2).expect("read freed"),
+        vec![0; 2 * PAGE_SIZE]
+    );
 
     mgr.kill9();
     mgr.restart();

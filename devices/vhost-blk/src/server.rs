@@ -160,6 +160,11 @@ impl Server {
         while self.wait_for_connection()? {
             self.serve_one()?;
         }
+        match self.handler.store().release() {
+            Ok(0) => {}
+            Ok(bytes) => tracing::info!(bytes, "released the device's remote memory"),
+            Err(e) => tracing::warn!("could not release the device's remote memory: {e}"),
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -88,6 +88,13 @@ fn remote_memory_pages_land_on_the_memory_monitor() {
     );
     assert_eq!(d.request(T_FLUSH, 0, None), (1, 0));
     assert!(daemon.terminate().success());
+    // The device's swap dies with it: the backend gave the pages back as it stopped.
+    let stats = c.pages.stats();
+    assert!(
+        stats.per_vnode.iter().all(|&(v, n)| v != 5 || n == 0),
+        "vNode 5 still holds pages after its backend stopped: {:?}",
+        stats.per_vnode
+    );
 }
 
 #[test]

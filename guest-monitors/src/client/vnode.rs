@@ -202,6 +202,16 @@ impl VnodeMemory {
         self.run(PageOp::Write { start, data }).map(|_| ())
     }
 
+    /// Frees every page of the vNode on every monitor of the placement (the placement itself
+    /// stays reserved); returns how many pages were stored.
+    pub fn free_all(&self) -> Result<u64, CallError> {
+        let mut freed = 0;
+        for c in &self.clients {
+            freed += c.free_all()?;
+        }
+        Ok(freed)
+    }
+
     /// Frees `count` pages from `start`; returns how many were stored.
     pub fn trim(&self, start: u64, count: u64) -> Result<u64, CallError> {
         let mut freed = 0;

@@ -113,6 +113,13 @@ pub trait BlockStore: Send + Sync {
             .collect()
     }
 
+    /// Called once when the backend stops serving the device: a store whose data dies with
+    /// the device (remote memory: the guest's swap) gives its space back. Returns the bytes
+    /// released; stores that keep their data do nothing.
+    fn release(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// Whether [`BlockStore::discard`] is implemented.
     fn supports_discard(&self) -> bool {
         false

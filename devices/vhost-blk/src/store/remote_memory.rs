@@ -35,6 +35,8 @@ pub trait PageAccess: Send + Sync {
     fn submit_pages(&self, ops: &[PageOp<'_>]) -> Vec<PageWait>;
     /// Frees `count` pages from `start` (they read as zeros afterwards).
     fn trim_pages(&self, start: u64, count: u64) -> Result<(), CallError>;
+    /// Frees every page of the vNode; returns how many were stored.
+    fn release_all(&self) -> Result<u64, CallError>;
 }
 
 impl PageAccess for VnodeMemory {
@@ -47,6 +49,10 @@ impl PageAccess for VnodeMemory {
 
     fn trim_pages(&self, start: u64, count: u64) -> Result<(), CallError> {
         self.trim(start, count).map(|_| ())
+    }
+
+    fn release_all(&self) -> Result<u64, CallError> {
+        self.free_all()
     }
 }
 
@@ -332,6 +338,14 @@ impl<P: PageAccess> BlockStore for RemoteMemoryStore<P> {
         out
     }
 
+    fn release(&self) -> Result<u64, StoreError> {
+        // Remote memory holds the guest's swap, which dies with the device.
+        self.pages
+            .release_all()
+            .map(|pages| pages * PAGE)
+            .map_err(remote("release"))
+    }
+
     fn supports_discard(&self) -> bool {
         true
     }
@@ -432,6 +446,17 @@ mod tests {
             b[(start * PAGE) as usize..((start + count) * PAGE) as usize].fill(0);
             Ok(())
         }
+
+        fn release_all(&self) -> Result<u64, CallError> {
+            self.check()?;
+            let mut b = self.bytes.lock().expect("lock");
+            let stored = b
+                .chunks(PAGE as usize)
+                .filter(|p| p.iter().any(|&x| x != 0));
+            let n = stored.count() as u64;
+            b.fill(0);
+            Ok(n)
+        }
     }
 
     impl FakePages {
@@ -466,6 +491,17 @@ mod tests {
         assert_eq!(s.block_size(), 4096);
         assert_eq!(s.serial(), "lego-remote-memory");
         assert!(s.supports_discard() && s.supports_write_zeroes() && !s.read_only());
+    }
+
+    #[test]
+    fn release_gives_every_page_back() {
+        let s = store(4);
+        s.write_at(0, &[7u8; 512]).expect("partial write");
+        s.write_at(2 * PAGE, &[8u8; PAGE_SIZE]).expect("page write");
+        assert_eq!(s.release().expect("release"), 2 * PAGE);
+        let mut all = vec![1u8; 4 * PAGE_SIZE];
+        s.read_at(0, &mut all).expect("read");
+        assert!(all.iter().all(|&b| b == 0), "released pages read as zeros");
     }
 
     #[test]
@@ -520,6 +556,9 @@ mod tests {
         }
         fn trim_pages(&self, _start: u64, _count: u64) -> Result<(), CallError> {
             Ok(())
+        }
+        fn release_all(&self) -> Result<u64, CallError> {
+            Ok(0)
         }
     }
 
