@@ -173,7 +173,15 @@ impl Vcpu {
                     sregs.idt.base,
                     sregs.idt.limit
                 );
-                if crashed {
+                // After a triple fault KVM on AMD resets the vCPU: its state then says nothing
+                // about the fault.
+                let reset = regs.rip == 0xfff0 && sregs.cs.selector == 0xf000;
+                if crashed && reset {
+                    tracing::warn!(
+                        vcpu = id,
+                        "KVM reset the vCPU at the crash; its state before the fault is lost"
+                    );
+                } else if crashed {
                     tracing::warn!(vcpu = id, "vCPU state at the crash: {state}");
                 } else {
                     tracing::debug!(vcpu = id, "vCPU stopped: {state}");
