@@ -2,7 +2,7 @@
 //! static timer (`lego-guest-tools`), and QEMU with its shared libraries and qboot, all
 //! as job files with plain names (see [`crate::script::files`]).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lego_image::guest_tools::{self, GuestToolsError};
@@ -28,7 +28,7 @@ pub enum AssetsError {
     #[error("could not list QEMU's libraries: {0}")]
     Libraries(#[from] DiskError),
     /// A file QEMU needs is missing.
-    #[error("{what} {path} does not exist; install qemu-system-x86 or pass its path")]
+    #[error("{what} {path} does not exist; install it (qemu-system-x86, qemu-utils, cargo build --release --workspace) or pass its path")]
     Missing {
         /// What the file is.
         what: &'static str,
@@ -100,6 +100,15 @@ pub fn timer(explicit: Option<&Path>, target_dir: &Path) -> Result<PathBuf, Asse
     }
 }
 
+/// Where the static timer is built by default: `$CARGO_TARGET_DIR/guest-tools-static`,
+/// else `<cache>/guest-tools-target`.
+pub fn default_tools_target(cache: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|t| PathBuf::from(t).join("guest-tools-static"))
+        .unwrap_or_else(|| cache.join("guest-tools-target"))
+}
+
 /// Resolves symlinks, so that the job disk gets the file itself (the testbed hard-links
 /// job files, and a hard link to a symlink would stay a symlink).
 fn real_path(path: &Path) -> Result<PathBuf, AssetsError> {
@@ -112,6 +121,16 @@ fn real_path(path: &Path) -> Result<PathBuf, AssetsError> {
 /// Returns QEMU's job files: the binary, qboot, and every shared library under its own
 /// file name (the real file, symlinks resolved), the loader included.
 pub fn qemu(binary: &Path, qboot: &Path) -> Result<Vec<(PathBuf, String)>, AssetsError> {
+    qemu_with(binary, qboot, &[])
+}
+
+/// Returns QEMU's job files as [`qemu`] does, plus `others` (programs such as qemu-nbd,
+/// under their job names) and their libraries, each library once.
+pub fn qemu_with(
+    binary: &Path,
+    qboot: &Path,
+    others: &[(&Path, &str)],
+) -> Result<Vec<(PathBuf, String)>, AssetsError> {
     for (what, path) in [("the QEMU binary", binary), ("the qboot firmware", qboot)] {
         if !path.is_file() {
             return Err(AssetsError::Missing {
@@ -120,25 +139,72 @@ pub fn qemu(binary: &Path, qboot: &Path) -> Result<Vec<(PathBuf, String)>, Asset
             });
         }
     }
-    let mut out = vec![
-        (real_path(binary)?, files::QEMU.to_string()),
-        (real_path(qboot)?, files::QBOOT.to_string()),
-    ];
-    let mut names = BTreeSet::new();
-    for lib in disk::libraries(binary)? {
-        let name = lib
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !names.insert(name.clone()) {
-            return Err(AssetsError::DuplicateLibrary(name));
+    let mut binaries = vec![(binary, files::QEMU)];
+    binaries.extend_from_slice(others);
+    let mut out = dynamic_binaries(&binaries)?;
+    out.insert(1, (real_path(qboot)?, files::QBOOT.to_string()));
+    Ok(out)
+}
+
+/// Returns the job files of dynamically linked programs run through the loader on the
+/// compute host (`./ld-linux-x86-64.so.2 --library-path $JOB_DIR ./NAME`): each binary
+/// under its job name, then the union of their shared libraries, each under its own file
+/// name (the real file, symlinks resolved), the loader included. A library several
+/// binaries need is staged once; two different files with one name are an error.
+pub fn dynamic_binaries(binaries: &[(&Path, &str)]) -> Result<Vec<(PathBuf, String)>, AssetsError> {
+    let mut out = Vec::new();
+    for (binary, name) in binaries {
+        if !binary.is_file() {
+            return Err(AssetsError::Missing {
+                what: "the program",
+                path: binary.to_path_buf(),
+            });
         }
-        out.push((real_path(&lib)?, name));
+        out.push((real_path(binary)?, name.to_string()));
     }
-    if !names.contains(files::LOADER) {
-        return Err(AssetsError::NoLoader(binary.to_path_buf()));
+    let mut libs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (binary, _) in binaries {
+        let mut has_loader = false;
+        for lib in disk::libraries(binary)? {
+            let name = lib
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            has_loader |= name == files::LOADER;
+            let real = real_path(&lib)?;
+            match libs.get(&name) {
+                Some(seen) if *seen == real => {}
+                Some(_) => return Err(AssetsError::DuplicateLibrary(name)),
+                None => {
+                    libs.insert(name.clone(), real.clone());
+                    out.push((real, name));
+                }
+            }
+        }
+        if !has_loader {
+            return Err(AssetsError::NoLoader(binary.to_path_buf()));
+        }
     }
     Ok(out)
+}
+
+/// Returns `dir/NAME` for each name, checking that each is a file (the workspace's
+/// release binaries a job runs, e.g. the manager and the memory monitor).
+pub fn binaries_in(dir: &Path, names: &[&str]) -> Result<Vec<(PathBuf, String)>, AssetsError> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok((path, name.to_string()))
+            } else {
+                Err(AssetsError::Missing {
+                    what: "the program",
+                    path,
+                })
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -169,5 +235,29 @@ mod tests {
         assert!(err.to_string().contains("QEMU binary"), "{err}");
         let err = timer(Some(Path::new("/bin/sh")), Path::new("/tmp")).unwrap_err();
         assert!(err.to_string().contains("dynamically linked"), "{err}");
+    }
+
+    #[test]
+    fn shared_libraries_are_staged_once() {
+        let one = dynamic_binaries(&[(Path::new("/bin/sh"), "a")]).unwrap();
+        let two =
+            dynamic_binaries(&[(Path::new("/bin/sh"), "a"), (Path::new("/bin/ls"), "b")]).unwrap();
+        let names: Vec<&str> = two.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(&names[..2], ["a", "b"]);
+        let libc = names.iter().filter(|n| **n == "libc.so.6").count();
+        assert_eq!(libc, 1, "{names:?}");
+        assert!(two.len() > one.len());
+        let err = dynamic_binaries(&[(Path::new("/nonexistent/qemu-nbd"), "n")]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/qemu-nbd"), "{err}");
+    }
+
+    #[test]
+    fn release_binaries_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lego-manager"), "").unwrap();
+        let got = binaries_in(dir.path(), &["lego-manager"]).unwrap();
+        assert_eq!(got[0].1, "lego-manager");
+        let err = binaries_in(dir.path(), &["lego-manager", "legoctl"]).unwrap_err();
+        assert!(err.to_string().contains("legoctl"), "{err}");
     }
 }

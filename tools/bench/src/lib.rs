@@ -9,6 +9,9 @@
 //! - [`results`]: parsing the timing lines the job leaves;
 //! - [`stats`]: medians and ranges;
 //! - [`report`]: the markdown report.
+//!
+//! `swap-bench` runs the same swap-heavy workload with remote memory (legovmm), with swap on
+//! an NBD-backed disk (QEMU + qemu-nbd) and with all-local RAM, side by side; see [`swap`].
 
 #![warn(missing_docs)]
 
@@ -17,3 +20,4 @@ pub mod report;
 pub mod results;
 pub mod script;
 pub mod stats;
+pub mod swap;

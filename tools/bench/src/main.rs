@@ -118,20 +118,6 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
     })
 }
 
-/// The command line this driver was started with, for the report.
-fn invocation() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.contains([' ', '"', '\'']) {
-                script::sh_quote(&a)
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn run(cli: Cli) -> Result<bool, BenchError> {
     let cache = cli
         .cache
@@ -142,12 +128,10 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         path: out_dir.clone(),
         source,
     })?;
-    let tools_target = cli.tools_target.clone().unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .filter(|v| !v.is_empty())
-            .map(|t| PathBuf::from(t).join("guest-tools-static"))
-            .unwrap_or_else(|| cache.join("guest-tools-target"))
-    });
+    let tools_target = cli
+        .tools_target
+        .clone()
+        .unwrap_or_else(|| assets::default_tools_target(&cache));
 
     script::check_qemu_value("machine", &cli.qemu_machine)?;
     script::check_qemu_value("CPU model", &cli.qemu_cpu)?;
@@ -231,7 +215,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         "\nRetries (tries killed after {} s without `LEGO_GUEST_READY`, then rerun): legovmm {}, QEMU {}.\n",
         plan.ready_timeout_secs, lego.retries, qemu.retries
     ));
-    md.push_str(&format!("\nCommand: `{}`\n", invocation()));
+    md.push_str(&format!("\nCommand: `{}`\n", report::invocation()));
     md.push_str(&format!(
         "\nTestbed: {}; {}.\n",
         testbed.mode_reason(),

@@ -28,6 +28,40 @@ pub struct VmmSummary {
     pub rss: Option<Summary>,
 }
 
+/// The command line this driver was started with (arguments with spaces or quotes
+/// quoted for the shell), for a report.
+pub fn invocation() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.contains([' ', '"', '\'']) {
+                crate::script::sh_quote(&a)
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Renders a median with its range, `–` when there is none.
+pub fn cell(s: Option<Summary>, decimals: usize) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            s.median,
+            s.min,
+            s.max,
+            d = decimals
+        ),
+        None => "–".to_string(),
+    }
+}
+
+/// Renders the ratio of two medians with two decimals, `–` when there is none.
+pub fn ratio_cell(a: Option<Summary>, b: Option<Summary>) -> String {
+    stats::ratio(a, b).map_or("–".to_string(), |r| format!("{r:.2}"))
+}
+
 /// Summarizes the clean tries of `vmm`.
 pub fn summarize(results: &[TryResult], vmm: &str) -> VmmSummary {
     let mine: Vec<&TryResult> = results.iter().filter(|r| r.vmm == vmm).collect();
@@ -49,23 +83,6 @@ pub fn summarize(results: &[TryResult], vmm: &str) -> VmmSummary {
         overhead: of(&|r| Some(mib(r.overhead_kb))),
         rss: of(&|r| Some(mib(r.rss_kb))),
     }
-}
-
-fn cell(s: Option<Summary>, decimals: usize) -> String {
-    match s {
-        Some(s) => format!(
-            "{:.d$} ({:.d$}–{:.d$})",
-            s.median,
-            s.min,
-            s.max,
-            d = decimals
-        ),
-        None => "–".to_string(),
-    }
-}
-
-fn ratio_cell(a: Option<Summary>, b: Option<Summary>) -> String {
-    stats::ratio(a, b).map_or("–".to_string(), |r| format!("{r:.2}"))
 }
 
 fn verdict(ok: Option<bool>) -> &'static str {

@@ -58,7 +58,7 @@ impl TryResult {
 }
 
 /// Returns the value of `key=` in a line of `key=value` words (the last one wins).
-fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .rev()
         .filter_map(|w| w.split_once('='))
@@ -67,7 +67,7 @@ fn value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Parses a number field; `none` (or absent, when `optional`) gives `None`.
-fn number<T: std::str::FromStr>(
+pub fn number<T: std::str::FromStr>(
     line: &str,
     field: &'static str,
     optional: bool,

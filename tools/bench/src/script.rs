@@ -35,6 +35,8 @@ pub mod files {
     pub const QBOOT: &str = "qboot.rom";
     /// The dynamic loader QEMU is run through.
     pub const LOADER: &str = "ld-linux-x86-64.so.2";
+    /// qemu-nbd (swap-bench), run through the loader like QEMU.
+    pub const QEMU_NBD: &str = "qemu-nbd";
 }
 
 /// The VMMs compared, in the order each round runs them.
@@ -107,32 +109,83 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The arguments of `$LEGOVMM` booting the guest image from the job folder with
+/// `memory_mib` of RAM (the command line follows `--cmdline`).
+pub fn legovmm_run_args(memory_mib: u32, vcpus: u32) -> String {
+    format!(
+        "run --kernel {} --initrd {} --memory {memory_mib}M --vcpus {vcpus} --cmdline",
+        files::KERNEL,
+        files::INITRAMFS,
+    )
+}
+
+/// The arguments of QEMU booting the guest image from the job folder with `memory_mib` of
+/// RAM in a shared memfd (as legovmm's) and the console on standard output; devices go
+/// before the final `-append` (the command line follows it).
+pub fn qemu_vm_args(
+    machine: &str,
+    cpu: &str,
+    vcpus: u32,
+    memory_mib: u32,
+    devices: &str,
+) -> String {
+    let m = memory_mib;
+    let devices = if devices.is_empty() {
+        String::new()
+    } else {
+        format!("{devices} ")
+    };
+    format!(
+        "-accel kvm -M {machine} -cpu {cpu} -smp {vcpus} -m {m}M \
+         -object memory-backend-memfd,id=mem,size={m}M,share=on -machine memory-backend=mem \
+         -bios {} -kernel {} -initrd {} -nodefaults -no-user-config -display none \
+         -serial stdio -no-reboot {devices}-append",
+        files::QBOOT,
+        files::KERNEL,
+        files::INITRAMFS
+    )
+}
+
+/// Renders the shell function `bench VMM ROUND CMDLINE RESULTS [EXTRA ARGS]`: runs
+/// `boot_VMM CONSOLE CMDLINE [EXTRA ARGS]` (which the script defines, running the VMM under
+/// `boot-timer`) up to `tries` times while its guest never comes up (status 125), and
+/// appends one `LEGO_BENCH_RESULT` line per try to RESULTS: the try's identity, the
+/// timer's `LEGO_BOOT_TIMING` fields and, with `console_grep` (an extended regular
+/// expression), the matching lines of the try's console joined on one line.
+pub fn bench_fn(tries: u32, console_grep: Option<&str>) -> String {
+    let extra = console_grep.map_or(String::new(), |re| {
+        format!(
+            " $(grep -E {} \"$vmm-$round-$try.console\" 2> /dev/null | tr '\\r\\n' '  ')",
+            sh_quote(re)
+        )
+    });
+    format!(
+        "# bench VMM ROUND CMDLINE RESULTS [EXTRA VMM ARGS]: one boot, retried while its\n\
+         # guest never comes up; one result line per try goes to RESULTS.\n\
+         bench() {{\n    vmm=$1; round=$2; cl=$3; res=$4; shift 4\n    try=0\n    \
+         while [ $try -lt {tries} ]; do\n        try=$((try + 1))\n        \
+         out=$(boot_$vmm \"$vmm-$round-$try.console\" \"$cl\" \"$@\")\n        rc=$?\n        \
+         line=\"{RESULT_MARKER} vmm=$vmm round=$round try=$try rc=$rc $(echo \"$out\" | grep LEGO_BOOT_TIMING){extra}\"\n        \
+         echo \"$line\"\n        echo \"$line\" >> \"$res\"\n        \
+         [ $rc -eq 125 ] || break\n        cat \"$vmm-$round-$try.console.err\"\n    done\n}}\n",
+        tries = tries.max(1)
+    )
+}
+
 impl Plan {
     /// The legovmm arguments after `$LEGOVMM` (the command line comes from `$1`).
     pub fn legovmm_args(&self) -> String {
-        format!(
-            "run --kernel {} --initrd {} --memory {}M --vcpus {} --cmdline",
-            files::KERNEL,
-            files::INITRAMFS,
-            self.memory_mib,
-            self.vcpus
-        )
+        legovmm_run_args(self.memory_mib, self.vcpus)
     }
 
     /// The QEMU arguments (the command line follows `-append`).
     pub fn qemu_args(&self) -> String {
-        let m = self.memory_mib;
-        format!(
-            "-accel kvm -M {} -cpu {} -smp {} -m {m}M \
-             -object memory-backend-memfd,id=mem,size={m}M,share=on -machine memory-backend=mem \
-             -bios {} -kernel {} -initrd {} -nodefaults -no-user-config -display none \
-             -serial stdio -no-reboot -append",
-            self.qemu_machine,
-            self.qemu_cpu,
+        qemu_vm_args(
+            &self.qemu_machine,
+            &self.qemu_cpu,
             self.vcpus,
-            files::QBOOT,
-            files::KERNEL,
-            files::INITRAMFS
+            self.memory_mib,
+            "",
         )
     }
 
@@ -171,17 +224,7 @@ impl Plan {
             files::QEMU,
             self.qemu_args()
         ));
-        s.push_str(&format!(
-            "# bench VMM ROUND CMDLINE RESULTS [EXTRA VMM ARGS]: one boot, retried while its\n\
-             # guest never comes up; one result line per try goes to RESULTS.\n\
-             bench() {{\n    vmm=$1; round=$2; cl=$3; res=$4; shift 4\n    try=0\n    \
-             while [ $try -lt {tries} ]; do\n        try=$((try + 1))\n        \
-             out=$(boot_$vmm \"$vmm-$round-$try.console\" \"$cl\" \"$@\")\n        rc=$?\n        \
-             line=\"{RESULT_MARKER} vmm=$vmm round=$round try=$try rc=$rc $(echo \"$out\" | grep LEGO_BOOT_TIMING)\"\n        \
-             echo \"$line\"\n        echo \"$line\" >> \"$res\"\n        \
-             [ $rc -eq 125 ] || break\n        cat \"$vmm-$round-$try.console.err\"\n    done\n}}\n",
-            tries = self.tries.max(1)
-        ));
+        s.push_str(&bench_fn(self.tries, None));
         s.push_str(&format!(
             "r=0\nwhile [ $r -lt {} ]; do\n    r=$((r + 1))\n",
             self.runs

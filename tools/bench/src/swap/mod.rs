@@ -1,0 +1,76 @@
+//! `swap-bench`: the same swap-heavy workload in a vNode with little RAM, three ways, side
+//! by side in one compute host of the testbed:
+//!
+//! - `local`: legovmm with enough RAM for the workload and no swap (the baseline);
+//! - `remote`: legovmm with little RAM plus remote memory (`--remote-memory`: lego-vhost-blk
+//!   and a memory monitor, with a manager, on the compute host's loopback) as swap;
+//! - `nbd`: QEMU with the same little RAM and a virtio-blk disk whose backend is NBD
+//!   (`qemu-nbd` serving a raw file on a tmpfs of the compute host) as swap.
+//!
+//! The workload is `lego-guest-tools memtest` (write every page, then verify every page);
+//! each VMM runs under `lego-guest-tools boot-timer` for the wall time.
+//!
+//! - [`script`]: the job script;
+//! - [`results`]: parsing its result lines;
+//! - [`report`]: medians and slowdown ratios as markdown.
+
+pub mod report;
+pub mod results;
+pub mod script;
+
+/// One way of giving the guest its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Setup {
+    /// legovmm, all the memory local, no swap.
+    Local,
+    /// legovmm, little RAM plus remote memory as swap.
+    Remote,
+    /// QEMU, little RAM plus swap on an NBD-backed virtio-blk disk.
+    Nbd,
+}
+
+impl Setup {
+    /// Every setup, in the order each round runs them.
+    pub const ALL: [Setup; 3] = [Setup::Local, Setup::Remote, Setup::Nbd];
+
+    /// The name in result lines and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::Local => "local",
+            Setup::Remote => "remote",
+            Setup::Nbd => "nbd",
+        }
+    }
+
+    /// Parses a name.
+    pub fn from_name(name: &str) -> Option<Setup> {
+        Setup::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl std::fmt::Display for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Setup {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Setup::from_name(s).ok_or_else(|| format!("unknown setup {s:?} (local, remote, nbd)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in Setup::ALL {
+            assert_eq!(s.name().parse::<Setup>().unwrap(), s);
+        }
+        assert!("swap".parse::<Setup>().is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! The swap benchmark's markdown: medians (min–max) per setup and the slowdown ratios of
+//! the medians (remote memory and NBD against all-local RAM, remote memory against NBD),
+//! and every try.
+
+use super::results::SwapTry;
+use super::Setup;
+use crate::report::{cell, ratio_cell};
+use crate::stats::{self, Summary};
+
+/// The measurements of one setup over its clean tries.
+#[derive(Debug, Clone, Default)]
+pub struct SetupSummary {
+    /// Clean tries.
+    pub clean: usize,
+    /// Tries killed because the guest never came up (retried).
+    pub retries: usize,
+    /// Tries that ended otherwise (crash, timeout, workload failed or wrong).
+    pub failures: usize,
+    /// Write pass + verify pass, ms.
+    pub workload: Option<Summary>,
+    /// Write pass, ms.
+    pub write: Option<Summary>,
+    /// Verify pass, ms.
+    pub verify: Option<Summary>,
+    /// VMM start to VMM exit (boot, workload, power-off), ms.
+    pub wall: Option<Summary>,
+    /// Pages swapped out.
+    pub pswpout: Option<Summary>,
+    /// Pages swapped in.
+    pub pswpin: Option<Summary>,
+}
+
+/// Summarizes the clean tries of `setup`.
+pub fn summarize(tries: &[SwapTry], setup: Setup) -> SetupSummary {
+    let mine: Vec<&SwapTry> = tries.iter().filter(|t| t.run.vmm == setup.name()).collect();
+    let clean: Vec<&&SwapTry> = mine.iter().filter(|t| t.is_clean()).collect();
+    let of = |f: &dyn Fn(&SwapTry) -> Option<u64>| -> Option<Summary> {
+        let v: Vec<f64> = clean
+            .iter()
+            .filter_map(|t| f(t))
+            .map(|v| v as f64)
+            .collect();
+        stats::summarize(&v)
+    };
+    SetupSummary {
+        clean: clean.len(),
+        retries: mine.iter().filter(|t| t.is_hang()).count(),
+        failures: mine
+            .iter()
+            .filter(|t| !t.is_clean() && !t.is_hang())
+            .count(),
+        workload: of(&|t| t.workload_ms()),
+        write: of(&|t| t.write_ms),
+        verify: of(&|t| t.verify_ms),
+        wall: of(&|t| t.run.exit_ms),
+        pswpout: of(&|t| t.pswpout),
+        pswpin: of(&|t| t.pswpin),
+    }
+}
+
+/// The summaries of the three setups.
+#[derive(Debug, Clone, Default)]
+pub struct Summaries {
+    /// All-local RAM.
+    pub local: SetupSummary,
+    /// Remote memory.
+    pub remote: SetupSummary,
+    /// NBD swap under QEMU.
+    pub nbd: SetupSummary,
+}
+
+impl Summaries {
+    /// Summarizes every setup.
+    pub fn of(tries: &[SwapTry]) -> Self {
+        Self {
+            local: summarize(tries, Setup::Local),
+            remote: summarize(tries, Setup::Remote),
+            nbd: summarize(tries, Setup::Nbd),
+        }
+    }
+
+    /// True if every setup in `setups` had at least one clean try.
+    pub fn complete(&self, setups: &[Setup]) -> bool {
+        setups.iter().all(|s| match s {
+            Setup::Local => self.local.clean > 0,
+            Setup::Remote => self.remote.clean > 0,
+            Setup::Nbd => self.nbd.clean > 0,
+        })
+    }
+}
+
+/// Column titles of the three setups.
+#[derive(Debug, Clone)]
+pub struct Titles {
+    /// All-local RAM.
+    pub local: String,
+    /// Remote memory.
+    pub remote: String,
+    /// NBD swap.
+    pub nbd: String,
+}
+
+/// Picks one measurement of a setup.
+type Field = fn(&SetupSummary) -> Option<Summary>;
+
+/// Renders the summary table.
+pub fn table(s: &Summaries, titles: &Titles) -> String {
+    let (l, r, n) = (&s.local, &s.remote, &s.nbd);
+    let mut out = format!(
+        "| median (min–max) | {} | {} | {} | remote / local | NBD / local | remote / NBD |\n\
+         |---|---|---|---|---|---|---|\n",
+        titles.local, titles.remote, titles.nbd
+    );
+    let rows: [(&str, Field, bool); 6] = [
+        ("workload: write + verify (ms)", |x| x.workload, true),
+        ("write pass (ms)", |x| x.write, true),
+        ("verify pass (ms)", |x| x.verify, true),
+        (
+            "VMM start → exit: boot, workload, power-off (ms)",
+            |x| x.wall,
+            true,
+        ),
+        ("pages swapped out (pswpout)", |x| x.pswpout, false),
+        ("pages swapped in (pswpin)", |x| x.pswpin, false),
+    ];
+    for (name, get, vs_local) in rows {
+        let vs = |a: &SetupSummary| {
+            if vs_local {
+                ratio_cell(get(a), get(l))
+            } else {
+                String::new()
+            }
+        };
+        let remote_vs_nbd = ratio_cell(get(r), get(n));
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {remote_vs_nbd} |\n",
+            cell(get(l), 0),
+            cell(get(r), 0),
+            cell(get(n), 0),
+            vs(r),
+            vs(n),
+        ));
+    }
+    out.push_str(&format!(
+        "| clean runs / hang retries / other failures | {} / {} / {} | {} / {} / {} | {} / {} / {} | | | |\n",
+        l.clean, l.retries, l.failures, r.clean, r.retries, r.failures, n.clean, n.retries, n.failures
+    ));
+    out
+}
+
+/// Renders every try, in the order they ran.
+pub fn tries_table(tries: &[SwapTry]) -> String {
+    let opt = |v: Option<u64>| v.map_or("–".to_string(), |v| v.to_string());
+    let mut s = String::from(
+        "| round | setup | try | status | clean | write ms | verify ms | workload ms | VMM start → exit ms | pswpout | pswpin | MemTotal KiB | SwapTotal KiB | guest exit |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for t in tries {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            t.run.round,
+            t.run.vmm,
+            t.run.attempt,
+            t.run.status,
+            if t.is_clean() { "yes" } else { "no" },
+            opt(t.write_ms),
+            opt(t.verify_ms),
+            opt(t.workload_ms()),
+            opt(t.run.exit_ms),
+            opt(t.pswpout),
+            opt(t.pswpin),
+            opt(t.mem_total_kb),
+            opt(t.swap_total_kb),
+            t.run_exit.map_or("–".to_string(), |c| c.to_string()),
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swap::results::parse;
+
+    fn line(setup: &str, round: u32, write: u64, verify: u64, exit: u64, pswp: u64) -> String {
+        format!(
+            "LEGO_BENCH_RESULT vmm={setup} round={round} try=1 rc=0 LEGO_BOOT_TIMING vmm={setup} status=ok ready_ms=5000 exit_ms={exit} exit_code=0 overhead_kb=1 rss_kb=1 shmem_kb=1 samples=1 LEGO_MEMTEST pages=98304 bad=0 first_bad=none write_ms={write} verify_ms={verify} LEGO_SWAPSTAT pswpin={pswp} pswpout={pswp} mem_total_kb=1 kB swap_total_kb=1 kB LEGO_RUN_EXIT=0\n"
+        )
+    }
+
+    fn titles() -> Titles {
+        Titles {
+            local: "local".into(),
+            remote: "remote".into(),
+            nbd: "nbd".into(),
+        }
+    }
+
+    #[test]
+    fn medians_and_slowdown_ratios() {
+        let mut text = String::new();
+        for (round, (lw, rw, nw)) in [(1000, 4000, 8000), (1200, 5000, 9000), (900, 6000, 7000)]
+            .into_iter()
+            .enumerate()
+        {
+            let round = round as u32 + 1;
+            text.push_str(&line("local", round, lw, lw, lw * 3, 0));
+            text.push_str(&line("remote", round, rw, rw, rw * 3, 100));
+            text.push_str(&line("nbd", round, nw, nw, nw * 3, 120));
+        }
+        // A hang (retried) and a run whose workload failed: neither counts.
+        text.push_str("LEGO_BENCH_RESULT vmm=nbd round=4 try=1 rc=125 LEGO_BOOT_TIMING vmm=nbd status=hung ready_ms=none exit_ms=120000 exit_code=137 overhead_kb=1 rss_kb=1 shmem_kb=1 samples=1\n");
+        text.push_str(&line("remote", 4, 1, 1, 1, 1).replace("LEGO_RUN_EXIT=0", "LEGO_RUN_EXIT=1"));
+        let tries = parse(&text).unwrap();
+        let s = Summaries::of(&tries);
+        assert_eq!(s.local.workload.unwrap().median, 2000.0);
+        assert_eq!(s.remote.workload.unwrap().median, 10000.0);
+        assert_eq!(s.nbd.workload.unwrap().median, 16000.0);
+        assert_eq!((s.remote.clean, s.remote.failures), (3, 1));
+        assert_eq!((s.nbd.clean, s.nbd.retries), (3, 1));
+        assert!(s.complete(&Setup::ALL));
+        let t = table(&s, &titles());
+        assert!(
+            t.contains("| workload: write + verify (ms) | 2000 (1800–2400) | 10000 (8000–12000) | 16000 (14000–18000) | 5.00 | 8.00 | 0.62 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| pages swapped out (pswpout) | 0 (0–0) | 100 (100–100) | 120 (120–120) |  |  | 0.83 |"),
+            "{t}"
+        );
+        assert!(t.contains("| 3 / 0 / 0 | 3 / 0 / 1 | 3 / 1 / 0 |"), "{t}");
+        let all = tries_table(&tries);
+        assert_eq!(all.lines().count(), 2 + 11);
+        assert!(all.contains("| 4 | remote | 1 | ok | no |"), "{all}");
+    }
+
+    #[test]
+    fn a_setup_without_clean_runs_is_incomplete() {
+        let tries = parse(&line("local", 1, 10, 10, 50, 0)).unwrap();
+        let s = Summaries::of(&tries);
+        assert!(s.complete(&[Setup::Local]));
+        assert!(!s.complete(&Setup::ALL));
+        let t = table(&s, &titles());
+        assert!(t.contains("| 20 (20–20) | – | – | – | – | – |"), "{t}");
+    }
+}

@@ -1,0 +1,373 @@
+//! `swap-bench`: the same swap-heavy workload in a vNode with remote memory, with swap on
+//! an NBD-backed disk under QEMU, and with all-local RAM, side by side in one compute host
+//! of the testbed; medians and slowdown ratios. See `lego_bench::swap`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use lego_bench::script::{self, files, START_MARKER};
+use lego_bench::swap::report::{self as swap_report, Summaries, Titles};
+use lego_bench::swap::script::{
+    guest_command, NbdTransport, SwapPlan, LEGO_PROGRAMS, RESULTS_FILE,
+};
+use lego_bench::swap::{results as swap_results, Setup};
+use lego_bench::{assets, report, results};
+use lego_testbed::{Job, ModeChoice, Testbed, TestbedConfig};
+
+/// Run the same memory workload (`lego-guest-tools memtest`: write every page, then verify
+/// every page) in a guest with little RAM that swaps to remote memory (legovmm), in the same
+/// guest swapping to an NBD-backed virtio-blk disk (QEMU + qemu-nbd), and in a guest with
+/// all of it in local RAM (legovmm), interleaved in one compute host; print medians and the
+/// slowdown ratios as a markdown table.
+#[derive(Debug, Parser)]
+#[command(name = "swap-bench", version, about)]
+struct Cli {
+    /// Measured runs per setup (interleaved: local, remote, nbd, local, ...).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
+    /// The setups to run, in round order.
+    #[arg(long, value_delimiter = ',', default_value = "local,remote,nbd")]
+    setups: Vec<Setup>,
+    /// Workload size in MiB (memtest --mib).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    workload_mib: u32,
+    /// Guest RAM of the swapping setups (remote, nbd), MiB.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(64..=4096))]
+    guest_memory_mib: u32,
+    /// Guest RAM of the all-local setup, MiB (must hold the workload).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=4096))]
+    local_memory_mib: u32,
+    /// Size of the remote memory and of the NBD disk, MiB (the guest's swap).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=8192))]
+    swap_mib: u32,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    vcpus: u32,
+    /// Extra guest kernel command line words, the same for every setup (the default skips
+    /// the RTC probe, which stalls ~5 s under QEMU in this testbed; see BENCHMARKS.md).
+    #[arg(long, default_value = "initcall_blacklist=cmos_init")]
+    guest_cmdline_extra: String,
+    /// How QEMU reaches qemu-nbd.
+    #[arg(long, value_enum, default_value_t = NbdTransport::Tcp)]
+    nbd_transport: NbdTransport,
+    /// Retries of a run whose guest never prints its ready marker.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Seconds to wait for the guest's ready marker before a try is killed and retried.
+    #[arg(long, default_value_t = 120)]
+    ready_timeout: u64,
+    /// Seconds one try may take in all.
+    #[arg(long, default_value_t = 600)]
+    run_timeout: u64,
+    /// The timer's memory sampling period in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    sample_ms: u64,
+    /// Folder with the workspace's release binaries (legovmm, lego-vhost-blk, lego-manager,
+    /// lego-memory-monitor, legoctl) [default: $CARGO_TARGET_DIR/release, else
+    /// <workspace>/target/release].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The legovmm binary [default: <bin-dir>/legovmm].
+    #[arg(long)]
+    legovmm: Option<PathBuf>,
+    /// The QEMU binary run as the L2 VMM.
+    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// The qemu-nbd binary.
+    #[arg(long, default_value = "/usr/bin/qemu-nbd")]
+    qemu_nbd: PathBuf,
+    /// QEMU's machine (-M).
+    #[arg(long, default_value = script::DEFAULT_QEMU_MACHINE)]
+    qemu_machine: String,
+    /// QEMU's CPU model (-cpu).
+    #[arg(long, default_value = script::DEFAULT_QEMU_CPU)]
+    qemu_cpu: String,
+    /// QEMU's firmware.
+    #[arg(long, default_value = lego_testbed::qemu::DEFAULT_BIOS)]
+    qboot: PathBuf,
+    /// A prebuilt static lego-guest-tools (the timer) instead of building it.
+    #[arg(long)]
+    guest_tools: Option<PathBuf>,
+    /// Where to build the static timer [default: $CARGO_TARGET_DIR/guest-tools-static,
+    /// else <cache>/guest-tools-target].
+    #[arg(long)]
+    tools_target: Option<PathBuf>,
+    /// The cache shared with lego-image and the testbed [default: $LEGO_CACHE or
+    /// <workspace>/.cache].
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// Rebuild the guest image even if one is in the cache.
+    #[arg(long)]
+    rebuild_image: bool,
+    /// Where to keep the report, the results and the consoles [default: <cache>/bench/swap].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where to run: auto, direct or nested [default: $LEGO_TESTBED, else probe].
+    #[arg(long)]
+    mode: Option<ModeChoice>,
+    /// The compute host's memory in MiB (nested mode).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1024..=16384))]
+    l1_memory_mib: u32,
+    /// Do not stream the compute host's console (the progress lines) to standard error.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Errors of the driver itself.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error(transparent)]
+    Assets(#[from] assets::AssetsError),
+    #[error(transparent)]
+    Testbed(#[from] lego_testbed::TestbedError),
+    #[error(transparent)]
+    Vnode(#[from] lego_testbed::vnode::VnodeError),
+    #[error(transparent)]
+    Results(#[from] results::ResultsError),
+    #[error(transparent)]
+    Script(#[from] script::ScriptError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("the job left no results ({0}); see the console log {1}")]
+    NoResults(lego_testbed::JobError, PathBuf),
+    #[error("could not write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn write(path: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|source| BenchError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes the consoles and logs an earlier run left in `out_dir` (a try that did not run
+/// this time must not show an old file).
+fn remove_stale(out_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(out_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = Setup::ALL
+            .iter()
+            .any(|s| name.starts_with(&format!("{}-", s.name())))
+            && name.contains(".console");
+        if ours || name == "l1.console.log" {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn default_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(|t| PathBuf::from(t).join("release"))
+        .unwrap_or_else(|| lego_testbed::paths::workspace_root().join("target/release"))
+}
+
+fn run(cli: Cli) -> Result<bool, BenchError> {
+    let mut setups = Vec::new();
+    for s in &cli.setups {
+        if !setups.contains(s) {
+            setups.push(*s);
+        }
+    }
+    if setups.is_empty() {
+        return Err(BenchError::Usage("no setup to run".into()));
+    }
+    if setups.contains(&Setup::Local) && cli.local_memory_mib < cli.workload_mib + 64 {
+        return Err(BenchError::Usage(format!(
+            "the all-local guest needs RAM for the workload and the kernel: give \
+             --local-memory-mib at least {} (workload {} MiB + 64)",
+            cli.workload_mib + 64,
+            cli.workload_mib
+        )));
+    }
+    script::check_qemu_value("machine", &cli.qemu_machine)?;
+    script::check_qemu_value("CPU model", &cli.qemu_cpu)?;
+
+    let cache = cli
+        .cache
+        .clone()
+        .unwrap_or_else(lego_testbed::paths::default_cache);
+    let out_dir = cli.out.clone().unwrap_or_else(|| cache.join("bench/swap"));
+    std::fs::create_dir_all(&out_dir).map_err(|source| BenchError::Write {
+        path: out_dir.clone(),
+        source,
+    })?;
+    let tools_target = cli
+        .tools_target
+        .clone()
+        .unwrap_or_else(|| assets::default_tools_target(&cache));
+    let bin_dir = cli.bin_dir.clone().unwrap_or_else(default_bin_dir);
+
+    eprintln!("swap-bench: gathering the guest image, the timer, the VMMs and daemons");
+    let guest = assets::guest(&cache, cli.rebuild_image)?;
+    let legovmm = match &cli.legovmm {
+        Some(p) => assets::legovmm(Some(p))?,
+        None => assets::legovmm(Some(&bin_dir.join("legovmm")))?,
+    };
+    let timer = assets::timer(cli.guest_tools.as_deref(), &tools_target)?;
+    let mut job_files: Vec<(PathBuf, String)> = vec![
+        (guest.kernel.clone(), files::KERNEL.to_string()),
+        (guest.initramfs.clone(), files::INITRAMFS.to_string()),
+        (timer.clone(), files::TIMER.to_string()),
+    ];
+    if setups.contains(&Setup::Remote) {
+        job_files.extend(assets::binaries_in(&bin_dir, &LEGO_PROGRAMS)?);
+    }
+    if setups.contains(&Setup::Nbd) {
+        let qemu = assets::qemu_with(
+            &cli.qemu,
+            &cli.qboot,
+            &[(cli.qemu_nbd.as_path(), files::QEMU_NBD)],
+        )?;
+        job_files.extend(qemu);
+    }
+    eprintln!(
+        "swap-bench: legovmm {}, daemons from {}, QEMU {}, qemu-nbd {}, timer {}, guest {} ({} job files)",
+        legovmm.display(),
+        bin_dir.display(),
+        cli.qemu.display(),
+        cli.qemu_nbd.display(),
+        timer.display(),
+        guest.kernel.display(),
+        job_files.len()
+    );
+
+    let extra = format!("quiet {}", cli.guest_cmdline_extra.trim());
+    let plan = SwapPlan {
+        runs: cli.runs,
+        tries: cli.retries.saturating_add(1),
+        setups: setups.clone(),
+        ready_timeout_secs: cli.ready_timeout.max(1),
+        run_timeout_secs: cli.run_timeout.max(cli.ready_timeout + 1),
+        vcpus: cli.vcpus,
+        guest_memory_mib: cli.guest_memory_mib,
+        local_memory_mib: cli.local_memory_mib,
+        swap_mib: cli.swap_mib,
+        cmdline: lego_testbed::vnode::guest_cmdline(&guest_command(cli.workload_mib), &extra)?,
+        sample_ms: cli.sample_ms.max(1),
+        qemu_machine: cli.qemu_machine.clone(),
+        qemu_cpu: cli.qemu_cpu.clone(),
+        nbd: cli.nbd_transport,
+    };
+    let tries = u64::from(plan.runs) * setups.len() as u64 * u64::from(plan.tries);
+    let mut job = Job::new("swap-bench", plan.render())
+        .timeout(Duration::from_secs(600 + tries * plan.run_timeout_secs))
+        .ready(START_MARKER, Duration::from_secs(300), 1);
+    for (path, name) in job_files {
+        job = job.file(path, name);
+    }
+
+    let mut config = TestbedConfig::new(Some(legovmm.clone()));
+    config.cache = cache.clone();
+    config.stream_console = !cli.quiet;
+    config.qemu.memory_mib = cli.l1_memory_mib;
+    if let Some(mode) = cli.mode {
+        config.mode = mode;
+    }
+    let testbed = Testbed::new(config)?;
+    eprintln!(
+        "swap-bench: {} runs of {} (workload {} MiB; one run takes ~1-3 min under nested TCG); \
+         progress lines follow",
+        plan.runs,
+        setups
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        cli.workload_mib
+    );
+    let output = testbed.run(&job)?;
+    eprintln!("swap-bench: {}", output.summary());
+
+    let text = output
+        .read_file(RESULTS_FILE)
+        .map_err(|e| BenchError::NoResults(e, output.console_log.clone()))?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    write(&out_dir.join(RESULTS_FILE), &text)?;
+    let tries = swap_results::parse(&text)?;
+    remove_stale(&out_dir);
+    for t in &tries {
+        let base = format!("{}-{}-{}.console", t.run.vmm, t.run.round, t.run.attempt);
+        for suffix in [
+            "",
+            ".err",
+            ".manager.log",
+            ".monitor.log",
+            ".monitor-stats",
+            ".nbd.log",
+        ] {
+            let name = format!("{base}{suffix}");
+            // Consoles and logs are for analysis: a missing one is not an error.
+            let _ = output.copy_file(&name, &out_dir.join(&name));
+        }
+    }
+    let _ = std::fs::copy(&output.console_log, out_dir.join("l1.console.log"));
+
+    let summaries = Summaries::of(&tries);
+    let titles = Titles {
+        local: format!("all-local RAM (legovmm, {} MiB)", plan.local_memory_mib),
+        remote: format!(
+            "remote memory (legovmm, {} MiB + {} MiB remote)",
+            plan.guest_memory_mib, plan.swap_mib
+        ),
+        nbd: format!(
+            "NBD swap (QEMU, {} MiB + {} MiB NBD disk)",
+            plan.guest_memory_mib, plan.swap_mib
+        ),
+    };
+    let mut md = String::new();
+    md.push_str(&swap_report::table(&summaries, &titles));
+    md.push_str(&format!("\nCommand: `{}`\n", report::invocation()));
+    md.push_str(&format!(
+        "\nTestbed: {}; {}.\n",
+        testbed.mode_reason(),
+        output.summary()
+    ));
+    md.push_str(&format!(
+        "\nGuest command line (every setup): `{}`\n\nL2 command lines (in the job folder):\n\n\
+         - local: `$LEGOVMM {} '<cmdline>'`\n\
+         - remote: `$LEGOVMM {} '<cmdline>' {}` (fresh lego-manager and lego-memory-monitor per run on L1's loopback)\n\
+         - nbd: `./{loader} --library-path $JOB_DIR ./{} {} <file on tmpfs>`, then `./{loader} --library-path $JOB_DIR ./{} {} '<cmdline>'`\n",
+        plan.cmdline,
+        plan.legovmm_args(Setup::Local).unwrap_or_default(),
+        plan.legovmm_args(Setup::Remote).unwrap_or_default(),
+        plan.remote_memory_args(),
+        files::QEMU_NBD,
+        plan.qemu_nbd_args(),
+        files::QEMU,
+        plan.qemu_args(),
+        loader = files::LOADER,
+    ));
+    md.push_str("\nAll tries:\n\n");
+    md.push_str(&swap_report::tries_table(&tries));
+    write(&out_dir.join("report.md"), &md)?;
+    println!("{md}");
+    eprintln!(
+        "swap-bench: report, results and consoles in {}",
+        out_dir.display()
+    );
+    Ok(summaries.complete(&setups))
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("swap-bench: a setup had no clean run; see the tries above");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("swap-bench: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
