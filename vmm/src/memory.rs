@@ -5,7 +5,10 @@ use crate::layout;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 /// Guest memory as the VMM uses it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -75,7 +78,43 @@ pub fn create_guest_memory(size: u64) -> Result<(GuestMemory, Arc<File>), Memory
         mib: size >> 20,
         message: e.to_string(),
     })?;
+    advise_huge_pages(&mem);
     Ok((mem, file))
+}
+
+/// Where the host says whether shared memory may use transparent huge pages.
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// Asks for transparent huge pages on guest RAM. They are used where the host allows them for
+/// shared memory (`shmem_enabled` = `advise`, `within_size` or `always`): a booting guest then
+/// takes far fewer (and, nested, far cheaper) page faults, and runs with fewer TLB misses.
+/// Elsewhere this changes nothing.
+fn advise_huge_pages(mem: &GuestMemory) {
+    let policy = std::fs::read_to_string(SHMEM_THP).unwrap_or_default();
+    tracing::debug!(
+        shmem_enabled = policy.trim(),
+        "asking for huge pages on guest RAM"
+    );
+    for region in mem.iter() {
+        let Ok(addr) = region.get_host_address(MemoryRegionAddress(0)) else {
+            continue;
+        };
+        // SAFETY: madvise only changes the paging policy of this range, a live mapping of
+        // guest RAM that `mem` owns; no memory is read or written.
+        let r = unsafe {
+            libc::madvise(
+                addr.cast::<libc::c_void>(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(
+                "huge pages not available for guest RAM: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 fn memfd(size: u64) -> Result<File, MemoryError> {

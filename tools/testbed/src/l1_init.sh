@@ -23,6 +23,13 @@ load_modules() {
 }
 load_modules /etc/lego/l1-modules
 
+# Like a host tuned for VMs: shared memory (legovmm's guest RAM memfd) may use transparent
+# huge pages where the VMM asks for them (MADV_HUGEPAGE); QEMU's anonymous RAM is governed by
+# `enabled`, reported alongside.
+thp=/sys/kernel/mm/transparent_hugepage
+[ -w $thp/shmem_enabled ] && echo advise > $thp/shmem_enabled
+echo "LEGO_L1_THP enabled=$(cat $thp/enabled 2>/dev/null) shmem=$(cat $thp/shmem_enabled 2>/dev/null)"
+
 if [ -c /dev/kvm ]; then
     echo "LEGO_L1_KVM=yes uptime=$(cut -d' ' -f1 /proc/uptime)"
 else
