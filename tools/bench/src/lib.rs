@@ -5,6 +5,7 @@
 //! (ready marker, exit, peak `VmRSS - RssShmem`), and prints a markdown table.
 //!
 //! - [`assets`]: the files a run needs (guest image, VMMs, QEMU's libraries, the timer);
+//! - [`driver`]: the options and preparation steps both drivers share;
 //! - [`script`]: the job script run on the compute host;
 //! - [`results`]: parsing the timing lines the job leaves;
 //! - [`stats`]: medians and ranges;
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod assets;
+pub mod driver;
 pub mod report;
 pub mod results;
 pub mod script;

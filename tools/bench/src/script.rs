@@ -266,6 +266,22 @@ impl Plan {
     }
 }
 
+/// Asserts that `sh -n` accepts `text` (a job script): for the tests.
+#[cfg(test)]
+pub(crate) fn assert_parses_as_sh(text: &str) {
+    let out = std::process::Command::new("sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(text)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,17 +313,7 @@ mod tests {
 
     #[test]
     fn the_script_parses_as_posix_sh() {
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .arg("-c")
-            .arg(plan().render())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_parses_as_sh(&plan().render());
     }
 
     #[test]

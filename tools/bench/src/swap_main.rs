@@ -7,14 +7,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use lego_bench::script::{self, files, START_MARKER};
+use lego_bench::assets;
+use lego_bench::driver::{self, BenchError, CommonArgs, Prepared};
+use lego_bench::script::{files, START_MARKER};
 use lego_bench::swap::report::{self as swap_report, Summaries, Titles};
 use lego_bench::swap::script::{
     guest_command, NbdTransport, SwapPlan, LEGO_PROGRAMS, RESULTS_FILE,
 };
 use lego_bench::swap::{results as swap_results, Setup};
-use lego_bench::{assets, report, results};
-use lego_testbed::{Job, ModeChoice, Testbed, TestbedConfig};
+use lego_testbed::{Job, Testbed};
 
 /// Run the same memory workload (`lego-guest-tools memtest`: write every page, then verify
 /// every page) in a guest with little RAM that swaps to remote memory (legovmm), in the same
@@ -23,6 +24,9 @@ use lego_testbed::{Job, ModeChoice, Testbed, TestbedConfig};
 /// slowdown ratios as a markdown table.
 #[derive(Debug, Parser)]
 #[command(name = "swap-bench", version, about)]
+#[command(mut_arg("out", |a| a.help(
+    "Where to keep the report, the results and the consoles [default: <cache>/bench/swap]"
+)))]
 struct Cli {
     /// Measured runs per setup (interleaved: local, remote, nbd, local, ...).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
@@ -72,78 +76,17 @@ struct Cli {
     /// The legovmm binary [default: <bin-dir>/legovmm].
     #[arg(long)]
     legovmm: Option<PathBuf>,
-    /// The QEMU binary run as the L2 VMM.
-    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
-    qemu: PathBuf,
     /// The qemu-nbd binary.
     #[arg(long, default_value = "/usr/bin/qemu-nbd")]
     qemu_nbd: PathBuf,
-    /// QEMU's machine (-M).
-    #[arg(long, default_value = script::DEFAULT_QEMU_MACHINE)]
-    qemu_machine: String,
-    /// QEMU's CPU model (-cpu).
-    #[arg(long, default_value = script::DEFAULT_QEMU_CPU)]
-    qemu_cpu: String,
-    /// QEMU's firmware.
-    #[arg(long, default_value = lego_testbed::qemu::DEFAULT_BIOS)]
-    qboot: PathBuf,
-    /// A prebuilt static lego-guest-tools (the timer) instead of building it.
-    #[arg(long)]
-    guest_tools: Option<PathBuf>,
-    /// Where to build the static timer [default: $CARGO_TARGET_DIR/guest-tools-static,
-    /// else <cache>/guest-tools-target].
-    #[arg(long)]
-    tools_target: Option<PathBuf>,
-    /// The cache shared with lego-image and the testbed [default: $LEGO_CACHE or
-    /// <workspace>/.cache].
-    #[arg(long)]
-    cache: Option<PathBuf>,
-    /// Rebuild the guest image even if one is in the cache.
-    #[arg(long)]
-    rebuild_image: bool,
-    /// Where to keep the report, the results and the consoles [default: <cache>/bench/swap].
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Where to run: auto, direct or nested [default: $LEGO_TESTBED, else probe].
-    #[arg(long)]
-    mode: Option<ModeChoice>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// The compute host's memory in MiB (nested mode).
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1024..=16384))]
     l1_memory_mib: u32,
     /// Do not stream the compute host's console (the progress lines) to standard error.
     #[arg(long)]
     quiet: bool,
-}
-
-/// Errors of the driver itself.
-#[derive(Debug, thiserror::Error)]
-enum BenchError {
-    #[error(transparent)]
-    Assets(#[from] assets::AssetsError),
-    #[error(transparent)]
-    Testbed(#[from] lego_testbed::TestbedError),
-    #[error(transparent)]
-    Vnode(#[from] lego_testbed::vnode::VnodeError),
-    #[error(transparent)]
-    Results(#[from] results::ResultsError),
-    #[error(transparent)]
-    Script(#[from] script::ScriptError),
-    #[error("{0}")]
-    Usage(String),
-    #[error("the job left no results ({0}); see the console log {1}")]
-    NoResults(lego_testbed::JobError, PathBuf),
-    #[error("could not write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-fn write(path: &Path, text: &str) -> Result<(), BenchError> {
-    std::fs::write(path, text).map_err(|source| BenchError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
 }
 
 /// Removes the consoles and logs an earlier run left in `out_dir` (a try that did not run
@@ -189,31 +132,20 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
             cli.workload_mib
         )));
     }
-    script::check_qemu_value("machine", &cli.qemu_machine)?;
-    script::check_qemu_value("CPU model", &cli.qemu_cpu)?;
-
-    let cache = cli
-        .cache
-        .clone()
-        .unwrap_or_else(lego_testbed::paths::default_cache);
-    let out_dir = cli.out.clone().unwrap_or_else(|| cache.join("bench/swap"));
-    std::fs::create_dir_all(&out_dir).map_err(|source| BenchError::Write {
-        path: out_dir.clone(),
-        source,
-    })?;
-    let tools_target = cli
-        .tools_target
-        .clone()
-        .unwrap_or_else(|| assets::default_tools_target(&cache));
     let bin_dir = cli.bin_dir.clone().unwrap_or_else(default_bin_dir);
 
     eprintln!("swap-bench: gathering the guest image, the timer, the VMMs and daemons");
-    let guest = assets::guest(&cache, cli.rebuild_image)?;
-    let legovmm = match &cli.legovmm {
-        Some(p) => assets::legovmm(Some(p))?,
-        None => assets::legovmm(Some(&bin_dir.join("legovmm")))?,
-    };
-    let timer = assets::timer(cli.guest_tools.as_deref(), &tools_target)?;
+    let legovmm = cli
+        .legovmm
+        .clone()
+        .unwrap_or_else(|| bin_dir.join("legovmm"));
+    let Prepared {
+        out_dir,
+        guest,
+        legovmm,
+        timer,
+        mut config,
+    } = cli.common.prepare("swap", Some(&legovmm))?;
     let mut job_files: Vec<(PathBuf, String)> = vec![
         (guest.kernel.clone(), files::KERNEL.to_string()),
         (guest.initramfs.clone(), files::INITRAMFS.to_string()),
@@ -224,8 +156,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     }
     if setups.contains(&Setup::Nbd) {
         let qemu = assets::qemu_with(
-            &cli.qemu,
-            &cli.qboot,
+            &cli.common.qemu,
+            &cli.common.qboot,
             &[(cli.qemu_nbd.as_path(), files::QEMU_NBD)],
         )?;
         job_files.extend(qemu);
@@ -234,7 +166,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         "swap-bench: legovmm {}, daemons from {}, QEMU {}, qemu-nbd {}, timer {}, guest {} ({} job files)",
         legovmm.display(),
         bin_dir.display(),
-        cli.qemu.display(),
+        cli.common.qemu.display(),
         cli.qemu_nbd.display(),
         timer.display(),
         guest.kernel.display(),
@@ -254,8 +186,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         swap_mib: cli.swap_mib,
         cmdline: lego_testbed::vnode::guest_cmdline(&guest_command(cli.workload_mib), &extra)?,
         sample_ms: cli.sample_ms.max(1),
-        qemu_machine: cli.qemu_machine.clone(),
-        qemu_cpu: cli.qemu_cpu.clone(),
+        qemu_machine: cli.common.qemu_machine.clone(),
+        qemu_cpu: cli.common.qemu_cpu.clone(),
         nbd: cli.nbd_transport,
     };
     let tries = u64::from(plan.runs) * setups.len() as u64 * u64::from(plan.tries);
@@ -266,13 +198,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         job = job.file(path, name);
     }
 
-    let mut config = TestbedConfig::new(Some(legovmm.clone()));
-    config.cache = cache.clone();
     config.stream_console = !cli.quiet;
     config.qemu.memory_mib = cli.l1_memory_mib;
-    if let Some(mode) = cli.mode {
-        config.mode = mode;
-    }
     let testbed = Testbed::new(config)?;
     eprintln!(
         "swap-bench: {} runs of {} (workload {} MiB; one run takes ~1-3 min under nested TCG); \
@@ -288,29 +215,22 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     let output = testbed.run(&job)?;
     eprintln!("swap-bench: {}", output.summary());
 
-    let text = output
-        .read_file(RESULTS_FILE)
-        .map_err(|e| BenchError::NoResults(e, output.console_log.clone()))?;
-    let text = String::from_utf8_lossy(&text).into_owned();
-    write(&out_dir.join(RESULTS_FILE), &text)?;
+    let text = driver::keep_results(&output, RESULTS_FILE, &out_dir)?;
     let tries = swap_results::parse(&text)?;
     remove_stale(&out_dir);
-    for t in &tries {
+    let consoles = tries.iter().flat_map(|t| {
         let base = format!("{}-{}-{}.console", t.run.vmm, t.run.round, t.run.attempt);
-        for suffix in [
+        [
             "",
             ".err",
             ".manager.log",
             ".monitor.log",
             ".monitor-stats",
             ".nbd.log",
-        ] {
-            let name = format!("{base}{suffix}");
-            // Consoles and logs are for analysis: a missing one is not an error.
-            let _ = output.copy_file(&name, &out_dir.join(&name));
-        }
-    }
-    let _ = std::fs::copy(&output.console_log, out_dir.join("l1.console.log"));
+        ]
+        .map(|suffix| format!("{base}{suffix}"))
+    });
+    driver::keep_consoles(&output, consoles, &out_dir);
 
     let summaries = Summaries::of(&tries);
     let titles = Titles {
@@ -326,12 +246,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     };
     let mut md = String::new();
     md.push_str(&swap_report::table(&summaries, &titles));
-    md.push_str(&format!("\nCommand: `{}`\n", report::invocation()));
-    md.push_str(&format!(
-        "\nTestbed: {}; {}.\n",
-        testbed.mode_reason(),
-        output.summary()
-    ));
+    md.push_str(&driver::provenance(&testbed, &output));
     md.push_str(&format!(
         "\nGuest command line (every setup): `{}`\n\nL2 command lines (in the job folder):\n\n\
          - local: `$LEGOVMM {} '<cmdline>'`\n\
@@ -349,12 +264,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     ));
     md.push_str("\nAll tries:\n\n");
     md.push_str(&swap_report::tries_table(&tries));
-    write(&out_dir.join("report.md"), &md)?;
-    println!("{md}");
-    eprintln!(
-        "swap-bench: report, results and consoles in {}",
-        out_dir.display()
-    );
+    driver::keep_report("swap-bench", &out_dir, &md)?;
     Ok(summaries.complete(&setups))
 }
 

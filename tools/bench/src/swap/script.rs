@@ -276,6 +276,7 @@ impl SwapPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::assert_parses_as_sh;
 
     fn plan() -> SwapPlan {
         SwapPlan {
@@ -296,27 +297,13 @@ mod tests {
         }
     }
 
-    fn sh_n(text: &str) {
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .arg("-c")
-            .arg(text)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     #[test]
     fn the_script_parses_as_posix_sh() {
-        sh_n(&plan().render());
+        assert_parses_as_sh(&plan().render());
         let mut p = plan();
         p.nbd = NbdTransport::Unix;
         p.setups = vec![Setup::Nbd];
-        sh_n(&p.render());
+        assert_parses_as_sh(&p.render());
     }
 
     #[test]

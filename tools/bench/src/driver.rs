@@ -1,0 +1,190 @@
+//! What both drivers (`boot-bench`, `swap-bench`) share: the command line options for QEMU,
+//! the guest image, the timer, the cache and where to run ([`CommonArgs`]), gathering the
+//! files every run needs from them ([`CommonArgs::prepare`]), and keeping what a job left.
+
+use std::path::{Path, PathBuf};
+
+use lego_testbed::{JobOutput, ModeChoice, Testbed, TestbedConfig};
+
+use crate::{assets, report, results, script};
+
+/// The options both drivers take, flattened into each one's command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// The QEMU binary run as the L2 VMM.
+    #[arg(long, default_value = "/usr/bin/qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// QEMU's machine (-M), e.g. add `,rtc=off` to spare the guest its RTC probe.
+    #[arg(long, default_value = script::DEFAULT_QEMU_MACHINE)]
+    pub qemu_machine: String,
+    /// QEMU's CPU model (-cpu), e.g. `host,pmu=off`.
+    #[arg(long, default_value = script::DEFAULT_QEMU_CPU)]
+    pub qemu_cpu: String,
+    /// QEMU's firmware.
+    #[arg(long, default_value = lego_testbed::qemu::DEFAULT_BIOS)]
+    pub qboot: PathBuf,
+    /// A prebuilt static lego-guest-tools (the timer) instead of building it.
+    #[arg(long)]
+    pub guest_tools: Option<PathBuf>,
+    /// Where to build the static timer [default: $CARGO_TARGET_DIR/guest-tools-static,
+    /// else <cache>/guest-tools-target].
+    #[arg(long)]
+    pub tools_target: Option<PathBuf>,
+    /// The cache shared with lego-image and the testbed [default: $LEGO_CACHE or
+    /// <workspace>/.cache].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Rebuild the guest image even if one is in the cache.
+    #[arg(long)]
+    pub rebuild_image: bool,
+    /// Where to keep the report, the results and the consoles [default:
+    /// <cache>/bench/<benchmark>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Where to run: auto, direct or nested [default: $LEGO_TESTBED, else probe].
+    #[arg(long)]
+    pub mode: Option<ModeChoice>,
+}
+
+/// What [`CommonArgs::prepare`] gathered.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Where the report, the results and the consoles go (created).
+    pub out_dir: PathBuf,
+    /// The guest image.
+    pub guest: assets::Guest,
+    /// The legovmm to measure.
+    pub legovmm: PathBuf,
+    /// The static timer.
+    pub timer: PathBuf,
+    /// The testbed's configuration: the cache, legovmm and the mode set; the caller adds
+    /// the rest (console streaming, the compute host's size).
+    pub config: TestbedConfig,
+}
+
+/// Errors of a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A file a run needs is missing or could not be built.
+    #[error(transparent)]
+    Assets(#[from] assets::AssetsError),
+    /// A QEMU option is unfit for the job script.
+    #[error(transparent)]
+    Script(#[from] script::ScriptError),
+    /// The testbed could not be set up or could not run the job.
+    #[error(transparent)]
+    Testbed(#[from] lego_testbed::TestbedError),
+    /// The guest's command line could not be built.
+    #[error(transparent)]
+    Vnode(#[from] lego_testbed::vnode::VnodeError),
+    /// The job's results do not parse.
+    #[error(transparent)]
+    Results(#[from] results::ResultsError),
+    /// The options do not make sense together.
+    #[error("{0}")]
+    Usage(String),
+    /// The job left no results file.
+    #[error("the job left no results ({0}); see the console log {1}")]
+    NoResults(lego_testbed::JobError, PathBuf),
+    /// A file or folder of the output could not be written.
+    #[error("could not write {path}: {source}")]
+    Write {
+        /// The file or folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl CommonArgs {
+    /// Checks the QEMU options, creates the output folder (`out`, else
+    /// `<cache>/bench/<benchmark>`) and gathers the guest image, legovmm (`legovmm`, else
+    /// the default search of [`assets::legovmm`]) and the timer, building what is missing.
+    pub fn prepare(&self, benchmark: &str, legovmm: Option<&Path>) -> Result<Prepared, BenchError> {
+        script::check_qemu_value("machine", &self.qemu_machine)?;
+        script::check_qemu_value("CPU model", &self.qemu_cpu)?;
+        let cache = self
+            .cache
+            .clone()
+            .unwrap_or_else(lego_testbed::paths::default_cache);
+        let out_dir = self
+            .out
+            .clone()
+            .unwrap_or_else(|| cache.join("bench").join(benchmark));
+        std::fs::create_dir_all(&out_dir).map_err(|source| BenchError::Write {
+            path: out_dir.clone(),
+            source,
+        })?;
+        let tools_target = self
+            .tools_target
+            .clone()
+            .unwrap_or_else(|| assets::default_tools_target(&cache));
+
+        let guest = assets::guest(&cache, self.rebuild_image)?;
+        let legovmm = assets::legovmm(legovmm)?;
+        let timer = assets::timer(self.guest_tools.as_deref(), &tools_target)?;
+
+        let mut config = TestbedConfig::new(Some(legovmm.clone()));
+        config.cache = cache;
+        if let Some(mode) = self.mode {
+            config.mode = mode;
+        }
+        Ok(Prepared {
+            out_dir,
+            guest,
+            legovmm,
+            timer,
+            config,
+        })
+    }
+}
+
+/// Writes `text` to `path`.
+pub fn write(path: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|source| BenchError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads the results file `name` the job left, keeps a copy in `out_dir` and returns it.
+pub fn keep_results(output: &JobOutput, name: &str, out_dir: &Path) -> Result<String, BenchError> {
+    let text = output
+        .read_file(name)
+        .map_err(|e| BenchError::NoResults(e, output.console_log.clone()))?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    write(&out_dir.join(name), &text)?;
+    Ok(text)
+}
+
+/// Copies the job files `names` (consoles, logs: for analysis, so a missing one is not an
+/// error) and the compute host's console log (as `l1.console.log`) to `out_dir`.
+pub fn keep_consoles(output: &JobOutput, names: impl IntoIterator<Item = String>, out_dir: &Path) {
+    for name in names {
+        let _ = output.copy_file(&name, &out_dir.join(&name));
+    }
+    let _ = std::fs::copy(&output.console_log, out_dir.join("l1.console.log"));
+}
+
+/// The report's lines on how it was made: this driver's command line and the testbed's mode
+/// and run.
+pub fn provenance(testbed: &Testbed, output: &JobOutput) -> String {
+    format!(
+        "\nCommand: `{}`\n\nTestbed: {}; {}.\n",
+        report::invocation(),
+        testbed.mode_reason(),
+        output.summary()
+    )
+}
+
+/// Writes the report `md` to `out_dir/report.md`, prints it on standard output and tells
+/// (on standard error, as `benchmark`) where everything is.
+pub fn keep_report(benchmark: &str, out_dir: &Path, md: &str) -> Result<(), BenchError> {
+    write(&out_dir.join("report.md"), md)?;
+    println!("{md}");
+    eprintln!(
+        "{benchmark}: report, results and consoles in {}",
+        out_dir.display()
+    );
+    Ok(())
+}
