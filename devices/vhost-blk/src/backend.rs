@@ -254,13 +254,19 @@ mod tests {
         assert!(b.handle_event(5, EventSet::IN, &[], 0).is_ok());
     }
 
-    #[test]
-    fn kicked_queue_is_served_and_signalled_with_and_without_event_idx() {
-        let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)])
-            .expect("guest memory");
+    /// A one-queue backend over `mmap` (2 MiB) with a mock driver queue of 16 entries whose
+    /// vring is set up, ready and enabled.
+    fn ready_queue(
+        mmap: &GuestMemoryMmap<()>,
+    ) -> (
+        BlkBackend,
+        tempfile::TempDir,
+        MockSplitQueue<'_, GuestMemoryMmap<()>>,
+        VringRwLock,
+    ) {
         let mem = GuestMemoryAtomic::new(mmap.clone());
-        let (b, _dir) = backend(1, mem.clone());
-        let q = MockSplitQueue::new(&mmap, 16);
+        let (b, dir) = backend(1, mem.clone());
+        let q = MockSplitQueue::new(mmap, 16);
         let vring = VringRwLock::new(mem, 16).expect("vring");
         vring.set_queue_size(16);
         vring
@@ -268,6 +274,14 @@ mod tests {
             .expect("queue info");
         vring.set_queue_ready(true);
         vring.set_enabled(true);
+        (b, dir, q, vring)
+    }
+
+    #[test]
+    fn kicked_queue_is_served_and_signalled_with_and_without_event_idx() {
+        let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)])
+            .expect("guest memory");
+        let (b, _dir, q, vring) = ready_queue(&mmap);
         let call = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         // SAFETY: the duplicated descriptor is fresh and owned by nothing else.
         let call_file = unsafe { File::from_raw_fd(call.try_clone().expect("dup").into_raw_fd()) };
@@ -315,16 +329,7 @@ mod tests {
     fn a_corrupt_available_index_does_not_spin_the_worker() {
         let mmap = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)])
             .expect("guest memory");
-        let mem = GuestMemoryAtomic::new(mmap.clone());
-        let (b, _dir) = backend(1, mem.clone());
-        let q = MockSplitQueue::new(&mmap, 16);
-        let vring = VringRwLock::new(mem, 16).expect("vring");
-        vring.set_queue_size(16);
-        vring
-            .set_queue_info(q.desc_table_addr().0, q.avail_addr().0, q.used_addr().0)
-            .expect("queue info");
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
+        let (b, _dir, q, vring) = ready_queue(&mmap);
         vring.set_queue_event_idx(true);
         b.set_event_idx(true);
         // Far more entries announced than the queue can hold.

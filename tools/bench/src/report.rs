@@ -101,33 +101,47 @@ pub fn table(lego: &VmmSummary, qemu: &VmmSummary) -> String {
     let mut s = String::new();
     s.push_str("| median (min–max) | legovmm | QEMU microvm | legovmm / QEMU | goal |\n");
     s.push_str("|---|---|---|---|---|\n");
-    s.push_str(&format!(
-        "| start → `LEGO_GUEST_READY` (ms) | {} | {} | {} | ≤ {TIME_RATIO_GOAL}: {} |\n",
-        cell(lego.ready, 0),
-        cell(qemu.ready, 0),
-        ratio_cell(lego.ready, qemu.ready),
-        verdict(time_ok)
-    ));
-    s.push_str(&format!(
-        "| start → VMM exit after power-off (ms) | {} | {} | {} | ≤ {TIME_RATIO_GOAL}: {} |\n",
-        cell(lego.exit, 0),
-        cell(qemu.exit, 0),
-        ratio_cell(lego.exit, qemu.exit),
-        verdict(exit_ok)
-    ));
-    s.push_str(&format!(
-        "| peak VmRSS − RssShmem (MiB) | {} | {} | {} | ≤ {OVERHEAD_GOAL_MIB} MiB: {} |\n",
-        cell(lego.overhead, 1),
-        cell(qemu.overhead, 1),
-        ratio_cell(lego.overhead, qemu.overhead),
-        verdict(mem_ok)
-    ));
-    s.push_str(&format!(
-        "| peak VmRSS incl. guest RAM (MiB) | {} | {} | {} | |\n",
-        cell(lego.rss, 1),
-        cell(qemu.rss, 1),
-        ratio_cell(lego.rss, qemu.rss)
-    ));
+    let goal_time = format!("≤ {TIME_RATIO_GOAL}: {}", verdict(time_ok));
+    let goal_exit = format!("≤ {TIME_RATIO_GOAL}: {}", verdict(exit_ok));
+    let goal_mem = format!("≤ {OVERHEAD_GOAL_MIB} MiB: {}", verdict(mem_ok));
+    let rows = [
+        (
+            "start → `LEGO_GUEST_READY` (ms)",
+            lego.ready,
+            qemu.ready,
+            0,
+            goal_time.as_str(),
+        ),
+        (
+            "start → VMM exit after power-off (ms)",
+            lego.exit,
+            qemu.exit,
+            0,
+            &goal_exit,
+        ),
+        (
+            "peak VmRSS − RssShmem (MiB)",
+            lego.overhead,
+            qemu.overhead,
+            1,
+            &goal_mem,
+        ),
+        (
+            "peak VmRSS incl. guest RAM (MiB)",
+            lego.rss,
+            qemu.rss,
+            1,
+            "",
+        ),
+    ];
+    for (label, ours, theirs, decimals, goal) in rows {
+        s.push_str(&format!(
+            "| {label} | {} | {} | {} | {goal} |\n",
+            cell(ours, decimals),
+            cell(theirs, decimals),
+            ratio_cell(ours, theirs),
+        ));
+    }
     s.push_str(&format!(
         "| clean runs / hang retries / other failures | {} / {} / {} | {} / {} / {} | | |\n",
         lego.clean, lego.retries, lego.failures, qemu.clean, qemu.retries, qemu.failures
