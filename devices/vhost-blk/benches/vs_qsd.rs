@@ -14,21 +14,24 @@
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p lego-vhost-blk --bench vs_qsd`.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{
+    guest_memory, set_mem_table, setup_vring, wait_readable, AVAIL, DATA, DESC, F_NEXT, F_WRITE,
+    HDR, T_IN, T_OUT, USED, VIRTIO_F_VERSION_1,
+};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{
-    Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap,
-    MmapRegion,
-};
+use vhost::VhostBackend;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 const ROUNDS: usize = 5;
@@ -38,22 +41,12 @@ const DEV_SIZE: u64 = 256 << 20;
 const WORK_BLOCKS: u64 = (64 << 20) / 4096;
 const BLOCK: u32 = 4096;
 
-// Guest memory layout (one queue).
-const MEM_SIZE: usize = 1 << 20;
+// Guest memory layout (one queue): the tests' 1 MiB memory and ring offsets (DESC, AVAIL, USED
+// at 0x0, 0x1000, 0x2000), request headers at HDR (0x3000, 16 bytes per slot), data at DATA
+// (0x1_0000, 4 KiB per slot) and the status bytes here.
 const QSIZE: u16 = 128;
-const DESC: u64 = 0x0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
-const HDR: u64 = 0x3000; // 16 bytes per slot
 const STATUS: u64 = 0x3800; // 1 byte per slot
-const DATA: u64 = 0x1_0000; // 4 KiB per slot
 const MAX_QD: usize = 32;
-
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 
 /// A child process killed (and reaped) when dropped, also on panic.
 struct Proc {
@@ -133,19 +126,6 @@ fn release_bin(name: &str) -> PathBuf {
     panic!("{name} not found in {dirs:?}: run `cargo build --release --workspace` first");
 }
 
-/// Guest memory in a memfd, shared with the backend.
-fn guest_memory() -> GuestMemoryMmap {
-    // SAFETY: memfd_create takes a NUL-terminated name and flags; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"vs-qsd".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(MEM_SIZE as u64).expect("size the memfd");
-    let region = MmapRegion::from_file(FileOffset::new(file, 0), MEM_SIZE).expect("mmap");
-    let region = GuestRegionMmap::new(region, GuestAddress(0)).expect("region");
-    GuestMemoryMmap::from_regions(vec![region]).expect("guest memory")
-}
-
 /// A vhost-user frontend with one queue of `QSIZE` entries; request slot `s` (0..32) uses
 /// descriptors 3s (header), 3s+1 (4 KiB data) and 3s+2 (status), laid out once.
 struct Driver {
@@ -178,30 +158,8 @@ impl Driver {
                 | VhostUserProtocolFeatures::REPLY_ACK),
         )
         .expect("set_protocol_features");
-        let region = mem.iter().next().expect("one region");
-        let info = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
-        fe.set_mem_table(&[info]).expect("set_mem_table");
-        let host = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).expect("host") as u64;
-        fe.set_vring_num(0, QSIZE).expect("set_vring_num");
-        fe.set_vring_addr(
-            0,
-            &VringConfigData {
-                queue_max_size: QSIZE,
-                queue_size: QSIZE,
-                flags: 0,
-                desc_table_addr: host(DESC),
-                used_ring_addr: host(USED),
-                avail_ring_addr: host(AVAIL),
-                log_addr: None,
-            },
-        )
-        .expect("set_vring_addr");
-        fe.set_vring_base(0, 0).expect("set_vring_base");
-        let kick = EventFd::new(libc::EFD_NONBLOCK).expect("kick");
-        let call = EventFd::new(libc::EFD_NONBLOCK).expect("call");
-        fe.set_vring_call(0, &call).expect("set_vring_call");
-        fe.set_vring_kick(0, &kick).expect("set_vring_kick");
-        fe.set_vring_enable(0, true).expect("set_vring_enable");
+        set_mem_table(&mut fe, &mem);
+        let (kick, call) = setup_vring(&mut fe, &mem, 0, QSIZE, 0);
         for s in 0..MAX_QD as u64 {
             let chain = [
                 (HDR + 16 * s, 16u32, F_NEXT),
@@ -363,26 +321,6 @@ impl Driver {
             }
         }
         (ops, t0.elapsed(), lat)
-    }
-}
-
-fn wait_readable(fd: &EventFd, deadline: Instant) -> bool {
-    loop {
-        let ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `p` is one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut p, 1, ms) };
-        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return r > 0 && p.revents & libc::POLLIN != 0;
     }
 }
 

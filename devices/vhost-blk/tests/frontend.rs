@@ -14,30 +14,12 @@ use vm_memory::{Bytes, GuestAddress};
 fn file_store_serves_a_vhost_user_frontend() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.img");
-    let daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--store",
-            "file",
-            "--path",
-            disk.to_str().expect("utf-8"),
-            "--size",
-            "1M",
-        ],
-    );
+    let daemon = Daemon::start_file(dir.path(), &disk, "1M", &[]);
     let mut d = Driver::connect(&daemon.socket);
 
     let cfg = d.config();
-    assert_eq!(
-        u64::from_le_bytes(cfg[..8].try_into().expect("8")),
-        2048,
-        "capacity"
-    );
-    assert_eq!(
-        u32::from_le_bytes(cfg[20..24].try_into().expect("4")),
-        512,
-        "blk_size"
-    );
+    assert_eq!(config_capacity(&cfg), 2048, "capacity");
+    assert_eq!(config_blk_size(&cfg), 512, "blk_size");
 
     let pattern: Vec<u8> = (0..8192u32)
         .map(|i| (i.wrapping_mul(31) % 253) as u8)
@@ -97,19 +79,7 @@ fn file_store_serves_a_vhost_user_frontend() {
 fn two_queues_with_event_idx_are_served_independently() {
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("mq.img");
-    let daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--store",
-            "file",
-            "--path",
-            disk.to_str().expect("utf-8"),
-            "--size",
-            "1M",
-            "--queues",
-            "2",
-        ],
-    );
+    let daemon = Daemon::start_file(dir.path(), &disk, "1M", &["--queues", "2"]);
     let mut d = Driver::connect_with(&daemon.socket, 2, true);
     let cfg = d.config();
     assert_eq!(u16::from_le_bytes([cfg[34], cfg[35]]), 2, "num_queues");

@@ -60,16 +60,16 @@ fn prerequisites() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
-/// Boots the guest against `socket` running `run`; returns its console.
-fn boot(
-    img: &(PathBuf, PathBuf),
-    dir: &Path,
-    socket: &Path,
-    cpus: u32,
-    mem_mib: u32,
-    queues: u16,
-    run: &str,
-) -> String {
+/// A guest's CPUs, MiB of RAM and device queues.
+type Shape = (u32, u32, u16);
+
+/// The guest most tests boot: one CPU, 128 MiB, one queue.
+const SMALL: Shape = (1, 128, 1);
+
+/// Boots a guest of `shape` against `daemon` running `run`; returns its console.
+fn boot(img: &(PathBuf, PathBuf), dir: &Path, daemon: &Daemon, shape: Shape, run: &str) -> String {
+    let (cpus, mem_mib, queues) = shape;
+    let socket = &daemon.socket;
     let console = dir.join(format!("console-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&console);
     let mut child = Command::new("qemu-system-x86_64")
@@ -149,26 +149,10 @@ fn linux_guest_uses_the_file_store_with_two_queues() {
     let Some(img) = prerequisites() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.img");
-    let daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--store",
-            "file",
-            "--path",
-            disk.to_str().expect("utf-8"),
-            "--size",
-            "64M",
-            "--queues",
-            "2",
-        ],
-    );
-    let console = boot(
-        &img,
-        dir.path(),
-        &daemon.socket,
-        2,
-        256,
-        2,
+    let daemon = Daemon::start_file(dir.path(), &disk, "64M", &["--queues", "2"]);
+    let boot_here = |shape: Shape, run: &str| boot(&img, dir.path(), &daemon, shape, run);
+    let console = boot_here(
+        (2, 256, 2),
         "echo SERIAL=$(cat /sys/block/vda/serial); echo MQ=$(ls /sys/block/vda/mq | wc -l); lego-guest-tools disk-write /dev/vda --seed 5 --blocks 512",
     );
     assert_has(&console, "SERIAL=lego-local:disk.img");
@@ -180,13 +164,8 @@ fn linux_guest_uses_the_file_store_with_two_queues() {
     assert_has(&console, "LEGO_DISK_WRITE_OK");
     assert_has(&console, "LEGO_RUN_EXIT=0");
     // A second guest, through a new frontend connection, finds the data.
-    let console = boot(
-        &img,
-        dir.path(),
-        &daemon.socket,
-        1,
-        256,
-        1,
+    let console = boot_here(
+        (1, 256, 1),
         "lego-guest-tools disk-verify /dev/vda --seed 5 --blocks 512",
     );
     assert_has(&console, "LEGO_DISK_VERIFY_OK");
@@ -199,28 +178,12 @@ fn linux_guest_swaps_to_remote_memory() {
     let Some(img) = prerequisites() else { return };
     let cluster = Cluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = cluster.key_hex();
-    let daemon = Daemon::start_env(
-        dir.path(),
-        &[
-            "--store",
-            "remote-memory",
-            "--manager",
-            &cluster.manager_addr,
-            "--vnode",
-            "9",
-            "--size",
-            "256M",
-        ],
-        &[("LEGO_CLUSTER_KEY", &key)],
-    );
+    let daemon = Daemon::start_remote_memory(dir.path(), &cluster, "9", "256M");
     let console = boot(
         &img,
         dir.path(),
-        &daemon.socket,
-        1,
-        128,
-        1,
+        &daemon,
+        SMALL,
         // No mkswap or swapon here: the init does it, recognising the device by its serial.
         "echo SERIAL=$(cat /sys/block/vda/serial); lego-guest-tools memtest --mib 160 --seed 3 && grep SwapTotal /proc/meminfo",
     );
@@ -250,8 +213,10 @@ fn linux_guest_keeps_a_file_on_the_remote_disk() {
     let key = cluster.key_hex();
     let dir = tempfile::tempdir().expect("tempdir");
     let manager = cluster.manager_addr.as_str();
-    let daemon_args = |create: bool| {
-        let mut a = vec![
+    // A daemon in its own folder `name` of `dir`, creating the volume or not, and a guest
+    // booted against it running `run`.
+    let start_and_boot = |name: &str, create: bool, run: &str| {
+        let mut args = vec![
             "--store",
             "remote-disk",
             "--manager",
@@ -264,20 +229,17 @@ fn linux_guest_keeps_a_file_on_the_remote_disk() {
             "32M",
         ];
         if !create {
-            a.push("--no-create");
+            args.push("--no-create");
         }
-        a
+        let sub = dir.path().join(name);
+        std::fs::create_dir(&sub).expect("mkdir");
+        let daemon = Daemon::start_env(&sub, &args, &[("LEGO_CLUSTER_KEY", &key)]);
+        let console = boot(&img, &sub, &daemon, SMALL, run);
+        (daemon, console)
     };
-    let first = dir.path().join("first");
-    std::fs::create_dir(&first).expect("mkdir");
-    let daemon = Daemon::start_env(&first, &daemon_args(true), &[("LEGO_CLUSTER_KEY", &key)]);
-    let console = boot(
-        &img,
-        &first,
-        &daemon.socket,
-        1,
-        128,
-        1,
+    let (daemon, console) = start_and_boot(
+        "first",
+        true,
         "echo SERIAL=$(cat /sys/block/vda/serial); echo kept-by-the-storage-monitor > /mnt/remote/proof.txt && echo LISTED=$(ls /mnt/remote)",
     );
     assert_has(&console, "SERIAL=lego-remote-disk:dat");
@@ -298,16 +260,9 @@ fn linux_guest_keeps_a_file_on_the_remote_disk() {
     // A new daemon, which must find the volume on the storage monitor, and a new guest: the
     // init mounts the existing filesystem without formatting it, and the file is there. At
     // power-off the init still unmounts it although a leftover process holds it.
-    let second = dir.path().join("second");
-    std::fs::create_dir(&second).expect("mkdir");
-    let daemon = Daemon::start_env(&second, &daemon_args(false), &[("LEGO_CLUSTER_KEY", &key)]);
-    let console = boot(
-        &img,
-        &second,
-        &daemon.socket,
-        1,
-        128,
-        1,
+    let (daemon, console) = start_and_boot(
+        "second",
+        false,
         // The sleep left behind keeps the mount busy: the init must end it to unmount.
         "echo FOUND=$(cat /mnt/remote/proof.txt); (cd /mnt/remote && exec sleep 600) &",
     );

@@ -48,33 +48,11 @@ fn get_id(d: &mut Driver) -> Vec<u8> {
 fn remote_memory_pages_land_on_the_memory_monitor() {
     let c = Cluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = c.key_hex();
-    let daemon = Daemon::start_env(
-        dir.path(),
-        &[
-            "--store",
-            "remote-memory",
-            "--manager",
-            &c.manager_addr,
-            "--vnode",
-            "5",
-            "--size",
-            "4M",
-        ],
-        &[("LEGO_CLUSTER_KEY", &key)],
-    );
+    let daemon = Daemon::start_remote_memory(dir.path(), &c, "5", "4M");
     let mut d = Driver::connect(&daemon.socket);
     let cfg = d.config();
-    assert_eq!(
-        u64::from_le_bytes(cfg[..8].try_into().expect("8")),
-        8192,
-        "capacity"
-    );
-    assert_eq!(
-        u32::from_le_bytes(cfg[20..24].try_into().expect("4")),
-        4096,
-        "blk_size"
-    );
+    assert_eq!(config_capacity(&cfg), 8192, "capacity");
+    assert_eq!(config_blk_size(&cfg), 4096, "blk_size");
     assert_eq!(&get_id(&mut d)[..18], b"lego-remote-memory");
 
     // Pages across the 1 MiB region boundary, and a sub-page write in the middle of one.
@@ -133,11 +111,7 @@ fn remote_disk_is_created_written_flushed_and_reopened() {
     let daemon = Daemon::start_env(dir.path(), &args, &env);
     let mut d = Driver::connect(&daemon.socket);
     let cfg = d.config();
-    assert_eq!(
-        u64::from_le_bytes(cfg[..8].try_into().expect("8")),
-        4096,
-        "capacity"
-    );
+    assert_eq!(config_capacity(&cfg), 4096, "capacity");
     assert_eq!(&get_id(&mut d)[..], b"lego-remote-disk:vol");
     let pattern = write_and_read_back(&mut d, 100, 12288, 13);
     assert_eq!(d.request(T_FLUSH, 0, None), (1, 0), "flush");

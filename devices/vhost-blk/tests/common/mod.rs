@@ -60,6 +60,45 @@ impl Daemon {
         Self::start_env(dir, extra, &[])
     }
 
+    /// Starts the daemon with the file store on `disk` of `size`, then the `extra` arguments.
+    pub fn start_file(dir: &Path, disk: &Path, size: &str, extra: &[&str]) -> Daemon {
+        let mut args = vec![
+            "--store",
+            "file",
+            "--path",
+            disk.to_str().expect("utf-8"),
+            "--size",
+            size,
+        ];
+        args.extend_from_slice(extra);
+        Self::start(dir, &args)
+    }
+
+    /// Starts the daemon with its store on remote memory of `size` for vNode `vnode`, placed
+    /// through the manager of `cluster`.
+    pub fn start_remote_memory(
+        dir: &Path,
+        cluster: &cluster::Cluster,
+        vnode: &str,
+        size: &str,
+    ) -> Daemon {
+        let key = cluster.key_hex();
+        Self::start_env(
+            dir,
+            &[
+                "--store",
+                "remote-memory",
+                "--manager",
+                &cluster.manager_addr,
+                "--vnode",
+                vnode,
+                "--size",
+                size,
+            ],
+            &[("LEGO_CLUSTER_KEY", &key)],
+        )
+    }
+
     /// Starts the daemon with extra environment variables.
     pub fn start_env(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let socket = dir.join("blk.sock");
@@ -133,6 +172,57 @@ pub fn guest_memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_regions(vec![region]).expect("guest memory")
 }
 
+/// Gives `fe` the one region of `mem` as its memory table.
+pub fn set_mem_table(fe: &mut Frontend, mem: &GuestMemoryMmap) {
+    let region = mem.iter().next().expect("one region");
+    let info = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
+    fe.set_mem_table(&[info]).expect("set_mem_table");
+}
+
+/// Sets up and enables queue `q` of `size` entries with its descriptor table, available and
+/// used rings at `base + DESC`, `base + AVAIL` and `base + USED`; returns its (kick, call)
+/// eventfds.
+pub fn setup_vring(
+    fe: &mut Frontend,
+    mem: &GuestMemoryMmap,
+    q: usize,
+    size: u16,
+    base: u64,
+) -> (EventFd, EventFd) {
+    let host = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).expect("host") as u64;
+    fe.set_vring_num(q, size).expect("set_vring_num");
+    fe.set_vring_addr(
+        q,
+        &VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: host(base + DESC),
+            used_ring_addr: host(base + USED),
+            avail_ring_addr: host(base + AVAIL),
+            log_addr: None,
+        },
+    )
+    .expect("set_vring_addr");
+    fe.set_vring_base(q, 0).expect("set_vring_base");
+    let kick = EventFd::new(libc::EFD_NONBLOCK).expect("kick");
+    let call = EventFd::new(libc::EFD_NONBLOCK).expect("call");
+    fe.set_vring_call(q, &call).expect("set_vring_call");
+    fe.set_vring_kick(q, &kick).expect("set_vring_kick");
+    fe.set_vring_enable(q, true).expect("set_vring_enable");
+    (kick, call)
+}
+
+/// The capacity (in 512-byte sectors) in a virtio-blk config space.
+pub fn config_capacity(cfg: &[u8]) -> u64 {
+    u64::from_le_bytes(cfg[..8].try_into().expect("8"))
+}
+
+/// The block size in a virtio-blk config space.
+pub fn config_blk_size(cfg: &[u8]) -> u32 {
+    u32::from_le_bytes(cfg[20..24].try_into().expect("4"))
+}
+
 /// One virtqueue laid out by hand: descriptor table, available and used rings at `base`.
 struct Ring {
     base: u64,
@@ -203,33 +293,11 @@ impl Driver {
             u64::from(queues)
         );
 
-        let region = mem.iter().next().expect("one region");
-        let info = VhostUserMemoryRegionInfo::from_guest_region(region).expect("region info");
-        fe.set_mem_table(&[info]).expect("set_mem_table");
-        let host = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).expect("host") as u64;
+        set_mem_table(&mut fe, &mem);
         let mut rings = Vec::new();
         for q in 0..usize::from(queues) {
             let base = q as u64 * RING_STRIDE;
-            fe.set_vring_num(q, QUEUE_SIZE).expect("set_vring_num");
-            fe.set_vring_addr(
-                q,
-                &VringConfigData {
-                    queue_max_size: QUEUE_SIZE,
-                    queue_size: QUEUE_SIZE,
-                    flags: 0,
-                    desc_table_addr: host(base + DESC),
-                    used_ring_addr: host(base + USED),
-                    avail_ring_addr: host(base + AVAIL),
-                    log_addr: None,
-                },
-            )
-            .expect("set_vring_addr");
-            fe.set_vring_base(q, 0).expect("set_vring_base");
-            let kick = EventFd::new(libc::EFD_NONBLOCK).expect("kick");
-            let call = EventFd::new(libc::EFD_NONBLOCK).expect("call");
-            fe.set_vring_call(q, &call).expect("set_vring_call");
-            fe.set_vring_kick(q, &kick).expect("set_vring_kick");
-            fe.set_vring_enable(q, true).expect("set_vring_enable");
+            let (kick, call) = setup_vring(&mut fe, &mem, q, QUEUE_SIZE, base);
             rings.push(Ring {
                 base,
                 kick,
