@@ -1,8 +1,10 @@
 //! Shared helpers for LegoVMM's integration tests: finding the binaries under test and
 //! running guests through the nested-KVM testbed.
 
+use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The legovmm binary under test: `$LEGOVMM_BIN`, else the workspace's release or debug build.
 pub fn legovmm() -> PathBuf {
@@ -46,6 +48,12 @@ pub trait JobFiles {
     fn vnode_exit(&self, name: &str) -> i32;
     /// Checks that the disk image `name` came back holding `blocks` blocks of `seed`'s pattern.
     fn assert_disk_holds(&self, name: &str, seed: u64, blocks: u64);
+    /// Checks that the vNode `name`'s legovmm exited with `status`, showing its standard
+    /// error (`<name>.err`) otherwise.
+    fn assert_vnode_exit(&self, name: &str, status: i32);
+    /// Checks that the vNode `name`'s guest command exited 0 (`LEGO_RUN_EXIT=0` on
+    /// `<name>.console`) and that its legovmm then exited 0.
+    fn assert_vnode_ran_clean(&self, name: &str);
 }
 
 impl JobFiles for lego_testbed::JobOutput {
@@ -75,6 +83,56 @@ impl JobFiles for lego_testbed::JobOutput {
             "the host does not find the guest's writes (seed {seed}) in {name}: {verify:?}"
         );
     }
+
+    fn assert_vnode_exit(&self, name: &str, status: i32) {
+        assert_eq!(
+            self.vnode_exit(name),
+            status,
+            "legovmm: {}",
+            self.text(&format!("{name}.err"))
+        );
+    }
+
+    fn assert_vnode_ran_clean(&self, name: &str) {
+        let console = self.text(&format!("{name}.console"));
+        assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
+        self.assert_vnode_exit(name, 0);
+    }
+}
+
+/// A job named `name` running `script` with the guest image (built on first use, in the
+/// testbed's default cache) as its files `vmlinuz` and `initramfs.cpio`, killed after
+/// `timeout`, whose compute host is retried twice when no vNode starts within 240 s.
+pub fn guest_job(name: &str, script: impl Into<String>, timeout: Duration) -> Job {
+    let cache = lego_testbed::paths::default_cache();
+    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+    Job::new(name, script)
+        .file(&image.kernel, "vmlinuz")
+        .file(&image.initramfs, "initramfs.cpio")
+        .timeout(timeout)
+        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2)
+}
+
+/// Starts a testbed for the legovmm under test, with the compute host's network to this
+/// machine when `network` is set, and logs its mode under `label`.
+pub fn testbed(label: &str, network: bool) -> Testbed {
+    let mut config = TestbedConfig::new(Some(legovmm()));
+    config.network = network;
+    let testbed = Testbed::new(config).expect("the testbed starts");
+    eprintln!(
+        "{label}: testbed mode {} ({})",
+        testbed.mode(),
+        testbed.mode_reason()
+    );
+    testbed
+}
+
+/// Runs `job` on `testbed`, logs its summary under `label` and checks that it succeeded.
+pub fn run_job(testbed: &Testbed, job: &Job, label: &str) -> JobOutput {
+    let out = testbed.run(job).expect("the testbed runs the job");
+    eprintln!("{label}: {}", out.summary());
+    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    out
 }
 
 /// A release binary of the workspace, next to the legovmm under test.
@@ -94,6 +152,19 @@ pub fn json_number(json: &str, key: &str) -> u64 {
         .find_map(|l| l.trim().strip_prefix(&format!("\"{key}\":")))
         .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
         .unwrap_or_else(|| panic!("no {key} in:\n{json}"))
+}
+
+/// Defines `fn $name() -> &'static $ty`: the value `$init` returns, shared by the tests of
+/// a file through [`shared`]. The job runs once, and if it fails every test reports that
+/// failure (it is not run again).
+#[macro_export]
+macro_rules! shared_results {
+    ($vis:vis fn $name:ident() -> $ty:ty = $init:path) => {
+        $vis fn $name() -> &'static $ty {
+            static RESULTS: std::sync::OnceLock<Result<$ty, String>> = std::sync::OnceLock::new();
+            $crate::shared(&RESULTS, $init)
+        }
+    };
 }
 
 /// Returns the value `once` holds, running `init` to fill it the first time. A panic in

@@ -5,9 +5,8 @@
 //! real processes), a memory-hungry vNode with small RAM, and a second launch of the vNode
 //! that finds the file the first one wrote on its remote disk.
 
-use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
+use lego_testbed::JobOutput;
 use lego_tests::{json_number, marker, release_binary, JobFiles};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The guest's RAM and the memory its workload touches: twice the RAM.
@@ -39,16 +38,9 @@ struct Results {
     out: JobOutput,
 }
 
-/// The job's results, shared by the tests of this file: the job runs once, and if it fails
-/// every test reports that failure (it is not run again).
-fn results() -> &'static Results {
-    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
-    lego_tests::shared(&RESULTS, run_job)
-}
+lego_tests::shared_results!(fn results() -> Results = run_job);
 
 fn run_job() -> Results {
-    let cache = lego_testbed::paths::default_cache();
-    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
     let key = std::process::Command::new(release_binary("legoctl"))
         .arg("keygen")
         .output()
@@ -59,13 +51,8 @@ fn run_job() -> Results {
          WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{BAD_INPUT}\n{SCRIPT}",
         key.trim()
     );
-    let testbed =
-        Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm()))).expect("the testbed starts");
-    let mut job = Job::new("remote-vnode", script)
-        .file(&image.kernel, "vmlinuz")
-        .file(&image.initramfs, "initramfs.cpio")
-        .timeout(Duration::from_secs(900))
-        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
+    let mut job = lego_tests::guest_job("remote-vnode", script, Duration::from_secs(900));
+    let testbed = lego_tests::testbed("remote_vnode", false);
     for bin in [
         "lego-vhost-blk",
         "lego-manager",
@@ -75,9 +62,7 @@ fn run_job() -> Results {
     ] {
         job = job.file(release_binary(bin), bin);
     }
-    let out = testbed.run(&job).expect("the testbed runs the job");
-    eprintln!("remote_vnode: {}", out.summary());
-    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    let out = lego_tests::run_job(&testbed, &job, "remote_vnode");
     Results { out }
 }
 
@@ -96,13 +81,7 @@ fn a_small_vnode_runs_a_workload_twice_its_ram_on_remote_memory_with_no_bad_page
     assert_eq!(marker(line, "bad"), Some("0"), "{line}");
     let pages: u64 = marker(line, "pages").expect("pages").parse().unwrap();
     assert_eq!(pages, WORKLOAD_MIB * 256, "{line}");
-    assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(
-        r.out.vnode_exit("first"),
-        0,
-        "legovmm: {}",
-        r.out.text("first.err")
-    );
+    r.out.assert_vnode_ran_clean("first");
     // Pages really went to the memory monitor and came back: the workload cannot fit in RAM,
     // so at least half of the excess was written out, and the verify pass read pages in.
     let stats = r.out.text("memory-stats.txt");
@@ -130,12 +109,7 @@ fn the_remote_disk_keeps_a_file_across_launches_of_the_vnode() {
         !second.contains("LEGO_REMOTE_DISK_FORMATTED"),
         "the disk was formatted again:\n{second}"
     );
-    assert_eq!(
-        r.out.vnode_exit("second"),
-        0,
-        "legovmm: {}",
-        r.out.text("second.err")
-    );
+    r.out.assert_vnode_exit("second", 0);
 }
 
 #[test]

@@ -5,10 +5,9 @@
 //! kernels (direct mode), everything runs here and the hop is loopback. The figures are the
 //! issue's: 128 MiB of local RAM, 1 GiB of remote memory, a 512 MiB workload.
 
-use lego_testbed::{Job, JobOutput, Mode, Testbed, TestbedConfig};
+use lego_testbed::{JobOutput, Mode};
 use lego_tests::{json_number, marker, release_binary, JobFiles};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = include_str!("../../tools/demo/remote-vnode.sh");
@@ -121,16 +120,9 @@ struct Results {
     host_memory_stats: String,
 }
 
-/// The job's results, shared by the tests of this file: the job runs once, and if it fails
-/// every test reports that failure (it is not run again).
-fn results() -> &'static Results {
-    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
-    lego_tests::shared(&RESULTS, run_job)
-}
+lego_tests::shared_results!(fn results() -> Results = run_job);
 
 fn run_job() -> Results {
-    let cache = lego_testbed::paths::default_cache();
-    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
     let key = Command::new(release_binary("legoctl"))
         .arg("keygen")
         .output()
@@ -139,9 +131,14 @@ fn run_job() -> Results {
         .expect("a hex key")
         .trim()
         .to_string();
-    let mut config = TestbedConfig::new(Some(lego_tests::legovmm()));
-    config.network = true;
-    let testbed = Testbed::new(config).expect("the testbed starts");
+    let script = format!(
+        "export LEGO_CLUSTER_KEY={key}\nexport REMOTE_SIDE=host HOST_MANAGER_PORT={MANAGER_PORT} \
+         HOST_MEMORY_PORT={MEMORY_PORT} GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=1G \
+         WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}"
+    );
+    let mut job = lego_tests::guest_job("remote-vnode-network", script, Duration::from_secs(1200))
+        .network(true);
+    let testbed = lego_tests::testbed("remote_vnode_network", true);
     // Monitors tell the manager where clients reach them: from inside the nested compute
     // host this machine's loopback is 10.0.2.2.
     let advertise = if testbed.mode() == Mode::Nested {
@@ -150,23 +147,10 @@ fn run_job() -> Results {
         "127.0.0.1"
     };
     let _cluster = start_cluster(&key, advertise);
-    let script = format!(
-        "export LEGO_CLUSTER_KEY={key}\nexport REMOTE_SIDE=host HOST_MANAGER_PORT={MANAGER_PORT} \
-         HOST_MEMORY_PORT={MEMORY_PORT} GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=1G \
-         WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}"
-    );
-    let mut job = Job::new("remote-vnode-network", script)
-        .file(&image.kernel, "vmlinuz")
-        .file(&image.initramfs, "initramfs.cpio")
-        .timeout(Duration::from_secs(1200))
-        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2)
-        .network(true);
     for bin in ["lego-vhost-blk", "legoctl"] {
         job = job.file(release_binary(bin), bin);
     }
-    let out = testbed.run(&job).expect("the testbed runs the job");
-    eprintln!("remote_vnode_network: {}", out.summary());
-    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    let out = lego_tests::run_job(&testbed, &job, "remote_vnode_network");
     let host_memory_stats = legoctl(
         &key,
         &[

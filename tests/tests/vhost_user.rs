@@ -4,10 +4,9 @@
 //! by QEMU's backend, which we did not write.
 
 use lego_testbed::disk;
-use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
-use lego_tests::{marker, JobFiles};
+use lego_testbed::JobOutput;
+use lego_tests::JobFiles;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const DISK_BLOCKS: u64 = 256;
@@ -140,16 +139,10 @@ fn qsd_files() -> Vec<(PathBuf, String)> {
     files
 }
 
-/// The job's results, shared by the tests of this file: the job runs once, and if it fails
-/// every test reports that failure (it is not run again).
-fn results() -> &'static Results {
-    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
-    lego_tests::shared(&RESULTS, run_job)
-}
+lego_tests::shared_results!(fn results() -> Results = run_job);
 
 fn run_job() -> Results {
-    let cache = lego_testbed::paths::default_cache();
-    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+    let job = lego_tests::guest_job("vhost-user", SCRIPT, Duration::from_secs(900));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data.img");
     lego_guest_tools::disk::write_pattern(&data, 1, DISK_BLOCKS).expect("the host writes the disk");
@@ -160,21 +153,11 @@ fn run_job() -> Results {
     lego_guest_tools::disk::write_pattern(&qsd_disk, 3, DISK_BLOCKS)
         .expect("the host writes the disk");
 
-    let testbed =
-        Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm()))).expect("the testbed starts");
-    eprintln!(
-        "vhost_user: testbed mode {} ({})",
-        testbed.mode(),
-        testbed.mode_reason()
-    );
-    let mut job = Job::new("vhost-user", SCRIPT)
-        .file(&image.kernel, "vmlinuz")
-        .file(&image.initramfs, "initramfs.cpio")
+    let testbed = lego_tests::testbed("vhost_user", false);
+    let mut job = job
         .file(lego_vhost_blk(), "lego-vhost-blk")
         .file(&data, "data.img")
-        .file(&dead_disk, "dead.img")
-        .timeout(Duration::from_secs(900))
-        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
+        .file(&dead_disk, "dead.img");
     let qsd = qsd_files();
     let with_qsd = !qsd.is_empty();
     if with_qsd {
@@ -185,9 +168,7 @@ fn run_job() -> Results {
     } else {
         eprintln!("vhost_user: {QSD} is not installed; the interop case is skipped");
     }
-    let out = testbed.run(&job).expect("the testbed runs the job");
-    eprintln!("vhost_user: {}", out.summary());
-    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    let out = lego_tests::run_job(&testbed, &job, "vhost_user");
     Results {
         out,
         qsd: with_qsd,
@@ -209,13 +190,7 @@ fn a_guest_reads_and_writes_a_disk_served_by_lego_vhost_blk() {
         console.lines().any(|l| l.trim() == "lego-local:data.img"),
         "the guest did not see the backend's serial:\n{console}"
     );
-    assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(
-        r.out.vnode_exit("local"),
-        0,
-        "legovmm: {}",
-        r.out.text("local.err")
-    );
+    r.out.assert_vnode_ran_clean("local");
     assert!(
         r.out.text("local.err").contains("the guest powered off"),
         "{}",
@@ -252,7 +227,7 @@ fn a_backend_that_dies_is_reported_and_legovmm_keeps_running() {
     );
     assert!(!err.contains("panicked"), "{err}");
     // Stopped by the job's SIGTERM, as a VMM with a live guest is.
-    assert_eq!(r.out.vnode_exit("dead"), 143, "legovmm: {err}");
+    r.out.assert_vnode_exit("dead", 143);
     assert!(err.contains("stopped by signal 15"), "{err}");
 }
 
@@ -271,7 +246,6 @@ fn a_guest_reads_and_writes_a_disk_served_by_qemu_storage_daemon() {
         r.out.text("qsd.log")
     );
     assert!(console.contains("LEGO_DISK_WRITE_OK"), "{console}");
-    assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(r.out.vnode_exit("qsd"), 0, "legovmm: {err}");
+    r.out.assert_vnode_ran_clean("qsd");
     r.out.assert_disk_holds("qsd.img", 4, DISK_BLOCKS);
 }

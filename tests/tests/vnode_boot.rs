@@ -3,10 +3,9 @@
 //! boot runs several vNodes in turn (booting the compute host under TCG is the slow part);
 //! each test below asserts on its own vNode's results.
 
-use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
+use lego_testbed::JobOutput;
 use lego_tests::{marker, JobFiles};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const DISK_BLOCKS: u64 = 256;
@@ -37,39 +36,19 @@ struct Results {
     _dir: tempfile::TempDir,
 }
 
-/// The job's results, shared by the tests of this file: the job runs once, and if it fails
-/// every test reports that failure (it is not run again).
-fn results() -> &'static Results {
-    static RESULTS: OnceLock<Result<Results, String>> = OnceLock::new();
-    lego_tests::shared(&RESULTS, run_job)
-}
+lego_tests::shared_results!(fn results() -> Results = run_job);
 
 fn run_job() -> Results {
-    let cache = lego_testbed::paths::default_cache();
-    let image = lego_testbed::vnode::guest_image(&cache).expect("the guest image builds");
+    let job = lego_tests::guest_job("vnode-boot", SCRIPT, Duration::from_secs(900));
     let dir = tempfile::tempdir().unwrap();
     let disk: PathBuf = dir.path().join("data.img");
     lego_guest_tools::disk::write_pattern(&disk, 1, DISK_BLOCKS).expect("the host writes the disk");
     let config = dir.path().join("vnode.toml");
     std::fs::write(&config, CONFIG).unwrap();
 
-    let testbed =
-        Testbed::new(TestbedConfig::new(Some(lego_tests::legovmm()))).expect("the testbed starts");
-    eprintln!(
-        "vnode_boot: testbed mode {} ({})",
-        testbed.mode(),
-        testbed.mode_reason()
-    );
-    let job = Job::new("vnode-boot", SCRIPT)
-        .file(&image.kernel, "vmlinuz")
-        .file(&image.initramfs, "initramfs.cpio")
-        .file(&disk, "data.img")
-        .file(&config, "vnode.toml")
-        .timeout(Duration::from_secs(900))
-        .ready("LEGO_VNODE_START", Duration::from_secs(240), 2);
-    let out = testbed.run(&job).expect("the testbed runs the job");
-    eprintln!("vnode_boot: {}", out.summary());
-    assert!(out.succeeded(), "the job failed: {}", out.failure_report());
+    let testbed = lego_tests::testbed("vnode_boot", false);
+    let job = job.file(&disk, "data.img").file(&config, "vnode.toml");
+    let out = lego_tests::run_job(&testbed, &job, "vnode_boot");
     Results { out, _dir: dir }
 }
 
@@ -91,13 +70,7 @@ fn guest_sees_two_vcpus_and_the_requested_memory_and_exits_zero() {
         mem_kb >= MEMORY_MIB * 1024 * 3 / 4,
         "MemTotal {mem_kb} kB is far below 256 MiB"
     );
-    assert_eq!(marker(&console, "LEGO_RUN_EXIT"), Some("0"), "{console}");
-    assert_eq!(
-        r.out.vnode_exit("boot"),
-        0,
-        "legovmm: {}",
-        r.out.text("boot.err")
-    );
+    r.out.assert_vnode_ran_clean("boot");
     assert!(r.out.text("boot.err").contains("the guest powered off"));
 }
 
@@ -116,12 +89,7 @@ fn the_virtio_disk_is_read_and_written_through() {
 #[test]
 fn a_guest_reboot_ends_legovmm_with_status_zero_and_config_files_work() {
     let r = results();
-    assert_eq!(
-        r.out.vnode_exit("reboot"),
-        0,
-        "legovmm: {}",
-        r.out.text("reboot.err")
-    );
+    r.out.assert_vnode_exit("reboot", 0);
     assert!(
         r.out.text("reboot.err").contains("the guest rebooted"),
         "{}",
@@ -134,7 +102,7 @@ fn a_guest_reboot_ends_legovmm_with_status_zero_and_config_files_work() {
 fn a_guest_panic_ends_legovmm_nonzero_with_the_reason() {
     let r = results();
     let err = r.out.text("panic.err");
-    assert_eq!(r.out.vnode_exit("panic"), 3, "legovmm: {err}");
+    r.out.assert_vnode_exit("panic", 3);
     assert!(
         err.contains("the guest crashed") && err.contains("panic"),
         "{err}"
