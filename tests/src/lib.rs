@@ -118,6 +118,7 @@ pub fn guest_job(name: &str, script: impl Into<String>, timeout: Duration) -> Jo
 pub fn testbed(label: &str, network: bool) -> Testbed {
     let mut config = TestbedConfig::new(Some(legovmm()));
     config.network = network;
+    config.qemu.extra_cmdline = lego_testbed::qemu::VM_HOST_THP.to_string();
     let testbed = Testbed::new(config).expect("the testbed starts");
     eprintln!(
         "{label}: testbed mode {} ({})",

@@ -44,14 +44,33 @@ n=0
 while [ "$(./legoctl --manager $MANAGER status 2> /dev/null | grep -c alive)" -lt 2 ] && [ "$n" -lt 300 ]; do
     sleep 0.1; n=$((n + 1))
 done
-echo "== the cluster"
-./legoctl --manager $MANAGER status
+./legoctl --manager $MANAGER status > cluster.txt 2>&1
+cat cluster.txt
+echo "LEGO_SAY cluster up: $(grep -c alive cluster.txt) monitors alive, manager at $MANAGER"
 
-echo "== vNode $VNODE, first launch: $GUEST_RAM of RAM, $REMOTE_MEMORY of remote memory, workload $WORKLOAD_MIB MiB"
+# Live figures while the vNode runs (lego_vnode calls this every 10 s): pages the vNode's
+# remote memory has sent to and fetched from the memory monitor so far.
+lego_progress() {
+    _stats=$(./legoctl --manager $MANAGER monitor-stats --kind memory --addr $MEMORY_MONITOR 2> /dev/null)
+    _w=$(echo "$_stats" | grep -m1 '"pages_written":' | sed 's/[^0-9]//g')
+    _r=$(echo "$_stats" | grep -m1 '"pages_read":' | sed 's/[^0-9]//g')
+    [ -n "$_w" ] || return 0
+    _now=$(cut -d' ' -f1 /proc/uptime | cut -d. -f1)
+    _mib=$(( (_w + ${_r:-0}) / 256 ))
+    _rate=""
+    if [ -n "${_lp_mib:-}" ] && [ "$_now" -gt "$_lp_t" ]; then
+        _rate=", $(( (_mib - _lp_mib) / (_now - _lp_t) )) MiB/s"
+    fi
+    _lp_mib=$_mib
+    _lp_t=$_now
+    echo "LEGO_PROGRESS remote memory: $((_w / 256)) MiB paged out, $((${_r:-0} / 256)) MiB paged in$_rate"
+}
+
+echo "LEGO_SAY vNode $VNODE: booting with $GUEST_RAM of RAM, $REMOTE_MEMORY of remote memory and a remote disk; workload: write and check $WORKLOAD_MIB MiB"
 lego_vnode first 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory "$GUEST_RAM" --vcpus 1 \
     --vnode "$VNODE" --manager $MANAGER --remote-memory "$REMOTE_MEMORY" --remote-disk "$VOLUME,$VOLUME_SIZE" \
     --cmdline "console=ttyS0 quiet lego.run=\"lego-guest-tools memtest --mib $WORKLOAD_MIB && grep -E '^(MemTotal|SwapTotal):' /proc/meminfo && grep -E '^pswp(in|out) ' /proc/vmstat && echo written-by-vnode-$VNODE > /mnt/remote/proof.txt\""
-echo "== vNode $VNODE, second launch: the remote disk again"
+echo "LEGO_SAY vNode $VNODE: workload done (exit $(cat first.exit)); launching it again to read its remote disk"
 lego_vnode second 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory "$GUEST_RAM" --vcpus 1 \
     --vnode "$VNODE" --manager $MANAGER --remote-disk "$VOLUME" \
     --cmdline 'console=ttyS0 quiet lego.run="cat /mnt/remote/proof.txt"'
@@ -77,14 +96,18 @@ verify_ms=$(value verify_ms= first.console)
 pages_written=$(json pages_written memory-stats.txt)
 pages_read=$(json pages_read memory-stats.txt)
 fabric_mib=$(( (${pages_written:-0} + ${pages_read:-0}) * 4 / 1024 ))
-echo "== summary"
-echo "vNode $VNODE: local RAM ${mem_kb:-?} kB (MemTotal), remote memory ${swap_kb:-?} kB of swap on the memory monitor"
-grep -m1 LEGO_MEMTEST first.console
-echo "pages swapped out ${pswpout:-?}, swapped in ${pswpin:-?} (guest /proc/vmstat)"
+# The summary goes to summary.txt (tools/demo.sh prints it at the end) and the console.
+say() { echo "$*" >> summary.txt; }
+: > summary.txt
+say "vNode $VNODE: local RAM ${mem_kb:-?} kB (MemTotal), remote memory ${swap_kb:-?} kB of swap on the memory monitor"
+say "$(grep -m1 LEGO_MEMTEST first.console)"
+say "pages swapped out ${pswpout:-?}, swapped in ${pswpin:-?} (guest /proc/vmstat)"
 if [ -n "$pswpin" ] && [ "${pswpin:-0}" -gt 0 ] && [ -n "$verify_ms" ]; then
-    echo "mean page-in cost during the verify pass: $(( verify_ms * 1000 / pswpin )) us per page swapped in (upper bound: includes the checking)"
+    say "mean page-in cost during the verify pass: $(( verify_ms * 1000 / pswpin )) us per page swapped in (upper bound: includes the checking)"
 fi
-echo "memory monitor: ${pages_written:-?} pages written, ${pages_read:-?} read: ${fabric_mib} MiB of page data over the fabric"
-echo "remote disk after relaunch: $(grep -m1 written-by-vnode second.console || echo MISSING)"
+say "memory monitor: ${pages_written:-?} pages written, ${pages_read:-?} read: ${fabric_mib} MiB of page data over the fabric"
+say "remote disk after relaunch: $(grep -m1 written-by-vnode second.console || echo MISSING)"
+echo "== summary"
+cat summary.txt
 echo "LEGO_DEMO_DONE first=$(cat first.exit) second=$(cat second.exit)"
 exit 0

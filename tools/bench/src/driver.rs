@@ -44,6 +44,11 @@ pub struct CommonArgs {
     /// Where to run: auto, direct or nested [default: $LEGO_TESTBED, else probe].
     #[arg(long)]
     pub mode: Option<ModeChoice>,
+    /// Extra kernel command line words for the nested compute host. The default leaves it
+    /// as Debian configures a host (e.g. no huge pages for shared memory); a report made
+    /// with `lego.shmem_thp=advise` (a host tuned for VMs) must say so in its rows.
+    #[arg(long, default_value = "")]
+    pub l1_cmdline_extra: String,
 }
 
 /// What [`CommonArgs::prepare`] gathered.
@@ -126,6 +131,7 @@ impl CommonArgs {
 
         let mut config = TestbedConfig::new(Some(legovmm.clone()));
         config.cache = cache;
+        config.qemu.extra_cmdline = self.l1_cmdline_extra.clone();
         if let Some(mode) = self.mode {
             config.mode = mode;
         }

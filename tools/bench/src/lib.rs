@@ -13,6 +13,9 @@
 //!
 //! `swap-bench` runs the same swap-heavy workload with remote memory (legovmm), with swap on
 //! an NBD-backed disk (QEMU + qemu-nbd) and with all-local RAM, side by side; see [`swap`].
+//!
+//! `soak` runs the demo-sized swap workload N times, each in a fresh compute host, and
+//! counts the runs the testbed lost by kind; see [`soak`].
 
 #![warn(missing_docs)]
 
@@ -21,5 +24,6 @@ pub mod driver;
 pub mod report;
 pub mod results;
 pub mod script;
+pub mod soak;
 pub mod stats;
 pub mod swap;

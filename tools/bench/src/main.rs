@@ -9,6 +9,7 @@ use clap::Parser;
 use lego_bench::driver::{self, BenchError, CommonArgs, Prepared};
 use lego_bench::script::{self, Plan, RESULTS_FILE, START_MARKER, TRACE_FILE, VMMS};
 use lego_bench::{assets, report, results};
+use lego_testbed::console::Stream;
 use lego_testbed::{Job, Testbed};
 
 /// Boot the same guest with legovmm and QEMU microvm, interleaved, in one compute host,
@@ -108,7 +109,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         job = job.file(path, name);
     }
 
-    config.stream_console = cli.stream;
+    config.stream = if cli.stream { Stream::All } else { Stream::Off };
     let testbed = Testbed::new(config)?;
     let output = testbed.run(&job)?;
     eprintln!("boot-bench: {}", output.summary());

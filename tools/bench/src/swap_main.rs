@@ -15,6 +15,7 @@ use lego_bench::swap::script::{
     guest_command, NbdTransport, SwapPlan, LEGO_PROGRAMS, RESULTS_FILE,
 };
 use lego_bench::swap::{results as swap_results, Setup};
+use lego_testbed::console::Stream;
 use lego_testbed::{Job, Testbed};
 
 /// Run the same memory workload (`lego-guest-tools memtest`: write every page, then verify
@@ -198,7 +199,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         job = job.file(path, name);
     }
 
-    config.stream_console = !cli.quiet;
+    config.stream = if cli.quiet { Stream::Off } else { Stream::All };
     config.qemu.memory_mib = cli.l1_memory_mib;
     let testbed = Testbed::new(config)?;
     eprintln!(

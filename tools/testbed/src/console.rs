@@ -40,10 +40,25 @@ pub struct Watch {
     pub ready_timeout: Duration,
     /// Texts whose first appearance is timed (see [`Watched::seen`]).
     pub timed_markers: Vec<String>,
-    /// Copy each line to standard error as it arrives.
-    pub stream: bool,
+    /// Which lines to copy to standard error as they arrive.
+    pub stream: Stream,
     /// Write the console to this file as it arrives.
     pub log: Option<PathBuf>,
+    /// Kill the child when no line has arrived for this long (its console carries a
+    /// heartbeat, so silence means it hangs).
+    pub silence_timeout: Option<Duration>,
+}
+
+/// Which console lines reach standard error while a run is watched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Stream {
+    /// None (they are still logged and collected).
+    #[default]
+    Off,
+    /// Every line, as it arrives.
+    All,
+    /// Only what [`crate::progress`] turns into a progress line for a person.
+    Progress,
 }
 
 /// How a watched run ended.
@@ -55,6 +70,8 @@ pub enum Ending {
     TimedOut,
     /// The child was killed because the ready marker did not appear in time.
     NotReady,
+    /// The child was killed because its console stayed silent for the silence timeout.
+    Silent,
 }
 
 /// The result of a watched run.
@@ -80,14 +97,23 @@ struct State<'a> {
     ready_after: Option<Duration>,
     seen: Vec<(String, Duration)>,
     log: Option<File>,
+    last_line: Instant,
 }
 
 impl State<'_> {
     fn line(&mut self, line: &str) {
         let at = self.start.elapsed();
-        if self.watch.stream {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "{line}");
+        self.last_line = Instant::now();
+        match self.watch.stream {
+            Stream::Off => {}
+            Stream::All => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            Stream::Progress => {
+                if let Some(text) = crate::progress::for_person(line) {
+                    crate::progress::say(at, &text);
+                }
+            }
         }
         if let Some(f) = self.log.as_mut() {
             let _ = writeln!(f, "{line}");
@@ -116,6 +142,17 @@ impl State<'_> {
 
 /// Starts `cmd` (in its own process group, output merged) and watches it to the end.
 pub fn run(cmd: Command, watch: &Watch) -> Result<Watched, ConsoleError> {
+    run_with_dump(cmd, watch, &|| String::new())
+}
+
+/// Like [`run`]; when the child is to be killed for its timeout or its silence, first
+/// calls `dump` and adds what it returns (the child's state, e.g. its CPUs' registers) to
+/// the console and the log.
+pub fn run_with_dump(
+    cmd: Command,
+    watch: &Watch,
+    dump: &dyn Fn() -> String,
+) -> Result<Watched, ConsoleError> {
     let log = match &watch.log {
         Some(path) => Some(File::create(path).map_err(|source| ConsoleError::Log {
             path: path.clone(),
@@ -150,12 +187,31 @@ pub fn run(cmd: Command, watch: &Watch) -> Result<Watched, ConsoleError> {
         ready_after: None,
         seen: Vec::new(),
         log,
+        last_line: Instant::now(),
+    };
+    let dump_and_kill = |st: &mut State<'_>, child: &mut GroupChild, why: &str| {
+        st.line(&format!(
+            "LEGO_TESTBED_KILL {why}; state before the kill follows"
+        ));
+        for l in dump().lines() {
+            st.line(l);
+        }
+        child.kill();
     };
     let ending = loop {
         let now = start.elapsed();
         if now >= watch.timeout {
-            child.kill();
+            let why = format!("timeout after {:.0} s", now.as_secs_f64());
+            dump_and_kill(&mut st, &mut child, &why);
             break Ending::TimedOut;
+        }
+        if let Some(limit) = watch.silence_timeout {
+            let quiet = st.last_line.elapsed();
+            if quiet >= limit {
+                let why = format!("console silent for {:.0} s", quiet.as_secs_f64());
+                dump_and_kill(&mut st, &mut child, &why);
+                break Ending::Silent;
+            }
         }
         if st.awaiting_ready() && now >= watch.ready_timeout {
             child.kill();
@@ -234,8 +290,9 @@ mod tests {
             ready_marker: None,
             ready_timeout: Duration::from_millis(timeout_ms),
             timed_markers: vec!["MARK".into()],
-            stream: false,
+            stream: Stream::Off,
             log: None,
+            silence_timeout: None,
         }
     }
 
@@ -274,6 +331,30 @@ mod tests {
         let w = run(sh("echo READY; exit 0"), &wt).unwrap();
         assert_eq!(w.ending, Ending::Exited(0));
         assert!(w.ready_after.is_some());
+    }
+
+    #[test]
+    fn kills_a_silent_child_after_dumping_its_state() {
+        let mut wt = watch(10_000);
+        wt.silence_timeout = Some(Duration::from_millis(400));
+        let t0 = Instant::now();
+        let w = run_with_dump(
+            sh("echo one; sleep 0.2; echo two; sleep 1000"),
+            &wt,
+            &|| "RIP=dead".to_string(),
+        )
+        .unwrap();
+        assert_eq!(w.ending, Ending::Silent);
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(
+            w.console.contains("two\nLEGO_TESTBED_KILL console silent"),
+            "{}",
+            w.console
+        );
+        assert!(w.console.ends_with("RIP=dead\n"), "{}", w.console);
+        // A child that keeps talking is not silent.
+        let w = run(sh("for i in 1 2 3 4 5 6; do echo $i; sleep 0.2; done"), &wt).unwrap();
+        assert_eq!(w.ending, Ending::Exited(0));
     }
 
     #[test]

@@ -118,6 +118,10 @@ pub enum Outcome {
     TimedOut,
     /// Every try missed the ready marker.
     NotReady,
+    /// Nested mode: the compute host's console (which carries a heartbeat) went silent
+    /// for [`crate::qemu::SILENCE_LIMIT_SECS`]: L1 hung, and was killed after its vCPUs'
+    /// registers were written to the console.
+    Silent,
     /// The compute host ended without reporting the script's status (e.g. L1 crashed or
     /// QEMU failed to start); see [`JobOutput::host_exit`] and the console.
     HostFailed,

@@ -11,11 +11,27 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "LEGO_L1_INIT uptime=$(cut -d' ' -f1 /proc/uptime)"
 
+cmdline=" $(cat /proc/cmdline) "
+
+# Prints the parameters given on the kernel command line for module $1 (`kvm_amd.vgif=0`
+# gives `vgif=0`): busybox's insmod, unlike modprobe, does not read them by itself.
+module_params() {
+    for w in $cmdline; do
+        case "$w" in
+            "$1".*=*) printf '%s ' "${w#"$1".}" ;;
+        esac
+    done
+}
+
 # Loads the modules listed in $1, in order.
 load_modules() {
     while read -r m; do
         [ -n "$m" ] || continue
-        out=$(insmod "/lib/modules/l1/$m" 2>&1) || case "$out" in
+        name=$(basename "$m" .ko | tr - _)
+        params=$(module_params "$name")
+        [ -z "$params" ] || echo "LEGO_L1_MODULE_PARAMS $name $params"
+        # shellcheck disable=SC2086 # one word per parameter
+        out=$(insmod "/lib/modules/l1/$m" $params 2>&1) || case "$out" in
             *'File exists'*) ;;
             *) echo "LEGO_L1_MODULE_FAILED=$m: $out" ;;
         esac
@@ -23,12 +39,28 @@ load_modules() {
 }
 load_modules /etc/lego/l1-modules
 
-# Like a host tuned for VMs: shared memory (legovmm's guest RAM memfd) may use transparent
-# huge pages where the VMM asks for them (MADV_HUGEPAGE); QEMU's anonymous RAM is governed by
-# `enabled`, reported alongside.
+# Transparent huge pages: the kernel's defaults (Debian: shared memory never gets them)
+# unless the command line says otherwise: `lego.thp=` sets `enabled` (anonymous memory),
+# `lego.shmem_thp=` sets `shmem_enabled` (e.g. `advise`, as a host tuned for VMs would, so
+# that a VMM's shared guest RAM asking with MADV_HUGEPAGE gets them).
 thp=/sys/kernel/mm/transparent_hugepage
-[ -w $thp/shmem_enabled ] && echo advise > $thp/shmem_enabled
+for w in $cmdline; do
+    case "$w" in
+        lego.thp=*) echo "${w#lego.thp=}" > $thp/enabled ;;
+        lego.shmem_thp=*) echo "${w#lego.shmem_thp=}" > $thp/shmem_enabled ;;
+    esac
+done
 echo "LEGO_L1_THP enabled=$(cat $thp/enabled 2>/dev/null) shmem=$(cat $thp/shmem_enabled 2>/dev/null)"
+echo "LEGO_L1_KVM_AMD $(for p in nested npt avic vgif vls nrips lbrv; do printf '%s=%s ' $p "$(cat /sys/module/kvm_amd/parameters/$p 2>/dev/null)"; done)"
+
+# A heartbeat on the console: the testbed counts a silent console as a hung compute host.
+heartbeat=10
+for w in $cmdline; do
+    case "$w" in lego.heartbeat=*) heartbeat=${w#lego.heartbeat=} ;; esac
+done
+if [ "$heartbeat" -gt 0 ] 2>/dev/null; then
+    (while sleep "$heartbeat"; do echo "LEGO_L1_ALIVE uptime=$(cut -d' ' -f1 /proc/uptime)"; done) &
+fi
 
 if [ -c /dev/kvm ]; then
     echo "LEGO_L1_KVM=yes uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -57,7 +89,7 @@ net_up() {
     echo "LEGO_L1_NET=up addr=10.0.2.15 host=10.0.2.2 uptime=$(cut -d' ' -f1 /proc/uptime)"
     export LEGO_HOST_ADDR=10.0.2.2
 }
-case " $(cat /proc/cmdline) " in
+case "$cmdline" in
     *' lego.net=1 '*) net_up ;;
 esac
 

@@ -28,6 +28,7 @@ pub mod markers;
 pub mod mode;
 pub mod paths;
 pub mod proc;
+pub mod progress;
 pub mod qemu;
 pub mod shell;
 pub mod testbed;

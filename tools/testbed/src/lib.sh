@@ -10,6 +10,7 @@
 # below). Writes NAME.exit and NAME.tries, prints
 # `LEGO_VNODE_DONE name=NAME exit=STATUS tries=N` and returns legovmm's status
 # (125 if no try got its guest up).
+# While the guest runs, a watchdog (lego_vnode_watch) stops one that makes no progress.
 lego_vnode() {
     _lv_name=$1
     _lv_tries=$2
@@ -49,6 +50,7 @@ lego_vnode() {
             _lv_rc=125
             continue
         fi
+        lego_vnode_watch "$_lv_name" "$_lv_pid" "$_lv_try"
         wait "$_lv_pipe"
         _lv_rc=$(cat "$_lv_name.rc" 2> /dev/null || echo 1)
         cat "$_lv_name.err"
@@ -70,4 +72,93 @@ lego_vnode() {
     echo "$_lv_try" > "$_lv_name.tries"
     echo "LEGO_VNODE_DONE name=$_lv_name exit=$_lv_rc tries=$_lv_try"
     return "$_lv_rc"
+}
+
+# lego_children PID: the PIDs whose parent is PID (legovmm's backends).
+lego_children() {
+    if [ -e "/proc/$1/task/$1/children" ]; then
+        cat /proc/"$1"/task/*/children 2> /dev/null
+        return
+    fi
+    for _lc in /proc/[0-9]*; do
+        [ "$(cut -d' ' -f4 "$_lc/stat" 2> /dev/null)" = "$1" ] && echo "${_lc#/proc/}"
+    done
+}
+
+# lego_progress_mark PID CONSOLE: a line that changes whenever the vNode makes progress:
+# its console grew, or legovmm or one of its backends read or wrote anything (guest
+# kicks, interrupts, requests to monitors all pass through read/write calls).
+lego_progress_mark() {
+    _pm_files=""
+    for _pp in $1 $(lego_children "$1"); do _pm_files="$_pm_files /proc/$_pp/io"; done
+    # shellcheck disable=SC2086 # one word per file
+    echo "$(wc -c < "$2" 2> /dev/null) $(cat $_pm_files 2> /dev/null | grep char | tr '\n' ' ')"
+}
+
+# lego_dump_state PID: what a stalled vNode's processes are doing: each thread's state,
+# wait channel and kernel stack, the I/O counters, the compute host's interrupts, and the
+# nested guest's last exits from KVM's trace events.
+lego_dump_state() {
+    echo "--- legovmm $1 and its backends: threads (state, wait channel, kernel stack) ---"
+    for _dp in $1 $(lego_children "$1"); do
+        echo "process $_dp: $(tr '\0' ' ' < "/proc/$_dp/cmdline" 2> /dev/null | cut -c1-160)"
+        echo "  io: $(tr '\n' ' ' < "/proc/$_dp/io" 2> /dev/null)"
+        for _dt in /proc/"$_dp"/task/*; do
+            echo "  thread ${_dt##*/} $(cat "$_dt/comm" 2> /dev/null): state $(cut -d' ' -f3 "$_dt/stat" 2> /dev/null), wchan $(cat "$_dt/wchan" 2> /dev/null), utime+stime $(cut -d' ' -f14,15 "$_dt/stat" 2> /dev/null)"
+            sed 's/^/      /' "$_dt/stack" 2> /dev/null
+        done
+    done
+    echo "--- sockets ---"
+    netstat -tn 2> /dev/null | tail -n +3
+    echo "--- compute host interrupts ---"
+    cat /proc/interrupts 2> /dev/null
+    _tr=/sys/kernel/tracing
+    [ -d $_tr/events ] || mount -t tracefs nodev $_tr 2> /dev/null
+    if [ -d $_tr/events/kvm ]; then
+        echo "--- the nested guest's exits over 2 s (KVM trace events) ---"
+        echo > $_tr/trace
+        for _ev in kvm_exit kvm_inj_virq kvm_msi_set_irq kvm_set_irq kvm_userspace_exit; do
+            echo 1 > "$_tr/events/kvm/$_ev/enable" 2> /dev/null
+        done
+        sleep 2
+        echo 0 > $_tr/events/kvm/enable 2> /dev/null
+        echo "$(grep -vc '^#' $_tr/trace) events; the last 80:"
+        grep -v '^#' $_tr/trace | tail -n 80
+    fi
+}
+
+# lego_vnode_watch NAME PID TRY: waits while legovmm PID runs (until NAME.rc appears).
+# Calls `lego_progress` every LEGO_PROGRESS_SECS (default 10) when the job defines it (for
+# live figures). If nothing moves for LEGO_VNODE_STALL_SECS (default 180; 0 = never), prints
+# LEGO_VNODE_STALL, writes NAME.stall (see lego_dump_state) to the console, and stops
+# legovmm, so a hang is found in minutes with its state, not at the job's timeout.
+lego_vnode_watch() {
+    _vw_stall=${LEGO_VNODE_STALL_SECS:-180}
+    _vw_every=${LEGO_PROGRESS_SECS:-10}
+    _vw_last=""
+    _vw_quiet=0
+    _vw_tick=0
+    while [ ! -e "$1.rc" ]; do
+        sleep 2
+        _vw_tick=$((_vw_tick + 2))
+        _vw_mark=$(lego_progress_mark "$2" "$1.console")
+        if [ "$_vw_mark" = "$_vw_last" ]; then
+            _vw_quiet=$((_vw_quiet + 2))
+        else
+            _vw_quiet=0
+            _vw_last=$_vw_mark
+        fi
+        if [ $((_vw_tick % _vw_every)) -lt 2 ] && command -v lego_progress > /dev/null 2>&1; then
+            lego_progress
+        fi
+        if [ "$_vw_stall" -gt 0 ] && [ "$_vw_quiet" -ge "$_vw_stall" ] && [ ! -e "$1.rc" ]; then
+            echo "LEGO_VNODE_STALL name=$1 try=$3 after=${_vw_quiet}s"
+            lego_dump_state "$2" > "$1.stall" 2>&1
+            cat "$1.stall"
+            kill "$2" 2> /dev/null
+            sleep 2
+            kill -9 "$2" $(lego_children "$2") 2> /dev/null
+            return 1
+        fi
+    done
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use lego_testbed::console::Stream;
 use lego_testbed::paths;
-use lego_testbed::qemu::QemuConfig;
+use lego_testbed::qemu::{QemuConfig, TcgThreads};
 use lego_testbed::vnode::{self, VnodeSpec};
 use lego_testbed::{Job, JobOutput, ModeChoice, Outcome, Testbed, TestbedConfig};
 
@@ -47,8 +48,24 @@ struct Cli {
     #[arg(long, global = true)]
     network: bool,
     /// Do not stream the console to stderr.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "progress")]
     quiet: bool,
+    /// Instead of the whole console, print only progress lines for a person (phases,
+    /// live figures, trouble), each with the time since the start; the console stays in
+    /// the log.
+    #[arg(long, global = true)]
+    progress: bool,
+    /// The nested compute host's emulated CPU (QEMU `-cpu`).
+    #[arg(long, global = true, default_value = lego_testbed::qemu::CPU, value_name = "MODEL")]
+    l1_cpu_model: String,
+    /// How TCG runs the nested compute host's vCPUs.
+    #[arg(long, global = true, value_enum, default_value_t = TcgThreads::Multi)]
+    tcg_threads: TcgThreads,
+    /// Extra kernel command line words for the nested compute host (e.g.
+    /// `kvm_amd.vgif=0`: `kvm_amd.*` words become kvm-amd module parameters;
+    /// `lego.thp=never|madvise|always` and `lego.shmem_thp=...` set its THP policy).
+    #[arg(long, global = true, default_value = "", value_name = "WORDS")]
+    l1_cmdline_extra: String,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -180,9 +197,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     config.qemu = QemuConfig {
         memory_mib: cli.l1_memory,
         cpus: cli.l1_cpus.max(1),
+        cpu_model: cli.l1_cpu_model.clone(),
+        tcg_threads: cli.tcg_threads,
+        extra_cmdline: cli.l1_cmdline_extra.clone(),
         ..QemuConfig::default()
     };
-    config.stream_console = !cli.quiet;
+    config.stream = if cli.progress {
+        Stream::Progress
+    } else if cli.quiet {
+        Stream::Off
+    } else {
+        Stream::All
+    };
     config.network = cli.network;
     match cli.command {
         Cmd::Mode => {
@@ -217,13 +243,23 @@ fn run(config: TestbedConfig, args: RunArgs) -> Result<ExitCode> {
     }
     let tb = Testbed::new(config)?;
     let out = tb.run(&job)?;
+    // Collect what there is even from a failed job (its logs say why); a file missing
+    // from a job that succeeded fails the run.
+    let mut missing = 0;
     for name in &args.collect {
         let dest = args.out.join(name);
-        out.copy_file(name, &dest)
-            .with_context(|| format!("could not collect {name}"))?;
-        eprintln!("lego-testbed: collected {}", dest.display());
+        match out.copy_file(name, &dest) {
+            Ok(()) => eprintln!("lego-testbed: collected {}", dest.display()),
+            Err(e) => {
+                missing += 1;
+                eprintln!("lego-testbed: could not collect {name}: {e}");
+            }
+        }
     }
     Ok(match out.outcome {
+        Outcome::Completed if missing > 0 && out.job_exit == Some(0) => {
+            ExitCode::from(EXIT_FAILURE)
+        }
         Outcome::Completed => status(out.job_exit.unwrap_or(1)),
         _ => failure(&out),
     })
@@ -308,6 +344,10 @@ fn failure(out: &JobOutput) -> ExitCode {
         Outcome::HostFailed => (
             "ended without the job's exit status (the compute host failed)",
             EXIT_FAILURE,
+        ),
+        Outcome::Silent => (
+            "was killed: the compute host's console went silent (it hung)",
+            EXIT_TIMEOUT,
         ),
         Outcome::Completed => return status(out.job_exit.unwrap_or(1)),
     };

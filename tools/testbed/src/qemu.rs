@@ -36,6 +36,29 @@ pub const L1_ADDR: &str = "10.0.2.15";
 /// The address at which L1 reaches this machine's loopback.
 pub const HOST_ADDR: &str = "10.0.2.2";
 
+/// How often L1's `/init` prints its heartbeat (`LEGO_L1_ALIVE`), in seconds; the testbed
+/// treats a console silent for [`SILENCE_LIMIT_SECS`] as a hung compute host.
+pub const HEARTBEAT_SECS: u64 = 10;
+/// How long a nested try's console may stay silent before its compute host counts as hung
+/// (18 missed heartbeats: generous for a loaded machine, and minutes rather than the job's
+/// whole timeout).
+pub const SILENCE_LIMIT_SECS: u64 = 180;
+
+/// The compute host's command line words of a host tuned for VMs: shared memory may get
+/// transparent huge pages where the VMM asks for them (`MADV_HUGEPAGE`). Tests and the
+/// demo use it; benchmarks run without it unless their report says so.
+pub const VM_HOST_THP: &str = "lego.shmem_thp=advise";
+
+/// How TCG runs the compute host's vCPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TcgThreads {
+    /// One host thread per vCPU (QEMU's default for x86 on x86).
+    #[default]
+    Multi,
+    /// All vCPUs on one host thread, taking turns.
+    Single,
+}
+
 /// Errors from preparing the QEMU command.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
@@ -59,6 +82,13 @@ pub struct QemuConfig {
     pub extra_cmdline: String,
     /// Attach the user-mode network ([`NETDEV`]) and ask L1's `/init` to bring it up.
     pub network: bool,
+    /// The emulated CPU model and flags (`-cpu`).
+    pub cpu_model: String,
+    /// How TCG runs the vCPUs.
+    pub tcg_threads: TcgThreads,
+    /// A Unix socket for QEMU's human monitor, used to read the vCPUs' registers when a
+    /// try is killed; `None` for none.
+    pub monitor: Option<PathBuf>,
 }
 
 impl Default for QemuConfig {
@@ -70,6 +100,9 @@ impl Default for QemuConfig {
             cpus: 2,
             extra_cmdline: String::new(),
             network: false,
+            cpu_model: CPU.to_string(),
+            tcg_threads: TcgThreads::Multi,
+            monitor: None,
         }
     }
 }
@@ -117,7 +150,9 @@ fn measure_tsc_khz() -> Option<u64> {
 
 /// Returns L1's kernel command line.
 pub fn kernel_cmdline(extra: &str) -> String {
-    let mut s = String::from("console=ttyS0 rdinit=/init panic=-1 reboot=t edd=off");
+    let mut s = format!(
+        "console=ttyS0 rdinit=/init panic=-1 reboot=t edd=off lego.heartbeat={HEARTBEAT_SECS}"
+    );
     if let Some(khz) = tsc_khz() {
         s.push_str(&format!(" tsc_early_khz={khz}"));
     }
@@ -145,8 +180,12 @@ impl QemuConfig {
         if self.network {
             extra = format!("{NET_CMDLINE} {extra}");
         }
+        let accel = match self.tcg_threads {
+            TcgThreads::Multi => "tcg",
+            TcgThreads::Single => "tcg,thread=single",
+        };
         let mut cmd = Command::new(&self.binary);
-        cmd.args(["-accel", "tcg", "-M", MACHINE, "-cpu", CPU])
+        cmd.args(["-accel", accel, "-M", MACHINE, "-cpu", &self.cpu_model])
             .arg("-smp")
             .arg(self.cpus.to_string())
             .arg("-m")
@@ -177,8 +216,67 @@ impl QemuConfig {
         if self.network {
             cmd.args(["-netdev", NETDEV, "-device", NIC]);
         }
+        if let Some(sock) = &self.monitor {
+            cmd.arg("-monitor")
+                .arg(format!("unix:{},server=on,wait=off", sock.display()));
+        }
         cmd
     }
+}
+
+/// Asks QEMU's human monitor at `sock` for every vCPU's registers (the state of a hung
+/// compute host), returning what it said, or why it could not.
+pub fn dump_registers(sock: &Path) -> String {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let talk = || -> std::io::Result<String> {
+        let mut s = UnixStream::connect(sock)?;
+        s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        s.write_all(b"info cpus\ninfo registers -a\n")?;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+            if out.len() > 256 * 1024 {
+                break;
+            }
+        }
+        Ok(printable(&String::from_utf8_lossy(&out)))
+    };
+    match talk() {
+        Ok(text) => format!("--- compute host vCPUs (QEMU monitor) ---\n{text}"),
+        Err(e) => format!(
+            "(the QEMU monitor at {} did not answer: {e})",
+            sock.display()
+        ),
+    }
+}
+
+/// Drops the terminal escape sequences and carriage returns the monitor sends.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // ESC [ ... final byte: a terminal control sequence.
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            '\r' => {}
+            c if c == '\n' || c == '\t' || !c.is_control() => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Renders a command as one shell-like line, for logs and reports.
@@ -237,6 +335,35 @@ mod tests {
         assert!(
             !line.contains("hostfwd") && !line.contains("guestfwd"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn knobs_reach_the_command_line() {
+        let cfg = QemuConfig {
+            cpu_model: "EPYC-Rome,+svm".into(),
+            tcg_threads: TcgThreads::Single,
+            monitor: Some(PathBuf::from("/run/m.sock")),
+            extra_cmdline: "kvm_amd.vgif=0".into(),
+            ..QemuConfig::default()
+        };
+        let line = describe(&cfg.command(Path::new("/k"), Path::new("/i"), Path::new("/d")));
+        for want in [
+            "-accel tcg,thread=single",
+            "-cpu EPYC-Rome,+svm ",
+            "-monitor unix:/run/m.sock,server=on,wait=off",
+            "lego.heartbeat=10",
+            "kvm_amd.vgif=0'",
+        ] {
+            assert!(line.contains(want), "{want} missing from {line}");
+        }
+    }
+
+    #[test]
+    fn monitor_output_loses_its_escapes() {
+        assert_eq!(
+            printable("(qemu) \u{1b}[K\u{1b}[Dinfo cpus\r\nRIP=1\u{7}\n"),
+            "(qemu) info cpus\nRIP=1\n"
         );
     }
 

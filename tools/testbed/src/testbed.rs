@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::console::{self, ConsoleError, Ending, Watch, Watched};
+use crate::console::{self, ConsoleError, Ending, Stream, Watch, Watched};
 use crate::disk::{self, DiskError};
 use crate::job::{Job, JobOutput, Outcome, Results};
 use crate::l1::{self, L1Assets, L1Error};
@@ -54,8 +54,8 @@ pub struct TestbedConfig {
     pub mode: ModeChoice,
     /// The compute host VM (nested mode).
     pub qemu: QemuConfig,
-    /// Copy console lines to standard error as they arrive.
-    pub stream_console: bool,
+    /// Which console lines reach standard error as they arrive.
+    pub stream: Stream,
     /// Give every job the compute host's network, as [`Job::network`] does for one job.
     pub network: bool,
 }
@@ -68,7 +68,7 @@ impl TestbedConfig {
             legovmm,
             mode: ModeChoice::Auto,
             qemu: QemuConfig::default(),
-            stream_console: false,
+            stream: Stream::Off,
             network: false,
         }
     }
@@ -185,13 +185,15 @@ impl Testbed {
                     job.ready_marker.as_deref().unwrap_or(""),
                     job.ready_timeout.as_secs_f64()
                 ))
-            } else if self.host_died(&watched) {
+            } else if self.host_died(&watched) || watched.ending == Ending::Silent {
                 // The compute host (an emulated machine under TCG) died under the job: an
                 // infrastructure failure, not the job's. Each try gets a fresh job disk.
+                let how = match watched.ending {
+                    Ending::Silent => "its console went silent: killed as hung".to_string(),
+                    e => format!("QEMU exited with {e:?} before the job's status"),
+                };
                 Some(format!(
-                    "lost its compute host (QEMU exited with {:?} before the job's status); \
-                     last console lines:\n{}",
-                    watched.ending,
+                    "lost its compute host ({how}); last console lines:\n{}",
                     crate::job::tail_lines(&watched.console, 40)
                 ))
             } else {
@@ -200,6 +202,16 @@ impl Testbed {
             if let Some(why) = retry_because {
                 let kept = log.with_extension(format!("try{attempt}.log"));
                 let _ = std::fs::copy(&log, &kept);
+                if self.config.stream == Stream::Progress {
+                    let first = why.lines().next().unwrap_or_default();
+                    crate::progress::say(
+                        watched.duration,
+                        &format!(
+                            "testbed: try {attempt} {first}; retrying (console kept in {})",
+                            kept.display()
+                        ),
+                    );
+                }
                 eprintln!(
                     "lego-testbed: job {:?} try {attempt} {why}\nlego-testbed: its console is kept in {}; retrying",
                     job.name,
@@ -248,11 +260,16 @@ impl Testbed {
         disk::make_image(&dir.path().join("root"), &image, job.disk_extra_mib)?;
         let mut qemu = self.config.qemu.clone();
         qemu.network |= job.network || self.config.network;
+        let monitor = dir.path().join("monitor.sock");
+        qemu.monitor = Some(monitor.clone());
         let cmd = qemu.command(&assets.kernel, &assets.initramfs, &image);
         tracing::debug!("compute host: {}", qemu::describe(&cmd));
         let mut watch = self.watch(job, log);
         watch.timed_markers = vec![markers::L1_INIT.to_string()];
-        let w = console::run(cmd, &watch)?;
+        // L1's /init prints a heartbeat: a silent console is a hung compute host, found in
+        // minutes instead of at the job's timeout.
+        watch.silence_timeout = Some(std::time::Duration::from_secs(qemu::SILENCE_LIMIT_SECS));
+        let w = console::run_with_dump(cmd, &watch, &|| qemu::dump_registers(&monitor))?;
         Ok((w, dir))
     }
 
@@ -297,8 +314,9 @@ impl Testbed {
             ready_marker: job.ready_marker.clone(),
             ready_timeout: job.ready_timeout,
             timed_markers: Vec::new(),
-            stream: self.config.stream_console,
+            stream: self.config.stream.clone(),
             log: Some(log.to_path_buf()),
+            silence_timeout: None,
         }
     }
 
@@ -317,6 +335,7 @@ impl Testbed {
         };
         let (outcome, job_exit) = match (w.ending, nested) {
             (Ending::TimedOut, _) => (Outcome::TimedOut, None),
+            (Ending::Silent, _) => (Outcome::Silent, None),
             (Ending::NotReady, _) => (Outcome::NotReady, None),
             (Ending::Exited(code), false) => (Outcome::Completed, Some(code)),
             (Ending::Exited(_), true) => {
