@@ -1,0 +1,98 @@
+//! Building and running one vNode, in named phases (the order [`run`] calls them):
+//!
+//! 1. preflight: check the inputs and the host before anything is built ([`build::preflight`]);
+//! 2. open KVM and start the remote devices' backends ([`build::open_kvm`],
+//!    [`build::start_remote_backends`]);
+//! 3. create the VM: interrupt controllers, PIT, TSS ([`build::create_vm`]);
+//! 4. guest memory: create guest RAM and register it with KVM ([`build::guest_memory`]);
+//! 5. devices: create them and wire them into KVM ([`build::create_devices`]);
+//! 6. ACPI tables and kernel: write the tables, load kernel, initrd and command line
+//!    ([`build::write_acpi_tables`], [`build::load_kernel`]);
+//! 7. start the vCPUs: configure each one, then run it on its own thread
+//!    ([`build::create_vcpus`], [`running::start_vcpus`]);
+//! 8. wait for the guest (or a signal) to end the vNode ([`running::wait_for_end`]);
+//! 9. tear down: stop and join the vCPUs, then drop devices, memory, VM and backends in that
+//!    order ([`running::tear_down`]).
+
+pub mod build;
+pub mod running;
+mod signals;
+
+use crate::backends;
+use crate::boot;
+use crate::config::VmConfig;
+use crate::device_manager;
+use crate::kvm;
+use crate::memory;
+use lego_devices::exit::{ExitNotifier, GuestExit};
+use std::path::Path;
+use std::time::Instant;
+
+/// How the vNode ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest ended itself.
+    Guest(GuestExit),
+    /// The VMM was told to stop by a signal.
+    Signal(i32),
+}
+
+/// Errors building or running the vNode.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// KVM is unusable.
+    #[error(transparent)]
+    Kvm(#[from] kvm::KvmError),
+    /// A KVM VM-level ioctl failed.
+    #[error("cannot {what}: {source}")]
+    VmIoctl {
+        /// The step.
+        what: &'static str,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// A device could not be created.
+    #[error(transparent)]
+    Devices(#[from] device_manager::DeviceError),
+    /// ACPI tables could not be built or written.
+    #[error("cannot set up ACPI tables: {0}")]
+    Acpi(String),
+    /// The kernel, initrd or command line could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// A vCPU could not be configured.
+    #[error(transparent)]
+    Vcpu(#[from] crate::cpu::vcpu::VcpuError),
+    /// A remote device's backend could not be started.
+    #[error(transparent)]
+    Backend(#[from] backends::BackendError),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Boots `config` on the KVM at `kvm_path` and runs it to the end.
+///
+/// The locals are declared in the order the phases create them, so that on every return
+/// path they drop in reverse: devices before guest RAM, guest RAM before the VM, the VM
+/// before the remote backends.
+pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
+    let started = Instant::now();
+    build::preflight(config)?;
+    let kvm = build::open_kvm(kvm_path)?;
+    let (config, _remote) = build::start_remote_backends(config)?;
+    let vm = build::create_vm(&kvm)?;
+    let ram = build::guest_memory(&vm, &config)?;
+    let exit = ExitNotifier::new().map_err(VmError::Thread)?;
+    let devices = build::create_devices(&vm, &ram.mem, &config, &exit)?;
+    let rsdp_addr = build::write_acpi_tables(&ram.mem, &config, &devices)?;
+    let entry = build::load_kernel(&ram.mem, &config, rsdp_addr)?;
+    let vcpus = build::create_vcpus(&kvm, &vm, &ram.mem, &config, &devices, &exit, entry)?;
+    let vcpus = running::start_vcpus(vcpus, &exit, started)?;
+    let outcome = running::wait_for_end(&exit);
+    running::tear_down(vcpus, devices, &outcome, started);
+    Ok(outcome)
+}
