@@ -1,5 +1,6 @@
 //! The vNode's configuration: a TOML file and command-line flags, merged (flags win).
 
+use crate::memory::MemoryBacking;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,13 @@ pub enum ConfigError {
     /// A remote disk specification could not be understood.
     #[error("'{0}' is not a remote disk: use NAME or NAME,SIZE (for example data,2G)")]
     BadRemoteDisk(String),
-    /// Remote devices were asked for without saying whose they are.
+    /// Private guest RAM was asked for with a device that must map it.
+    #[error("vhost-user devices (--vhost-user-blk, --remote-memory, --remote-disk) map guest RAM, which private memory does not allow: use --memory-backing auto, shared or hugetlb")]
+    PrivateMemoryShared,
+    /// Hugetlbfs backing with a size that is not a whole number of huge pages.
+    #[error("guest memory of {0} bytes cannot be backed by 2 MiB huge pages: make it a multiple of 2 MiB")]
+    HugeMemorySize(u64),
+    /// Remote devices without a vNode id.
     #[error("--remote-memory and --remote-disk need --vnode N: the vNode whose memory and volumes the manager places (not 0)")]
     NoVnode,
     /// A serial output specification could not be understood.
@@ -226,6 +233,8 @@ pub struct FileConfig {
     pub vnode: Option<u64>,
     /// Cluster key file.
     pub key_file: Option<PathBuf>,
+    /// How guest RAM is backed: "auto", "private", "shared" or "hugetlb".
+    pub memory_backing: Option<MemoryBacking>,
 }
 
 /// A size as it may appear in TOML: a string with a unit, or a bare number of MiB.
@@ -292,6 +301,8 @@ pub struct Overrides {
     pub vnode: Option<u64>,
     /// `--key-file`.
     pub key_file: Option<PathBuf>,
+    /// `--memory-backing`.
+    pub memory_backing: Option<MemoryBacking>,
 }
 
 /// A complete, validated vNode configuration.
@@ -315,9 +326,19 @@ pub struct VmConfig {
     pub remote: Option<RemoteConfig>,
     /// Serial output.
     pub serial: SerialOutput,
+    /// How guest RAM is backed, as asked ([`MemoryBacking::Auto`] is decided when the
+    /// devices are known: see [`VmConfig::memory_backing_used`]).
+    pub memory_backing: MemoryBacking,
 }
 
 impl VmConfig {
+    /// The backing guest RAM gets: shared when a vhost-user device (local or remote) must
+    /// map it, else private, unless the configuration names one.
+    pub fn memory_backing_used(&self) -> MemoryBacking {
+        self.memory_backing
+            .resolve(!self.vhost_user_blk.is_empty() || self.remote.is_some())
+    }
+
     /// Merges the file (if any) with the flags, and validates the result.
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
         let kernel = flags.kernel.or(file.kernel).ok_or(ConfigError::NoKernel)?;
@@ -385,6 +406,19 @@ impl VmConfig {
         } else {
             None
         };
+        let memory_backing = flags
+            .memory_backing
+            .or(file.memory_backing)
+            .unwrap_or_default();
+        let shared_needed = !vhost_user_blk.is_empty() || remote.is_some();
+        if memory_backing == MemoryBacking::Private && shared_needed {
+            return Err(ConfigError::PrivateMemoryShared);
+        }
+        if memory_backing == MemoryBacking::Hugetlb
+            && !memory.is_multiple_of(crate::memory::HUGE_PAGE_SIZE)
+        {
+            return Err(ConfigError::HugeMemorySize(memory));
+        }
         Ok(Self {
             kernel,
             initrd: flags.initrd.or(file.initrd),
@@ -398,6 +432,7 @@ impl VmConfig {
             vhost_user_blk,
             remote,
             serial,
+            memory_backing,
         })
     }
 }
@@ -545,6 +580,54 @@ mod tests {
             },
         );
         assert_eq!(none.unwrap().remote, None);
+    }
+
+    #[test]
+    fn memory_backing_follows_the_devices_unless_named() {
+        let file: FileConfig =
+            toml::from_str("kernel = \"/k\"\nmemory_backing = \"hugetlb\"\n").unwrap();
+        let c = VmConfig::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(c.memory_backing_used(), MemoryBacking::Hugetlb);
+        let plain = VmConfig::resolve(
+            FileConfig::default(),
+            Overrides {
+                kernel: Some("/k".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(plain.memory_backing_used(), MemoryBacking::Private);
+        let vhost = Overrides {
+            kernel: Some("/k".into()),
+            vhost_user_blk: vec!["socket=/run/a.sock".into()],
+            ..Overrides::default()
+        };
+        let c = VmConfig::resolve(FileConfig::default(), vhost.clone()).unwrap();
+        assert_eq!(c.memory_backing_used(), MemoryBacking::Shared);
+        let err = VmConfig::resolve(
+            FileConfig::default(),
+            Overrides {
+                memory_backing: Some(MemoryBacking::Private),
+                ..vhost
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--memory-backing auto, shared or hugetlb"),
+            "{err}"
+        );
+        let err = VmConfig::resolve(
+            FileConfig::default(),
+            Overrides {
+                kernel: Some("/k".into()),
+                memory: Some("33M".into()),
+                memory_backing: Some(MemoryBacking::Hugetlb),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("multiple of 2 MiB"), "{err}");
     }
 
     #[test]

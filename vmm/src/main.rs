@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use lego_devices::exit::GuestExit;
 use legovmm::config::{FileConfig, Overrides, VmConfig};
+use legovmm::memory::MemoryBacking;
 use legovmm::vm::{self, Outcome};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,7 +42,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, vcpus, [[disks]], [[vhost_user_blk]], serial); flags override it.
+    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, memory_backing, vcpus, [[disks]], [[vhost_user_blk]], serial); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Kernel image: a bzImage or an ELF vmlinux (PVH entry used when present).
@@ -56,6 +57,11 @@ struct RunArgs {
     /// Guest memory, e.g. 512M or 2G; a bare number is MiB [default: 512M].
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
+    /// How guest RAM is backed: auto (private anonymous memory, or a shared memfd when a
+    /// vhost-user device must map it), private, shared, or hugetlb (2 MiB pages the host
+    /// has reserved) [default: auto].
+    #[arg(long, value_name = "BACKING", value_parser = parse_backing)]
+    memory_backing: Option<MemoryBacking>,
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]
     vcpus: Option<u64>,
@@ -86,6 +92,10 @@ struct RunArgs {
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+}
+
+fn parse_backing(s: &str) -> Result<MemoryBacking, String> {
+    s.parse()
 }
 
 fn main() -> ExitCode {
@@ -145,6 +155,7 @@ fn run(args: RunArgs) -> ExitCode {
         manager: args.manager,
         vnode: args.vnode,
         key_file: args.key_file,
+        memory_backing: args.memory_backing,
     };
     let config = match VmConfig::resolve(file, flags) {
         Ok(c) => c,

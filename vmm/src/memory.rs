@@ -1,5 +1,7 @@
-//! Guest RAM: one shared memfd, mapped into the VMM and registered with KVM, so that
-//! vhost-user backends can map the same pages.
+//! Guest RAM, mapped into the VMM and registered with KVM, backed as [`MemoryBacking`]
+//! says: private anonymous memory (what QEMU uses by default: transparent huge pages apply
+//! on a default host) unless a device needs to map it too, then a shared memfd (vhost-user
+//! backends map the same pages), optionally of hugetlbfs pages.
 
 use crate::layout;
 use std::fs::File;
@@ -12,6 +14,75 @@ use vm_memory::{
 
 /// Guest memory as the VMM uses it.
 pub type GuestMemory = GuestMemoryMmap<()>;
+
+/// The size of a hugetlbfs page guest RAM uses with [`MemoryBacking::Hugetlb`].
+pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
+
+/// How guest RAM is backed on the host (`--memory-backing`, `memory_backing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryBacking {
+    /// Private memory unless a device must map guest RAM (vhost-user), then shared.
+    #[default]
+    Auto,
+    /// Private anonymous memory: the fastest on a default host (transparent huge pages
+    /// apply), but no other process can map it.
+    Private,
+    /// A shared memfd: vhost-user backends can map it; huge pages only where the host
+    /// allows them for shared memory (`shmem_enabled`).
+    Shared,
+    /// A shared memfd of 2 MiB hugetlbfs pages, which the host admin must have reserved
+    /// (`vm.nr_hugepages`): shareable and huge on any host.
+    Hugetlb,
+}
+
+impl MemoryBacking {
+    /// The names accepted on the command line and in the config file.
+    pub const NAMES: &'static str = "auto, private, shared or hugetlb";
+
+    /// Returns the backing to use: `Auto` becomes `Shared` when `shared_needed` (a device
+    /// maps guest RAM), else `Private`.
+    pub fn resolve(self, shared_needed: bool) -> MemoryBacking {
+        match self {
+            MemoryBacking::Auto if shared_needed => MemoryBacking::Shared,
+            MemoryBacking::Auto => MemoryBacking::Private,
+            other => other,
+        }
+    }
+
+    /// True if other processes can map this memory.
+    pub fn is_shared(self) -> bool {
+        matches!(self, MemoryBacking::Shared | MemoryBacking::Hugetlb)
+    }
+}
+
+impl std::str::FromStr for MemoryBacking {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "private" => Ok(Self::Private),
+            "shared" => Ok(Self::Shared),
+            "hugetlb" => Ok(Self::Hugetlb),
+            other => Err(format!(
+                "unknown memory backing {other:?}: use {}",
+                Self::NAMES
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryBacking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Private => "private",
+            Self::Shared => "shared",
+            Self::Hugetlb => "hugetlb",
+        })
+    }
+}
 
 /// Errors setting up guest RAM.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +98,14 @@ pub enum MemoryError {
     /// memfd_create or ftruncate failed.
     #[error("cannot create the guest memory file: {0}")]
     Memfd(std::io::Error),
+    /// Hugetlbfs pages were asked for but the host has too few reserved.
+    #[error("cannot back {mib} MiB of guest memory with 2 MiB huge pages: the host has {free} free (HugePages_Free); reserve more with `sysctl vm.nr_hugepages=N` or use --memory-backing shared")]
+    NoHugePages {
+        /// The size.
+        mib: u64,
+        /// Free huge pages on the host.
+        free: u64,
+    },
     /// Mapping failed.
     #[error("cannot map {mib} MiB of guest memory: {message}")]
     Map {
@@ -59,42 +138,121 @@ pub fn check_available(size: u64) -> Result<(), MemoryError> {
     }
 }
 
-/// Creates `size` bytes of guest RAM backed by a shared memfd, laid out per [`layout::ram_ranges`].
-/// Returns the memory and the memfd (for vhost-user backends).
-pub fn create_guest_memory(size: u64) -> Result<(GuestMemory, Arc<File>), MemoryError> {
-    check_available(size)?;
-    let file = Arc::new(memfd(size)?);
-    let mut ranges = Vec::new();
-    let mut offset = 0u64;
-    for (start, len) in layout::ram_ranges(size) {
-        ranges.push((
-            GuestAddress(start),
-            len as usize,
-            Some(FileOffset::from_arc(file.clone(), offset)),
-        ));
-        offset += len;
+/// Creates `size` bytes of guest RAM laid out per [`layout::ram_ranges`], backed as
+/// `backing` says ([`MemoryBacking::Auto`] counts as private). Returns the memory and, for
+/// shared backings, the memfd (vhost-user backends map it).
+pub fn create_guest_memory(
+    size: u64,
+    backing: MemoryBacking,
+) -> Result<(GuestMemory, Option<Arc<File>>), MemoryError> {
+    let backing = backing.resolve(false);
+    if backing == MemoryBacking::Hugetlb {
+        check_huge_pages(size)?;
+    } else {
+        check_available(size)?;
     }
-    let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(|e| MemoryError::Map {
+    let map_err = |e: vm_memory::mmap::FromRangesError| MemoryError::Map {
         mib: size >> 20,
         message: e.to_string(),
-    })?;
-    advise_huge_pages(&mem);
+    };
+    let (mem, file) = if backing.is_shared() {
+        let file = Arc::new(memfd(size, backing == MemoryBacking::Hugetlb)?);
+        let mut ranges = Vec::new();
+        let mut offset = 0u64;
+        for (start, len) in layout::ram_ranges(size) {
+            ranges.push((
+                GuestAddress(start),
+                len as usize,
+                Some(FileOffset::from_arc(file.clone(), offset)),
+            ));
+            offset += len;
+        }
+        let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(map_err)?;
+        (mem, Some(file))
+    } else {
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(size)
+            .into_iter()
+            .map(|(start, len)| (GuestAddress(start), len as usize))
+            .collect();
+        (
+            GuestMemoryMmap::from_ranges(&ranges).map_err(map_err)?,
+            None,
+        )
+    };
+    if backing != MemoryBacking::Hugetlb {
+        advise_huge_pages(&mem);
+    }
     Ok((mem, file))
 }
 
+/// Says in one sentence how guest RAM is backed and why, with the host's huge page policy
+/// that applies to it (for the log).
+pub fn describe_backing(requested: MemoryBacking, used: MemoryBacking, size: u64) -> String {
+    let why = match (requested, used) {
+        (MemoryBacking::Auto, MemoryBacking::Shared) => {
+            "shared because a vhost-user device maps guest RAM"
+        }
+        (MemoryBacking::Auto, _) => "private because no device needs to map guest RAM",
+        _ => "as asked (--memory-backing)",
+    };
+    let pages = match used {
+        MemoryBacking::Hugetlb => "2 MiB hugetlbfs pages".to_string(),
+        MemoryBacking::Shared => format!(
+            "transparent huge pages where shmem_enabled allows them (host: {})",
+            thp_policy(SHMEM_THP)
+        ),
+        _ => format!(
+            "transparent huge pages where enabled allows them (host: {})",
+            thp_policy(ANON_THP)
+        ),
+    };
+    let kind = match used {
+        MemoryBacking::Hugetlb => "a shared hugetlbfs memfd",
+        MemoryBacking::Shared => "a shared memfd",
+        _ => "private anonymous memory",
+    };
+    format!("guest RAM: {} MiB of {kind}, {why}; {pages}", size >> 20)
+}
+
+/// Returns the selected value of a THP policy file (`always [madvise] never` gives
+/// `madvise`), or `unknown`.
+fn thp_policy(path: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Fails when `size` is not a whole number of huge pages or the host has too few free.
+fn check_huge_pages(size: u64) -> Result<(), MemoryError> {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let free = text
+        .lines()
+        .find(|l| l.starts_with("HugePages_Free:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    if !size.is_multiple_of(HUGE_PAGE_SIZE) || free < size / HUGE_PAGE_SIZE {
+        return Err(MemoryError::NoHugePages {
+            mib: size >> 20,
+            free,
+        });
+    }
+    Ok(())
+}
+
+/// Where the host says whether anonymous memory may use transparent huge pages.
+const ANON_THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 /// Where the host says whether shared memory may use transparent huge pages.
 const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
 
-/// Asks for transparent huge pages on guest RAM. They are used where the host allows them for
-/// shared memory (`shmem_enabled` = `advise`, `within_size` or `always`): a booting guest then
-/// takes far fewer (and, nested, far cheaper) page faults, and runs with fewer TLB misses.
-/// Elsewhere this changes nothing.
+/// Asks for transparent huge pages on guest RAM, as QEMU does. They are used where the host
+/// allows them (`enabled` for private memory, where Debian's default allows them; and
+/// `shmem_enabled` = `advise`, `within_size` or `always` for shared memory): a booting guest
+/// then takes far fewer (and, nested, far cheaper) page faults, and runs with fewer TLB
+/// misses. Elsewhere this changes nothing.
 fn advise_huge_pages(mem: &GuestMemory) {
-    let policy = std::fs::read_to_string(SHMEM_THP).unwrap_or_default();
-    tracing::debug!(
-        shmem_enabled = policy.trim(),
-        "asking for huge pages on guest RAM"
-    );
     for region in mem.iter() {
         let Ok(addr) = region.get_host_address(MemoryRegionAddress(0)) else {
             continue;
@@ -117,10 +275,14 @@ fn advise_huge_pages(mem: &GuestMemory) {
     }
 }
 
-fn memfd(size: u64) -> Result<File, MemoryError> {
+fn memfd(size: u64, huge: bool) -> Result<File, MemoryError> {
     let name = c"legovmm-guest-ram";
+    let mut flags = libc::MFD_CLOEXEC;
+    if huge {
+        flags |= libc::MFD_HUGETLB | libc::MFD_HUGE_2MB;
+    }
     // SAFETY: `name` is a valid NUL-terminated string; the call has no other inputs.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     if fd < 0 {
         return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
     }
@@ -138,7 +300,8 @@ mod tests {
     #[test]
     fn guest_memory_is_shared_with_the_memfd() {
         use std::os::unix::fs::FileExt;
-        let (mem, file) = create_guest_memory(64 << 20).unwrap();
+        let (mem, file) = create_guest_memory(64 << 20, MemoryBacking::Shared).unwrap();
+        let file = file.expect("shared memory has a file");
         assert_eq!(mem.num_regions(), 1);
         mem.write_obj(0xdead_beef_u32, GuestAddress(0x1234))
             .unwrap();
@@ -149,7 +312,51 @@ mod tests {
 
     #[test]
     fn refuses_more_than_the_host_has() {
-        let err = create_guest_memory(1 << 50).unwrap_err();
+        let err = create_guest_memory(1 << 50, MemoryBacking::Auto).unwrap_err();
         assert!(err.to_string().contains("cannot give"), "{err}");
+    }
+
+    #[test]
+    fn private_memory_has_no_file_and_works() {
+        let (mem, file) = create_guest_memory(64 << 20, MemoryBacking::Private).unwrap();
+        assert!(file.is_none());
+        mem.write_obj(0x1234_5678_u32, GuestAddress(0x10_0000))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x10_0000)).unwrap(),
+            0x1234_5678
+        );
+    }
+
+    #[test]
+    fn auto_is_shared_only_when_a_device_maps_guest_ram() {
+        assert_eq!(MemoryBacking::Auto.resolve(true), MemoryBacking::Shared);
+        assert_eq!(MemoryBacking::Auto.resolve(false), MemoryBacking::Private);
+        assert_eq!(
+            MemoryBacking::Hugetlb.resolve(false),
+            MemoryBacking::Hugetlb
+        );
+        assert_eq!(
+            "HugeTLB".parse::<MemoryBacking>(),
+            Ok(MemoryBacking::Hugetlb)
+        );
+        assert!("big"
+            .parse::<MemoryBacking>()
+            .unwrap_err()
+            .contains("auto, private"));
+        let line = describe_backing(MemoryBacking::Auto, MemoryBacking::Private, 256 << 20);
+        assert!(
+            line.starts_with("guest RAM: 256 MiB of private anonymous memory, private because"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn hugetlb_needs_reserved_pages() {
+        // Unless this host has reserved huge pages, the error says how to get them.
+        match create_guest_memory(64 << 20, MemoryBacking::Hugetlb) {
+            Ok((_, file)) => assert!(file.is_some()),
+            Err(e) => assert!(e.to_string().contains("vm.nr_hugepages"), "{e}"),
+        }
     }
 }

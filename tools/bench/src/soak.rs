@@ -116,7 +116,7 @@ pub fn classify(
 pub fn l2_restarts(console: &str) -> (u32, u32) {
     let count = |m: &str| console.lines().filter(|l| l.contains(m)).count() as u32;
     (
-        count("LEGO_VNODE_TRIPLE_FAULT") + count("triple-faulted"),
+        count("LEGO_VNODE_TRIPLE_FAULT"),
         count("LEGO_VNODE_HANG") + count("LEGO_BENCH_HANG"),
     )
 }
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn counts_nested_restarts() {
-        let c = "LEGO_VNODE_TRIPLE_FAULT name=a try=1\nLEGO_VNODE_HANG name=a try=2\nLEGO_VNODE_HANG name=b\n";
+        let c = "legovmm: vCPU 0 triple-faulted\nLEGO_VNODE_TRIPLE_FAULT name=a try=1\nLEGO_VNODE_HANG name=a try=2\nLEGO_VNODE_HANG name=b\n";
         assert_eq!(l2_restarts(c), (1, 2));
     }
 

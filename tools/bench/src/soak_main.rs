@@ -231,13 +231,14 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
             l2_early_hangs,
             duration: t0.elapsed(),
         };
+        // Every run's console is kept: clean runs' nested restarts are worth reading too.
+        let _ = std::fs::write(
+            out_dir.join(format!("run-{index:02}.console.log")),
+            &out.console,
+        );
         let verdict = match &run.loss {
             None => "clean".to_string(),
-            Some(l) => {
-                let kept = out_dir.join(format!("run-{index:02}.console.log"));
-                let _ = std::fs::write(&kept, &out.console);
-                format!("LOST: {}: {}", l.kind(), l.detail())
-            }
+            Some(l) => format!("LOST: {}: {}", l.kind(), l.detail()),
         };
         eprintln!(
             "soak: run {index}/{} {verdict} ({:.0} s; L2 restarts {}/{}; {:.0} min so far)",

@@ -297,7 +297,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("kernel");
         std::fs::write(&k, b"not a kernel at all").unwrap();
-        let (mem, _) = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let (mem, _) =
+            crate::memory::create_guest_memory(64 << 20, crate::memory::MemoryBacking::Private)
+                .unwrap();
         let spec = BootSpec {
             kernel: &k,
             initrd: None,
@@ -320,7 +322,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("initrd");
         std::fs::write(&p, vec![7u8; 10_000]).unwrap();
-        let (mem, _) = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let (mem, _) =
+            crate::memory::create_guest_memory(64 << 20, crate::memory::MemoryBacking::Private)
+                .unwrap();
         let placed = load_initrd(&mem, &p, 0x200_0000, u32::MAX as u64, 64 << 20).unwrap();
         assert_eq!(placed.addr % 4096, 0);
         assert!(placed.addr + placed.size <= 64 << 20);
@@ -334,7 +338,9 @@ mod tests {
 
     #[test]
     fn overlong_cmdline_is_refused() {
-        let (mem, _) = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let (mem, _) =
+            crate::memory::create_guest_memory(64 << 20, crate::memory::MemoryBacking::Private)
+                .unwrap();
         let long = "x".repeat(5000);
         assert!(matches!(
             write_cmdline(&mem, &long, None),

@@ -29,7 +29,9 @@ mod tests {
         assert!(RESET_VECTOR + STUB.len() as u64 <= 0x10_0000);
         // mov al, 0xfe (the i8042 "pulse reset" command); out 0x64, al.
         assert_eq!(&STUB[..4], &[0xb0, 0xfe, 0xe6, 0x64]);
-        let (mem, _) = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let (mem, _) =
+            crate::memory::create_guest_memory(64 << 20, crate::memory::MemoryBacking::Private)
+                .unwrap();
         write(&mem).unwrap();
         let mut got = [0u8; 9];
         mem.read_slice(&mut got, GuestAddress(RESET_VECTOR))

@@ -200,7 +200,9 @@ mod tests {
 
     #[test]
     fn long_mode_state_enables_paging_over_an_identity_map() {
-        let (mem, _) = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let (mem, _) =
+            crate::memory::create_guest_memory(64 << 20, crate::memory::MemoryBacking::Private)
+                .unwrap();
         let s = boot_sregs(
             &mem,
             BootEntry::Linux64 { entry: 0x100200 },
@@ -227,7 +229,9 @@ mod tests {
 
     #[test]
     fn pvh_state_is_flat_protected_mode_without_paging() {
-        let (mem, _) = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let (mem, _) =
+            crate::memory::create_guest_memory(64 << 20, crate::memory::MemoryBacking::Private)
+                .unwrap();
         let s = boot_sregs(
             &mem,
             BootEntry::Pvh { entry: 0x1000000 },

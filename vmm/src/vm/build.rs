@@ -93,14 +93,21 @@ fn disable_pmu(vm: &VmFd) {
 pub struct GuestRam {
     /// The mapping the VMM, its devices and KVM use.
     pub mem: GuestMemory,
-    /// The backing file, kept open for the run (vhost-user backends map it).
-    _backing: Arc<File>,
+    /// The backing file of shared guest RAM, kept open for the run (vhost-user backends
+    /// map it); `None` for private memory.
+    _backing: Option<Arc<File>>,
 }
 
-/// Guest memory: creates guest RAM ([`memory::create_guest_memory`]) and registers every
-/// region with KVM as one memory slot.
+/// Guest memory: creates guest RAM ([`memory::create_guest_memory`]) with the backing the
+/// configuration and its devices call for (logged, with why), and registers every region
+/// with KVM as one memory slot.
 pub fn guest_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
-    let (mem, backing) = memory::create_guest_memory(config.memory)?;
+    let backing = config.memory_backing_used();
+    tracing::info!(
+        "{}",
+        memory::describe_backing(config.memory_backing, backing, config.memory)
+    );
+    let (mem, backing) = memory::create_guest_memory(config.memory, backing)?;
     register_guest_memory(vm, &mem)?;
     Ok(GuestRam {
         mem,
