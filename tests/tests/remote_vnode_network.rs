@@ -11,39 +11,75 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = include_str!("../../tools/demo/remote-vnode.sh");
-const MANAGER_PORT: u16 = 17300;
-const MEMORY_PORT: u16 = 17100;
-const STORAGE_PORT: u16 = 17200;
 const GUEST_RAM_MIB: u64 = 128;
 const WORKLOAD_MIB: u64 = 512;
 
+/// The daemons' ports on this machine's loopback, free when picked.
+#[derive(Clone, Copy)]
+struct Ports {
+    manager: u16,
+    memory: u16,
+    storage: u16,
+}
+
+impl Ports {
+    /// Asks the kernel for three free ports (bound together, so they differ).
+    fn free() -> Self {
+        let socks: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let port = |i: usize| socks[i].local_addr().unwrap().port();
+        Self {
+            manager: port(0),
+            memory: port(1),
+            storage: port(2),
+        }
+    }
+
+    fn manager_addr(self) -> String {
+        format!("127.0.0.1:{}", self.manager)
+    }
+}
+
 /// The daemons on this machine; killed when dropped.
 struct HostCluster {
-    children: Vec<Child>,
+    children: Vec<(&'static str, Child)>,
     _dir: tempfile::TempDir,
+}
+
+impl HostCluster {
+    /// Panics if one of our daemons has exited (e.g. it could not bind its port because
+    /// another process holds it: then whoever answers there is not ours).
+    fn check_alive(&mut self) {
+        for (name, c) in &mut self.children {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("our {name} exited ({status}): is its port taken by another process?");
+            }
+        }
+    }
 }
 
 impl Drop for HostCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for (_, c) in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 }
 
-fn legoctl(key: &str, args: &[&str]) -> String {
+fn legoctl(key: &str, ports: Ports, args: &[&str]) -> String {
     let out = Command::new(release_binary("legoctl"))
         .env("LEGO_CLUSTER_KEY", key)
         .arg("--manager")
-        .arg(format!("127.0.0.1:{MANAGER_PORT}"))
+        .arg(ports.manager_addr())
         .args(args)
         .output()
         .expect("legoctl runs");
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-fn start_cluster(key: &str, advertise_host: &str) -> HostCluster {
+fn start_cluster(key: &str, advertise_host: &str, ports: Ports) -> HostCluster {
     let dir = tempfile::tempdir().unwrap();
     let spawn = |bin: &str, args: Vec<String>| -> Child {
         Command::new(release_binary(bin))
@@ -54,61 +90,85 @@ fn start_cluster(key: &str, advertise_host: &str) -> HostCluster {
             .spawn()
             .unwrap_or_else(|e| panic!("{bin} starts: {e}"))
     };
-    let manager = format!("127.0.0.1:{MANAGER_PORT}");
-    let mut children = vec![spawn(
+    let manager = ports.manager_addr();
+    let mut children = vec![(
         "lego-manager",
-        vec![
-            "--state-dir".into(),
-            dir.path().join("state").display().to_string(),
-            "--listen".into(),
-            manager.clone(),
-            "--heartbeat-ms".into(),
-            "200".into(),
-        ],
+        spawn(
+            "lego-manager",
+            vec![
+                "--state-dir".into(),
+                dir.path().join("state").display().to_string(),
+                "--listen".into(),
+                manager.clone(),
+                "--heartbeat-ms".into(),
+                "200".into(),
+            ],
+        ),
     )];
     std::thread::sleep(Duration::from_millis(300));
-    children.push(spawn(
+    children.push((
         "lego-memory-monitor",
-        vec![
-            "--listen".into(),
-            format!("127.0.0.1:{MEMORY_PORT}"),
-            "--advertise".into(),
-            format!("{advertise_host}:{MEMORY_PORT}"),
-            "--capacity".into(),
-            "1G".into(),
-            "--manager".into(),
-            manager.clone(),
-            "--heartbeat-ms".into(),
-            "200".into(),
-        ],
+        spawn(
+            "lego-memory-monitor",
+            vec![
+                "--listen".into(),
+                format!("127.0.0.1:{}", ports.memory),
+                "--advertise".into(),
+                format!("{advertise_host}:{}", ports.memory),
+                "--capacity".into(),
+                "1G".into(),
+                "--manager".into(),
+                manager.clone(),
+                "--heartbeat-ms".into(),
+                "200".into(),
+            ],
+        ),
     ));
-    children.push(spawn(
+    children.push((
         "lego-storage-monitor",
-        vec![
-            "--listen".into(),
-            format!("127.0.0.1:{STORAGE_PORT}"),
-            "--advertise".into(),
-            format!("{advertise_host}:{STORAGE_PORT}"),
-            "--data-dir".into(),
-            dir.path().join("volumes").display().to_string(),
-            "--capacity".into(),
-            "1G".into(),
-            "--manager".into(),
-            manager,
-            "--heartbeat-ms".into(),
-            "200".into(),
-        ],
+        spawn(
+            "lego-storage-monitor",
+            vec![
+                "--listen".into(),
+                format!("127.0.0.1:{}", ports.storage),
+                "--advertise".into(),
+                format!("{advertise_host}:{}", ports.storage),
+                "--data-dir".into(),
+                dir.path().join("volumes").display().to_string(),
+                "--capacity".into(),
+                "1G".into(),
+                "--manager".into(),
+                manager,
+                "--heartbeat-ms".into(),
+                "200".into(),
+            ],
+        ),
     ));
-    let cluster = HostCluster {
+    let mut cluster = HostCluster {
         children,
         _dir: dir,
     };
+    // Up when the manager we started lists the two monitors we started, at the addresses we
+    // gave them: proof that legoctl reached our manager, not another process's.
+    let ours = [
+        format!("{advertise_host}:{}", ports.memory),
+        format!("{advertise_host}:{}", ports.storage),
+    ];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while legoctl(key, &["status"]).matches("alive").count() < 2 {
+    loop {
+        cluster.check_alive();
+        let status = legoctl(key, ports, &["status"]);
+        let up = ours.iter().all(|a| {
+            status
+                .lines()
+                .any(|l| l.contains(a.as_str()) && l.contains("alive"))
+        });
+        if up {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the host cluster did not come up: {}",
-            legoctl(key, &["status"])
+            "the host cluster did not come up with our monitors {ours:?}: {status}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -131,10 +191,12 @@ fn run_job() -> Results {
         .expect("a hex key")
         .trim()
         .to_string();
+    let ports = Ports::free();
     let script = format!(
-        "export LEGO_CLUSTER_KEY={key}\nexport REMOTE_SIDE=host HOST_MANAGER_PORT={MANAGER_PORT} \
-         HOST_MEMORY_PORT={MEMORY_PORT} GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=1G \
-         WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}"
+        "export LEGO_CLUSTER_KEY={key}\nexport REMOTE_SIDE=host HOST_MANAGER_PORT={} \
+         HOST_MEMORY_PORT={} GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=1G \
+         WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{SCRIPT}",
+        ports.manager, ports.memory
     );
     let mut job = lego_tests::guest_job("remote-vnode-network", script, Duration::from_secs(1200))
         .network(true);
@@ -146,19 +208,21 @@ fn run_job() -> Results {
     } else {
         "127.0.0.1"
     };
-    let _cluster = start_cluster(&key, advertise);
+    let mut cluster = start_cluster(&key, advertise, ports);
     for bin in ["lego-vhost-blk", "legoctl"] {
         job = job.file(release_binary(bin), bin);
     }
     let out = lego_tests::run_job(&testbed, &job, "remote_vnode_network");
+    cluster.check_alive();
     let host_memory_stats = legoctl(
         &key,
+        ports,
         &[
             "monitor-stats",
             "--kind",
             "memory",
             "--addr",
-            &format!("127.0.0.1:{MEMORY_PORT}"),
+            &format!("127.0.0.1:{}", ports.memory),
         ],
     );
     Results {
