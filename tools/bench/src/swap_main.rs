@@ -1,6 +1,7 @@
 //! `swap-bench`: the same swap-heavy workload in a vNode with remote memory, with swap on
-//! an NBD-backed disk under QEMU, and with all-local RAM, side by side in one compute host
-//! of the testbed; medians and slowdown ratios. See `lego_bench::swap`.
+//! an NBD-backed disk under QEMU, and with all-local RAM (legovmm, and optionally QEMU),
+//! side by side in one compute host of the testbed; medians and slowdown ratios, and
+//! legovmm against QEMU on first touch. See `lego_bench::swap`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,8 +22,10 @@ use lego_testbed::{Job, Testbed};
 /// Run the same memory workload (`lego-guest-tools memtest`: write every page, then verify
 /// every page) in a guest with little RAM that swaps to remote memory (legovmm), in the same
 /// guest swapping to an NBD-backed virtio-blk disk (QEMU + qemu-nbd), and in a guest with
-/// all of it in local RAM (legovmm), interleaved in one compute host; print medians and the
-/// slowdown ratios as a markdown table.
+/// all of it in local RAM (legovmm, and with `--setups` naming qemu-local also QEMU),
+/// interleaved in one compute host; print medians and the slowdown ratios as a markdown
+/// table, and legovmm against QEMU on first touch (the write pass) when both all-local
+/// setups ran.
 #[derive(Debug, Parser)]
 #[command(name = "swap-bench", version, about)]
 #[command(mut_arg("out", |a| a.help(
@@ -32,7 +35,9 @@ struct Cli {
     /// Measured runs per setup (interleaved: local, remote, nbd, local, ...).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: u32,
-    /// The setups to run, in round order.
+    /// The setups to run, in round order: local (legovmm, all-local RAM, no swap),
+    /// qemu-local (QEMU, the same RAM and no swap: first touch against legovmm's), remote
+    /// (legovmm + remote memory as swap), nbd (QEMU + swap on NBD).
     #[arg(long, value_delimiter = ',', default_value = "local,remote,nbd")]
     setups: Vec<Setup>,
     /// Workload size in MiB (memtest --mib).
@@ -41,7 +46,7 @@ struct Cli {
     /// Guest RAM of the swapping setups (remote, nbd), MiB.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(64..=4096))]
     guest_memory_mib: u32,
-    /// Guest RAM of the all-local setup, MiB (must hold the workload).
+    /// Guest RAM of the all-local setups (local, qemu-local), MiB (must hold the workload).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..=4096))]
     local_memory_mib: u32,
     /// Size of the remote memory and of the NBD disk, MiB (the guest's swap).
@@ -125,7 +130,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     if setups.is_empty() {
         return Err(BenchError::Usage("no setup to run".into()));
     }
-    if setups.contains(&Setup::Local) && cli.local_memory_mib < cli.workload_mib + 64 {
+    let all_local = setups.contains(&Setup::Local) || setups.contains(&Setup::QemuLocal);
+    if all_local && cli.local_memory_mib < cli.workload_mib + 64 {
         return Err(BenchError::Usage(format!(
             "the all-local guest needs RAM for the workload and the kernel: give \
              --local-memory-mib at least {} (workload {} MiB + 64)",
@@ -162,6 +168,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
             &[(cli.qemu_nbd.as_path(), files::QEMU_NBD)],
         )?;
         job_files.extend(qemu);
+    } else if setups.contains(&Setup::QemuLocal) {
+        job_files.extend(assets::qemu(&cli.common.qemu, &cli.common.qboot)?);
     }
     eprintln!(
         "swap-bench: legovmm {}, daemons from {}, QEMU {}, qemu-nbd {}, timer {}, guest {} ({} job files)",
@@ -236,6 +244,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     let summaries = Summaries::of(&tries);
     let titles = Titles {
         local: format!("all-local RAM (legovmm, {} MiB)", plan.local_memory_mib),
+        qemu_local: format!("all-local RAM (QEMU, {} MiB)", plan.local_memory_mib),
         remote: format!(
             "remote memory (legovmm, {} MiB + {} MiB remote)",
             plan.guest_memory_mib, plan.swap_mib
@@ -247,6 +256,10 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     };
     let mut md = String::new();
     md.push_str(&swap_report::table(&summaries, &titles));
+    if let Some(first_touch) = swap_report::first_touch_table(&summaries, &titles) {
+        md.push('\n');
+        md.push_str(&first_touch);
+    }
     md.push_str(&driver::provenance(&testbed, &output));
     md.push_str(&format!(
         "\nGuest command line (every setup): `{}`\n\nL2 command lines (in the job folder):\n\n\
@@ -263,6 +276,14 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         plan.qemu_args(),
         loader = files::LOADER,
     ));
+    if setups.contains(&Setup::QemuLocal) {
+        md.push_str(&format!(
+            "- qemu-local: `./{} --library-path $JOB_DIR ./{} {} '<cmdline>'` (QEMU's default RAM: private anonymous memory)\n",
+            files::LOADER,
+            files::QEMU,
+            plan.qemu_local_args(),
+        ));
+    }
     md.push_str("\nAll tries:\n\n");
     md.push_str(&swap_report::tries_table(&tries));
     driver::keep_report("swap-bench", &out_dir, &md)?;

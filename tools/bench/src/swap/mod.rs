@@ -1,7 +1,10 @@
 //! `swap-bench`: the same swap-heavy workload in a vNode with little RAM, three ways, side
-//! by side in one compute host of the testbed:
+//! by side in one compute host of the testbed, plus the all-local baseline under QEMU:
 //!
 //! - `local`: legovmm with enough RAM for the workload and no swap (the baseline);
+//! - `qemu-local`: QEMU with the same all-local RAM and no swap (QEMU's default RAM:
+//!   private anonymous memory), so that the workload's write pass, the guest's first touch
+//!   of every page, compares legovmm's RAM with QEMU's (goal: legovmm ≤ 1.1× QEMU);
 //! - `remote`: legovmm with little RAM plus remote memory (`--remote-memory`: lego-vhost-blk
 //!   and a memory monitor, with a manager, on the compute host's loopback) as swap;
 //! - `nbd`: QEMU with the same little RAM and a virtio-blk disk whose backend is NBD
@@ -12,7 +15,8 @@
 //!
 //! - [`script`]: the job script;
 //! - [`results`]: parsing its result lines;
-//! - [`report`]: medians and slowdown ratios as markdown.
+//! - [`report`]: medians and slowdown ratios as markdown, and legovmm against QEMU on first
+//!   touch when both all-local setups ran.
 
 pub mod report;
 pub mod results;
@@ -23,6 +27,8 @@ pub mod script;
 pub enum Setup {
     /// legovmm, all the memory local, no swap.
     Local,
+    /// QEMU, all the memory local (QEMU's default RAM), no swap.
+    QemuLocal,
     /// legovmm, little RAM plus remote memory as swap.
     Remote,
     /// QEMU, little RAM plus swap on an NBD-backed virtio-blk disk.
@@ -30,16 +36,28 @@ pub enum Setup {
 }
 
 impl Setup {
-    /// Every setup, in the order each round runs them.
-    pub const ALL: [Setup; 3] = [Setup::Local, Setup::Remote, Setup::Nbd];
+    /// Every setup, in the order each round runs them (the two all-local ones side by side).
+    pub const ALL: [Setup; 4] = [Setup::Local, Setup::QemuLocal, Setup::Remote, Setup::Nbd];
 
     /// The name in result lines and file names.
     pub fn name(self) -> &'static str {
         match self {
             Setup::Local => "local",
+            Setup::QemuLocal => "qemu-local",
             Setup::Remote => "remote",
             Setup::Nbd => "nbd",
         }
+    }
+
+    /// The setup's name as a shell word: the job script's boot function is `boot_` and
+    /// this (`qemu_local`: a shell function name has no `-`).
+    pub fn shell_name(self) -> String {
+        self.name().replace('-', "_")
+    }
+
+    /// True if QEMU runs the setup.
+    pub fn is_qemu(self) -> bool {
+        matches!(self, Setup::QemuLocal | Setup::Nbd)
     }
 
     /// Parses a name.
@@ -58,7 +76,10 @@ impl std::str::FromStr for Setup {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Setup::from_name(s).ok_or_else(|| format!("unknown setup {s:?} (local, remote, nbd)"))
+        Setup::from_name(s).ok_or_else(|| {
+            let names: Vec<&str> = Setup::ALL.iter().map(|s| s.name()).collect();
+            format!("unknown setup {s:?} ({})", names.join(", "))
+        })
     }
 }
 
@@ -71,6 +92,9 @@ mod tests {
         for s in Setup::ALL {
             assert_eq!(s.name().parse::<Setup>().unwrap(), s);
         }
-        assert!("swap".parse::<Setup>().is_err());
+        assert_eq!("qemu-local".parse::<Setup>().unwrap(), Setup::QemuLocal);
+        assert_eq!(Setup::QemuLocal.shell_name(), "qemu_local");
+        let err = "swap".parse::<Setup>().unwrap_err();
+        assert!(err.contains("local, qemu-local, remote, nbd"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The swap benchmark's markdown: medians (min–max) per setup and the slowdown ratios of
-//! the medians (remote memory and NBD against all-local RAM, remote memory against NBD),
-//! and every try.
+//! the medians (remote memory and NBD against all-local RAM, remote memory against NBD);
+//! legovmm against QEMU on first touch (the write pass with all-local RAM) when both ran
+//! cleanly; and every try.
 
 use super::results::SwapTry;
 use super::Setup;
@@ -58,11 +59,20 @@ pub fn summarize(tries: &[SwapTry], setup: Setup) -> SetupSummary {
     }
 }
 
-/// The summaries of the three setups.
+impl SetupSummary {
+    /// True if the setup has a try of any kind (it ran).
+    pub fn ran(&self) -> bool {
+        self.clean + self.retries + self.failures > 0
+    }
+}
+
+/// The summaries of the setups.
 #[derive(Debug, Clone, Default)]
 pub struct Summaries {
     /// All-local RAM.
     pub local: SetupSummary,
+    /// All-local RAM under QEMU.
+    pub qemu_local: SetupSummary,
     /// Remote memory.
     pub remote: SetupSummary,
     /// NBD swap under QEMU.
@@ -74,26 +84,35 @@ impl Summaries {
     pub fn of(tries: &[SwapTry]) -> Self {
         Self {
             local: summarize(tries, Setup::Local),
+            qemu_local: summarize(tries, Setup::QemuLocal),
             remote: summarize(tries, Setup::Remote),
             nbd: summarize(tries, Setup::Nbd),
         }
     }
 
+    /// The summary of `setup`.
+    pub fn get(&self, setup: Setup) -> &SetupSummary {
+        match setup {
+            Setup::Local => &self.local,
+            Setup::QemuLocal => &self.qemu_local,
+            Setup::Remote => &self.remote,
+            Setup::Nbd => &self.nbd,
+        }
+    }
+
     /// True if every setup in `setups` had at least one clean try.
     pub fn complete(&self, setups: &[Setup]) -> bool {
-        setups.iter().all(|s| match s {
-            Setup::Local => self.local.clean > 0,
-            Setup::Remote => self.remote.clean > 0,
-            Setup::Nbd => self.nbd.clean > 0,
-        })
+        setups.iter().all(|s| self.get(*s).clean > 0)
     }
 }
 
-/// Column titles of the three setups.
+/// Column titles of the setups.
 #[derive(Debug, Clone)]
 pub struct Titles {
     /// All-local RAM.
     pub local: String,
+    /// All-local RAM under QEMU.
+    pub qemu_local: String,
     /// Remote memory.
     pub remote: String,
     /// NBD swap.
@@ -103,12 +122,21 @@ pub struct Titles {
 /// Picks one measurement of a setup.
 type Field = fn(&SetupSummary) -> Option<Summary>;
 
-/// Renders the summary table.
+/// Renders the summary table: a column per setup (QEMU's all-local one only if it ran),
+/// then the slowdown ratios.
 pub fn table(s: &Summaries, titles: &Titles) -> String {
-    let (l, r, n) = (&s.local, &s.remote, &s.nbd);
+    let (l, q, r, n) = (&s.local, &s.qemu_local, &s.remote, &s.nbd);
+    // QEMU's all-local column goes right after legovmm's, when that setup ran.
+    let with_q = q.ran();
+    let q_title = if with_q {
+        format!(" {} |", titles.qemu_local)
+    } else {
+        String::new()
+    };
+    let q_rule = if with_q { "---|" } else { "" };
     let mut out = format!(
-        "| median (min–max) | {} | {} | {} | remote / local | NBD / local | remote / NBD |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| median (min–max) | {} |{q_title} {} | {} | remote / local | NBD / local | remote / NBD |\n\
+         |---|---|{q_rule}---|---|---|---|---|\n",
         titles.local, titles.remote, titles.nbd
     );
     let rows: [(&str, Field, bool); 6] = [
@@ -132,8 +160,13 @@ pub fn table(s: &Summaries, titles: &Titles) -> String {
             }
         };
         let remote_vs_nbd = ratio_cell(get(r), get(n));
+        let q_cell = if with_q {
+            format!(" {} |", cell(get(q), 0))
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {remote_vs_nbd} |\n",
+            "| {name} | {} |{q_cell} {} | {} | {} | {} | {remote_vs_nbd} |\n",
             cell(get(l), 0),
             cell(get(r), 0),
             cell(get(n), 0),
@@ -141,11 +174,53 @@ pub fn table(s: &Summaries, titles: &Titles) -> String {
             vs(n),
         ));
     }
+    let counts = |x: &SetupSummary| format!("{} / {} / {}", x.clean, x.retries, x.failures);
+    let q_counts = if with_q {
+        format!(" {} |", counts(q))
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "| clean runs / hang retries / other failures | {} / {} / {} | {} / {} / {} | {} / {} / {} | | | |\n",
-        l.clean, l.retries, l.failures, r.clean, r.retries, r.failures, n.clean, n.retries, n.failures
+        "| clean runs / hang retries / other failures | {} |{q_counts} {} | {} | | | |\n",
+        counts(l),
+        counts(r),
+        counts(n)
     ));
     out
+}
+
+/// The first-touch goal: legovmm's write pass with all-local RAM at most this many times
+/// QEMU's.
+pub const FIRST_TOUCH_GOAL: f64 = 1.1;
+
+/// Renders legovmm against QEMU with all-local RAM and no swap: the workload's write pass
+/// (the guest's first touch of every page) and the whole workload, medians (min–max) and
+/// the ratio legovmm / QEMU of the medians. `None` unless both all-local setups have a
+/// clean try.
+pub fn first_touch_table(s: &Summaries, titles: &Titles) -> Option<String> {
+    let (l, q) = (&s.local, &s.qemu_local);
+    if l.clean == 0 || q.clean == 0 {
+        return None;
+    }
+    let mut out = format!(
+        "First touch, all-local RAM and no swap: legovmm against QEMU (goal: legovmm / QEMU ≤ {FIRST_TOUCH_GOAL:.2} on the write pass).\n\n\
+         | median (min–max) | {} | {} | legovmm / QEMU |\n\
+         |---|---|---|---|\n",
+        titles.local, titles.qemu_local
+    );
+    let rows: [(&str, Field); 2] = [
+        ("first-touch write pass (ms)", |x| x.write),
+        ("workload: write + verify (ms)", |x| x.workload),
+    ];
+    for (name, get) in rows {
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} |\n",
+            cell(get(l), 0),
+            cell(get(q), 0),
+            ratio_cell(get(l), get(q))
+        ));
+    }
+    Some(out)
 }
 
 /// Renders every try, in the order they ran.
@@ -191,6 +266,7 @@ mod tests {
     fn titles() -> Titles {
         Titles {
             local: "local".into(),
+            qemu_local: "qemu-local".into(),
             remote: "remote".into(),
             nbd: "nbd".into(),
         }
@@ -218,8 +294,12 @@ mod tests {
         assert_eq!(s.nbd.workload.unwrap().median, 16000.0);
         assert_eq!((s.remote.clean, s.remote.failures), (3, 1));
         assert_eq!((s.nbd.clean, s.nbd.retries), (3, 1));
-        assert!(s.complete(&Setup::ALL));
+        assert!(s.complete(&[Setup::Local, Setup::Remote, Setup::Nbd]));
+        assert!(!s.complete(&Setup::ALL));
+        // QEMU's all-local setup did not run: no column, no first-touch table.
+        assert!(first_touch_table(&s, &titles()).is_none());
         let t = table(&s, &titles());
+        assert!(!t.contains("qemu-local"), "{t}");
         assert!(
             t.contains("| workload: write + verify (ms) | 2000 (1800–2400) | 10000 (8000–12000) | 16000 (14000–18000) | 5.00 | 8.00 | 0.62 |"),
             "{t}"
@@ -242,5 +322,68 @@ mod tests {
         assert!(!s.complete(&Setup::ALL));
         let t = table(&s, &titles());
         assert!(t.contains("| 20 (20–20) | – | – | – | – | – |"), "{t}");
+        assert!(first_touch_table(&s, &titles()).is_none());
+    }
+
+    #[test]
+    fn first_touch_legovmm_against_qemu() {
+        let mut text = String::new();
+        for (round, (lw, qw)) in [(1000, 900), (1100, 1000), (1300, 1100)]
+            .into_iter()
+            .enumerate()
+        {
+            let round = round as u32 + 1;
+            text.push_str(&line("local", round, lw, 500, 9000, 0));
+            text.push_str(&line("qemu-local", round, qw, 600, 9500, 0));
+        }
+        // A qemu-local try that hung (retried): counted, not measured.
+        text.push_str("LEGO_BENCH_RESULT vmm=qemu-local round=4 try=1 rc=125 LEGO_BOOT_TIMING vmm=qemu-local status=hung ready_ms=none exit_ms=120000 exit_code=137 overhead_kb=1 rss_kb=1 shmem_kb=1 samples=1\n");
+        let tries = parse(&text).unwrap();
+        let s = Summaries::of(&tries);
+        assert_eq!((s.qemu_local.clean, s.qemu_local.retries), (3, 1));
+        assert_eq!(s.qemu_local.write.unwrap().median, 1000.0);
+        assert!(s.complete(&[Setup::Local, Setup::QemuLocal]));
+        let f = first_touch_table(&s, &titles()).unwrap();
+        assert!(
+            f.contains(
+                "| median (min–max) | local | qemu-local | legovmm / QEMU |\n|---|---|---|---|\n"
+            ),
+            "{f}"
+        );
+        assert!(
+            f.contains(
+                "| first-touch write pass (ms) | 1100 (1000–1300) | 1000 (900–1100) | 1.10 |"
+            ),
+            "{f}"
+        );
+        assert!(
+            f.contains(
+                "| workload: write + verify (ms) | 1600 (1500–1800) | 1600 (1500–1700) | 1.00 |"
+            ),
+            "{f}"
+        );
+        assert!(f.contains("goal: legovmm / QEMU ≤ 1.10"), "{f}");
+        // The main table gains QEMU's all-local column after legovmm's; remote and NBD
+        // did not run and stay as they always did (–).
+        let t = table(&s, &titles());
+        assert!(
+            t.starts_with("| median (min–max) | local | qemu-local | remote | nbd | remote / local | NBD / local | remote / NBD |\n|---|---|---|---|---|---|---|---|\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| write pass (ms) | 1100 (1000–1300) | 1000 (900–1100) | – | – | – | – | – |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 3 / 0 / 0 | 3 / 1 / 0 | 0 / 0 / 0 | 0 / 0 / 0 | | | |"),
+            "{t}"
+        );
+        for row in t.lines() {
+            assert_eq!(row.matches('|').count(), 9, "{row}");
+        }
+        let all = tries_table(&tries);
+        assert!(all.contains("| 4 | qemu-local | 1 | hung | no |"), "{all}");
     }
 }

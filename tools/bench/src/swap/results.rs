@@ -116,6 +116,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_qemu_local() {
+        let line = REMOTE
+            .replace("vmm=remote", "vmm=qemu-local")
+            .replace("LEGO_SWAP_ON dev=/dev/vda size_kb=1048576 ", "");
+        let t = parse_line(&line).unwrap();
+        assert_eq!(t.run.vmm, "qemu-local");
+        assert_eq!(
+            t.run.vmm.parse::<crate::swap::Setup>(),
+            Ok(crate::swap::Setup::QemuLocal)
+        );
+        assert_eq!((t.write_ms, t.verify_ms), (Some(30000), Some(40000)));
+        assert!(t.is_clean() && !t.swap_on);
+    }
+
+    #[test]
     fn parses_lines_among_noise() {
         let text = format!("LEGO_BENCH_PROGRESS round 1\n[ 1.0] x {REMOTE}\r\nLEGO_BENCH_DONE\n");
         let all = parse(&text).unwrap();

@@ -1,7 +1,8 @@
 //! The swap benchmark's job script (POSIX sh for the compute host's busybox): set up
 //! loopback, a cluster key and a tmpfs for qemu-nbd's file, then run each setup in turn per
-//! round (local, remote, nbd, local, ...), each boot under `boot-timer` and retried while its
-//! guest never comes up, appending one result line per try to [`RESULTS_FILE`].
+//! round (local, qemu-local, remote, nbd, local, ...), each boot under `boot-timer` and
+//! retried while its guest never comes up, appending one result line per try to
+//! [`RESULTS_FILE`].
 
 use super::Setup;
 use crate::script::{self, bench_fn, files, sh_quote, START_MARKER};
@@ -59,7 +60,7 @@ pub struct SwapPlan {
     pub vcpus: u32,
     /// Guest RAM of the swapping setups, MiB.
     pub guest_memory_mib: u32,
-    /// Guest RAM of the all-local setup, MiB.
+    /// Guest RAM of the all-local setups (legovmm's and QEMU's), MiB.
     pub local_memory_mib: u32,
     /// Remote memory and NBD disk size, MiB.
     pub swap_mib: u32,
@@ -89,12 +90,12 @@ pub fn guest_command(workload_mib: u32) -> String {
 
 impl SwapPlan {
     /// The legovmm arguments of the setup after `$LEGOVMM` (the command line follows
-    /// `--cmdline`, then remote memory's flags). `None` for QEMU's setup.
+    /// `--cmdline`, then remote memory's flags). `None` for QEMU's setups.
     pub fn legovmm_args(&self, setup: Setup) -> Option<String> {
         match setup {
             Setup::Local => Some(script::legovmm_run_args(self.local_memory_mib, self.vcpus)),
             Setup::Remote => Some(script::legovmm_run_args(self.guest_memory_mib, self.vcpus)),
-            Setup::Nbd => None,
+            Setup::QemuLocal | Setup::Nbd => None,
         }
     }
 
@@ -140,6 +141,23 @@ impl SwapPlan {
         )
     }
 
+    /// QEMU's arguments for the all-local setup (the command line follows `-append`): the
+    /// guest with `local_memory_mib` of RAM, no disk, and the machine and CPU of the NBD
+    /// setup. Its RAM is QEMU's default (`-m` alone: private anonymous memory, transparent
+    /// huge pages as the host allows), not the shared memfd of [`script::qemu_vm_args`]:
+    /// nothing maps it but QEMU, as nothing maps legovmm's in the `local` setup.
+    pub fn qemu_local_args(&self) -> String {
+        let m = self.local_memory_mib;
+        let args = script::qemu_vm_args(&self.qemu_machine, &self.qemu_cpu, self.vcpus, m, "");
+        // The unit tests check that this is found (and so gone).
+        args.replace(
+            &format!(
+                "-object memory-backend-memfd,id=mem,size={m}M,share=on -machine memory-backend=mem "
+            ),
+            "",
+        )
+    }
+
     fn uses(&self, setup: Setup) -> bool {
         self.setups.contains(&setup)
     }
@@ -150,8 +168,11 @@ impl SwapPlan {
         if self.uses(Setup::Remote) {
             v.extend(LEGO_PROGRAMS);
         }
+        if self.setups.iter().any(|s| s.is_qemu()) {
+            v.extend([files::LOADER, files::QEMU]);
+        }
         if self.uses(Setup::Nbd) {
-            v.extend([files::LOADER, files::QEMU, files::QEMU_NBD]);
+            v.push(files::QEMU_NBD);
         }
         v
     }
@@ -207,6 +228,17 @@ impl SwapPlan {
                  $TIMER --label local --console \"$c\" -- $LEGOVMM {args} \"$l\" \"$@\" 2> \"$c.err\"\n}}\n"
             ));
         }
+        if self.uses(Setup::QemuLocal) {
+            s.push_str(&format!(
+                "boot_{name}() {{\n    c=$1; l=$2; shift 2\n    \
+                 $TIMER --label {label} --console \"$c\" -- ./{loader} --library-path \"$JOB_DIR\" ./{qemu} {args} \"$l\" \"$@\" 2> \"$c.err\"\n}}\n",
+                name = Setup::QemuLocal.shell_name(),
+                label = Setup::QemuLocal.name(),
+                loader = files::LOADER,
+                qemu = files::QEMU,
+                args = self.qemu_local_args()
+            ));
+        }
         if let Some(args) = self
             .legovmm_args(Setup::Remote)
             .filter(|_| self.uses(Setup::Remote))
@@ -250,7 +282,7 @@ impl SwapPlan {
                 qemu_args = self.qemu_args()
             ));
         }
-        s.push_str(&bench_fn(self.tries, Some(CONSOLE_GREP)));
+        s.push_str(&swap_bench_fn(self.tries));
         s.push_str(&format!(
             "r=0\nwhile [ $r -lt {} ]; do\n    r=$((r + 1))\n",
             self.runs
@@ -271,6 +303,16 @@ impl SwapPlan {
         s.push_str("echo LEGO_BENCH_DONE\n");
         s
     }
+}
+
+/// The script's `bench` function ([`bench_fn`]), calling the boot function of a setup by
+/// its shell name ([`Setup::shell_name`]: `boot_qemu_local` for `qemu-local`, whose name
+/// stays the label of its result lines and files).
+fn swap_bench_fn(tries: u32) -> String {
+    let f = bench_fn(tries, Some(CONSOLE_GREP));
+    let call = "out=$(boot_$vmm ";
+    debug_assert!(f.contains(call), "bench_fn no longer calls boot_$vmm: {f}");
+    f.replace(call, "out=$(boot_$(echo \"$vmm\" | tr - _) ")
 }
 
 #[cfg(test)]
@@ -362,11 +404,21 @@ mod tests {
         assert!(s.contains("seek=1024"), "{s}");
         assert!(s.contains("--capacity 2048M"), "{s}");
         assert!(s.contains("chmod 755 ./lego-guest-tools ./lego-vhost-blk ./lego-manager ./lego-memory-monitor ./legoctl ./ld-linux-x86-64.so.2 ./qemu-system-x86_64 ./qemu-nbd\n"), "{s}");
-        // Interleaved: local, remote, nbd within each round.
+        // QEMU with the local setup's RAM, QEMU's default (private), no disk.
+        assert!(
+            s.contains("boot_qemu_local() {\n    c=$1; l=$2; shift 2\n    $TIMER --label qemu-local --console \"$c\" -- ./ld-linux-x86-64.so.2 --library-path \"$JOB_DIR\" ./qemu-system-x86_64 -accel kvm -M microvm,x-option-roms=off -cpu host -smp 1 -m 1024M -bios qboot.rom -kernel vmlinuz -initrd initramfs.cpio -nodefaults -no-user-config -display none -serial stdio -no-reboot -append \"$l\" \"$@\" 2> \"$c.err\"\n}\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("out=$(boot_$(echo \"$vmm\" | tr - _) \"$vmm-$round-$try.console\""),
+            "{s}"
+        );
+        // Interleaved: local, qemu-local, remote, nbd within each round.
         let l = s.find("bench local $r").unwrap();
+        let q = s.find("bench qemu-local $r").unwrap();
         let r = s.find("bench remote $r").unwrap();
         let n = s.find("bench nbd $r").unwrap();
-        assert!(l < r && r < n, "{s}");
+        assert!(l < q && q < r && r < n, "{s}");
         assert!(s.contains("while [ $r -lt 3 ]"), "{s}");
         assert!(
             s.contains("bench nbd $r \"$CMDLINE\" swap-results.txt\n    # On the job disk now"),
@@ -404,5 +456,71 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("legoctl"), "{s}");
+        assert!(!s.contains("boot_qemu_local"), "{s}");
+        // QEMU alone, all local: no qemu-nbd, no tmpfs, no daemons.
+        p.setups = vec![Setup::QemuLocal];
+        let s = p.render();
+        assert_parses_as_sh(&s);
+        assert!(s.contains("boot_qemu_local()"), "{s}");
+        assert!(s.contains("bench qemu-local $r"), "{s}");
+        assert!(
+            s.contains(
+                "chmod 755 ./lego-guest-tools ./ld-linux-x86-64.so.2 ./qemu-system-x86_64\n"
+            ),
+            "{s}"
+        );
+        for absent in [
+            "./qemu-nbd",
+            "tmpfs",
+            "boot_nbd",
+            "boot_local",
+            "lego-manager",
+            "memory-backend",
+        ] {
+            assert!(!s.contains(absent), "{absent} in {s}");
+        }
+    }
+
+    #[test]
+    fn qemu_local_differs_from_nbd_only_in_ram_and_disk() {
+        let p = plan();
+        let local = p.qemu_local_args();
+        assert!(!local.contains("memory-backend"), "{local}");
+        assert!(local.contains("-m 1024M -bios"), "{local}");
+        // The NBD setup's arguments without its RAM size, memfd and disk.
+        let nbd = p
+            .qemu_args()
+            .replace("-m 128M -object memory-backend-memfd,id=mem,size=128M,share=on -machine memory-backend=mem", "-m 1024M");
+        let disk = nbd.find("-blockdev").unwrap();
+        let append = nbd.find("-append").unwrap();
+        let nbd = format!("{}{}", &nbd[..disk], &nbd[append..]);
+        assert_eq!(local, nbd);
+    }
+
+    #[test]
+    fn bench_runs_a_hyphenated_setup_under_its_own_name() {
+        // The script's bench function with a stand-in boot_qemu_local.
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            "boot_qemu_local() {{ echo \"LEGO_BOOT_TIMING vmm=qemu-local status=ok args=$*\"; echo LEGO_MEMTEST pages=1 > \"$1\"; }}\n{}bench qemu-local 1 'a b' {RESULTS_FILE}\n",
+            swap_bench_fn(2)
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let res = std::fs::read_to_string(dir.path().join(RESULTS_FILE)).unwrap();
+        assert_eq!(
+            res.trim_end(),
+            "LEGO_BENCH_RESULT vmm=qemu-local round=1 try=1 rc=0 LEGO_BOOT_TIMING vmm=qemu-local status=ok args=qemu-local-1-1.console a b LEGO_MEMTEST pages=1",
+            "{res}"
+        );
     }
 }
