@@ -10,5 +10,6 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod rate_limit;
 pub mod vhost_user;
 pub mod virtio;
