@@ -15,6 +15,8 @@ use crate::virtio::read_config_bytes;
 
 /// Bytes in the config space (the kernel's `struct virtio_blk_config`, zoned fields included).
 pub const CONFIG_LEN: usize = std::mem::size_of::<virtio_blk_config>();
+/// The offset of `num_queues` in the config space.
+pub const NUM_QUEUES_OFFSET: usize = 34;
 
 /// What the device offers; built from a store and the queue settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +86,7 @@ impl DeviceConfig {
         put(0, &(self.capacity / SECTOR_SIZE).to_le_bytes());
         put(12, &self.seg_max().to_le_bytes());
         put(20, &self.block_size.to_le_bytes());
-        put(34, &self.queues.to_le_bytes());
+        put(NUM_QUEUES_OFFSET, &self.queues.to_le_bytes());
         let align = self.block_size / SECTOR_SIZE as u32;
         if self.discard {
             put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
