@@ -1,6 +1,7 @@
-//! vhost-user frontends: virtio devices whose queues a separate backend process serves
-//! over a Unix socket (the vhost-user protocol), reading and writing guest RAM directly
-//! through the shared memfd.
+//! The vhost-user FRONTEND side, in legovmm: virtio devices whose queues a separate backend
+//! process serves over a Unix socket (the vhost-user protocol), reading and writing guest RAM
+//! directly through the shared memfd. The backend side is another program, such as
+//! `lego-vhost-blk` (`devices/vhost-blk/`, built on the `vhost-user-backend` crate).
 //!
 //! legovmm keeps the virtio-mmio transport; on DRIVER_OK the device hands the backend the
 //! guest memory table, the rings' addresses, the queue-notify eventfds (KVM ioeventfds, so

@@ -45,9 +45,9 @@ pub fn queue_count(device_features: u64, config_queues: u16, backend_queues: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vhost_user::device::QUEUE_MAX_SIZE;
-    use crate::vhost_user::features::{MAX_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES};
-    use crate::vhost_user::VhostUserError;
+    use crate::vhost_user_frontend::device::QUEUE_MAX_SIZE;
+    use crate::vhost_user_frontend::features::{MAX_QUEUES, VHOST_USER_F_PROTOCOL_FEATURES};
+    use crate::vhost_user_frontend::VhostUserError;
     use crate::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
