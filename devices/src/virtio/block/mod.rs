@@ -46,6 +46,14 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    /// The backing file is smaller than one sector.
+    #[error("the disk {} holds {len} bytes, less than one 512-byte sector", path.display())]
+    TooSmall {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// The backing file is unusable as a disk.
     #[error(transparent)]
     Store(#[from] FileStoreError),
@@ -62,6 +70,7 @@ pub fn open_disk(path: &Path, read_only: bool, id: &str) -> Result<FileStore, Bl
     match FileStore::open(&opts) {
         Ok(store) => Ok(store.with_serial(id)),
         Err(FileStoreError::Open { path, source }) => Err(BlockError::Open { path, source }),
+        Err(FileStoreError::TooSmall { path, len }) => Err(BlockError::TooSmall { path, len }),
         Err(e) => Err(e.into()),
     }
 }

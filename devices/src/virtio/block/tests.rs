@@ -614,3 +614,14 @@ fn missing_disk_is_a_readable_error() {
         .to_string()
         .starts_with("could not open the disk /nonexistent/disk.img"));
 }
+
+#[test]
+fn a_disk_smaller_than_a_sector_is_a_readable_error() {
+    let tiny = tempfile::NamedTempFile::new().unwrap();
+    let err = Block::new(tiny.path(), false, "x").err().unwrap();
+    assert!(
+        err.to_string()
+            .ends_with("holds 0 bytes, less than one 512-byte sector"),
+        "{err}"
+    );
+}
