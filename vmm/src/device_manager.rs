@@ -10,7 +10,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use lego_devices::bus::{Bus, BusError, SharedDevice};
 use lego_devices::exit::ExitNotifier;
 use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
-use lego_devices::vhost_user::VhostUserBlk;
+use lego_devices::vhost_user_frontend::VhostUserBlk;
 use lego_devices::virtio::block::Block;
 use lego_devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use lego_devices::virtio::VirtioDevice;
@@ -43,7 +43,7 @@ pub enum DeviceError {
     },
     /// A vhost-user-blk backend could not be connected or set up.
     #[error(transparent)]
-    VhostUser(#[from] lego_devices::vhost_user::VhostUserError),
+    VhostUser(#[from] lego_devices::vhost_user_frontend::VhostUserError),
     /// A virtio-mmio transport refused a device.
     #[error("cannot attach {what}: {message}")]
     Transport {

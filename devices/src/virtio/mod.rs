@@ -9,7 +9,6 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
-mod rate_limit;
 
 use std::io;
 
@@ -17,7 +16,6 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::VirtioInterrupt;
-pub use rate_limit::RateLimitedLog;
 
 /// Feature bit: the device conforms to virtio 1.0 or later (modern interface).
 pub const VIRTIO_F_VERSION_1: u32 = 32;

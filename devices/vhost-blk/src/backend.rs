@@ -16,9 +16,8 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::config::DeviceConfig;
-use crate::ratelimit::RateLimiter;
-use crate::request::RequestHandler;
+use lego_devices::rate_limit::RateLimiter;
+use lego_devices::virtio::block::{DeviceConfig, RequestHandler};
 
 /// Guest memory as the frontend shares it.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;

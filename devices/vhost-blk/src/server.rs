@@ -15,9 +15,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::BlkBackend;
-use crate::config::DeviceConfig;
-use crate::request::RequestHandler;
 use crate::store::BlockStore;
+use lego_devices::virtio::block::{DeviceConfig, RequestHandler};
 
 /// Errors from binding or serving the socket.
 #[derive(Debug, thiserror::Error)]

@@ -1,49 +1,86 @@
-//! virtio-blk backed by a local file or block device.
+//! virtio-blk: the one request core that legovmm's in-process disk and the `lego-vhost-blk`
+//! backend share, and the in-process device built on it.
 //!
-//! Offers VERSION_1, FLUSH, SEG_MAX, BLK_SIZE, RO (when read-only),
-//! INDIRECT_DESC and EVENT_IDX. On activation a worker thread serves the single
-//! request queue; reset or drop stops and joins it.
+//! * [`request`]: descriptor chains to store operations to status bytes, in batches.
+//! * [`store`]: what a disk is backed by ([`store::BlockStore`]) and the local file store.
+//! * [`config`]: the feature bits and config space a device offers.
+//! * [`Block`] and its [`worker`]: the in-process device. It offers VERSION_1, FLUSH, SEG_MAX,
+//!   BLK_SIZE, RO (when read-only), INDIRECT_DESC and EVENT_IDX over a local file; on
+//!   activation a worker thread serves the single request queue; reset or drop stops and
+//!   joins it.
 
-pub mod disk;
+pub mod config;
 pub mod request;
+pub mod store;
 pub mod worker;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
-};
+use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 use virtio_queue::QueueT;
 
-pub use disk::{Disk, DiskError, ID_BYTES, SECTOR_SIZE};
+pub use config::{DeviceConfig, CONFIG_LEN};
+pub use request::RequestHandler;
+use store::file::{FileStore, FileStoreError, FileStoreOptions};
+use store::BlockStore;
+pub use store::SECTOR_SIZE;
 use worker::{QueueWorker, WorkerHandle};
 
-use super::{
-    feature, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
+use super::{feature, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK};
 
 /// The size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// The most data segments one request may have (queue size minus header and status).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
-/// The logical block size reported to the guest.
-pub const BLK_SIZE: u32 = SECTOR_SIZE as u32;
 
 /// Errors creating a block device.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    /// The backing disk could not be opened.
+    /// The backing file could not be opened.
+    #[error("could not open the disk {}: {source}", path.display())]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backing file is smaller than one sector.
+    #[error("the disk {} holds {len} bytes, less than one 512-byte sector", path.display())]
+    TooSmall {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// The backing file is unusable as a disk.
     #[error(transparent)]
-    Disk(#[from] DiskError),
+    Store(#[from] FileStoreError),
 }
 
-/// A virtio-blk device.
+/// Opens the file at `path` as a disk (read-only if `read_only`) whose GET_ID answer is `id`
+/// (the guest sees its first 20 bytes as the disk's serial).
+pub fn open_disk(path: &Path, read_only: bool, id: &str) -> Result<FileStore, BlockError> {
+    let opts = FileStoreOptions {
+        path: path.to_owned(),
+        read_only,
+        size: None,
+    };
+    match FileStore::open(&opts) {
+        Ok(store) => Ok(store.with_serial(id)),
+        Err(FileStoreError::Open { path, source }) => Err(BlockError::Open { path, source }),
+        Err(FileStoreError::TooSmall { path, len }) => Err(BlockError::TooSmall { path, len }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The in-process virtio-blk device.
 pub struct Block {
-    disk: Arc<Disk>,
+    handler: Arc<RequestHandler>,
+    config: DeviceConfig,
+    space: [u8; CONFIG_LEN],
     avail_features: u64,
-    config: [u8; 24],
     queue_sizes: [u16; 1],
     worker: Option<WorkerHandle>,
 }
@@ -52,29 +89,22 @@ impl Block {
     /// Opens the disk at `path` (read-only if `read_only`); `id` is the serial the
     /// guest sees (at most 20 bytes are used).
     pub fn new(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
-        Ok(Self::with_disk(Disk::open(path, read_only, id)?))
+        Ok(Self::with_store(Arc::new(open_disk(path, read_only, id)?)))
     }
 
-    /// Creates the device over an already opened disk.
-    pub fn with_disk(disk: Disk) -> Self {
-        let mut avail_features = feature(VIRTIO_F_VERSION_1)
-            | feature(VIRTIO_RING_F_EVENT_IDX)
-            | feature(VIRTIO_RING_F_INDIRECT_DESC)
-            | feature(VIRTIO_BLK_F_FLUSH)
-            | feature(VIRTIO_BLK_F_SEG_MAX)
-            | feature(VIRTIO_BLK_F_BLK_SIZE);
-        if disk.read_only() {
-            avail_features |= feature(VIRTIO_BLK_F_RO);
-        }
-        // struct virtio_blk_config: capacity (0), size_max (8), seg_max (12),
-        // geometry (16), blk_size (20).
-        let mut config = [0u8; 24];
-        config[0..8].copy_from_slice(&disk.capacity_sectors().to_le_bytes());
-        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        config[20..24].copy_from_slice(&BLK_SIZE.to_le_bytes());
+    /// Creates the device over an opened store. It has one queue and offers neither
+    /// DISCARD nor WRITE_ZEROES.
+    pub fn with_store(store: Arc<dyn BlockStore>) -> Self {
+        let config = DeviceConfig {
+            discard: false,
+            write_zeroes: false,
+            ..DeviceConfig::for_store(store.as_ref(), 1, QUEUE_SIZE)
+        };
         Self {
-            disk: Arc::new(disk),
-            avail_features,
+            handler: Arc::new(RequestHandler::without_discard(store)),
+            space: config.space(),
+            // One queue: no MQ.
+            avail_features: config.features() & !feature(VIRTIO_BLK_F_MQ),
             config,
             queue_sizes: [QUEUE_SIZE],
             worker: None,
@@ -83,12 +113,12 @@ impl Block {
 
     /// The disk capacity in 512-byte sectors.
     pub fn capacity_sectors(&self) -> u64 {
-        self.disk.capacity_sectors()
+        self.config.capacity / SECTOR_SIZE
     }
 
     /// Whether the device is read-only.
     pub fn read_only(&self) -> bool {
-        self.disk.read_only()
+        self.config.read_only
     }
 
     /// Whether a worker thread is serving the queue.
@@ -111,7 +141,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        read_config_bytes(&self.config, offset, data);
+        read_config_bytes(&self.space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -138,7 +168,7 @@ impl VirtioDevice for Block {
         if !queue.ready() {
             return Err(ActivateError::QueueNotReady(0));
         }
-        let worker = QueueWorker::new(queue, ctx.mem, self.disk.clone(), ctx.interrupt);
+        let worker = QueueWorker::new(queue, ctx.mem, self.handler.clone(), ctx.interrupt);
         let handle = worker
             .spawn(queue_event)
             .map_err(|source| ActivateError::Io {

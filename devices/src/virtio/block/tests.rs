@@ -2,6 +2,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
@@ -14,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::QueueWorker;
 use super::*;
-use crate::virtio::VirtioInterrupt;
+use crate::virtio::{VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 const MEM_SIZE: usize = 0x10_0000;
 const SECTORS: u64 = 64;
@@ -154,9 +155,10 @@ impl Fixture {
     }
 
     fn worker(&self, driver: &Driver<'_>, read_only: bool) -> QueueWorker {
-        let disk = Disk::open(self.file.path(), read_only, SERIAL).unwrap();
+        let disk = open_disk(self.file.path(), read_only, SERIAL).unwrap();
+        let handler = RequestHandler::without_discard(Arc::new(disk));
         let irq = VirtioInterrupt::new().unwrap();
-        QueueWorker::new(driver.queue(), self.mem.clone(), Arc::new(disk), irq)
+        QueueWorker::new(driver.queue(), self.mem.clone(), Arc::new(handler), irq)
     }
 }
 
@@ -611,4 +613,15 @@ fn missing_disk_is_a_readable_error() {
     assert!(err
         .to_string()
         .starts_with("could not open the disk /nonexistent/disk.img"));
+}
+
+#[test]
+fn a_disk_smaller_than_a_sector_is_a_readable_error() {
+    let tiny = tempfile::NamedTempFile::new().unwrap();
+    let err = Block::new(tiny.path(), false, "x").err().unwrap();
+    assert!(
+        err.to_string()
+            .ends_with("holds 0 bytes, less than one 512-byte sector"),
+        "{err}"
+    );
 }

@@ -1,8 +1,9 @@
 //! The thread that serves a virtio-blk queue.
 //!
 //! It waits (epoll) on the queue's notification eventfd and a stop eventfd, drains
-//! the available ring with notifications suppressed, and raises the interrupt once
-//! per batch when the driver wants one (honouring EVENT_IDX).
+//! the available ring with notifications suppressed, serving the chains it takes in batches
+//! through the shared [`RequestHandler`], and raises the interrupt once per drain when the
+//! driver wants one (honouring EVENT_IDX).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -14,9 +15,9 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::disk::Disk;
-use super::request;
-use crate::virtio::{RateLimitedLog, VirtioInterrupt};
+use super::request::RequestHandler;
+use crate::rate_limit::RateLimiter;
+use crate::virtio::VirtioInterrupt;
 
 const TOKEN_QUEUE: u64 = 0;
 const TOKEN_STOP: u64 = 1;
@@ -27,11 +28,11 @@ pub struct QueueWorker {
     pub queue: Queue,
     /// Guest memory.
     pub mem: GuestMemoryMmap<()>,
-    /// The disk.
-    pub disk: Arc<Disk>,
+    /// Serves the requests from the disk's store.
+    pub handler: Arc<RequestHandler>,
     /// The interrupt to raise after a batch.
     pub interrupt: VirtioInterrupt,
-    log: RateLimitedLog,
+    log: RateLimiter,
 }
 
 impl QueueWorker {
@@ -39,20 +40,20 @@ impl QueueWorker {
     pub fn new(
         queue: Queue,
         mem: GuestMemoryMmap<()>,
-        disk: Arc<Disk>,
+        handler: Arc<RequestHandler>,
         interrupt: VirtioInterrupt,
     ) -> Self {
         Self {
             queue,
             mem,
-            disk,
+            handler,
             interrupt,
-            log: RateLimitedLog::default(),
+            log: RateLimiter::default(),
         }
     }
 
-    fn warn(&mut self, msg: std::fmt::Arguments<'_>) {
-        if let Some(suppressed) = self.log.check() {
+    fn warn(&self, msg: std::fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.log.admit() {
             tracing::warn!("virtio-blk: {msg} ({suppressed} similar messages suppressed)");
         }
     }
@@ -66,21 +67,25 @@ impl QueueWorker {
                 self.warn(format_args!("could not suppress notifications: {e}"));
             }
             let mut popped = 0usize;
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-                popped += 1;
-                let head = chain.head_index();
-                let descs: Vec<_> = chain.collect();
-                let outcome = request::handle(&self.mem, &self.disk, &descs);
-                if let Some(e) = &outcome.error {
-                    if e.is_malformed() {
-                        self.warn(format_args!("malformed request (head {head}): {e}"));
-                    } else {
-                        self.warn(format_args!("request failed (head {head}): {e}"));
-                    }
+            loop {
+                // Take every available chain (at most a queue's worth) and serve them with
+                // their store operations in flight together.
+                let mut chains = Vec::new();
+                while chains.len() < usize::from(self.queue.size()) {
+                    let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) else {
+                        break;
+                    };
+                    chains.push(chain);
                 }
-                match self.queue.add_used(&self.mem, head, outcome.used_len) {
-                    Ok(()) => completed += 1,
-                    Err(e) => self.warn(format_args!("could not complete head {head}: {e}")),
+                if chains.is_empty() {
+                    break;
+                }
+                popped += chains.len();
+                for (head, done) in self.handler.process_batch(&self.mem, chains) {
+                    match self.queue.add_used(&self.mem, head, done.used_len) {
+                        Ok(()) => completed += 1,
+                        Err(e) => self.warn(format_args!("could not complete head {head}: {e}")),
+                    }
                 }
             }
             match self.queue.enable_notification(&self.mem) {

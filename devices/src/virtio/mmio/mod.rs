@@ -19,11 +19,12 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
-    feature, ActivateContext, ActivateError, RateLimitedLog, VirtioDevice, VirtioInterrupt,
+    feature, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
     STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::bus::BusDevice;
+use crate::rate_limit::RateLimiter;
 
 /// The size of one device's MMIO window.
 pub const MMIO_LEN: u64 = 0x1000;
@@ -198,7 +199,7 @@ pub struct MmioTransport<D: VirtioDevice> {
     shm_sel: u32,
     config_generation: u32,
     active: bool,
-    log: RateLimitedLog,
+    log: RateLimiter,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -230,7 +231,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             shm_sel: 0,
             config_generation: 0,
             active: false,
-            log: RateLimitedLog::default(),
+            log: RateLimiter::default(),
         })
     }
 
@@ -285,7 +286,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn warn(&mut self, msg: String) {
-        if let Some(suppressed) = self.log.check() {
+        if let Some(suppressed) = self.log.admit() {
             tracing::warn!(
                 "virtio-mmio (type {}): {msg} ({suppressed} similar messages suppressed)",
                 self.device.device_type()

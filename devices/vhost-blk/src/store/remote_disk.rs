@@ -24,7 +24,10 @@ pub struct RemoteDiskStore {
 }
 
 fn remote(op: &'static str) -> impl Fn(CallError) -> StoreError {
-    move |source| StoreError::Remote { op, source }
+    move |source| StoreError::Remote {
+        op,
+        source: source.into(),
+    }
 }
 
 fn wait_all(pending: Vec<Pending>, op: &'static str) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -74,7 +74,10 @@ pub struct RemoteMemoryStore<P: PageAccess = VnodeMemory> {
 }
 
 fn remote(op: &'static str) -> impl FnOnce(CallError) -> StoreError {
-    move |source| StoreError::Remote { op, source }
+    move |source| StoreError::Remote {
+        op,
+        source: source.into(),
+    }
 }
 
 /// Checks that a monitor answered with exactly `count` pages.
@@ -87,7 +90,8 @@ fn expect_len<'a>(pages: &'a [u8], count: u64, op: &'static str) -> Result<&'a [
             source: CallError::Invalid(format!(
                 "asked for {count} pages, got {} bytes",
                 pages.len()
-            )),
+            ))
+            .into(),
         })
     }
 }

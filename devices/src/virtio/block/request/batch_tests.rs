@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::test_rig::Rig;
 use super::*;
-use crate::store::{StoreOp, StorePending};
+use crate::virtio::block::store::{StoreOp, StorePending};
 
 /// Bytes in memory; reads and writes happen when waited on; offsets in `bad` fail.
 struct DeferredStore {

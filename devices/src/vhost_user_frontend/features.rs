@@ -1,6 +1,6 @@
-//! Feature negotiation between the guest, legovmm and a vhost-user backend: which of the
-//! backend's virtio features the guest may see, which protocol features legovmm uses, and
-//! how many queues the device gets.
+//! Feature negotiation between the guest, legovmm and a vhost-user backend, for any device
+//! type: which of the backend's virtio features the guest may see, which protocol features
+//! legovmm uses, and the bounds on a device's queue count.
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
@@ -11,9 +11,6 @@ use crate::virtio::{
 /// The vhost-user feature bit that enables protocol-feature negotiation (never shown to
 /// the guest).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
-
-/// The virtio-blk feature bit: the config space gives the number of request queues.
-pub const VIRTIO_BLK_F_MQ: u32 = 12;
 
 /// The most queues legovmm gives one vhost-user device.
 pub const MAX_QUEUES: usize = 16;
@@ -49,25 +46,20 @@ pub fn protocol_features(offered: VhostUserProtocolFeatures) -> Option<VhostUser
     Some(offered & wanted)
 }
 
-/// The number of queues of the device: with VIRTIO_BLK_F_MQ the config space's
-/// `num_queues` (at least 1), else 1; never more than the backend's queue count (when it
-/// told one) or [`MAX_QUEUES`].
-pub fn queue_count(device_features: u64, config_queues: u16, backend_queues: Option<u64>) -> usize {
-    let wanted = if device_features & feature(VIRTIO_BLK_F_MQ) != 0 {
-        usize::from(config_queues.max(1))
-    } else {
-        1
-    };
+/// The number of queues a device gets when it wants `wanted`: at least 1, never more than
+/// the backend's queue count (when it told one) or [`MAX_QUEUES`].
+pub fn queue_count(wanted: usize, backend_queues: Option<u64>) -> usize {
     let backend = backend_queues
         .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(usize::MAX)
         .max(1);
-    wanted.min(backend).min(MAX_QUEUES)
+    wanted.max(1).min(backend).min(MAX_QUEUES)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 
     #[test]
     fn the_guest_sees_device_bits_and_the_supported_ring_features_only() {
@@ -102,16 +94,5 @@ mod tests {
             Some(P::CONFIG | P::MQ | P::REPLY_ACK)
         );
         assert_eq!(protocol_features(P::CONFIG), Some(P::CONFIG));
-    }
-
-    #[test]
-    fn queue_count_follows_mq_and_the_backend() {
-        let mq = feature(VIRTIO_BLK_F_MQ);
-        assert_eq!(queue_count(0, 4, Some(4)), 1);
-        assert_eq!(queue_count(mq, 4, Some(4)), 4);
-        assert_eq!(queue_count(mq, 4, Some(2)), 2);
-        assert_eq!(queue_count(mq, 0, None), 1);
-        assert_eq!(queue_count(mq, 4, Some(0)), 1);
-        assert_eq!(queue_count(mq, 1000, None), MAX_QUEUES);
     }
 }

@@ -1,5 +1,6 @@
-//! The device a frontend sees: the virtio feature bits offered and the virtio-blk config space
-//! (capacity, block size, segment and queue counts, discard and write-zeroes limits).
+//! What a virtio-blk device offers, for the in-process disk and the vhost-user backend alike:
+//! the virtio feature bits and the config space (capacity, block size, segment and queue counts,
+//! discard and write-zeroes limits).
 
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
@@ -8,11 +9,14 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-use crate::request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
-use crate::store::{BlockStore, SECTOR_SIZE};
+use super::request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
+use super::store::{BlockStore, SECTOR_SIZE};
+use crate::virtio::read_config_bytes;
 
 /// Bytes in the config space (the kernel's `struct virtio_blk_config`, zoned fields included).
 pub const CONFIG_LEN: usize = std::mem::size_of::<virtio_blk_config>();
+/// The offset of `num_queues` in the config space.
+pub const NUM_QUEUES_OFFSET: usize = 34;
 
 /// What the device offers; built from a store and the queue settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +86,7 @@ impl DeviceConfig {
         put(0, &(self.capacity / SECTOR_SIZE).to_le_bytes());
         put(12, &self.seg_max().to_le_bytes());
         put(20, &self.block_size.to_le_bytes());
-        put(34, &self.queues.to_le_bytes());
+        put(NUM_QUEUES_OFFSET, &self.queues.to_le_bytes());
         let align = self.block_size / SECTOR_SIZE as u32;
         if self.discard {
             put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
@@ -99,15 +103,8 @@ impl DeviceConfig {
 
     /// `size` bytes of the config space from `offset`; bytes past its end read as zero.
     pub fn read(&self, offset: u32, size: u32) -> Vec<u8> {
-        let space = self.space();
         let mut out = vec![0u8; size as usize];
-        let start = (offset as usize).min(CONFIG_LEN);
-        let end = (offset as usize)
-            .saturating_add(size as usize)
-            .min(CONFIG_LEN);
-        if start < end {
-            out[..end - start].copy_from_slice(&space[start..end]);
-        }
+        read_config_bytes(&self.space(), u64::from(offset), &mut out);
         out
     }
 }

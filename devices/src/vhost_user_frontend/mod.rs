@@ -1,19 +1,31 @@
-//! vhost-user frontends: virtio devices whose queues a separate backend process serves
-//! over a Unix socket (the vhost-user protocol), reading and writing guest RAM directly
-//! through the shared memfd.
+//! The vhost-user FRONTEND side, in legovmm: virtio devices whose queues a separate backend
+//! process serves over a Unix socket (the vhost-user protocol), reading and writing guest RAM
+//! directly through the shared memfd. The backend side is another program, such as
+//! `lego-vhost-blk` (`devices/vhost-blk/`, built on the `vhost-user-backend` crate).
 //!
 //! legovmm keeps the virtio-mmio transport; on DRIVER_OK the device hands the backend the
 //! guest memory table, the rings' addresses, the queue-notify eventfds (KVM ioeventfds, so
 //! guest kicks go straight to the backend) and one call eventfd per queue, which
 //! [`relay`] turns into the device's interrupt.
+//!
+//! * [`connection`]: the protocol steps every vhost-user device needs (connect, features,
+//!   config space, memory table, vrings, stop), device-independent;
+//! * [`device`]: [`VhostUserDevice`], the virtio device over a connection and a relay, generic
+//!   over a [`DeviceKind`];
+//! * [`features`]: feature negotiation; [`relay`]: interrupts and backend hang-ups;
+//! * [`blk`]: virtio-blk, the one device kind so far. Another vhost-user device is a file
+//!   like it: a `DeviceKind` and a type alias.
 
 pub mod blk;
+pub mod connection;
+pub mod device;
 pub mod features;
 pub mod relay;
 
 use std::io;
 
 pub use blk::VhostUserBlk;
+pub use device::{DeviceKind, VhostUserDevice};
 
 /// Errors of a vhost-user frontend.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +54,7 @@ pub enum VhostUserError {
     #[error("the vhost-user backend at {0} does not offer VIRTIO_F_VERSION_1")]
     NotModern(String),
     /// The backend does not negotiate protocol features, or not CONFIG.
-    #[error("the vhost-user backend at {0} does not offer the CONFIG protocol feature, which legovmm needs to read the disk's capacity")]
+    #[error("the vhost-user backend at {0} does not offer the CONFIG protocol feature, which legovmm needs to read the device's config space")]
     NoConfig(String),
     /// Guest memory is not file-backed, so the backend cannot map it.
     #[error("guest memory at {0:#x} is not backed by a shared file, so a vhost-user backend cannot map it")]

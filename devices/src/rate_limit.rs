@@ -1,5 +1,5 @@
 //! [`RateLimiter`]: lets a warning through at most once per interval and counts the rest, so a
-//! misbehaving guest cannot flood the log.
+//! misbehaving guest cannot flood the log. Shared by every device and by the vhost-user backend.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -111,6 +111,12 @@ impl FileStore {
         })
     }
 
+    /// Answers GET_ID with `serial` instead of `lego-local:<file name>`.
+    pub fn with_serial(mut self, serial: impl Into<String>) -> Self {
+        self.serial = serial.into();
+        self
+    }
+
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
         let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));

@@ -1,24 +1,24 @@
-//! Serving virtio-blk requests: parse each descriptor chain (header, data, status byte)
-//! (`parse`), run the batch against the [`BlockStore`] with its reads and writes in flight
-//! together ([`run`]), then write each status and say how many bytes the device wrote for the
-//! used ring.
+//! Serving virtio-blk requests, for legovmm's in-process disk and the `lego-vhost-blk` backend
+//! alike: parse each descriptor chain (header, data, status byte) (`parse`), run the batch
+//! against the [`BlockStore`] with its reads and writes in flight together ([`run`]), then
+//! write each status and say how many bytes the device wrote for the used ring.
 //!
 //! Nothing a guest puts in a chain can panic or stall the device: a chain that cannot be read
-//! is completed with `VIRTIO_BLK_S_IOERR` when it has a status byte, and with no bytes written
-//! when it has none; such problems are logged at most once a second.
+//! is completed with `VIRTIO_BLK_S_IOERR` when it has a status byte (the last byte of a
+//! device-writable last descriptor, inside guest memory), and with no bytes written when it has
+//! none; such problems are logged at most once a second.
 
 mod parse;
 pub mod run;
 
-use std::io::Write;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::DescriptorChain;
-use vm_memory::{GuestMemory, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
 
-use crate::ratelimit::RateLimiter;
-use crate::store::{BlockStore, StoreError, SECTOR_SIZE};
+use crate::rate_limit::RateLimiter;
+use crate::virtio::block::store::{BlockStore, StoreError, SECTOR_SIZE};
 use parse::Parsed;
 
 /// The completion of a chain with no status byte: nothing written.
@@ -47,6 +47,12 @@ pub enum RequestError {
     /// The device-readable part of the chain is shorter than the request header.
     #[error("the request header needs 16 bytes but the chain has {0} readable")]
     ShortHeader(usize),
+    /// A device-readable descriptor follows a device-writable one.
+    #[error("a device-readable descriptor follows a device-writable one")]
+    Directions,
+    /// The writable descriptors could not be mapped.
+    #[error("the writable descriptors are malformed: {0}")]
+    Writable(virtio_queue::Error),
     /// The readable descriptors could not be mapped.
     #[error("the readable descriptors are malformed: {0}")]
     Readable(virtio_queue::Error),
@@ -99,23 +105,39 @@ pub struct Completion {
 /// Serves virtio-blk requests from one store; shared by all queues.
 pub struct RequestHandler {
     store: Arc<dyn BlockStore>,
+    discard: bool,
     guest_faults: RateLimiter,
     store_faults: RateLimiter,
 }
 
 impl RequestHandler {
-    /// A handler for `store`.
+    /// A handler for `store`, serving DISCARD and WRITE_ZEROES when the store supports them.
     pub fn new(store: Arc<dyn BlockStore>) -> Self {
         Self {
             store,
+            discard: true,
             guest_faults: RateLimiter::default(),
             store_faults: RateLimiter::default(),
+        }
+    }
+
+    /// A handler for a device that does not offer DISCARD and WRITE_ZEROES: it answers them
+    /// `VIRTIO_BLK_S_UNSUPP` whatever the store supports.
+    pub fn without_discard(store: Arc<dyn BlockStore>) -> Self {
+        Self {
+            discard: false,
+            ..Self::new(store)
         }
     }
 
     /// The store served.
     pub fn store(&self) -> &Arc<dyn BlockStore> {
         &self.store
+    }
+
+    /// Whether DISCARD and WRITE_ZEROES reach the store (if it supports them).
+    fn serves_discard(&self) -> bool {
+        self.discard
     }
 
     /// Serves one chain whose buffers live in `mem`.
@@ -148,14 +170,14 @@ impl RequestHandler {
             .collect();
         run::run(self.store.as_ref(), &mut reqs);
         reqs.into_iter()
-            .map(|r| (r.head, self.complete(r)))
+            .map(|r| (r.head, self.complete(mem, r)))
             .collect()
     }
 
     /// Writes a finished request's status byte and says what the device wrote.
-    fn complete(&self, req: Parsed<'_>) -> Completion {
+    fn complete(&self, mem: &GuestMemoryMmap, req: Parsed<'_>) -> Completion {
         let head = req.head;
-        let Some(mut status_writer) = req.status else {
+        let Some(status_addr) = req.status else {
             return EMPTY;
         };
         let data_len = req.data.as_ref().map_or(0, |w| w.bytes_written());
@@ -171,7 +193,7 @@ impl RequestHandler {
                 e.status()
             }
         };
-        if let Err(e) = status_writer.write_all(&[status]) {
+        if let Err(e) = mem.write_obj(status, status_addr) {
             self.guest_fault(head, &format!("the status byte cannot be written: {e}"));
             return Completion {
                 used_len: u32::try_from(data_len).unwrap_or(u32::MAX),
@@ -208,7 +230,7 @@ fn byte_range(sector: u64, len: u64) -> Result<u64, RequestError> {
 }
 
 fn check_inside(offset: u64, len: u64, capacity: u64) -> Result<(), RequestError> {
-    crate::store::check_range(offset, len, capacity).map_err(RequestError::Store)
+    crate::virtio::block::store::check_range(offset, len, capacity).map_err(RequestError::Store)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 
 use super::parse::{Op, Parsed};
 use super::{RequestError, CHUNK};
-use crate::store::{BlockStore, StoreError, StoreOp, StorePending};
+use crate::virtio::block::store::{BlockStore, StoreError, StoreOp, StorePending};
 
 /// Request data bytes one queue keeps in flight at most; a larger batch goes in several runs.
 pub const MAX_RUN_BYTES: usize = 16 << 20;

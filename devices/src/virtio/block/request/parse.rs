@@ -9,13 +9,13 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::{GuestMemory, GuestMemoryMmap};
+use vm_memory::{Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{
     byte_range, check_inside, RequestError, RequestHandler, FLAG_UNMAP, HEADER_LEN,
     MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS, SEGMENT_LEN,
 };
-use crate::store::{BlockStore, StoreError, SECTOR_SIZE};
+use crate::virtio::block::store::{BlockStore, StoreError, SECTOR_SIZE};
 
 /// What a parsed request still has to do.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub(super) struct Parsed<'m> {
     /// The chain's head index, for the used ring.
     pub head: u16,
     /// Where the status byte goes; `None` when the chain has none (it completes empty).
-    pub status: Option<Writer<'m>>,
+    pub status: Option<GuestAddress>,
     /// The device-writable data part (before the status byte).
     pub data: Option<Writer<'m>>,
     /// The device-readable part after the header.
@@ -82,27 +82,30 @@ where
 {
     let head = chain.head_index();
     let mut p = Parsed::empty(head);
-    let mut writer = match Writer::new(mem, chain.clone()) {
-        Ok(w) => w,
-        Err(e) => {
-            handler.guest_fault(
-                head,
-                &format!("the writable descriptors are malformed: {e}"),
-            );
+    let shape = match shape(mem, &chain) {
+        Ok(shape) => shape,
+        Err(what) => {
+            handler.guest_fault(head, what);
             return p;
         }
     };
-    let writable = writer.available_bytes();
-    if writable == 0 {
-        handler.guest_fault(head, "the chain has no writable byte for the status");
+    // From here on the chain has a status byte: whatever is wrong becomes its error status.
+    p.status = Some(shape.status);
+    if !shape.in_order {
+        p.fail(RequestError::Directions);
         return p;
     }
-    match writer.split_at(writable - 1) {
-        Ok(status) => p.status = Some(status),
+    let mut writer = match Writer::new(mem, chain.clone()) {
+        Ok(w) => w,
         Err(e) => {
-            handler.guest_fault(head, &format!("the status byte cannot be located: {e}"));
+            p.fail(RequestError::Writable(e));
             return p;
         }
+    };
+    // The status byte is the chain's last writable byte: keep it out of the data part.
+    if let Err(e) = writer.split_at(writer.available_bytes().saturating_sub(1)) {
+        p.fail(RequestError::Writable(e));
+        return p;
     }
     let mut reader = match Reader::new(mem, chain) {
         Ok(r) => r,
@@ -112,7 +115,7 @@ where
             return p;
         }
     };
-    match header(handler.store().as_ref(), &mut reader, &mut writer) {
+    match header(handler, &mut reader, &mut writer) {
         Ok(op) => p.op = op,
         Err(e) => p.fail(e),
     }
@@ -121,12 +124,51 @@ where
     p
 }
 
+/// What walking a chain's descriptors tells before any buffer is touched.
+struct Shape {
+    /// The status byte: the last byte of the last descriptor.
+    status: GuestAddress,
+    /// Every device-readable descriptor comes before every device-writable one.
+    in_order: bool,
+}
+
+/// Walks `chain` to find its status byte, which must be the last byte of a device-writable
+/// last descriptor and lie inside guest memory, and to check the descriptors' directions.
+fn shape<T>(mem: &GuestMemoryMmap, chain: &DescriptorChain<T>) -> Result<Shape, &'static str>
+where
+    T: std::ops::Deref + Clone,
+    T::Target: GuestMemory + Sized,
+{
+    let mut last = None;
+    let mut writable_seen = false;
+    let mut in_order = true;
+    for desc in chain.clone() {
+        if desc.is_write_only() {
+            writable_seen = true;
+        } else if writable_seen {
+            in_order = false;
+        }
+        last = Some(desc);
+    }
+    let last = last.ok_or("the descriptor chain is empty or unreadable")?;
+    if !last.is_write_only() || last.len() == 0 {
+        return Err("the chain has no writable byte for the status");
+    }
+    let status = last
+        .addr()
+        .checked_add(u64::from(last.len()) - 1)
+        .filter(|&a| mem.address_in_range(a))
+        .ok_or("the status byte lies outside guest memory")?;
+    Ok(Shape { status, in_order })
+}
+
 /// Reads and checks the header (and DISCARD / WRITE_ZEROES segments); answers GET_ID.
 fn header(
-    store: &dyn BlockStore,
+    handler: &RequestHandler,
     reader: &mut Reader<'_>,
     writer: &mut Writer<'_>,
 ) -> Result<Op, RequestError> {
+    let store = handler.store().as_ref();
     if reader.available_bytes() < HEADER_LEN {
         return Err(RequestError::ShortHeader(reader.available_bytes()));
     }
@@ -156,7 +198,9 @@ fn header(
             get_id(store, writer)?;
             Ok(Op::Done)
         }
-        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => segments(store, kind, reader),
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if handler.serves_discard() => {
+            segments(store, kind, reader)
+        }
         other => Err(RequestError::Unsupported(other)),
     }
 }

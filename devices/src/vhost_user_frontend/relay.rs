@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::virtio::{RateLimitedLog, VirtioInterrupt};
+use crate::rate_limit::RateLimiter;
+use crate::virtio::VirtioInterrupt;
 
 /// A running relay thread; stopped (and joined) by [`Relay::stop`] or on drop.
 pub struct Relay {
@@ -109,7 +110,7 @@ impl Watched {
 
     fn run(self, epoll: &Epoll) {
         let mut events = vec![EpollEvent::default(); self.calls.len() + 2];
-        let mut log = RateLimitedLog::default();
+        let log = RateLimiter::default();
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -149,7 +150,7 @@ impl Watched {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => {
-                        if let Some(suppressed) = log.check() {
+                        if let Some(suppressed) = log.admit() {
                             tracing::warn!(
                                 "could not read queue {token}'s call eventfd: {e} ({suppressed} similar messages suppressed)"
                             );
@@ -158,7 +159,7 @@ impl Watched {
                     }
                 }
                 if let Err(e) = self.interrupt.signal_used_queue() {
-                    if let Some(suppressed) = log.check() {
+                    if let Some(suppressed) = log.admit() {
                         tracing::warn!(
                             "could not raise the vhost-user device's interrupt: {e} ({suppressed} similar messages suppressed)"
                         );

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::RequestHandler;
-use crate::store::BlockStore;
+use crate::virtio::block::store::BlockStore;
 
 pub(super) struct Rig<S> {
     pub mem: GuestMemoryMmap,

@@ -346,8 +346,21 @@ fn short_headers_and_wild_addresses_become_ioerr() {
             status: Some(IOERR)
         }
     );
-    // A writable buffer outside guest memory: nowhere safe to write a status.
+    // A writable buffer outside guest memory: the status byte is still the chain's last
+    // byte, inside guest memory, so the request fails there.
     let c = rig.run(&[(HDR, 16, R), (0x4000_0000, 512, W), (STATUS, 1, W)]);
+    assert_eq!(
+        c,
+        Completion {
+            used_len: 1,
+            status: Some(IOERR)
+        }
+    );
+    // A writable buffer that wraps around the address space.
+    let c = rig.run(&[(HDR, 16, R), (u64::MAX - 10, 512, W), (STATUS, 1, W)]);
+    assert_eq!(c.status, Some(IOERR));
+    // A status byte outside guest memory: nowhere safe to write one.
+    let c = rig.run(&[(HDR, 16, R), (0x4000_0000, 1, W)]);
     assert_eq!(
         c,
         Completion {
@@ -355,9 +368,6 @@ fn short_headers_and_wild_addresses_become_ioerr() {
             status: None
         }
     );
-    // A writable buffer that wraps around the address space.
-    let c = rig.run(&[(HDR, 16, R), (u64::MAX - 10, 512, W), (STATUS, 1, W)]);
-    assert_eq!(c.status, None);
 }
 
 fn segment(sector: u64, sectors: u32, flags: u32) -> [u8; 16] {
