@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Rights};
-use lego_monitors::client::{MemoryClient, StorageClient};
+use lego_monitor_client::client::{MemoryClient, StorageClient};
 
 const ROUNDS: usize = 5;
 const MEM_PAGES: u64 = 16384; // 64 MiB working set
@@ -207,7 +207,8 @@ fn mon_qd(c: &MemoryClient, write: bool, pages: &[u64], qd: usize) -> f64 {
     let mut q = VecDeque::with_capacity(qd);
     for &p in pages {
         if q.len() == qd {
-            let pending: lego_monitors::client::PendingPages = q.pop_front().expect("pending");
+            let pending: lego_monitor_client::client::PendingPages =
+                q.pop_front().expect("pending");
             pending.wait().expect("op");
         }
         q.push_back(

@@ -15,7 +15,7 @@ pub mod remote_memory;
 
 pub use pending::{Later, StoreOp, StorePending};
 
-use lego_monitors::client::CallError;
+use lego_monitor_client::client::CallError;
 
 /// The virtio-blk sector: every offset and length handed to a store is a multiple of it.
 pub const SECTOR_SIZE: u64 = 512;
