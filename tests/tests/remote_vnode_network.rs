@@ -6,8 +6,9 @@
 //! issue's: 128 MiB of local RAM, 1 GiB of remote memory, a 512 MiB workload.
 
 use lego_testbed::{JobOutput, Mode};
+use lego_testkit::process::ChildGuard;
 use lego_tests::{json_number, marker, release_binary, JobFiles};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = include_str!("../../tools/demo/remote-vnode.sh");
@@ -19,17 +20,8 @@ const WORKLOAD_MIB: u64 = 512;
 
 /// The daemons on this machine; killed when dropped.
 struct HostCluster {
-    children: Vec<Child>,
+    _children: Vec<ChildGuard>,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for HostCluster {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn legoctl(key: &str, args: &[&str]) -> String {
@@ -45,14 +37,15 @@ fn legoctl(key: &str, args: &[&str]) -> String {
 
 fn start_cluster(key: &str, advertise_host: &str) -> HostCluster {
     let dir = tempfile::tempdir().unwrap();
-    let spawn = |bin: &str, args: Vec<String>| -> Child {
-        Command::new(release_binary(bin))
-            .env("LEGO_CLUSTER_KEY", key)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{bin} starts: {e}"))
+    let spawn = |bin: &str, args: Vec<String>| -> ChildGuard {
+        ChildGuard::spawn(
+            bin,
+            Command::new(release_binary(bin))
+                .env("LEGO_CLUSTER_KEY", key)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
     };
     let manager = format!("127.0.0.1:{MANAGER_PORT}");
     let mut children = vec![spawn(
@@ -100,7 +93,7 @@ fn start_cluster(key: &str, advertise_host: &str) -> HostCluster {
         ],
     ));
     let cluster = HostCluster {
-        children,
+        _children: children,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
