@@ -3,6 +3,7 @@
 //!
 //! * [`stats`]: medians, percentiles, ranges and ratios of measurements.
 //! * [`net`]: free loopback ports.
+//! * [`prerequisite`]: skipping a test whose prerequisite is missing, but failing under CI.
 //! * [`process`]: child processes killed (and reaped) when dropped, also on panic.
 //! * [`qemu_nbd`]: the qemu-nbd server benchmarks compare against.
 //! * [`wait`]: polling until something is ready, with a deadline.
@@ -11,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod net;
+pub mod prerequisite;
 pub mod process;
 pub mod qemu_nbd;
 pub mod stats;
