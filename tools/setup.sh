@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Installs what LegoVMM's builds, tests and nested-KVM testbed need on Debian 12 (bookworm).
-# Idempotent: a second run installs nothing and takes a second or two.
+# Installs what LegoVMM's builds, tests and nested-KVM testbed need on Debian 12 (bookworm):
+# every prerequisite a test checks for, since under CI=true a missing one fails the test
+# (lego_testkit::prerequisite). Idempotent: a second run installs nothing and takes a second
+# or two.
 set -euo pipefail
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 say() { echo "setup: $*" >&2; }
 
-# QEMU must come from bookworm-backports: it matches the preinstalled qemu-utils 10.0
-# (bookworm's own 7.2 conflicts with it).
+# QEMU must come from bookworm-backports, both halves at one version: qemu-system-x86 (the
+# nested compute host, qboot.rom) and qemu-utils (qemu-img, qemu-nbd and qemu-storage-daemon,
+# which moved there from qemu-system-common in 8.0; bookworm's own 7.2 conflicts with 10.0).
 if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
     say "adding bookworm-backports to apt sources"
     echo "deb http://deb.debian.org/debian bookworm-backports main" |
@@ -27,17 +30,27 @@ if [ "${NEED_UPDATE:-0}" = 1 ] || ! grep -q "Candidate: [0-9]" <<<"$kernel_polic
     $SUDO apt-get update -q >/dev/null
 fi
 
+# runuser (the /dev/kvm permission test) is util-linux's; ip (the monitors' network-namespace
+# tests) is iproute2's; /bin/busybox (the guest image) is busybox-static's.
 missing=()
-for pkg in cpio e2fsprogs iproute2 qemu-utils busybox-static; do
+for pkg in cpio e2fsprogs iproute2 util-linux busybox-static; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
-if ! command -v qemu-system-x86_64 >/dev/null; then
-    say "installing qemu-system-x86 from bookworm-backports"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports qemu-system-x86 >/dev/null
+backports=()
+command -v qemu-system-x86_64 >/dev/null || backports+=(qemu-system-x86)
+if ! command -v qemu-storage-daemon >/dev/null || ! command -v qemu-nbd >/dev/null ||
+    ! command -v qemu-img >/dev/null; then
+    backports+=(qemu-utils)
 fi
-[ -f /usr/share/qemu/qboot.rom ] || { say "qboot.rom is missing from the QEMU install"; exit 1; }
+if [ ${#backports[@]} -gt 0 ]; then
+    say "installing ${backports[*]} from bookworm-backports"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports "${backports[@]}" >/dev/null
+fi
+for f in /usr/share/qemu/qboot.rom /usr/bin/qemu-storage-daemon /usr/sbin/runuser /bin/busybox; do
+    [ -e "$f" ] || { say "$f is still missing after the installs"; exit 1; }
+done
 say "ready: $(qemu-system-x86_64 --version | head -1), $(cargo --version)"

@@ -18,6 +18,7 @@ use lego_fabric::{
     Client, ClientConfig, ClusterKey, Handler, RemoteError, Request, RequestContext, Server,
     ServerConfig,
 };
+use lego_testkit::stats::{median, percentile};
 
 const PAGE: usize = 4096;
 const ECHO: u16 = 0x0100;
@@ -130,9 +131,9 @@ const SHAPES: [(&str, usize, usize, u16, usize); 3] = [
     ),
 ];
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
+/// Microseconds since `t`.
+fn micros_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
 }
 
 fn main() {
@@ -221,40 +222,33 @@ fn main() {
                 .call(Request::new(op, 0, payload.clone()))
                 .expect("warm-up");
         }
-        let mut raw_ns = Vec::with_capacity(iters);
-        let mut fab_ns = Vec::with_capacity(iters);
-        while raw_ns.len() < iters {
-            let n = 500.min(iters - raw_ns.len());
+        let mut raw_us = Vec::with_capacity(iters);
+        let mut fab_us = Vec::with_capacity(iters);
+        while raw_us.len() < iters {
+            let n = 500.min(iters - raw_us.len());
             for _ in 0..n {
                 let t = Instant::now();
                 raw.round_trip();
-                raw_ns.push(t.elapsed().as_nanos() as u64);
+                raw_us.push(micros_since(t));
             }
             for _ in 0..n {
                 let req = Request::new(op, 0, payload.clone());
                 let t = Instant::now();
                 let r = client.call(req).expect("fabric call");
-                fab_ns.push(t.elapsed().as_nanos() as u64);
+                fab_us.push(micros_since(t));
                 std::hint::black_box(r);
             }
             if rounds_detail {
-                let median = |v: &[u64]| {
-                    let mut r = v.to_vec();
-                    r.sort_unstable();
-                    r[r.len() / 2] as f64 / 1000.0
-                };
-                let k = raw_ns.len();
+                let k = raw_us.len();
                 eprintln!(
                     "  round: raw p50 {:.1} µs, fabric p50 {:.1} µs",
-                    median(&raw_ns[k - n..]),
-                    median(&fab_ns[k - n..])
+                    median(&raw_us[k - n..]),
+                    median(&fab_us[k - n..])
                 );
             }
         }
-        raw_ns.sort_unstable();
-        fab_ns.sort_unstable();
-        let (r50, r99) = (percentile(&raw_ns, 0.5), percentile(&raw_ns, 0.99));
-        let (f50, f99) = (percentile(&fab_ns, 0.5), percentile(&fab_ns, 0.99));
+        let (r50, r99) = (percentile(&raw_us, 0.5), percentile(&raw_us, 0.99));
+        let (f50, f99) = (percentile(&fab_us, 0.5), percentile(&fab_us, 0.99));
         println!(
             "| {name} | {r50:.1} | {r99:.1} | {f50:.1} | {f99:.1} | {:.2} | {:.2} | {:.2} |",
             f50 / r50,
@@ -274,20 +268,19 @@ fn main() {
         },
     )
     .expect("connect spinning");
-    let mut ns = Vec::with_capacity(iters);
+    let mut us = Vec::with_capacity(iters);
     for i in 0..iters + 500 {
         let req = Request::new(READ, 0, vec![0u8; 16]);
         let t = Instant::now();
         spin_client.call(req).expect("spin read");
         if i >= 500 {
-            ns.push(t.elapsed().as_nanos() as u64);
+            us.push(micros_since(t));
         }
     }
-    ns.sort_unstable();
     println!(
         "| read 4 KiB, fabric busy-polling 50 µs both sides | - | - | {:.1} | {:.1} | - | - | - |",
-        percentile(&ns, 0.5),
-        percentile(&ns, 0.99)
+        percentile(&us, 0.5),
+        percentile(&us, 0.99)
     );
     drop(spin_client);
     spinning.shutdown();

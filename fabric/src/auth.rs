@@ -150,6 +150,15 @@ impl ClusterKey {
         Err(AuthError::NotConfigured)
     }
 
+    /// Loads the key from `file` if one is given (a `--key-file` flag or config key), else from
+    /// the environment ([`ClusterKey::from_env`]): how every daemon and client finds its key.
+    pub fn load(file: Option<&Path>) -> Result<ClusterKey, AuthError> {
+        match file {
+            Some(f) => ClusterKey::from_file(f),
+            None => ClusterKey::from_env(),
+        }
+    }
+
     /// HMAC-SHA256 over the concatenation of `parts`.
     pub(crate) fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         self.hmac(parts).finalize().into_bytes().into()

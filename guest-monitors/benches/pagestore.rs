@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use lego_monitors::pagestore::{PageStore, PAGE_SIZE};
+use lego_testkit::stats::median;
 
 const PAGES: u64 = 1_000_000;
 const ROUNDS: usize = 3;
@@ -79,11 +80,6 @@ fn run(threads: u64, f: Arc<dyn Fn(u64, u64, u64) + Send + Sync>) -> f64 {
 /// A permutation of 0..PAGES (multiplication by a constant coprime to 10^6).
 fn scatter(i: u64) -> u64 {
     i.wrapping_mul(0x9e37_79b1) % PAGES
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -179,8 +175,8 @@ fn main() {
         }
         println!("threads={threads}");
         for op in ["write", "read", "rread", "free"] {
-            let a = median(res[format!("arena {op}").as_str()].clone());
-            let b = median(res[format!("box {op}").as_str()].clone());
+            let a = median(&res[format!("arena {op}").as_str()]);
+            let b = median(&res[format!("box {op}").as_str()]);
             println!(
                 "  {op:5}  arena {:6.2} Mops/s   box-per-page {:6.2} Mops/s   arena/box {:.2}x",
                 a / 1e6,

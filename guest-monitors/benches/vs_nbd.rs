@@ -12,13 +12,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Rights};
-use lego_monitors::client::{MemoryClient, StorageClient};
+use lego_monitor_client::client::{MemoryClient, StorageClient};
+use lego_testkit::net::free_port;
+use lego_testkit::process::ChildGuard;
+use lego_testkit::qemu_nbd;
+use lego_testkit::stats::{median, percentile};
+use lego_testkit::wait;
 
 const ROUNDS: usize = 5;
 const MEM_PAGES: u64 = 16384; // 64 MiB working set
@@ -113,69 +118,37 @@ mod nbd {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// Polls `up` until it holds, for at most 30 s.
+fn wait_up(what: &str, mut up: impl FnMut() -> bool) {
+    let (timeout, interval) = (Duration::from_secs(30), Duration::from_millis(50));
+    wait::until(what, timeout, interval, || up().then_some(()));
 }
 
-fn wait_port(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never came up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn qemu_nbd(file: &Path, port: u16) -> ChildGuard {
+    let c = ChildGuard::spawn(
+        "qemu-nbd (install qemu-utils)",
+        qemu_nbd::command(file, port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    wait_up(&addr, || TcpStream::connect(&addr).is_ok());
+    c
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn qemu_nbd(file: &Path, port: u16) -> Proc {
-    let c = Command::new("qemu-nbd")
-        .args([
-            "-f",
-            "raw",
-            "-x",
-            "bench",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "-e",
-            "4",
-            "--cache=writeback",
-        ])
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-nbd (install qemu-utils)");
-    wait_port(&format!("127.0.0.1:{port}"));
-    Proc(c)
-}
-
-fn daemon(bin: &str, args: &[String], key: &ClusterKey, addr: &str) -> Proc {
-    let c = Command::new(bin)
-        .args(args)
-        .env("LEGO_CLUSTER_KEY", key.to_hex())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("daemon");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Client::connect(addr, key.clone(), ClientConfig::default()).is_err() {
-        assert!(Instant::now() < deadline, "{bin} never came up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Proc(c)
+fn daemon(bin: &str, args: &[String], key: &ClusterKey, addr: &str) -> ChildGuard {
+    let c = ChildGuard::spawn(
+        bin,
+        Command::new(bin)
+            .args(args)
+            .env("LEGO_CLUSTER_KEY", key.to_hex())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+    );
+    wait_up(bin, || {
+        Client::connect(addr, key.clone(), ClientConfig::default()).is_ok()
+    });
+    c
 }
 
 fn rand_pages(n: u64, seed: u64) -> Vec<u64> {
@@ -190,16 +163,6 @@ fn rand_pages(n: u64, seed: u64) -> Vec<u64> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p) as usize]
-}
-
 /// QD-pipelined page ops on the memory monitor; returns ops/s.
 fn mon_qd(c: &MemoryClient, write: bool, pages: &[u64], qd: usize) -> f64 {
     let data = vec![0x5au8; 4096];
@@ -207,7 +170,8 @@ fn mon_qd(c: &MemoryClient, write: bool, pages: &[u64], qd: usize) -> f64 {
     let mut q = VecDeque::with_capacity(qd);
     for &p in pages {
         if q.len() == qd {
-            let pending: lego_monitors::client::PendingPages = q.pop_front().expect("pending");
+            let pending: lego_monitor_client::client::PendingPages =
+                q.pop_front().expect("pending");
             pending.wait().expect("op");
         }
         q.push_back(
@@ -250,7 +214,7 @@ fn nbd_qd(n: &mut nbd::Nbd, write: bool, pages: &[u64], qd: usize) -> f64 {
 }
 
 fn report(title: &str, unit: &str, a_name: &str, a: Vec<f64>, b_name: &str, b: Vec<f64>) {
-    let (ma, mb) = (median(a), median(b));
+    let (ma, mb) = (median(&a), median(&b));
     println!(
         "{title:44} {a_name} {ma:>10.1} {unit}   {b_name} {mb:>10.1} {unit}   ratio {:.2}",
         ma / mb
@@ -291,7 +255,7 @@ fn main() {
     let nport = free_port();
     let _qn = qemu_nbd(&img, nport);
     let naddr = format!("127.0.0.1:{nport}");
-    let mut nb = nbd::Nbd::connect(&naddr, "bench");
+    let mut nb = nbd::Nbd::connect(&naddr, qemu_nbd::EXPORT);
     // Pre-populate the monitor so reads hit stored pages.
     let all: Vec<u64> = (0..MEM_PAGES).collect();
     mon_qd(&mc, true, &all, 32);
@@ -353,7 +317,7 @@ fn main() {
     drop(f);
     let nport = free_port();
     let _qs = qemu_nbd(&nimg, nport);
-    let mut nb = nbd::Nbd::connect(&format!("127.0.0.1:{nport}"), "bench");
+    let mut nb = nbd::Nbd::connect(&format!("127.0.0.1:{nport}"), qemu_nbd::EXPORT);
     let block = vec![0xa5u8; 4096];
     println!(
         "storage: files in {} (same filesystem for both), {ROUNDS} rounds, medians",
@@ -378,11 +342,11 @@ fn main() {
             nb.call(nbd::FLUSH, 0, 0, &[]);
             lb.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        a_p99.push(pct(&mut la, 0.99));
-        b_p99.push(pct(&mut lb, 0.99));
-        a_med.push(median(la));
-        a_fua.push(median(lf));
-        b_med.push(median(lb));
+        a_p99.push(percentile(&la, 0.99));
+        b_p99.push(percentile(&lb, 0.99));
+        a_med.push(median(&la));
+        a_fua.push(median(&lf));
+        b_med.push(median(&lb));
     }
     report(
         "  4K random write+flush QD1 median latency",

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use lego_fabric::{ClientConfig, ClusterKey, ErrorCode};
 
-use crate::client::ManagerClient;
-use crate::proto::manager::{Heartbeat, MonitorKind, RegisterMonitor};
+use lego_monitor_client::client::ManagerClient;
+use lego_monitor_client::proto::manager::{Heartbeat, MonitorKind, RegisterMonitor};
 
 /// Reports `(capacity_bytes, used_bytes)` of the monitor.
 pub type UsageFn = Box<dyn Fn() -> (u64, u64) + Send>;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::size::ByteSize;
+use lego_monitor_client::size::ByteSize;
 
 /// Default fabric address of the manager.
 pub const DEFAULT_MANAGER_LISTEN: &str = "127.0.0.1:7300";

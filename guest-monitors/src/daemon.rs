@@ -1,7 +1,6 @@
-//! What every daemon needs: logging, the cluster key, a bound fabric server, and a clean stop on
-//! SIGTERM/SIGINT.
+//! What every daemon needs: logging, a bound fabric server, and a clean stop on SIGTERM/SIGINT.
+//! The cluster key is loaded by [`ClusterKey::load`].
 
-use std::path::Path;
 use std::sync::Arc;
 
 use lego_fabric::{
@@ -27,25 +26,6 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(std::io::Error),
-}
-
-/// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-/// Loads the cluster key from `file` if given, else from the environment.
-pub fn load_key(file: Option<&Path>) -> Result<ClusterKey, DaemonError> {
-    Ok(match file {
-        Some(f) => ClusterKey::from_file(f)?,
-        None => ClusterKey::from_env()?,
-    })
 }
 
 /// Binds a fabric server and starts serving.

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
 
 use crate::pagestore::{PageStore, PageStoreError, PAGE_SIZE};
-use crate::proto::memory::{
+use lego_monitor_client::proto::memory::{
     self as mm, encode_u64, MemoryOp, MonitorMemoryStats, VnodeMemoryStats,
 };
-use crate::proto::to_json;
+use lego_monitor_client::proto::to_json;
 
 impl From<PageStoreError> for RemoteError {
     fn from(e: PageStoreError) -> Self {

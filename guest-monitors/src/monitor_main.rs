@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_fabric::{ClusterKey, Handler, ServerConfig};
+use lego_monitor_client::proto::manager::MonitorKind;
 
 use crate::agent::{Agent, AgentConfig, UsageFn};
 use crate::config::{self, MonitorFileConfig};
-use crate::daemon;
-use crate::proto::manager::MonitorKind;
+use crate::daemon::{self, DaemonError};
 
 /// Flags every monitor takes (flatten into the binary's own `Args`).
 #[derive(Debug, clap::Args)]
@@ -62,8 +62,8 @@ pub fn resolve(
 ) -> Result<(MonitorSettings, MonitorFileConfig), String> {
     let file: MonitorFileConfig =
         config::load(flags.config.as_deref()).map_err(|e| e.to_string())?;
-    let key = daemon::load_key(flags.key_file.or(file.key_file.clone()).as_deref())
-        .map_err(|e| e.to_string())?;
+    let key = ClusterKey::load(flags.key_file.or(file.key_file.clone()).as_deref())
+        .map_err(|e| DaemonError::Key(e).to_string())?;
     let settings = MonitorSettings {
         listen: flags
             .listen

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
 
-use crate::proto::storage::{
+use crate::volume::{VolumeError, VolumeStore};
+use lego_monitor_client::proto::storage::{
     self as st, CreateVolume, DataOp, ResizeVolume, StorageStats, VolumeName,
 };
-use crate::proto::{from_json, to_json, ProtoError};
-use crate::volume::{VolumeError, VolumeStore};
+use lego_monitor_client::proto::{from_json, to_json, ProtoError};
 
 impl From<VolumeError> for RemoteError {
     fn from(e: VolumeError) -> Self {

@@ -13,12 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+pub use lego_monitor_client::proto::storage::{VolumeInfo, MAX_IO, MAX_NAME_LEN};
+
 use crate::fsutil::{self, FsError};
 
-/// Longest accepted volume name.
-pub const MAX_NAME_LEN: usize = 64;
-/// Largest single read or write.
-pub const MAX_IO: usize = 4 << 20;
 const DATA_EXT: &str = "vol";
 const META_EXT: &str = "meta";
 
@@ -91,19 +89,6 @@ pub struct VolumeMeta {
     pub owner: u64,
     /// Size in bytes.
     pub size: u64,
-}
-
-/// A volume's description as returned to clients.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VolumeInfo {
-    /// The volume name.
-    pub name: String,
-    /// The owner vNode.
-    pub owner: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// Bytes actually allocated on disk (sparse files allocate less).
-    pub allocated_bytes: u64,
 }
 
 struct Volume {

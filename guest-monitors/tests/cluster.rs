@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use common::*;
 use lego_fabric::{Client, ClusterKey, ErrorCode, Request, Rights};
-use lego_monitors::client::{
+use lego_monitor_client::client::{
     CallError, ManagerClient, MemoryClient, PageOp, StorageClient, VnodeMemory,
 };
-use lego_monitors::proto::manager::{MemoryPlacement, MonitorState};
-use lego_monitors::proto::memory::{self as mm, PAGE_SIZE};
+use lego_monitor_client::proto::manager::{MemoryPlacement, MonitorState};
+use lego_monitor_client::proto::memory::{self as mm, PAGE_SIZE};
 
 const REGION: u64 = 64 << 20;
 

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use lego_monitors::client::ManagerClient;
+use lego_monitor_client::client::ManagerClient;
 
 fn run_to_exit(net: &Net, name: &str, bin: &str, host: &Host, a: &[String]) -> (bool, String) {
     let mut d = Daemon::start(net, name, bin, host, a, &key());

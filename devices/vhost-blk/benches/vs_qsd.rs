@@ -14,25 +14,24 @@
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p lego-vhost-blk --bench vs_qsd`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{fence, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    guest_memory, set_mem_table, setup_vring, wait_readable, AVAIL, DATA, DESC, F_NEXT, F_WRITE,
-    HDR, T_IN, T_OUT, USED, VIRTIO_F_VERSION_1,
+use lego_testkit::net::{free_loopback_addr, free_port};
+use lego_testkit::process::ChildGuard;
+use lego_testkit::qemu_nbd;
+use lego_testkit::stats::{median, percentile};
+use lego_testkit::vhost_user::blk::{request_header, DATA, HDR, MEM_SIZE, T_IN, T_OUT};
+use lego_testkit::vhost_user::queue::{F_NEXT, F_WRITE};
+use lego_testkit::vhost_user::{
+    guest_memory, handshake, set_mem_table, SplitQueue, VIRTIO_F_VERSION_1,
 };
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::VhostBackend;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
+use lego_testkit::wait;
+use vhost::vhost_user::Frontend;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const ROUNDS: usize = 5;
 const ROW_TIME: Duration = Duration::from_millis(400);
@@ -41,69 +40,31 @@ const DEV_SIZE: u64 = 256 << 20;
 const WORK_BLOCKS: u64 = (64 << 20) / 4096;
 const BLOCK: u32 = 4096;
 
-// Guest memory layout (one queue): the tests' 1 MiB memory and ring offsets (DESC, AVAIL, USED
-// at 0x0, 0x1000, 0x2000), request headers at HDR (0x3000, 16 bytes per slot), data at DATA
-// (0x1_0000, 4 KiB per slot) and the status bytes here.
+// Guest memory layout (one queue): the test frontend's 1 MiB memory with the rings at 0 (see
+// lego_testkit::vhost_user::queue), request headers at HDR (0x3000, 16 bytes per slot), data at
+// DATA (0x1_0000, 4 KiB per slot) and the status bytes here.
 const QSIZE: u16 = 128;
 const STATUS: u64 = 0x3800; // 1 byte per slot
 const MAX_QD: usize = 32;
 
-/// A child process killed (and reaped) when dropped, also on panic.
-struct Proc {
-    name: &'static str,
-    child: Child,
+/// Starts `cmd` with no input and no output (a bench prints only its table).
+fn spawn(name: &'static str, cmd: &mut Command) -> ChildGuard {
+    ChildGuard::spawn(name, cmd.stdin(Stdio::null()).stdout(Stdio::null()))
 }
 
-impl Proc {
-    fn spawn(name: &'static str, cmd: &mut Command) -> Proc {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name, child }
-    }
-
-    fn check_alive(&mut self) {
-        if let Some(st) = self.child.try_wait().expect("wait") {
-            panic!("{} exited early with {st}", self.name);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A file removed when dropped.
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn wait_for(what: &str, procs: &mut [&mut Proc], mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready() {
-        for p in procs.iter_mut() {
-            p.check_alive();
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Polls `ready` until it holds, failing early if one of `procs` exits.
+fn wait_for(what: &str, procs: &mut [&mut ChildGuard], mut ready: impl FnMut() -> bool) {
+    wait::until(
+        what,
+        Duration::from_secs(20),
+        Duration::from_millis(10),
+        || {
+            for p in procs.iter_mut() {
+                p.check_alive();
+            }
+            ready().then_some(())
+        },
+    );
 }
 
 /// The workspace's release binaries (other packages' binaries are not built by `cargo bench
@@ -131,10 +92,7 @@ fn release_bin(name: &str) -> PathBuf {
 struct Driver {
     _fe: Frontend,
     mem: GuestMemoryMmap,
-    kick: EventFd,
-    call: EventFd,
-    avail_idx: u16,
-    used_seen: u16,
+    queue: SplitQueue,
     free: Vec<u16>,
     started: [Option<Instant>; MAX_QD],
     rng: u64,
@@ -142,38 +100,19 @@ struct Driver {
 
 impl Driver {
     fn connect(socket: &Path) -> Driver {
-        let mem = guest_memory();
-        let mut fe = Frontend::connect(socket, 1).expect("vhost-user connect");
-        fe.set_owner().expect("set_owner");
-        let offered = fe.get_features().expect("get_features");
-        let protocol = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        assert_ne!(offered & VIRTIO_F_VERSION_1, 0, "VERSION_1 not offered");
-        assert_ne!(offered & protocol, 0, "PROTOCOL_FEATURES not offered");
-        fe.set_features(VIRTIO_F_VERSION_1 | protocol)
-            .expect("set_features");
-        let pf = fe.get_protocol_features().expect("get_protocol_features");
-        fe.set_protocol_features(
-            pf & (VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::REPLY_ACK),
-        )
-        .expect("set_protocol_features");
+        let mem = guest_memory(MEM_SIZE);
+        let (mut fe, _) = handshake(socket, 1, &[], VIRTIO_F_VERSION_1);
         set_mem_table(&mut fe, &mem);
-        let (kick, call) = setup_vring(&mut fe, &mem, 0, QSIZE, 0);
-        for s in 0..MAX_QD as u64 {
+        let queue = SplitQueue::setup(&mut fe, &mem, 0, QSIZE, 0);
+        for s in 0..MAX_QD as u16 {
+            let s64 = u64::from(s);
             let chain = [
-                (HDR + 16 * s, 16u32, F_NEXT),
-                (DATA + u64::from(BLOCK) * s, BLOCK, F_NEXT),
-                (STATUS + s, 1, F_WRITE),
+                (HDR + 16 * s64, 16u32, F_NEXT),
+                (DATA + u64::from(BLOCK) * s64, BLOCK, F_NEXT),
+                (STATUS + s64, 1, F_WRITE),
             ];
-            for (i, (addr, len, flags)) in chain.into_iter().enumerate() {
-                let d = 3 * s + i as u64;
-                let at = GuestAddress(DESC + 16 * d);
-                mem.write_obj(addr, at).expect("desc");
-                mem.write_obj(len, at.unchecked_add(8)).expect("desc");
-                mem.write_obj(flags, at.unchecked_add(12)).expect("desc");
-                mem.write_obj(d as u16 + 1, at.unchecked_add(14))
-                    .expect("desc");
+            for (i, desc) in (0u16..).zip(chain) {
+                queue.write_desc(&mem, 3 * s + i, desc, 3 * s + i + 1);
             }
         }
         for s in 0..MAX_QD {
@@ -184,10 +123,7 @@ impl Driver {
         Driver {
             _fe: fe,
             mem,
-            kick,
-            call,
-            avail_idx: 0,
-            used_seen: 0,
+            queue,
             free: (0..MAX_QD as u16).rev().collect(),
             started: [None; MAX_QD],
             rng: 0x9E37_79B9_7F4A_7C15,
@@ -205,85 +141,57 @@ impl Driver {
     /// Puts request slot `s` on the avail ring (not yet published).
     fn queue(&mut self, s: u16, kind: u32, block: u64) {
         let s64 = u64::from(s);
-        let mut hdr = [0u8; 16];
-        hdr[..4].copy_from_slice(&kind.to_le_bytes());
-        hdr[8..].copy_from_slice(&(block * 8).to_le_bytes());
         self.mem
-            .write_slice(&hdr, GuestAddress(HDR + 16 * s64))
+            .write_slice(
+                &request_header(kind, block * 8),
+                GuestAddress(HDR + 16 * s64),
+            )
             .expect("hdr");
         let flags = if kind == T_IN {
             F_NEXT | F_WRITE
         } else {
             F_NEXT
         };
-        self.mem
-            .write_obj(flags, GuestAddress(DESC + 16 * (3 * s64 + 1) + 12))
-            .expect("flags");
+        self.queue.set_desc_flags(&self.mem, 3 * s + 1, flags);
         self.mem
             .write_obj(0xFFu8, GuestAddress(STATUS + s64))
             .expect("status");
-        let slot = u64::from(self.avail_idx % QSIZE);
-        self.mem
-            .write_obj(3 * s, GuestAddress(AVAIL + 4 + 2 * slot))
-            .expect("avail ring");
-        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.queue.push(&self.mem, 3 * s);
         self.started[usize::from(s)] = Some(Instant::now());
     }
 
-    /// Publishes the queued requests and kicks.
-    fn publish(&mut self) {
-        fence(Ordering::SeqCst);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .expect("avail idx");
-        fence(Ordering::SeqCst);
-        self.kick.write(1).expect("kick");
-    }
-
-    /// Waits for the interrupt and reaps every completion; returns the latencies.
-    fn reap(&mut self, lat: &mut Vec<u32>) -> usize {
+    /// Waits for the interrupt and reaps every completion; adds their latencies (µs).
+    fn reap(&mut self, lat: &mut Vec<f64>) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let used: u16 = self.mem.read_obj(GuestAddress(USED + 2)).expect("used idx");
-            fence(Ordering::SeqCst);
-            if used != self.used_seen {
-                let now = Instant::now();
-                let mut n = 0;
-                while self.used_seen != used {
-                    let slot = u64::from(self.used_seen % QSIZE);
-                    let id: u32 = self
-                        .mem
-                        .read_obj(GuestAddress(USED + 4 + 8 * slot))
-                        .expect("used id");
-                    let s = (id / 3) as u16;
-                    assert!(
-                        id.is_multiple_of(3) && usize::from(s) < MAX_QD,
-                        "bad used id {id}"
-                    );
-                    let st: u8 = self
-                        .mem
-                        .read_obj(GuestAddress(STATUS + u64::from(s)))
-                        .expect("status");
-                    assert_eq!(st, 0, "request failed with status {st}");
-                    let t0 = self.started[usize::from(s)].take().expect("in flight");
-                    lat.push((now - t0).as_nanos().min(u32::MAX as u128) as u32);
-                    self.free.push(s);
-                    self.used_seen = self.used_seen.wrapping_add(1);
-                    n += 1;
-                }
+            let now = Instant::now();
+            let mut n = 0;
+            while let Some((id, _)) = self.queue.pop_used(&self.mem) {
+                let s = (id / 3) as u16;
+                assert!(
+                    id.is_multiple_of(3) && usize::from(s) < MAX_QD,
+                    "bad used id {id}"
+                );
+                let st: u8 = self
+                    .mem
+                    .read_obj(GuestAddress(STATUS + u64::from(s)))
+                    .expect("status");
+                assert_eq!(st, 0, "request failed with status {st}");
+                let t0 = self.started[usize::from(s)].take().expect("in flight");
+                lat.push((now - t0).as_secs_f64() * 1e6);
+                self.free.push(s);
+                n += 1;
+            }
+            if n > 0 {
                 return n;
             }
-            assert!(
-                wait_readable(&self.call, deadline),
-                "no completion within 20 s"
-            );
-            let _ = self.call.read();
+            assert!(self.queue.wait_call(deadline), "no completion within 20 s");
         }
     }
 
     /// Runs `kind` at depth `qd` for `dur` (over the first `WORK_BLOCKS` blocks, random, or
-    /// sequential when `seq`); returns (ops, elapsed, latencies in ns).
-    fn run(&mut self, kind: u32, qd: usize, dur: Duration, seq: bool) -> (u64, Duration, Vec<u32>) {
+    /// sequential when `seq`); returns (ops, elapsed, latencies in µs).
+    fn run(&mut self, kind: u32, qd: usize, dur: Duration, seq: bool) -> (u64, Duration, Vec<f64>) {
         let mut lat = Vec::with_capacity(1 << 16);
         let mut next_seq = 0u64;
         let t0 = Instant::now();
@@ -308,7 +216,7 @@ impl Driver {
                 queued = true;
             }
             if queued {
-                self.publish();
+                self.queue.publish(&self.mem);
             }
             if in_flight == 0 {
                 break;
@@ -325,13 +233,12 @@ impl Driver {
 }
 
 /// Our side: manager, memory monitor, lego-vhost-blk on remote memory.
-fn start_ours(dir: &Path, procs: &mut Vec<Proc>) -> PathBuf {
+fn start_ours(dir: &Path, procs: &mut Vec<ChildGuard>) -> PathBuf {
     let key = lego_fabric::ClusterKey::generate()
         .expect("cluster key")
         .to_hex();
-    let mport = free_port();
-    let maddr = format!("127.0.0.1:{mport}");
-    let mut manager = Proc::spawn(
+    let maddr = free_loopback_addr();
+    let mut manager = spawn(
         "lego-manager",
         Command::new(release_bin("lego-manager"))
             .args(["--listen", &maddr, "--state-dir"])
@@ -343,8 +250,8 @@ fn start_ours(dir: &Path, procs: &mut Vec<Proc>) -> PathBuf {
     wait_for("lego-manager", &mut [&mut manager], || {
         TcpStream::connect(&maddr).is_ok()
     });
-    let mon_addr = format!("127.0.0.1:{}", free_port());
-    let monitor = Proc::spawn(
+    let mon_addr = free_loopback_addr();
+    let monitor = spawn(
         "lego-memory-monitor",
         Command::new(release_bin("lego-memory-monitor"))
             .args(["--listen", &mon_addr, "--manager", &maddr])
@@ -358,7 +265,7 @@ fn start_ours(dir: &Path, procs: &mut Vec<Proc>) -> PathBuf {
     let socket = dir.join("lego.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut d = Proc::spawn(
+        let mut d = spawn(
             "lego-vhost-blk",
             Command::new(env!("CARGO_BIN_EXE_lego-vhost-blk"))
                 .arg("--socket")
@@ -374,7 +281,7 @@ fn start_ours(dir: &Path, procs: &mut Vec<Proc>) -> PathBuf {
                 procs.push(d);
                 return socket;
             }
-            if d.child.try_wait().expect("wait").is_some() {
+            if d.try_wait().is_some() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -391,9 +298,9 @@ fn start_ours(dir: &Path, procs: &mut Vec<Proc>) -> PathBuf {
 }
 
 /// Reference: lego-vhost-blk with its file store on tmpfs (no fabric, no monitor).
-fn start_ours_file(dir: &Path, image: &Path, procs: &mut Vec<Proc>) -> PathBuf {
+fn start_ours_file(dir: &Path, image: &Path, procs: &mut Vec<ChildGuard>) -> PathBuf {
     let socket = dir.join("lego-file.sock");
-    let mut d = Proc::spawn(
+    let mut d = spawn(
         "lego-vhost-blk (file)",
         Command::new(env!("CARGO_BIN_EXE_lego-vhost-blk"))
             .arg("--socket")
@@ -408,36 +315,22 @@ fn start_ours_file(dir: &Path, image: &Path, procs: &mut Vec<Proc>) -> PathBuf {
 }
 
 /// Their side: qemu-nbd on a tmpfs file, qemu-storage-daemon exporting it as vhost-user-blk.
-fn start_theirs(dir: &Path, image: &Path, procs: &mut Vec<Proc>) -> PathBuf {
-    let port = free_port().to_string();
-    let mut nbd = Proc::spawn(
-        "qemu-nbd",
-        Command::new("qemu-nbd")
-            .args([
-                "-f",
-                "raw",
-                "-x",
-                "bench",
-                "-t",
-                "-e",
-                "4",
-                "--cache=writeback",
-            ])
-            .args(["-b", "127.0.0.1", "-p", &port])
-            .arg(image),
-    );
+fn start_theirs(dir: &Path, image: &Path, procs: &mut Vec<ChildGuard>) -> PathBuf {
+    let port = free_port();
+    let mut nbd = spawn("qemu-nbd", &mut qemu_nbd::command(image, port));
     let addr = format!("127.0.0.1:{port}");
     wait_for("qemu-nbd", &mut [&mut nbd], || {
         TcpStream::connect(&addr).is_ok()
     });
     let socket = dir.join("qsd.sock");
-    let mut qsd = Proc::spawn(
+    let mut qsd = spawn(
         "qemu-storage-daemon",
         Command::new("qemu-storage-daemon")
             .arg("--blockdev")
             .arg(format!(
                 "driver=nbd,node-name=n,server.type=inet,server.host=127.0.0.1,\
-                 server.port={port},export=bench"
+                 server.port={port},export={}",
+                qemu_nbd::EXPORT
             ))
             .arg("--export")
             .arg(format!(
@@ -453,19 +346,6 @@ fn start_theirs(dir: &Path, image: &Path, procs: &mut Vec<Proc>) -> PathBuf {
     socket
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    f64::from(sorted[i]) / 1000.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[derive(Default)]
 struct Samples {
     ops: Vec<f64>,
@@ -475,8 +355,7 @@ struct Samples {
 
 fn measure(d: &mut Driver, kind: u32, qd: usize, s: &mut Samples) {
     d.run(kind, qd, WARMUP, false);
-    let (ops, el, mut lat) = d.run(kind, qd, ROW_TIME, false);
-    lat.sort_unstable();
+    let (ops, el, lat) = d.run(kind, qd, ROW_TIME, false);
     s.ops.push(ops as f64 / el.as_secs_f64());
     s.p50.push(percentile(&lat, 0.50));
     s.p99.push(percentile(&lat, 0.99));
@@ -502,16 +381,16 @@ fn main() {
         File::create(&p)
             .and_then(|f| f.set_len(DEV_SIZE))
             .expect("create a tmpfs image");
-        TempPath(p)
+        tempfile::TempPath::try_from_path(p).expect("an absolute path")
     };
     let image = shm("nbd");
     let ref_image = shm("ref");
 
     // Children are killed when `procs` drops (also on panic).
-    let mut procs: Vec<Proc> = Vec::new();
+    let mut procs: Vec<ChildGuard> = Vec::new();
     let ours_sock = start_ours(dir.path(), &mut procs);
-    let theirs_sock = start_theirs(dir.path(), &image.0, &mut procs);
-    let ref_sock = start_ours_file(dir.path(), &ref_image.0, &mut procs);
+    let theirs_sock = start_theirs(dir.path(), &image, &mut procs);
+    let ref_sock = start_ours_file(dir.path(), &ref_image, &mut procs);
     let mut drivers = [
         Driver::connect(&ours_sock),
         Driver::connect(&theirs_sock),
@@ -559,7 +438,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     for ((name, _, qd), s) in rows.iter().zip(results) {
         let [ours, theirs, refr] = s;
-        let (o, t, r) = (median(ours.ops), median(theirs.ops), median(refr.ops));
+        let (o, t, r) = (median(&ours.ops), median(&theirs.ops), median(&refr.ops));
         println!(
             "| {name}, ops/s | {} | {} | {:.2} | {} |",
             kops(o),
@@ -576,7 +455,7 @@ fn main() {
             vec![("p50 latency", ours.p50, theirs.p50, refr.p50)]
         };
         for (label, o, t, r) in lats {
-            let (o, t, r) = (median(o), median(t), median(r));
+            let (o, t, r) = (median(&o), median(&t), median(&r));
             println!(
                 "| {name}, {label} | {o:.1} µs | {t:.1} µs | {:.2} | {r:.1} µs |",
                 t / o

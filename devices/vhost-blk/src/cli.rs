@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use lego_monitors::size::ByteSize;
+use lego_monitor_client::size::ByteSize;
 
 use crate::open::StoreSpec;
 use crate::server::QueueSettings;

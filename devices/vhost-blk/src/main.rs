@@ -47,7 +47,7 @@ fn run(cli: Cli) -> Result<(), MainError> {
 }
 
 fn main() -> ExitCode {
-    lego_monitors::daemon::init_logging();
+    lego_monitor_client::logging::init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

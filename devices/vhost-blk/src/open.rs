@@ -5,9 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lego_fabric::{ClientConfig, ClusterKey, ErrorCode, Rights};
-use lego_monitors::client::{CallError, ManagerClient, StorageClient, VnodeMemory};
-use lego_monitors::daemon::DaemonError;
+use lego_fabric::{AuthError, ClientConfig, ClusterKey, ErrorCode, Rights};
+use lego_monitor_client::client::{CallError, ManagerClient, StorageClient, VnodeMemory};
 
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
 use crate::store::remote_disk::RemoteDiskStore;
@@ -49,8 +48,8 @@ pub enum StoreSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The cluster key could not be loaded.
-    #[error("{0}")]
-    Key(DaemonError),
+    #[error("cannot load the cluster key: {0}")]
+    Key(AuthError),
     /// The local file could not be opened.
     #[error(transparent)]
     File(#[from] FileStoreError),
@@ -138,7 +137,7 @@ pub fn open_store(
     spec: &StoreSpec,
     key_file: Option<&Path>,
 ) -> Result<Arc<dyn BlockStore>, OpenError> {
-    let key = || lego_monitors::daemon::load_key(key_file).map_err(OpenError::Key);
+    let key = || ClusterKey::load(key_file).map_err(OpenError::Key);
     match spec {
         StoreSpec::File(opts) => Ok(Arc::new(FileStore::open(opts)?)),
         StoreSpec::RemoteMemory {
@@ -212,7 +211,7 @@ fn open_remote_memory(
                 source,
             }
         })?;
-    let placed = memory.pages() * lego_monitors::proto::memory::PAGE_SIZE as u64;
+    let placed = memory.pages() * lego_monitor_client::proto::memory::PAGE_SIZE as u64;
     if placed < size {
         return Err(OpenError::ShortPlacement {
             vnode,

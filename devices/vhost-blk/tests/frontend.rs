@@ -8,6 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use lego_testkit::vhost_user::blk::*;
 use vm_memory::{Bytes, GuestAddress};
 
 #[test]

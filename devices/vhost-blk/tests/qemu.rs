@@ -4,7 +4,8 @@
 //! swap by itself (by its serial) and a memory test larger than the guest's RAM passes; with a
 //! remote disk the init formats it on first boot and mounts it at /mnt/remote, and a file
 //! written there is found by a second boot through a restarted daemon. Skipped, with the
-//! reason printed, when QEMU or the guest image (`cargo run -p lego-image -- build`) is missing.
+//! reason printed, when QEMU or the guest image (`cargo run -p lego-image -- build`) is
+//! missing, and failed for that under CI.
 
 mod common;
 
@@ -14,11 +15,12 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::Daemon;
+use lego_testkit::prerequisite::require;
 
 /// A whole boot may take this long before the test fails (a boot takes ~3 s here).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The guest kernel and initramfs, if built.
+/// The guest kernel and initramfs, if built; else what is missing.
 fn guest_image() -> Result<(PathBuf, PathBuf), String> {
     let cache = match std::env::var_os("LEGO_CACHE") {
         Some(v) if !v.is_empty() => PathBuf::from(v),
@@ -30,7 +32,7 @@ fn guest_image() -> Result<(PathBuf, PathBuf), String> {
         Ok((kernel, initrd))
     } else {
         Err(format!(
-            "no guest image in {} (build it with `cargo run -p lego-image -- build`)",
+            "the guest image in {} (build it with `cargo run -p lego-image -- build`)",
             cache.display()
         ))
     }
@@ -44,17 +46,16 @@ fn qemu() -> Result<(), String> {
         .status()
     {
         Ok(s) if s.success() => Ok(()),
-        _ => Err("qemu-system-x86_64 is not installed".into()),
+        _ => Err("qemu-system-x86_64 (Debian package qemu-system-x86)".into()),
     }
 }
 
-/// Whether the test can run; prints why not.
+/// The guest image if the test can run; else skips saying what is missing (fails under CI).
 fn prerequisites() -> Option<(PathBuf, PathBuf)> {
-    let r = qemu().and_then(|()| guest_image());
-    match r {
+    match qemu().and_then(|()| guest_image()) {
         Ok(img) => Some(img),
-        Err(why) => {
-            eprintln!("skipping the QEMU test: {why}");
+        Err(missing) => {
+            require(&missing, false);
             None
         }
     }

@@ -6,6 +6,7 @@ mod common;
 
 use common::cluster::Cluster;
 use common::*;
+use lego_testkit::vhost_user::blk::*;
 use vm_memory::{Bytes, GuestAddress};
 
 /// Writes a pattern at `sector`, reads it back through the device, and returns it.

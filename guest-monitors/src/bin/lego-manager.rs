@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use lego_fabric::ServerConfig;
+use lego_fabric::{ClusterKey, ServerConfig};
+use lego_monitor_client::size::ByteSize;
 use lego_monitors::config::{self, ManagerFileConfig};
 use lego_monitors::daemon;
 use lego_monitors::manager::service::ManagerService;
 use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings};
-use lego_monitors::size::ByteSize;
 
 /// Place vNodes' remote memory and volumes on monitors and watch the monitors' heartbeats.
 #[derive(Debug, Parser)]
@@ -80,8 +80,8 @@ fn run(args: Args) -> Result<(), String> {
                 .max(1),
         ),
     };
-    let key =
-        daemon::load_key(args.key_file.or(file.key_file).as_deref()).map_err(|e| e.to_string())?;
+    let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())
+        .map_err(|e| daemon::DaemonError::Key(e).to_string())?;
     let mut signals = daemon::shutdown_signals().map_err(|e| e.to_string())?;
 
     let store = FileStateStore::open(&state_dir)
@@ -121,6 +121,6 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    daemon::init_logging();
+    lego_monitor_client::logging::init();
     lego_monitors::monitor_main::exit_code("lego-manager", run(Args::parse()))
 }

@@ -4,13 +4,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use lego_monitor_client::proto::manager::MonitorKind;
+use lego_monitor_client::size::ByteSize;
 use lego_monitors::config;
-use lego_monitors::daemon;
 use lego_monitors::memory_service::MemoryService;
 use lego_monitors::monitor_main::{self, MonitorFlags};
 use lego_monitors::pagestore::PageStore;
-use lego_monitors::proto::manager::MonitorKind;
-use lego_monitors::size::ByteSize;
 
 /// Serve vNodes' remote memory pages over the LegoVMM fabric.
 #[derive(Debug, Parser)]
@@ -54,6 +53,6 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    daemon::init_logging();
+    lego_monitor_client::logging::init();
     monitor_main::exit_code("lego-memory-monitor", run(Args::parse()))
 }

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use lego_monitor_client::proto::manager::MonitorKind;
+use lego_monitor_client::size::ByteSize;
 use lego_monitors::config;
-use lego_monitors::daemon;
 use lego_monitors::monitor_main::{self, MonitorFlags};
-use lego_monitors::proto::manager::MonitorKind;
-use lego_monitors::size::ByteSize;
 use lego_monitors::storage_service::StorageService;
 use lego_monitors::volume::{filesystem_capacity, VolumeStore};
 
@@ -66,6 +65,6 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    daemon::init_logging();
+    lego_monitor_client::logging::init();
     monitor_main::exit_code("lego-storage-monitor", run(Args::parse()))
 }

@@ -10,7 +10,7 @@ use super::state::{
     ClusterState, MonitorRecord, StateError, StateStore, VnodeRecord, VolumeRecord,
 };
 use crate::placement::{self, Candidate, PlacementError};
-use crate::proto::manager::{
+use lego_monitor_client::proto::manager::{
     ClusterStatus, Heartbeat, IssuedCapability, MemoryPlacement, MonitorKind, MonitorState,
     MonitorStatus, RegionPlacement, RegisterMonitor, VnodeStatus, VolumePlacement,
 };

@@ -7,8 +7,8 @@ use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestCon
 
 use super::core::{Manager, ManagerError};
 use crate::placement::PlacementError;
-use crate::proto::manager::{self as m, Registered};
-use crate::proto::{from_json, to_json, ProtoError};
+use lego_monitor_client::proto::manager::{self as m, Registered};
+use lego_monitor_client::proto::{from_json, to_json, ProtoError};
 
 impl From<ManagerError> for RemoteError {
     fn from(e: ManagerError) -> Self {

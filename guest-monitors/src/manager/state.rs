@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, FsError};
-use crate::proto::manager::MonitorKind;
+use lego_monitor_client::proto::manager::MonitorKind;
 
 /// Version of the state layout written by this build.
 pub const STATE_VERSION: u32 = 1;

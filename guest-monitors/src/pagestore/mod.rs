@@ -10,14 +10,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use serde::{Deserialize, Serialize};
-
 use arena::{Arena, ArenaError};
 use hasher::KeyHasherBuilder;
 pub use hasher::PageKey;
+pub use lego_monitor_client::proto::memory::{PageStoreStats, PAGE_SIZE};
 
-/// Size of one page in bytes.
-pub const PAGE_SIZE: usize = 4096;
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
 /// Ranges longer than this are trimmed by scanning the maps rather than page by page.
@@ -72,35 +69,6 @@ struct OpCounters {
     pages_written: AtomicU64,
     zero_pages_written: AtomicU64,
     nospace_errors: AtomicU64,
-}
-
-/// A snapshot of the store's use and counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PageStoreStats {
-    /// Configured capacity in bytes.
-    pub capacity_bytes: u64,
-    /// Pages stored (non-zero pages).
-    pub pages_stored: u64,
-    /// Bytes of page data stored (`pages_stored * 4096`).
-    pub bytes_in_use: u64,
-    /// Address space mapped for page frames (includes freed frames kept for reuse).
-    pub arena_mapped_bytes: u64,
-    /// Pages stored per vNode.
-    pub per_vnode: Vec<(u64, u64)>,
-    /// Read requests served.
-    pub read_ops: u64,
-    /// Write requests served.
-    pub write_ops: u64,
-    /// Trim/free requests served.
-    pub trim_ops: u64,
-    /// Pages read.
-    pub pages_read: u64,
-    /// Pages written (including all-zero ones).
-    pub pages_written: u64,
-    /// All-zero pages written (stored as holes).
-    pub zero_pages_written: u64,
-    /// Writes refused for lack of capacity.
-    pub nospace_errors: u64,
 }
 
 struct ShardInner {

@@ -5,13 +5,15 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Rights};
+use lego_testkit::net::free_loopback_addr;
+use lego_testkit::process::ChildGuard;
+use lego_testkit::wait;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 const PREFIX: &str = "lgm";
@@ -150,9 +152,10 @@ impl Net {
                 addr: format!("10.77.0.{idx}:{FABRIC_PORT}"),
             }
         } else {
-            let l = TcpListener::bind("127.0.0.1:0").expect("free port");
-            let addr = l.local_addr().expect("addr").to_string();
-            Host { ns: None, addr }
+            Host {
+                ns: None,
+                addr: free_loopback_addr(),
+            }
         }
     }
 
@@ -185,7 +188,7 @@ fn enter_netns(ns: &str) {
 /// A daemon process; killed (SIGKILL) when dropped.
 pub struct Daemon {
     pub name: String,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     pub log: PathBuf,
     bin: String,
     host: Host,
@@ -236,7 +239,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
             .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn daemon"));
+        self.child = Some(ChildGuard::spawn(self.name.clone(), &mut cmd));
     }
 
     /// Restarts the daemon with the same arguments (after it stopped).
@@ -248,20 +251,14 @@ impl Daemon {
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid with SIGTERM.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
-        wait_timeout(&mut c, TIMEOUT).unwrap_or_else(|| {
-            let _ = c.kill();
+        c.terminate(TIMEOUT).unwrap_or_else(|| {
             panic!(
                 "{} did not exit within {TIMEOUT:?} of SIGTERM; log:\n{}",
                 self.name,
@@ -273,10 +270,8 @@ impl Daemon {
     /// Waits for the process to exit by itself (e.g. on a start-up error).
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        wait_timeout(&mut c, TIMEOUT).unwrap_or_else(|| {
-            let _ = c.kill();
-            panic!("{} did not exit; log:\n{}", self.name, self.log_text())
-        })
+        c.wait_timeout(TIMEOUT)
+            .unwrap_or_else(|| panic!("{} did not exit; log:\n{}", self.name, self.log_text()))
     }
 
     /// The daemon's log so far.
@@ -286,32 +281,27 @@ impl Daemon {
 
     /// Waits until the daemon accepts authenticated fabric connections.
     pub fn wait_ready(&mut self, key: &ClusterKey) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!(
-                        "{} exited early ({st}); log:\n{}",
-                        self.name,
-                        self.log_text()
-                    );
-                }
+        let interval = Duration::from_millis(50);
+        let ready = wait::poll(TIMEOUT, interval, || {
+            if let Some(st) = self.child.as_mut().and_then(ChildGuard::try_wait) {
+                panic!(
+                    "{} exited early ({st}); log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             let cc = ClientConfig {
                 connect_timeout: Duration::from_secs(2),
                 ..Default::default()
             };
-            if Client::connect(self.host.addr.as_str(), key.clone(), cc).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready; log:\n{}",
-                self.name,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Client::connect(self.host.addr.as_str(), key.clone(), cc).ok()
+        });
+        assert!(
+            ready.is_some(),
+            "{} not ready; log:\n{}",
+            self.name,
+            self.log_text()
+        );
     }
 
     /// The fabric address.
@@ -326,19 +316,6 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
         }
-    }
-}
-
-fn wait_timeout(c: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    loop {
-        if let Ok(Some(s)) = c.try_wait() {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -362,15 +339,8 @@ pub fn client_config() -> ClientConfig {
 }
 
 /// Polls `f` until it returns Some, or panics after the timeout.
-pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait::until(what, TIMEOUT, Duration::from_millis(100), f)
 }
 
 /// Paths of the daemon binaries.

@@ -8,8 +8,7 @@
 //! - [`driver`]: the options and preparation steps both drivers share;
 //! - [`script`]: the job script run on the compute host;
 //! - [`results`]: parsing the timing lines the job leaves;
-//! - [`stats`]: medians and ranges;
-//! - [`report`]: the markdown report.
+//! - [`report`]: the markdown report (medians and ranges from `lego_testkit::stats`).
 //!
 //! `swap-bench` runs the same swap-heavy workload with remote memory (legovmm), with swap on
 //! an NBD-backed disk (QEMU + qemu-nbd) and with all-local RAM, side by side; see [`swap`].
@@ -25,5 +24,4 @@ pub mod report;
 pub mod results;
 pub mod script;
 pub mod soak;
-pub mod stats;
 pub mod swap;

@@ -2,7 +2,7 @@
 //! issue's goals, and every try.
 
 use crate::results::TryResult;
-use crate::stats::{self, Summary};
+use lego_testkit::stats::{self, Summary};
 
 /// The goal on the boot time ratio legovmm / QEMU.
 pub const TIME_RATIO_GOAL: f64 = 0.7;

@@ -407,8 +407,11 @@ mod tests {
 
     #[test]
     fn busybox_applets_come_from_the_binary() {
-        if !Path::new("/bin/busybox").exists() {
-            eprintln!("skipping: /bin/busybox is not installed");
+        let busybox = Path::new("/bin/busybox").exists();
+        if !lego_testkit::prerequisite::require(
+            "/bin/busybox (Debian package busybox-static)",
+            busybox,
+        ) {
             return;
         }
         let list = busybox_applets(Path::new("/bin/busybox")).unwrap();

@@ -1,6 +1,7 @@
 //! Boots the built guest image under QEMU (TCG, `-M pc`) and checks the init's markers and a
 //! disk pattern round trip: the host writes seed 1, the guest verifies it and writes seed 2,
-//! the host verifies seed 2. Skips (saying why) without apt lists or QEMU.
+//! the host verifies seed 2. Skips (saying why) without apt lists or QEMU, and fails for that
+//! under CI.
 
 mod common;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{lego_image, skip_without_apt, stderr, temp_cache};
 use lego_guest_tools::disk::{self, Verify};
+use lego_testkit::prerequisite::require;
 
 const QEMU: &str = "qemu-system-x86_64";
 
@@ -82,8 +84,10 @@ fn guest_boots_runs_lego_run_and_round_trips_a_disk() {
     if skip_without_apt() {
         return;
     }
-    if !have_qemu() {
-        eprintln!("skipping: {QEMU} is not installed");
+    if !require(
+        "qemu-system-x86_64 (Debian package qemu-system-x86)",
+        have_qemu(),
+    ) {
         return;
     }
     let cache = temp_cache();

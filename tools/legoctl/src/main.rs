@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use lego_fabric::{ClientConfig, ClusterKey, Rights};
-use lego_monitors::client::{ManagerClient, MemoryClient, StorageClient};
-use lego_monitors::daemon;
-use lego_monitors::proto::manager::MonitorKind;
-use lego_monitors::size::ByteSize;
+use lego_monitor_client::client::{ManagerClient, MemoryClient, StorageClient};
+use lego_monitor_client::proto::manager::MonitorKind;
+use lego_monitor_client::size::ByteSize;
 
 /// Operate a LegoVMM cluster: status, placement, volumes, capabilities.
 #[derive(Debug, Parser)]
@@ -122,7 +121,8 @@ fn run(cli: Cli) -> Result<(), String> {
         ));
         return Ok(());
     }
-    let key = daemon::load_key(cli.key_file.as_deref()).map_err(|e| e.to_string())?;
+    let key = ClusterKey::load(cli.key_file.as_deref())
+        .map_err(|e| format!("cannot load the cluster key: {e}"))?;
     let cc = ClientConfig {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         connect_timeout: Duration::from_secs(cli.timeout.max(1)),

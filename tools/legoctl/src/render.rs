@@ -1,7 +1,7 @@
 //! Human-readable rendering of the manager's [`ClusterStatus`].
 
-use lego_monitors::proto::manager::ClusterStatus;
-use lego_monitors::size::human;
+use lego_monitor_client::proto::manager::ClusterStatus;
+use lego_monitor_client::size::human;
 
 use crate::table::Table;
 
@@ -121,7 +121,7 @@ pub fn ranges(idx: &[u64]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lego_monitors::proto::manager::*;
+    use lego_monitor_client::proto::manager::*;
 
     #[test]
     fn renders_status() {

@@ -4,10 +4,10 @@ use std::process::Command;
 use std::sync::Arc;
 
 use lego_fabric::{ClientConfig, ClusterKey, Server, ServerConfig};
-use lego_monitors::client::ManagerClient;
+use lego_monitor_client::client::ManagerClient;
+use lego_monitor_client::proto::manager::{ClusterStatus, MonitorKind, RegisterMonitor};
 use lego_monitors::manager::service::ManagerService;
 use lego_monitors::manager::{Manager, ManagerSettings, MemoryStateStore};
-use lego_monitors::proto::manager::{ClusterStatus, MonitorKind, RegisterMonitor};
 
 fn legoctl(key: &ClusterKey, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_legoctl"))

@@ -4,7 +4,7 @@
 //! `fdatasync` of the volume.
 
 use lego_fabric::Pending;
-use lego_monitors::client::{CallError, StorageClient};
+use lego_monitor_client::client::{CallError, StorageClient};
 
 use super::{check_range, check_write, BlockStore, StoreError, StoreOp, StorePending};
 

@@ -12,14 +12,14 @@ pub mod gate;
 
 use std::sync::Arc;
 
-use lego_monitors::client::{CallError, VnodeMemory};
-use lego_monitors::proto::memory::PAGE_SIZE;
+use lego_monitor_client::client::{CallError, VnodeMemory};
+use lego_monitor_client::proto::memory::PAGE_SIZE;
 
 use super::pending::Later;
 use super::{check_range, check_write, BlockStore, StoreError, StoreOp, StorePending};
 use gate::Gate;
 /// A page operation handed to [`PageAccess::submit_pages`]: a run of pages to read or write.
-pub use lego_monitors::client::PageOp;
+pub use lego_monitor_client::client::PageOp;
 
 const PAGE: u64 = PAGE_SIZE as u64;
 

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_fabric::{ClusterKey, ServerConfig, ServerHandle};
+use lego_monitor_client::proto::manager::{MonitorKind, RegisterMonitor};
 use lego_monitors::manager::core::{Manager, ManagerSettings};
 use lego_monitors::manager::service::ManagerService;
 use lego_monitors::manager::state::MemoryStateStore;
 use lego_monitors::memory_service::MemoryService;
 use lego_monitors::pagestore::PageStore;
-use lego_monitors::proto::manager::{MonitorKind, RegisterMonitor};
 use lego_monitors::storage_service::StorageService;
 use lego_monitors::volume::VolumeStore;
 

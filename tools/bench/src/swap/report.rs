@@ -6,7 +6,7 @@
 use super::results::SwapTry;
 use super::Setup;
 use crate::report::{cell, ratio_cell};
-use crate::stats::{self, Summary};
+use lego_testkit::stats::{self, Summary};
 
 /// The measurements of one setup over its clean tries.
 #[derive(Debug, Clone, Default)]

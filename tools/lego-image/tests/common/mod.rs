@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use lego_testkit::prerequisite::require;
+
 /// Runs the `lego-image` binary with arguments.
 pub fn lego_image(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lego-image"))
@@ -18,13 +20,13 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Returns true (after saying why) if the tests that need apt must be skipped.
+/// Returns true (after saying why) if the tests that need apt must be skipped; fails under CI
+/// instead (see `lego_testkit::prerequisite`).
 pub fn skip_without_apt() -> bool {
-    if lego_image::debian::apt_lists_present() {
-        return false;
-    }
-    eprintln!("skipping: no apt lists in /var/lib/apt/lists (run `apt-get update`)");
-    true
+    !require(
+        "apt lists in /var/lib/apt/lists (run `apt-get update`)",
+        lego_image::debian::apt_lists_present(),
+    )
 }
 
 /// Creates a temporary cache whose guest tools target folder is shared across runs, so

@@ -19,8 +19,24 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::{Reader, Writer};
 use super::ProtoError;
-pub use crate::volume::VolumeInfo;
-use crate::volume::{MAX_IO, MAX_NAME_LEN};
+
+/// Longest accepted volume name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Largest single read or write.
+pub const MAX_IO: usize = 4 << 20;
+
+/// A volume's description as returned to clients.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The volume name.
+    pub name: String,
+    /// The owner vNode.
+    pub owner: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes actually allocated on disk (sparse files allocate less).
+    pub allocated_bytes: u64,
+}
 
 /// Create a volume.
 pub const CREATE: u16 = 0x0201;

@@ -17,9 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::wire::{Reader, Writer};
 use super::ProtoError;
-use crate::pagestore::PageStoreStats;
 
-/// Page size in bytes.
+/// Page size in bytes: the unit of every page operation, of the page store and of placement.
 pub const PAGE_SIZE: usize = 4096;
 /// Most pages one request may carry (4 MiB, below the fabric's 8 MiB frame limit).
 pub const MAX_PAGES: u32 = 1024;
@@ -216,6 +215,35 @@ pub struct VnodeMemoryStats {
     pub vnode: u64,
     /// Pages it has stored here.
     pub pages_stored: u64,
+}
+
+/// A snapshot of a memory monitor's page store: use and counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageStoreStats {
+    /// Configured capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Pages stored (non-zero pages).
+    pub pages_stored: u64,
+    /// Bytes of page data stored (`pages_stored * 4096`).
+    pub bytes_in_use: u64,
+    /// Address space mapped for page frames (includes freed frames kept for reuse).
+    pub arena_mapped_bytes: u64,
+    /// Pages stored per vNode.
+    pub per_vnode: Vec<(u64, u64)>,
+    /// Read requests served.
+    pub read_ops: u64,
+    /// Write requests served.
+    pub write_ops: u64,
+    /// Trim/free requests served.
+    pub trim_ops: u64,
+    /// Pages read.
+    pub pages_read: u64,
+    /// Pages written (including all-zero ones).
+    pub pages_written: u64,
+    /// All-zero pages written (stored as holes).
+    pub zero_pages_written: u64,
+    /// Writes refused for lack of capacity.
+    pub nospace_errors: u64,
 }
 
 /// A memory monitor's use and counters.

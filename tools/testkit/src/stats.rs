@@ -1,4 +1,4 @@
-//! Medians and ranges of a handful of measurements.
+//! Medians, percentiles, ranges and ratios of measurements.
 
 /// Median, minimum and maximum of a set of values.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -18,20 +18,46 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     if values.is_empty() || values.iter().any(|v| v.is_nan()) {
         return None;
     }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
+    let v = sorted(values);
     let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
     Some(Summary {
         n,
-        median,
+        median: median_of_sorted(&v),
         min: v[0],
         max: v[n - 1],
     })
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN when there are
+/// none.
+pub fn median(values: &[f64]) -> f64 {
+    median_of_sorted(&sorted(values))
+}
+
+/// The value at quantile `q` (0.0 to 1.0) of `values`, by nearest rank: the element at index
+/// `round((n - 1) * q)` of the sorted values. NaN when there are none.
+pub fn percentile(values: &[f64], q: f64) -> f64 {
+    let v = sorted(values);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
+    v[i]
+}
+
+fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn median_of_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The ratio of two medians, if the denominator is positive.
@@ -53,6 +79,18 @@ mod tests {
         assert_eq!(summarize(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
         assert!(summarize(&[]).is_none());
         assert!(summarize(&[f64::NAN]).is_none());
+    }
+
+    #[test]
+    fn medians_and_percentiles_of_unsorted_values() {
+        assert_eq!(median(&[9.0, 1.0, 5.0]), 5.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let v: Vec<f64> = (1..=101).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 100.0);
+        assert_eq!(percentile(&v, 1.0), 101.0);
+        assert!(percentile(&[], 0.5).is_nan());
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub struct MemoryPlacement {
 impl MemoryPlacement {
     /// Pages per region.
     pub fn region_pages(&self) -> u64 {
-        (self.region_size / crate::pagestore::PAGE_SIZE as u64).max(1)
+        (self.region_size / super::memory::PAGE_SIZE as u64).max(1)
     }
 
     /// The monitor holding `page`, if the page lies inside the placed memory.

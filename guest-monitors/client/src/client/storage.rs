@@ -23,12 +23,8 @@ impl StorageClient {
         cap: &Capability,
         config: ClientConfig,
     ) -> Result<Self, CallError> {
-        let client = Client::connect(addr, key, config)?;
-        client.attach(cap)?;
-        Ok(Self {
-            client,
-            vnode: cap.vnode,
-        })
+        let client = super::connect_attached(addr, key, cap, config)?;
+        Ok(Self::from_client(client, cap.vnode))
     }
 
     /// Wraps a connected client with a capability for `vnode` attached.

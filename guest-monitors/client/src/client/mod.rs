@@ -15,7 +15,9 @@ pub use memory::{MemoryClient, PageOp, PendingPages};
 pub use storage::StorageClient;
 pub use vnode::{PendingRun, VnodeMemory};
 
-use lego_fabric::{ClientError, ErrorCode, RemoteError};
+use lego_fabric::{
+    Capability, Client, ClientConfig, ClientError, ClusterKey, ErrorCode, RemoteError,
+};
 
 use crate::proto::ProtoError;
 
@@ -41,4 +43,16 @@ impl CallError {
             _ => None,
         }
     }
+}
+
+/// Connects to a monitor at `addr` and attaches `cap`, so that the client acts for `cap.vnode`.
+fn connect_attached(
+    addr: &str,
+    key: ClusterKey,
+    cap: &Capability,
+    config: ClientConfig,
+) -> Result<Client, CallError> {
+    let client = Client::connect(addr, key, config)?;
+    client.attach(cap)?;
+    Ok(client)
 }

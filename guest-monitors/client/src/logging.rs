@@ -1,0 +1,12 @@
+//! The stderr logging every cluster process shares (the daemons and the vhost-user backend).
+
+/// Sets up `tracing` output on stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
