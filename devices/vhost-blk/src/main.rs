@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lego-vhost-blk: {e}");
+            eprintln!("lego-vhost-blk: {}", lego_report::error_chain(&e));
             ExitCode::FAILURE
         }
     }
