@@ -18,10 +18,10 @@ enum MainError {
     Open(#[from] OpenError),
     #[error(transparent)]
     Server(#[from] ServerError),
-    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
-    Signals(std::io::Error),
-    #[error("cannot start the signal thread: {0}")]
-    Thread(std::io::Error),
+    #[error("cannot install the SIGTERM/SIGINT handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot start the signal thread")]
+    Thread(#[source] std::io::Error),
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
