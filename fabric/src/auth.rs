@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
+use lego_report::error_chain;
 use sha2::Sha256;
 
 use crate::error::{ErrorCode, RemoteError};
@@ -40,7 +41,7 @@ pub enum AuthError {
     #[error("the cluster key must be 64 hexadecimal digits: {0}")]
     BadHex(String),
     /// The key file could not be read.
-    #[error("the cluster key file {path} could not be read: {source}")]
+    #[error("the cluster key file {path} could not be read")]
     KeyFile {
         /// The file.
         path: PathBuf,
@@ -57,11 +58,11 @@ pub enum AuthError {
     #[error("no cluster key is configured: set {KEY_ENV} (hex) or {KEY_FILE_ENV}")]
     NotConfigured,
     /// The operating system's random generator failed.
-    #[error("the random number generator failed: {0}")]
-    Random(String),
+    #[error("the random number generator failed")]
+    Random(#[source] getrandom::Error),
     /// The peer refused us with an error frame.
-    #[error("the peer refused the handshake: {0}")]
-    Rejected(RemoteError),
+    #[error("the peer refused the handshake")]
+    Rejected(#[source] RemoteError),
     /// The peer's proof of the cluster key was wrong.
     #[error("the peer failed to prove it holds the cluster key")]
     PeerFailedProof,
@@ -69,10 +70,10 @@ pub enum AuthError {
     #[error("the peer broke the handshake protocol: {0}")]
     Protocol(String),
     /// A handshake frame could not be read.
-    #[error("a handshake frame could not be read: {0}")]
+    #[error("a handshake frame could not be read")]
     Frame(#[from] FrameError),
     /// A handshake frame could not be written.
-    #[error("a handshake frame could not be written: {0}")]
+    #[error("a handshake frame could not be written")]
     Io(#[from] std::io::Error),
 }
 
@@ -100,7 +101,7 @@ impl ClusterKey {
     /// A fresh random key.
     pub fn generate() -> Result<ClusterKey, AuthError> {
         let mut b = [0u8; KEY_LEN];
-        getrandom::fill(&mut b).map_err(|e| AuthError::Random(e.to_string()))?;
+        getrandom::fill(&mut b).map_err(AuthError::Random)?;
         Ok(ClusterKey(b))
     }
 
@@ -203,7 +204,7 @@ pub(crate) fn decode_hex(text: &str) -> Option<Vec<u8>> {
 
 fn nonce() -> Result<[u8; NONCE_LEN], AuthError> {
     let mut n = [0u8; NONCE_LEN];
-    getrandom::fill(&mut n).map_err(|e| AuthError::Random(e.to_string()))?;
+    getrandom::fill(&mut n).map_err(AuthError::Random)?;
     Ok(n)
 }
 
@@ -272,7 +273,7 @@ pub fn server_handshake<S: Read + Write>(
         Ok(f) => f,
         Err(e) => {
             if !matches!(e, FrameError::Closed | FrameError::Io(_)) {
-                refuse(stream, crate::io::frame_error_code(&e), &e.to_string());
+                refuse(stream, crate::io::frame_error_code(&e), &error_chain(&e));
             }
             return Err(e.into());
         }
@@ -296,7 +297,7 @@ pub fn server_handshake<S: Read + Write>(
         Ok(f) => f,
         Err(e) => {
             if !matches!(e, FrameError::Closed | FrameError::Io(_)) {
-                refuse(stream, crate::io::frame_error_code(&e), &e.to_string());
+                refuse(stream, crate::io::frame_error_code(&e), &error_chain(&e));
             }
             return Err(e.into());
         }

@@ -3,6 +3,7 @@
 
 mod conn;
 
+use lego_report::error_chain;
 use std::io::IoSlice;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +50,7 @@ impl Default for ClientConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an error.
-    #[error("the server refused the request: {0}")]
+    #[error("the server refused the request")]
     Remote(#[from] RemoteError),
     /// No response came within the timeout.
     #[error("no response came within {0:?}")]
@@ -58,21 +59,27 @@ pub enum ClientError {
     #[error("the connection to the server was lost: {0}")]
     Disconnected(String),
     /// The handshake failed.
-    #[error("the fabric handshake failed: {0}")]
+    #[error("the fabric handshake failed")]
     Auth(#[from] AuthError),
     /// The address did not resolve.
-    #[error("the address {addr} could not be resolved: {reason}")]
+    #[error("the address {addr} could not be resolved")]
     Resolve {
         /// The address as given.
         addr: String,
         /// The cause.
-        reason: String,
+        source: std::io::Error,
+    },
+    /// The address resolved to no socket address.
+    #[error("the address {addr} resolved to no address")]
+    NoAddress {
+        /// The address as given.
+        addr: String,
     },
     /// The request cannot be sent (reserved opcode, payload too large).
     #[error("the request is invalid: {0}")]
     InvalidRequest(String),
     /// A socket operation failed.
-    #[error("a socket operation failed: {0}")]
+    #[error("a socket operation failed")]
     Io(#[from] std::io::Error),
 }
 
@@ -166,14 +173,13 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let resolved = addr
             .to_socket_addrs()
-            .map_err(|e| ClientError::Resolve {
+            .map_err(|source| ClientError::Resolve {
                 addr: format!("{addr:?}"),
-                reason: e.to_string(),
+                source,
             })?
             .next()
-            .ok_or_else(|| ClientError::Resolve {
+            .ok_or_else(|| ClientError::NoAddress {
                 addr: format!("{addr:?}"),
-                reason: "it resolved to no address".into(),
             })?;
         let inner = Inner {
             addr: resolved,
@@ -276,7 +282,7 @@ impl Inner {
             write_frame(&mut &stream, &h, &body)?;
             let reply = read_frame_unbuffered(&mut &stream).map_err(|e| match e {
                 FrameError::Io(e) => ClientError::Io(e),
-                e => ClientError::Disconnected(e.to_string()),
+                e => ClientError::Disconnected(error_chain(&e)),
             })?;
             if reply.header.status != 0 {
                 let err = RemoteError::from_wire(reply.header.status, &reply.payload);
@@ -320,14 +326,15 @@ impl Inner {
                     return Ok(c);
                 }
                 Err(e) => {
-                    tracing::debug!(addr = %self.addr, error = %e, "fabric reconnection failed");
+                    tracing::debug!(addr = %self.addr, error = %error_chain(&e), "fabric reconnection failed");
                     let wait = link.backoff;
                     link.next_attempt = Some(Instant::now() + wait);
                     link.backoff = (wait * 2).min(self.config.backoff_max);
                     if Instant::now() + wait > deadline {
                         return Err(ClientError::Disconnected(format!(
-                            "reconnecting to {} failed: {e}",
-                            self.addr
+                            "reconnecting to {} failed: {}",
+                            self.addr,
+                            error_chain(&e)
                         )));
                     }
                 }
@@ -353,7 +360,7 @@ impl Inner {
             write_frame(&mut &conn.stream, &h, &req.payload)
         };
         if let Err(e) = written {
-            conn.kill(&format!("sending a request failed: {e}"));
+            conn.kill(&format!("sending a request failed: {}", error_chain(&e)));
         }
         Pending {
             state: PendingState::InFlight {
@@ -373,7 +380,7 @@ impl Inner {
             Err(e) => {
                 return reqs
                     .iter()
-                    .map(|_| Pending::failed(ClientError::Disconnected(e.to_string())))
+                    .map(|_| Pending::failed(ClientError::Disconnected(error_chain(&e))))
                     .collect()
             }
         };
@@ -413,7 +420,7 @@ impl Inner {
             write_all_vectored(&mut &conn.stream, &mut slices)
         };
         if let Err(e) = written {
-            conn.kill(&format!("sending requests failed: {e}"));
+            conn.kill(&format!("sending requests failed: {}", error_chain(&e)));
         }
         pendings
     }

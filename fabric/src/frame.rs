@@ -72,7 +72,7 @@ pub enum FrameError {
     #[error("the connection was closed by the peer")]
     Closed,
     /// Reading or writing the transport failed.
-    #[error("the transport failed: {0}")]
+    #[error("the transport failed")]
     Io(#[from] std::io::Error),
 }
 

@@ -1,5 +1,6 @@
 //! A small fixed pool of worker threads for requests that may block.
 
+use lego_report::error_chain;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -58,7 +59,9 @@ impl WorkerPool {
                 .spawn(move || work(&inner))
             {
                 Ok(t) => threads.push(t),
-                Err(e) => tracing::error!(error = %e, "could not start a fabric worker thread"),
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "could not start a fabric worker thread")
+                }
             }
         }
         WorkerPool {

@@ -3,6 +3,7 @@
 
 mod connection;
 
+use lego_report::error_chain;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -100,15 +101,21 @@ pub enum ServerError {
         addr: SocketAddr,
     },
     /// The address did not resolve.
-    #[error("the address {addr} could not be resolved: {reason}")]
+    #[error("the address {addr} could not be resolved")]
     Resolve {
         /// The address as given.
         addr: String,
         /// The cause.
-        reason: String,
+        source: io::Error,
+    },
+    /// The address resolved to no socket address.
+    #[error("the address {addr} resolved to no address")]
+    NoAddress {
+        /// The address as given.
+        addr: String,
     },
     /// Binding failed for another reason.
-    #[error("binding {addr} failed: {source}")]
+    #[error("binding {addr} failed")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -116,7 +123,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// Accepting or configuring sockets failed.
-    #[error("the server's socket failed: {0}")]
+    #[error("the server's socket failed")]
     Io(#[from] std::io::Error),
 }
 
@@ -167,9 +174,9 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
-            .map_err(|e| ServerError::Resolve {
+            .map_err(|source| ServerError::Resolve {
                 addr: format!("{addr:?}"),
-                reason: e.to_string(),
+                source,
             })?
             .collect();
         let mut last = None;
@@ -199,9 +206,8 @@ impl Server {
                 Err(source) => last = Some(ServerError::Bind { addr: *a, source }),
             }
         }
-        Err(last.unwrap_or_else(|| ServerError::Resolve {
+        Err(last.unwrap_or_else(|| ServerError::NoAddress {
             addr: format!("{addr:?}"),
-            reason: "it resolved to no address".into(),
         }))
     }
 
@@ -299,7 +305,7 @@ fn wait_readable(listener: &TcpListener) -> io::Result<()> {
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     while !shared.stop.load(Ordering::SeqCst) {
         if let Err(e) = wait_readable(listener) {
-            tracing::error!(error = %e, "polling the fabric listener failed");
+            tracing::error!(error = %error_chain(&e), "polling the fabric listener failed");
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
@@ -308,7 +314,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 // Transient (aborted handshakes, descriptor exhaustion): keep serving.
-                tracing::warn!(error = %e, "accepting a fabric connection failed");
+                tracing::warn!(error = %error_chain(&e), "accepting a fabric connection failed");
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
@@ -324,7 +330,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let registry_copy = match setup {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "configuring a fabric connection failed");
+            tracing::warn!(%peer, error = %error_chain(&e), "configuring a fabric connection failed");
             return;
         }
     };
@@ -346,7 +352,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
                     close_after_error(&stream);
                 });
             if let Err(e) = refused {
-                tracing::error!(%peer, error = %e, "could not start a thread to refuse a connection");
+                tracing::error!(%peer, error = %error_chain(&e), "could not start a thread to refuse a connection");
             }
             return;
         }
@@ -372,7 +378,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             }
         }
         Err(e) => {
-            tracing::error!(%peer, error = %e, "could not start a fabric connection thread");
+            tracing::error!(%peer, error = %error_chain(&e), "could not start a fabric connection thread");
             lock(&shared.conns).remove(&id);
         }
     }

@@ -52,7 +52,7 @@ impl Link {
             Ok(c) => self.client = Some(c),
             Err(e) => self.failed(
                 "cannot reach the manager; will keep retrying",
-                &e.to_string(),
+                &lego_report::error_chain(&e),
             ),
         }
     }
@@ -108,7 +108,7 @@ impl Link {
             Err(e) => {
                 self.failed(
                     "registration or heartbeat failed; reconnecting",
-                    &e.to_string(),
+                    &lego_report::error_chain(&e),
                 );
                 self.client = None;
                 self.registered = false;

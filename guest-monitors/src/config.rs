@@ -24,7 +24,7 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("could not read the config file '{path}': {source}")]
+    #[error("could not read the config file '{path}'")]
     Read {
         /// The file.
         path: String,

@@ -1,22 +1,31 @@
 //! What every daemon needs: logging, a bound fabric server, and a clean stop on SIGTERM/SIGINT.
 //! The cluster key is loaded by [`ClusterKey::load`].
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use lego_fabric::{
     AuthError, ClusterKey, Handler, Server, ServerConfig, ServerError, ServerHandle,
 };
+
+use crate::config::ConfigError;
+use crate::manager::{ManagerError, StateError};
+use crate::volume::VolumeError;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// Errors from daemon start-up.
+/// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The config file could not be loaded.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The cluster key could not be loaded.
-    #[error("cannot load the cluster key: {0}")]
+    #[error("cannot load the cluster key")]
     Key(#[from] AuthError),
     /// The server could not bind or start.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: String,
@@ -24,8 +33,54 @@ pub enum DaemonError {
         source: ServerError,
     },
     /// Signal handlers could not be installed.
-    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
-    Signals(std::io::Error),
+    #[error("cannot install the SIGTERM/SIGINT handlers")]
+    Signals(#[source] std::io::Error),
+    /// A helper thread could not be started.
+    #[error("cannot start the {name} thread")]
+    Thread {
+        /// The thread's job.
+        name: &'static str,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The server listens on a wildcard address and no address to announce was given.
+    #[error(
+        "listening on {0} needs --advertise ADDR: the manager must be told a reachable address"
+    )]
+    NeedsAdvertise(SocketAddr),
+    /// A config key was given to the wrong daemon.
+    #[error("the key '{key}' belongs to the {owner}, not the {daemon}")]
+    ForeignKey {
+        /// The key.
+        key: &'static str,
+        /// The daemon that takes it.
+        owner: &'static str,
+        /// The daemon that was given it.
+        daemon: &'static str,
+    },
+    /// The memory monitor's capacity cannot hold a page.
+    #[error("the capacity {0} is smaller than one 4096-byte page")]
+    CapacityTooSmall(u64),
+    /// The manager's state folder cannot be used.
+    #[error("the state folder is not usable")]
+    StateDir(#[source] StateError),
+    /// The manager could not load its state.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// The storage monitor's data folder cannot be used.
+    #[error("the data folder is not usable")]
+    DataDir(#[source] VolumeError),
+    /// The storage monitor could not read its volumes.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// The free space of the data folder could not be measured.
+    #[error("cannot measure free space in '{}'", path.display())]
+    FreeSpace {
+        /// The data folder.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// Binds a fabric server and starts serving.

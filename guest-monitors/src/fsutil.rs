@@ -8,7 +8,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     /// An I/O step failed.
-    #[error("could not {step} '{path}': {source}")]
+    #[error("could not {step} '{path}'")]
     Io {
         /// What was being done.
         step: &'static str,

@@ -19,7 +19,7 @@ impl From<PageStoreError> for RemoteError {
             }
             PageStoreError::Arena(_) => ErrorCode::Internal,
         };
-        RemoteError::new(code, e.to_string())
+        RemoteError::new(code, lego_report::error_chain(&e))
     }
 }
 

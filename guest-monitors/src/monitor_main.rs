@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lego_fabric::{ClusterKey, Handler, ServerConfig};
 use lego_monitor_client::proto::manager::MonitorKind;
+use lego_report::error_chain;
 
 use crate::agent::{Agent, AgentConfig, UsageFn};
 use crate::config::{self, MonitorFileConfig};
@@ -59,11 +60,9 @@ pub struct MonitorSettings {
 pub fn resolve(
     flags: MonitorFlags,
     default_listen: &str,
-) -> Result<(MonitorSettings, MonitorFileConfig), String> {
-    let file: MonitorFileConfig =
-        config::load(flags.config.as_deref()).map_err(|e| e.to_string())?;
-    let key = ClusterKey::load(flags.key_file.or(file.key_file.clone()).as_deref())
-        .map_err(|e| DaemonError::Key(e).to_string())?;
+) -> Result<(MonitorSettings, MonitorFileConfig), DaemonError> {
+    let file: MonitorFileConfig = config::load(flags.config.as_deref())?;
+    let key = ClusterKey::load(flags.key_file.or(file.key_file.clone()).as_deref())?;
     let settings = MonitorSettings {
         listen: flags
             .listen
@@ -92,8 +91,8 @@ pub fn serve_until_signal(
     handler: Arc<dyn Handler>,
     usage: UsageFn,
     serving: impl FnOnce(SocketAddr),
-) -> Result<(), String> {
-    let mut signals = daemon::shutdown_signals().map_err(|e| e.to_string())?;
+) -> Result<(), DaemonError> {
+    let mut signals = daemon::shutdown_signals()?;
     let server = daemon::serve(
         &settings.listen,
         settings.key.clone(),
@@ -102,8 +101,7 @@ pub fn serve_until_signal(
             workers: settings.workers,
             ..Default::default()
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let bound = server.local_addr();
     let advertise = advertise_addr(settings.advertise, bound)?;
     serving(bound);
@@ -129,21 +127,20 @@ pub fn serve_until_signal(
 }
 
 /// The address the manager is told: the given one, else the bound one unless it is a wildcard.
-fn advertise_addr(given: Option<String>, bound: SocketAddr) -> Result<String, String> {
+fn advertise_addr(given: Option<String>, bound: SocketAddr) -> Result<String, DaemonError> {
     match given {
         Some(a) => Ok(a),
-        None if bound.ip().is_unspecified() => Err(format!(
-            "listening on {bound} needs --advertise ADDR: the manager must be told a reachable address"
-        )),
+        None if bound.ip().is_unspecified() => Err(DaemonError::NeedsAdvertise(bound)),
         None => Ok(bound.to_string()),
     }
 }
 
 /// Runs a daemon's `run`, logging and printing its error as `NAME: error: ...`.
-pub fn exit_code(name: &str, result: Result<(), String>) -> std::process::ExitCode {
+pub fn exit_code(name: &str, result: Result<(), DaemonError>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            let e = error_chain(&e);
             tracing::error!("{e}");
             eprintln!("{name}: error: {e}");
             std::process::ExitCode::FAILURE
@@ -160,6 +157,7 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:7100".parse().unwrap();
         assert!(advertise_addr(None, any)
             .unwrap_err()
+            .to_string()
             .contains("--advertise"));
         assert_eq!(
             advertise_addr(Some("10.0.2.2:7100".into()), any).unwrap(),

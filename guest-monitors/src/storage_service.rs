@@ -27,7 +27,7 @@ impl From<VolumeError> for RemoteError {
                 ErrorCode::Io
             }
         };
-        RemoteError::new(code, e.to_string())
+        RemoteError::new(code, lego_report::error_chain(&e))
     }
 }
 
@@ -160,7 +160,7 @@ impl Handler for StorageService {
             None => self.control(vnode, &req),
         };
         if let Err(e) = &r {
-            tracing::debug!(peer = %ctx.peer, vnode, opcode = req.opcode, error = %e, "storage request failed");
+            tracing::debug!(peer = %ctx.peer, vnode, opcode = req.opcode, error = %lego_report::error_chain(&e), "storage request failed");
         }
         r
     }

@@ -59,15 +59,15 @@ pub enum VolumeError {
     #[error("an I/O of {0} bytes is larger than the limit of {MAX_IO} bytes")]
     TooLarge(usize),
     /// The volume's metadata file is unreadable.
-    #[error("the metadata of volume '{name}' is corrupt: {reason}")]
+    #[error("the metadata of volume '{name}' is corrupt")]
     BadMeta {
         /// The volume.
         name: String,
         /// What is wrong.
-        reason: String,
+        source: serde_json::Error,
     },
     /// An I/O call failed.
-    #[error("could not {step} volume '{name}': {source}")]
+    #[error("could not {step} volume '{name}'")]
     Io {
         /// What was being done.
         step: &'static str,
@@ -163,16 +163,16 @@ impl VolumeStore {
             }
             Err(e) => return Err(Self::io_err("read the metadata of", name)(e)),
         };
-        serde_json::from_slice(&bytes).map_err(|e| VolumeError::BadMeta {
+        serde_json::from_slice(&bytes).map_err(|source| VolumeError::BadMeta {
             name: name.to_string(),
-            reason: e.to_string(),
+            source,
         })
     }
 
     fn write_meta(&self, name: &str, meta: &VolumeMeta) -> Result<(), VolumeError> {
-        let bytes = serde_json::to_vec(meta).map_err(|e| VolumeError::BadMeta {
+        let bytes = serde_json::to_vec(meta).map_err(|source| VolumeError::BadMeta {
             name: name.to_string(),
-            reason: e.to_string(),
+            source,
         })?;
         fsutil::write_atomic(&self.meta_path(name), &bytes)?;
         Ok(())
@@ -317,7 +317,9 @@ impl VolumeStore {
             match self.get(name).and_then(|v| Self::info(name, &v)) {
                 Ok(info) if vnode == 0 || info.owner == vnode => out.push(info),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(volume = name, error = %e, "skipping unreadable volume"),
+                Err(e) => {
+                    tracing::warn!(volume = name, error = %lego_report::error_chain(&e), "skipping unreadable volume")
+                }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -538,7 +538,8 @@ fn capacity_trim_and_stats_over_the_fabric() {
         .write_page(1000, &[1; PAGE_SIZE])
         .expect_err("over capacity");
     assert_eq!(e.remote_code(), Some(ErrorCode::NoSpace));
-    assert!(e.to_string().contains("full"), "clear message: {e}");
+    let msg = lego_report::error_chain(&e);
+    assert!(msg.contains("full"), "clear message: {msg}");
     // Overwrites and zero pages need no capacity.
     c.write_page(5, &[7; PAGE_SIZE]).expect("overwrite");
     c.write_page(6, &[0; PAGE_SIZE]).expect("zero page frees");

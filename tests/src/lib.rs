@@ -1,6 +1,7 @@
 //! Shared helpers for LegoVMM's integration tests: finding the binaries under test and
 //! running guests through the nested-KVM testbed.
 
+use lego_report::error_chain;
 use lego_testbed::{Job, JobOutput, Testbed, TestbedConfig};
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -58,9 +59,13 @@ pub trait JobFiles {
 
 impl JobFiles for lego_testbed::JobOutput {
     fn text(&self, name: &str) -> String {
-        let bytes = self
-            .read_file(name)
-            .unwrap_or_else(|e| panic!("the job left no {name}: {e}\n{}", self.summary()));
+        let bytes = self.read_file(name).unwrap_or_else(|e| {
+            panic!(
+                "the job left no {name}: {}\n{}",
+                error_chain(&e),
+                self.summary()
+            )
+        });
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
@@ -75,9 +80,9 @@ impl JobFiles for lego_testbed::JobOutput {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let back = dir.path().join(name);
         self.copy_file(name, &back)
-            .unwrap_or_else(|e| panic!("the disk {name} does not come back: {e}"));
+            .unwrap_or_else(|e| panic!("the disk {name} does not come back: {}", error_chain(&e)));
         let verify = lego_guest_tools::disk::verify_pattern(&back, seed, blocks)
-            .unwrap_or_else(|e| panic!("the disk {name} cannot be read: {e}"));
+            .unwrap_or_else(|e| panic!("the disk {name} cannot be read: {}", error_chain(&e)));
         assert!(
             matches!(verify, lego_guest_tools::disk::Verify::Ok(_)),
             "the host does not find the guest's writes (seed {seed}) in {name}: {verify:?}"

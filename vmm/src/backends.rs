@@ -22,7 +22,7 @@ pub enum BackendError {
     #[error("cannot find {BACKEND_NAME}: set {BACKEND_ENV}, put it next to legovmm, or in PATH")]
     NoBinary,
     /// The runtime folder could not be made.
-    #[error("cannot create the runtime folder {path}: {source}")]
+    #[error("cannot create the runtime folder {path}")]
     RuntimeDir {
         /// The folder.
         path: PathBuf,
@@ -30,7 +30,7 @@ pub enum BackendError {
         source: std::io::Error,
     },
     /// The backend could not be started.
-    #[error("cannot start {binary}: {source}")]
+    #[error("cannot start {binary}")]
     Spawn {
         /// The binary.
         binary: PathBuf,

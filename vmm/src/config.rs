@@ -17,7 +17,7 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read the config file {path}: {source}")]
+    #[error("cannot read the config file {path}")]
     ReadFile {
         /// The file.
         path: PathBuf,

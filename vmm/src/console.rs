@@ -18,7 +18,7 @@ const MAX_LINE: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     /// The output file could not be opened.
-    #[error("cannot open the serial output file {path}: {source}")]
+    #[error("cannot open the serial output file {path}")]
     File {
         /// The file.
         path: String,
@@ -26,7 +26,7 @@ pub enum ConsoleError {
         source: std::io::Error,
     },
     /// The socket could not be bound.
-    #[error("cannot listen on the serial socket {path}: {source}")]
+    #[error("cannot listen on the serial socket {path}")]
     Socket {
         /// The socket path.
         path: String,

@@ -11,8 +11,8 @@ use lego_devices::bus::{Bus, BusError, SharedDevice};
 use lego_devices::exit::ExitNotifier;
 use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
 use lego_devices::vhost_user_frontend::VhostUserBlk;
-use lego_devices::virtio::block::Block;
-use lego_devices::virtio::mmio::{MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use lego_devices::virtio::block::{Block, BlockError};
+use lego_devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use lego_devices::virtio::VirtioDevice;
 use std::sync::{Arc, Mutex};
 
@@ -23,43 +23,63 @@ pub enum DeviceError {
     #[error(transparent)]
     Console(#[from] ConsoleError),
     /// The serial device could not be created.
-    #[error("cannot create the serial port: {0}")]
-    Serial(String),
+    #[error("cannot create the serial port")]
+    Serial(#[source] serial::SerialError),
+    /// A disk's backing file cannot be examined.
+    #[error("cannot attach disk {path}")]
+    DiskFile {
+        /// The backing file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A disk's backing file is neither a regular file nor a block device.
+    #[error("cannot attach disk {path}: it is neither a regular file nor a block device")]
+    DiskKind {
+        /// The backing file.
+        path: String,
+    },
     /// A disk could not be opened.
-    #[error("cannot attach disk {path}: {message}")]
+    #[error("cannot attach disk {path}")]
     Disk {
         /// The backing file.
         path: String,
         /// Why.
-        message: String,
+        source: BlockError,
     },
-    /// A vhost-user-blk backend's socket is unusable.
-    #[error("the vhost-user backend socket {path} cannot be used: {message}")]
+    /// A vhost-user-blk backend's socket cannot be examined.
+    #[error("the vhost-user backend socket {path} cannot be used")]
     VhostUserSocket {
         /// The socket.
         path: String,
         /// Why.
-        message: String,
+        source: std::io::Error,
+    },
+    /// A vhost-user-blk backend's socket path is not a socket.
+    #[error("the vhost-user backend socket {path} cannot be used: it is not a Unix socket (is the backend running?)")]
+    VhostUserNotSocket {
+        /// The socket.
+        path: String,
     },
     /// A vhost-user-blk backend could not be connected or set up.
     #[error(transparent)]
     VhostUser(#[from] lego_devices::vhost_user_frontend::VhostUserError),
     /// A virtio-mmio transport refused a device.
-    #[error("cannot attach {what}: {message}")]
+    #[error("cannot attach {what}")]
     Transport {
         /// The device.
         what: String,
         /// Why.
-        message: String,
+        source: MmioError,
     },
     /// Too many virtio devices for the interrupt lines we have.
     #[error("at most {0} virtio devices are supported")]
     TooManyVirtio(usize),
     /// A device range collided on a bus.
-    #[error("cannot place a device: {0}")]
+    #[error("cannot place a device")]
     Bus(#[from] BusError),
     /// KVM refused an irqfd or ioeventfd.
-    #[error("cannot wire {what} into KVM: {source}")]
+    #[error("cannot wire {what} into KVM")]
     Kvm {
         /// What was being wired.
         what: String,
@@ -100,13 +120,13 @@ fn shared<D: lego_devices::bus::BusDevice + 'static>(d: D) -> Arc<Mutex<D>> {
 pub fn check_disks(config: &VmConfig) -> Result<(), DeviceError> {
     use std::os::unix::fs::FileTypeExt;
     for disk in &config.disks {
-        let err = |message: String| DeviceError::Disk {
-            path: disk.path.display().to_string(),
-            message,
-        };
-        let meta = std::fs::metadata(&disk.path).map_err(|e| err(e.to_string()))?;
+        let path = || disk.path.display().to_string();
+        let meta = std::fs::metadata(&disk.path).map_err(|source| DeviceError::DiskFile {
+            path: path(),
+            source,
+        })?;
         if !(meta.is_file() || meta.file_type().is_block_device()) {
-            return Err(err("it is neither a regular file nor a block device".into()));
+            return Err(DeviceError::DiskKind { path: path() });
         }
     }
     Ok(())
@@ -117,15 +137,14 @@ pub fn check_disks(config: &VmConfig) -> Result<(), DeviceError> {
 pub fn check_vhost_user(config: &VmConfig) -> Result<(), DeviceError> {
     use std::os::unix::fs::FileTypeExt;
     for dev in &config.vhost_user_blk {
-        let err = |message: String| DeviceError::VhostUserSocket {
-            path: dev.socket.display().to_string(),
-            message,
-        };
-        let meta = std::fs::metadata(&dev.socket).map_err(|e| err(e.to_string()))?;
+        let path = || dev.socket.display().to_string();
+        let meta =
+            std::fs::metadata(&dev.socket).map_err(|source| DeviceError::VhostUserSocket {
+                path: path(),
+                source,
+            })?;
         if !meta.file_type().is_socket() {
-            return Err(err(
-                "it is not a Unix socket (is the backend running?)".into()
-            ));
+            return Err(DeviceError::VhostUserNotSocket { path: path() });
         }
     }
     Ok(())
@@ -143,9 +162,9 @@ fn attach_virtio<D: VirtioDevice + 'static>(
 ) -> Result<MmioDevice, DeviceError> {
     let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
     let transport =
-        MmioTransport::new(device, mem.clone()).map_err(|e| DeviceError::Transport {
+        MmioTransport::new(device, mem.clone()).map_err(|source| DeviceError::Transport {
             what: what.into(),
-            message: e.to_string(),
+            source,
         })?;
     let base = layout::VIRTIO_MMIO_START + slot as u64 * layout::VIRTIO_MMIO_SIZE;
     let gsi = layout::VIRTIO_GSIS[slot];
@@ -177,8 +196,7 @@ pub fn create(
     let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
 
     let console = Console::open(&config.serial, exit.clone())?;
-    let uart = serial::SerialDevice::new(Box::new(console))
-        .map_err(|e| DeviceError::Serial(e.to_string()))?;
+    let uart = serial::SerialDevice::new(Box::new(console)).map_err(DeviceError::Serial)?;
     vm.register_irqfd(uart.interrupt_event(), layout::SERIAL_GSI)
         .map_err(kvm_err("the serial interrupt".into()))?;
     pio.insert(shared(uart), u64::from(serial::PORT), serial::LEN)?;
@@ -204,13 +222,12 @@ pub fn create(
     }
     let mut virtio = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
-        let block =
-            Block::new(&disk.path, disk.readonly, &format!("lego-local-{i}")).map_err(|e| {
-                DeviceError::Disk {
-                    path: disk.path.display().to_string(),
-                    message: e.to_string(),
-                }
-            })?;
+        let block = Block::new(&disk.path, disk.readonly, &format!("lego-local-{i}")).map_err(
+            |source| DeviceError::Disk {
+                path: disk.path.display().to_string(),
+                source,
+            },
+        )?;
         let what = format!(
             "virtio-blk disk {}{}",
             disk.path.display(),

@@ -41,7 +41,7 @@ pub enum KvmError {
     #[error("permission denied opening {0}: run as root or add your user to the `kvm` group")]
     Permission(String),
     /// Another open failure.
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         /// The device path.
         path: String,
@@ -169,8 +169,12 @@ pub fn probe_stock_kernel_support(kvm: &Kvm) -> Result<(), KvmError> {
     let sregs = vcpu
         .get_sregs()
         .map_err(|e| fail(format!("reading sregs failed: {e}")))?;
-    let sregs = crate::cpu::regs::boot_sregs(&mem, entry, sregs)
-        .map_err(|e| fail(format!("cannot write probe page tables: {e}")))?;
+    let sregs = crate::cpu::regs::boot_sregs(&mem, entry, sregs).map_err(|e| {
+        fail(format!(
+            "cannot write probe page tables: {}",
+            lego_report::error_chain(&e)
+        ))
+    })?;
     vcpu.set_sregs(&sregs)
         .map_err(|e| fail(format!("setting long-mode sregs failed: {e}")))?;
     vcpu.set_regs(&crate::cpu::regs::boot_regs(entry))

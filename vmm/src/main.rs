@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use lego_devices::exit::GuestExit;
+use lego_report::error_chain;
 use legovmm::config::{FileConfig, Overrides, VmConfig};
 use legovmm::memory::MemoryBacking;
 use legovmm::vm::{self, Outcome};
@@ -126,10 +127,7 @@ fn probe(kvm_device: &std::path::Path) -> ExitCode {
             println!("KVM at {} can boot stock kernels", kvm_device.display());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("legovmm: {e}");
-            ExitCode::from(EXIT_VMM_ERROR)
-        }
+        Err(e) => fail(&e),
     }
 }
 
@@ -183,6 +181,6 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("legovmm: {e}");
+    eprintln!("legovmm: {}", error_chain(e));
     ExitCode::from(EXIT_VMM_ERROR)
 }

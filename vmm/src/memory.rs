@@ -96,8 +96,8 @@ pub enum MemoryError {
         available_mib: u64,
     },
     /// memfd_create or ftruncate failed.
-    #[error("cannot create the guest memory file: {0}")]
-    Memfd(std::io::Error),
+    #[error("cannot create the guest memory file")]
+    Memfd(#[source] std::io::Error),
     /// Hugetlbfs pages were asked for but the host has too few reserved.
     #[error("cannot back {mib} MiB of guest memory with 2 MiB huge pages: the host has {free} free (HugePages_Free); reserve more with `sysctl vm.nr_hugepages=N` or use --memory-backing shared")]
     NoHugePages {
@@ -107,12 +107,12 @@ pub enum MemoryError {
         free: u64,
     },
     /// Mapping failed.
-    #[error("cannot map {mib} MiB of guest memory: {message}")]
+    #[error("cannot map {mib} MiB of guest memory")]
     Map {
         /// The size.
         mib: u64,
         /// The mapping error.
-        message: String,
+        source: vm_memory::mmap::FromRangesError,
     },
 }
 
@@ -151,9 +151,9 @@ pub fn create_guest_memory(
     } else {
         check_available(size)?;
     }
-    let map_err = |e: vm_memory::mmap::FromRangesError| MemoryError::Map {
+    let map_err = |source| MemoryError::Map {
         mib: size >> 20,
-        message: e.to_string(),
+        source,
     };
     let (mem, file) = if backing.is_shared() {
         let file = Arc::new(memfd(size, backing == MemoryBacking::Hugetlb)?);

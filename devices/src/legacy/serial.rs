@@ -22,13 +22,13 @@ pub const IRQ: u32 = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
     /// The interrupt eventfd could not be created.
-    #[error("could not create the serial interrupt eventfd: {0}")]
+    #[error("could not create the serial interrupt eventfd")]
     EventFd(#[source] io::Error),
     /// The guest's receive FIFO has no room for more input.
     #[error("the serial receive FIFO is full")]
     FifoFull,
     /// Raising the interrupt failed.
-    #[error("could not raise the serial interrupt: {0}")]
+    #[error("could not raise the serial interrupt")]
     Interrupt(#[source] io::Error),
 }
 

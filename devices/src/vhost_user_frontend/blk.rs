@@ -204,7 +204,7 @@ mod tests {
         let err = VhostUserBlk::connect(Path::new("/nonexistent/blk.sock"))
             .err()
             .expect("no backend there");
-        let msg = err.to_string();
+        let msg = lego_report::error_chain(&err);
         assert!(
             msg.starts_with("cannot connect to the vhost-user backend at /nonexistent/blk.sock: "),
             "{msg}"

@@ -31,7 +31,7 @@ pub use device::{DeviceKind, VhostUserDevice};
 #[derive(Debug, thiserror::Error)]
 pub enum VhostUserError {
     /// The backend's socket could not be connected.
-    #[error("cannot connect to the vhost-user backend at {path}: {source}")]
+    #[error("cannot connect to the vhost-user backend at {path}")]
     Connect {
         /// The socket.
         path: String,
@@ -40,7 +40,7 @@ pub enum VhostUserError {
         source: io::Error,
     },
     /// A vhost-user request failed or the backend answered it wrongly.
-    #[error("the vhost-user backend at {path} failed {step}: {source}")]
+    #[error("the vhost-user backend at {path} failed {step}")]
     Protocol {
         /// The socket.
         path: String,
@@ -63,7 +63,7 @@ pub enum VhostUserError {
     #[error("queue {0}'s rings are not inside guest memory")]
     QueueOutsideMemory(usize),
     /// A system resource (eventfd, thread) could not be set up.
-    #[error("could not {what}: {source}")]
+    #[error("could not {what}")]
     Io {
         /// What the frontend was doing.
         what: &'static str,

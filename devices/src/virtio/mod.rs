@@ -63,7 +63,7 @@ pub enum ActivateError {
     #[error("the device is already active")]
     AlreadyActive,
     /// A system resource (eventfd, epoll, file, thread) could not be set up.
-    #[error("could not {what}: {source}")]
+    #[error("could not {what}")]
     Io {
         /// What the device was doing.
         what: &'static str,

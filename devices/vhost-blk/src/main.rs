@@ -18,10 +18,10 @@ enum MainError {
     Open(#[from] OpenError),
     #[error(transparent)]
     Server(#[from] ServerError),
-    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
-    Signals(std::io::Error),
-    #[error("cannot start the signal thread: {0}")]
-    Thread(std::io::Error),
+    #[error("cannot install the SIGTERM/SIGINT handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot start the signal thread")]
+    Thread(#[source] std::io::Error),
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lego-vhost-blk: {e}");
+            eprintln!("lego-vhost-blk: {}", lego_report::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -48,13 +48,13 @@ pub enum StoreSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The cluster key could not be loaded.
-    #[error("cannot load the cluster key: {0}")]
-    Key(AuthError),
+    #[error("cannot load the cluster key")]
+    Key(#[source] AuthError),
     /// The local file could not be opened.
     #[error(transparent)]
     File(#[from] FileStoreError),
     /// The manager did not answer.
-    #[error("cannot reach the manager at {addr}: {source}")]
+    #[error("cannot reach the manager at {addr}")]
     Manager {
         /// Its address.
         addr: String,
@@ -62,7 +62,7 @@ pub enum OpenError {
         source: CallError,
     },
     /// The manager refused a request.
-    #[error("the manager could not {what}: {source}")]
+    #[error("the manager could not {what}")]
     Refused {
         /// What was asked.
         what: String,
@@ -70,7 +70,7 @@ pub enum OpenError {
         source: CallError,
     },
     /// A monitor did not answer or refused the capability.
-    #[error("cannot reach the {kind} monitor at {addr}: {source}")]
+    #[error("cannot reach the {kind} monitor at {addr}")]
     Monitor {
         /// "memory" or "storage".
         kind: &'static str,
@@ -100,7 +100,7 @@ pub enum OpenError {
         hint: &'static str,
     },
     /// A volume operation on the storage monitor failed.
-    #[error("the storage monitor could not {what} the volume '{volume}': {source}")]
+    #[error("the storage monitor could not {what} the volume '{volume}'")]
     Volume {
         /// What was attempted.
         what: &'static str,

@@ -28,16 +28,26 @@ pub enum ServerError {
     #[error("{0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
     /// The socket could not be created.
-    #[error("cannot listen on {path}: {reason}")]
+    #[error("cannot listen on {path}")]
     Bind {
         /// The socket path.
         path: PathBuf,
         /// Cause.
-        reason: String,
+        source: vhost::vhost_user::Error,
+    },
+    /// What is at the socket path could not be examined or removed.
+    #[error("cannot {what} {path}")]
+    Path {
+        /// What was being done.
+        what: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
     },
     /// The stop event could not be created or waited on.
-    #[error("cannot wait for connections: {0}")]
-    Wait(io::Error),
+    #[error("cannot wait for connections")]
+    Wait(#[source] io::Error),
     /// vhost-user-backend failed to set up or accept a connection.
     #[error("cannot serve a frontend: {0}")]
     Daemon(String),
@@ -94,10 +104,11 @@ fn prepare_path(path: &Path) -> Result<(), ServerError> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(ServerError::Bind {
+        Err(source) => {
+            return Err(ServerError::Path {
+                what: "examine",
                 path: path.into(),
-                reason: e.to_string(),
+                source,
             })
         }
     };
@@ -108,9 +119,10 @@ fn prepare_path(path: &Path) -> Result<(), ServerError> {
         return Err(ServerError::InUse(path.into()));
     }
     tracing::info!(socket = %path.display(), "removing a stale socket");
-    std::fs::remove_file(path).map_err(|e| ServerError::Bind {
+    std::fs::remove_file(path).map_err(|source| ServerError::Path {
+        what: "remove the stale socket",
         path: path.into(),
-        reason: format!("cannot remove the stale socket: {e}"),
+        source,
     })
 }
 
@@ -122,9 +134,9 @@ impl Server {
         queues: QueueSettings,
     ) -> Result<Self, ServerError> {
         prepare_path(socket)?;
-        let listener = Listener::new(socket, false).map_err(|e| ServerError::Bind {
+        let listener = Listener::new(socket, false).map_err(|source| ServerError::Bind {
             path: socket.into(),
-            reason: e.to_string(),
+            source,
         })?;
         let config = DeviceConfig::for_store(store.as_ref(), queues.queues, queues.queue_size);
         let wake =
@@ -162,7 +174,10 @@ impl Server {
         match self.handler.store().release() {
             Ok(0) => {}
             Ok(bytes) => tracing::info!(bytes, "released the device's remote memory"),
-            Err(e) => tracing::warn!("could not release the device's remote memory: {e}"),
+            Err(e) => tracing::warn!(
+                "could not release the device's remote memory: {}",
+                lego_report::error_chain(&e)
+            ),
         }
         tracing::info!("stopped");
         Ok(())

@@ -1,6 +1,7 @@
 //! One client connection: the table of requests in flight and the leader/follower
 //! protocol by which waiting callers share the socket's read side.
 
+use lego_report::error_chain;
 use std::collections::HashMap;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
@@ -239,7 +240,7 @@ impl Conn {
                     }
                 }
                 Err(e) => {
-                    self.kill(&format!("reading a response failed: {e}"));
+                    self.kill(&format!("reading a response failed: {}", error_chain(&e)));
                     return Turn::Recheck;
                 }
             }

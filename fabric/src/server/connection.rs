@@ -1,6 +1,7 @@
 //! One server connection: its handshake, its reader loop, capability checks, dispatch
 //! to the handler (inline or on the worker pool) and response batching.
 
+use lego_report::error_chain;
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -34,11 +35,11 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
         .set_read_timeout(Some(cfg.handshake_timeout))
         .and_then(|_| stream.set_write_timeout(Some(cfg.handshake_timeout)));
     if let Err(e) = ready {
-        tracing::warn!(%peer, error = %e, "configuring a fabric connection failed");
+        tracing::warn!(%peer, error = %error_chain(&e), "configuring a fabric connection failed");
         return;
     }
     if let Err(e) = server_handshake(&mut &stream, &shared.key) {
-        tracing::info!(%peer, error = %e, "a fabric peer failed the handshake");
+        tracing::info!(%peer, error = %error_chain(&e), "a fabric peer failed the handshake");
         close_after_error(&stream);
         return;
     }
@@ -46,7 +47,7 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
         .set_read_timeout(None)
         .and_then(|_| stream.set_write_timeout(Some(cfg.write_timeout)))
     {
-        tracing::warn!(%peer, error = %e, "configuring a fabric connection failed");
+        tracing::warn!(%peer, error = %error_chain(&e), "configuring a fabric connection failed");
         return;
     }
     tracing::debug!(%peer, "fabric peer authenticated");
@@ -77,7 +78,7 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
                     served = out.flush(&conn).map_err(ConnError::from);
                 }
                 if let Err(e) = served {
-                    tracing::info!(%peer, error = %e, "closing a fabric connection");
+                    tracing::info!(%peer, error = %error_chain(&e), "closing a fabric connection");
                     sent_error = matches!(e, ConnError::Protocol(_));
                     break;
                 }
@@ -85,15 +86,18 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
             Ok(None) => {}
             Err(FrameError::Closed) => break,
             Err(FrameError::Io(e)) => {
-                tracing::debug!(%peer, error = %e, "a fabric connection failed");
+                tracing::debug!(%peer, error = %error_chain(&e), "a fabric connection failed");
                 break;
             }
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "a fabric peer sent a bad frame");
+                tracing::warn!(%peer, error = %error_chain(&e), "a fabric peer sent a bad frame");
                 let _ = out.flush(&conn);
                 let _g = lock(&conn.write_lock);
-                let _ =
-                    write_connection_error(&mut &conn.stream, frame_error_code(&e), &e.to_string());
+                let _ = write_connection_error(
+                    &mut &conn.stream,
+                    frame_error_code(&e),
+                    &error_chain(&e),
+                );
                 sent_error = true;
                 break;
             }
@@ -111,7 +115,7 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
 enum ConnError {
     #[error("the peer broke the protocol: {0}")]
     Protocol(&'static str),
-    #[error("writing to the peer failed: {0}")]
+    #[error("writing to the peer failed")]
     Write(#[from] io::Error),
 }
 
@@ -239,11 +243,11 @@ fn serve_frame(
             let job = Box::new(move || {
                 let result = call_handler(handler.as_ref(), &ctx, req);
                 if let Err(e) = send(&job_conn, &h, result) {
-                    tracing::debug!(peer = %job_conn.peer, error = %e, "a fabric response could not be sent");
+                    tracing::debug!(peer = %job_conn.peer, error = %error_chain(&e), "a fabric response could not be sent");
                 }
             });
             if let Err(e) = shared.pool.submit(job) {
-                let err = RemoteError::new(ErrorCode::Unavailable, e.to_string());
+                let err = RemoteError::new(ErrorCode::Unavailable, error_chain(&e));
                 out.push(&h, Err(err));
             }
         }
@@ -296,7 +300,7 @@ fn serve_builtin(
         opcode::PING => Ok(payload),
         opcode::ATTACH_CAPABILITY => {
             let cap = Capability::from_bytes(&payload)
-                .map_err(|e| RemoteError::new(ErrorCode::InvalidArgument, e.to_string()))?;
+                .map_err(|e| RemoteError::new(ErrorCode::InvalidArgument, error_chain(&e)))?;
             if h.vnode != 0 && h.vnode != cap.vnode {
                 return Err(RemoteError::new(
                     ErrorCode::InvalidArgument,
@@ -307,7 +311,7 @@ fn serve_builtin(
                 ));
             }
             cap.verify(&shared.key, unix_now())
-                .map_err(|e| RemoteError::new(ErrorCode::Forbidden, e.to_string()))?;
+                .map_err(|e| RemoteError::new(ErrorCode::Forbidden, error_chain(&e)))?;
             caps.insert(cap.vnode, cap);
             Ok(Vec::new())
         }

@@ -11,7 +11,7 @@ use clap::Parser;
 use lego_fabric::{ClusterKey, ServerConfig};
 use lego_monitor_client::size::ByteSize;
 use lego_monitors::config::{self, ManagerFileConfig};
-use lego_monitors::daemon;
+use lego_monitors::daemon::{self, DaemonError};
 use lego_monitors::manager::service::ManagerService;
 use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings};
 
@@ -45,9 +45,8 @@ struct Args {
     key_file: Option<PathBuf>,
 }
 
-fn run(args: Args) -> Result<(), String> {
-    let file: ManagerFileConfig =
-        config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+fn run(args: Args) -> Result<(), DaemonError> {
+    let file: ManagerFileConfig = config::load(args.config.as_deref())?;
     let listen = args
         .listen
         .or(file.listen)
@@ -80,22 +79,18 @@ fn run(args: Args) -> Result<(), String> {
                 .max(1),
         ),
     };
-    let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())
-        .map_err(|e| daemon::DaemonError::Key(e).to_string())?;
-    let mut signals = daemon::shutdown_signals().map_err(|e| e.to_string())?;
+    let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())?;
+    let mut signals = daemon::shutdown_signals()?;
 
-    let store = FileStateStore::open(&state_dir)
-        .map_err(|e| format!("the state folder is not usable: {e}"))?;
+    let store = FileStateStore::open(&state_dir).map_err(DaemonError::StateDir)?;
     let interval = settings.heartbeat_interval;
-    let manager =
-        Arc::new(Manager::new(settings, key.clone(), Box::new(store)).map_err(|e| e.to_string())?);
+    let manager = Arc::new(Manager::new(settings, key.clone(), Box::new(store))?);
     let server = daemon::serve(
         &listen,
         key,
         Arc::new(ManagerService::new(manager.clone())),
         ServerConfig::default(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     tracing::info!(listen = %server.local_addr(), state_dir = %state_dir.display(),
         region_size = %ByteSize(manager.settings().region_size), "manager serving");
 
@@ -110,7 +105,10 @@ fn run(args: Args) -> Result<(), String> {
                 _ => break,
             }
         })
-        .map_err(|e| format!("cannot start the liveness thread: {e}"))?;
+        .map_err(|source| DaemonError::Thread {
+            name: "liveness",
+            source,
+        })?;
     let sig = daemon::wait_for_shutdown(&mut signals);
     tracing::info!(signal = sig, "shutting down");
     drop(stop_tx);

@@ -7,6 +7,7 @@ use clap::Parser;
 use lego_monitor_client::proto::manager::MonitorKind;
 use lego_monitor_client::size::ByteSize;
 use lego_monitors::config;
+use lego_monitors::daemon::DaemonError;
 use lego_monitors::memory_service::MemoryService;
 use lego_monitors::monitor_main::{self, MonitorFlags};
 use lego_monitors::pagestore::PageStore;
@@ -22,12 +23,14 @@ struct Args {
     capacity: Option<ByteSize>,
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> Result<(), DaemonError> {
     let (settings, file) = monitor_main::resolve(args.common, config::DEFAULT_MEMORY_LISTEN)?;
     if file.data_dir.is_some() {
-        return Err(
-            "the key 'data_dir' belongs to the storage monitor, not the memory monitor".into(),
-        );
+        return Err(DaemonError::ForeignKey {
+            key: "data_dir",
+            owner: "storage monitor",
+            daemon: "memory monitor",
+        });
     }
     let capacity = args
         .capacity
@@ -35,9 +38,7 @@ fn run(args: Args) -> Result<(), String> {
         .map(ByteSize::bytes)
         .unwrap_or(config::DEFAULT_MEMORY_CAPACITY);
     if capacity < 4096 {
-        return Err(format!(
-            "the capacity {capacity} is smaller than one 4096-byte page"
-        ));
+        return Err(DaemonError::CapacityTooSmall(capacity));
     }
     let store = Arc::new(PageStore::new(capacity));
     let usage_store = store.clone();

@@ -8,6 +8,7 @@ use clap::Parser;
 use lego_monitor_client::proto::manager::MonitorKind;
 use lego_monitor_client::size::ByteSize;
 use lego_monitors::config;
+use lego_monitors::daemon::DaemonError;
 use lego_monitors::monitor_main::{self, MonitorFlags};
 use lego_monitors::storage_service::StorageService;
 use lego_monitors::volume::{filesystem_capacity, VolumeStore};
@@ -26,22 +27,22 @@ struct Args {
     capacity: Option<ByteSize>,
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args) -> Result<(), DaemonError> {
     let (settings, file) = monitor_main::resolve(args.common, config::DEFAULT_STORAGE_LISTEN)?;
     let data_dir = args
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("/var/lib/lego/storage"));
-    let store = Arc::new(
-        VolumeStore::open(&data_dir).map_err(|e| format!("the data folder is not usable: {e}"))?,
-    );
-    let (provisioned, _) = store.usage().map_err(|e| e.to_string())?;
+    let store = Arc::new(VolumeStore::open(&data_dir).map_err(DaemonError::DataDir)?);
+    let (provisioned, _) = store.usage()?;
     let capacity = match args.capacity.or(file.capacity) {
         Some(c) => c.bytes(),
         None => {
-            let (_, avail) = filesystem_capacity(&data_dir).map_err(|e| {
-                format!("cannot measure free space in '{}': {e}", data_dir.display())
-            })?;
+            let (_, avail) =
+                filesystem_capacity(&data_dir).map_err(|source| DaemonError::FreeSpace {
+                    path: data_dir.clone(),
+                    source,
+                })?;
             provisioned + avail
         }
     };

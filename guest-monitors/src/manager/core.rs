@@ -10,6 +10,7 @@ use super::state::{
     ClusterState, MonitorRecord, StateError, StateStore, VnodeRecord, VolumeRecord,
 };
 use crate::placement::{self, Candidate, PlacementError};
+use crate::volume::VolumeError;
 use lego_monitor_client::proto::manager::{
     ClusterStatus, Heartbeat, IssuedCapability, MemoryPlacement, MonitorKind, MonitorState,
     MonitorStatus, RegionPlacement, RegisterMonitor, VnodeStatus, VolumePlacement,
@@ -48,6 +49,9 @@ pub enum ManagerError {
     /// A request argument is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// The volume name is invalid.
+    #[error(transparent)]
+    VolumeName(#[from] VolumeError),
     /// Placement failed.
     #[error(transparent)]
     Placement(#[from] PlacementError),
@@ -286,7 +290,7 @@ impl Manager {
         size: u64,
     ) -> Result<VolumePlacement, ManagerError> {
         Self::check_vnode(vnode)?;
-        crate::volume::validate_name(name).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        crate::volume::validate_name(name)?;
         let mut inner = self.lock();
         if let Some(v) = inner
             .state

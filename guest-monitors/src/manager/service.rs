@@ -15,13 +15,14 @@ impl From<ManagerError> for RemoteError {
         let code = match &e {
             ManagerError::UnknownMonitor(_) => ErrorCode::NotFound,
             ManagerError::Invalid(_)
+            | ManagerError::VolumeName(_)
             | ManagerError::Placement(PlacementError::ZeroUnit | PlacementError::TooMany(_)) => {
                 ErrorCode::InvalidArgument
             }
             ManagerError::Placement(PlacementError::NoSpace { .. }) => ErrorCode::NoSpace,
             ManagerError::State(_) => ErrorCode::Io,
         };
-        RemoteError::new(code, e.to_string())
+        RemoteError::new(code, lego_report::error_chain(&e))
     }
 }
 
@@ -83,7 +84,7 @@ impl Handler for ManagerService {
         }
         let r = self.serve(&req);
         if let Err(e) = &r {
-            tracing::debug!(peer = %ctx.peer, opcode = req.opcode, error = %e, "manager request failed");
+            tracing::debug!(peer = %ctx.peer, opcode = req.opcode, error = %lego_report::error_chain(&e), "manager request failed");
         }
         r
     }

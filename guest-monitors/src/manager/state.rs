@@ -96,7 +96,7 @@ impl ClusterState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Reading the state failed.
-    #[error("could not read the manager state from '{path}': {source}")]
+    #[error("could not read the manager state from '{path}'")]
     Read {
         /// Where.
         path: String,
@@ -104,15 +104,26 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// The stored state does not parse.
-    #[error("the manager state in '{path}' is corrupt or from another version: {reason}")]
+    #[error("the manager state in '{path}' is corrupt or from another version")]
     Corrupt {
         /// Where.
         path: String,
         /// What is wrong.
-        reason: String,
+        source: serde_json::Error,
     },
+    /// The stored state has another layout version.
+    #[error("the manager state in '{path}' is from another version: layout version {found} is not {STATE_VERSION}")]
+    Version {
+        /// Where.
+        path: String,
+        /// The version found.
+        found: u32,
+    },
+    /// The state could not be encoded.
+    #[error("could not encode the manager state")]
+    Encode(#[source] serde_json::Error),
     /// Writing the state failed.
-    #[error("could not save the manager state: {0}")]
+    #[error("could not save the manager state")]
     Write(#[from] FsError),
 }
 
@@ -158,24 +169,21 @@ impl StateStore for FileStateStore {
             }
         };
         let state: ClusterState =
-            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
                 path: self.path.display().to_string(),
-                reason: e.to_string(),
+                source,
             })?;
         if state.version != STATE_VERSION {
-            return Err(StateError::Corrupt {
+            return Err(StateError::Version {
                 path: self.path.display().to_string(),
-                reason: format!("layout version {} is not {STATE_VERSION}", state.version),
+                found: state.version,
             });
         }
         Ok(Some(state))
     }
 
     fn save(&self, state: &ClusterState) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
-            path: self.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec_pretty(state).map_err(StateError::Encode)?;
         fsutil::write_atomic(&self.path, &bytes)?;
         Ok(())
     }

@@ -17,8 +17,8 @@ const CHUNK_BYTES: usize = CHUNK_FRAMES * PAGE_SIZE;
 #[derive(Debug, thiserror::Error)]
 pub enum ArenaError {
     /// The kernel refused a new mapping.
-    #[error("could not map {CHUNK_BYTES} bytes of page frames: {0}")]
-    Map(std::io::Error),
+    #[error("could not map {CHUNK_BYTES} bytes of page frames")]
+    Map(#[source] std::io::Error),
     /// The slot space of this arena is exhausted.
     #[error("the page arena has no free slot numbers left")]
     SlotsExhausted,

@@ -25,7 +25,7 @@ pub enum AssetsError {
     #[error(transparent)]
     Timer(#[from] GuestToolsError),
     /// QEMU's libraries could not be listed.
-    #[error("could not list QEMU's libraries: {0}")]
+    #[error("could not list QEMU's libraries")]
     Libraries(#[from] DiskError),
     /// A file QEMU needs is missing.
     #[error("{what} {path} does not exist; install it (qemu-system-x86, qemu-utils, cargo build --release --workspace) or pass its path")]
@@ -36,7 +36,7 @@ pub enum AssetsError {
         path: PathBuf,
     },
     /// A path could not be resolved.
-    #[error("could not resolve {path}: {source}")]
+    #[error("could not resolve {path}")]
     Resolve {
         /// The path as given or as ldd named it.
         path: PathBuf,

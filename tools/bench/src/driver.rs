@@ -89,10 +89,15 @@ pub enum BenchError {
     #[error("{0}")]
     Usage(String),
     /// The job left no results file.
-    #[error("the job left no results ({0}); see the console log {1}")]
-    NoResults(lego_testbed::JobError, PathBuf),
+    #[error("the job left no results (see the console log {console})")]
+    NoResults {
+        /// Why the results file could not be had.
+        source: lego_testbed::JobError,
+        /// The job's console log.
+        console: PathBuf,
+    },
     /// A file or folder of the output could not be written.
-    #[error("could not write {path}: {source}")]
+    #[error("could not write {path}")]
     Write {
         /// The file or folder.
         path: PathBuf,
@@ -157,7 +162,10 @@ pub fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 pub fn keep_results(output: &JobOutput, name: &str, out_dir: &Path) -> Result<String, BenchError> {
     let text = output
         .read_file(name)
-        .map_err(|e| BenchError::NoResults(e, output.console_log.clone()))?;
+        .map_err(|source| BenchError::NoResults {
+            source,
+            console: output.console_log.clone(),
+        })?;
     let text = String::from_utf8_lossy(&text).into_owned();
     write(&out_dir.join(name), &text)?;
     Ok(text)

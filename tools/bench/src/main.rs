@@ -180,7 +180,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("boot-bench: error: {e}");
+            eprintln!("boot-bench: error: {}", lego_report::error_chain(&e));
             ExitCode::from(2)
         }
     }

@@ -268,7 +268,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("soak: error: {e}");
+            eprintln!("soak: error: {}", lego_report::error_chain(&e));
             ExitCode::from(2)
         }
     }

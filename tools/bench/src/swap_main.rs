@@ -298,7 +298,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("swap-bench: error: {e}");
+            eprintln!("swap-bench: error: {}", lego_report::error_chain(&e));
             ExitCode::from(2)
         }
     }

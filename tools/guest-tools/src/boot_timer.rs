@@ -34,7 +34,7 @@ pub enum BootTimerError {
     #[error("the label {0:?} must be non-empty and contain no whitespace or '='")]
     BadLabel(String),
     /// The console copy could not be created.
-    #[error("could not create the console copy {path}: {source}")]
+    #[error("could not create the console copy {path}")]
     Console {
         /// The file.
         path: PathBuf,
@@ -42,7 +42,7 @@ pub enum BootTimerError {
         source: std::io::Error,
     },
     /// The command could not be started.
-    #[error("could not start {program:?}: {source}")]
+    #[error("could not start {program:?}")]
     Spawn {
         /// The program.
         program: OsString,
@@ -50,8 +50,8 @@ pub enum BootTimerError {
         source: std::io::Error,
     },
     /// A helper thread could not be started.
-    #[error("could not start a helper thread: {0}")]
-    Thread(std::io::Error),
+    #[error("could not start a helper thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// What to run and how to watch it.

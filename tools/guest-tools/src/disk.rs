@@ -15,7 +15,7 @@ const CHUNK_BLOCKS: u64 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     /// The device or file could not be opened.
-    #[error("could not open {path}: {source}")]
+    #[error("could not open {path}")]
     Open {
         /// The path.
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum DiskError {
         source: io::Error,
     },
     /// Writing, reading or syncing failed.
-    #[error("could not {action} {path} at block {block}: {source}")]
+    #[error("could not {action} {path} at block {block}")]
     Io {
         /// What was being done.
         action: &'static str,

@@ -110,7 +110,8 @@ fn boot_timer_main(a: BootTimerArgs) -> ExitCode {
 }
 
 /// Prints an error marker and returns exit status 2.
-fn fail(e: impl std::fmt::Display) -> ExitCode {
+fn fail(e: impl std::error::Error) -> ExitCode {
+    let e = lego_report::error_chain(&e);
     println!("LEGO_ERROR {e}");
     eprintln!("lego-guest-tools: error: {e}");
     ExitCode::from(2)

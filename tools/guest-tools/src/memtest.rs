@@ -14,7 +14,7 @@ pub enum MemtestError {
     #[error("cannot test {0} MiB; give a size between 1 MiB and the address space")]
     BadSize(u64),
     /// The anonymous mapping could not be created.
-    #[error("could not map {mib} MiB of memory: {source}")]
+    #[error("could not map {mib} MiB of memory")]
     Map {
         /// The size asked for.
         mib: u64,

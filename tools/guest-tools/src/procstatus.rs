@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ProcStatusError {
     /// The status file could not be read (e.g. the process has exited).
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -30,7 +30,7 @@ pub enum CpioError {
     #[error("the archive already contains an entry named {0:?}")]
     Duplicate(String),
     /// A host file added with [`Archive::add_file_from`] could not be read.
-    #[error("could not read the host file {path}: {source}")]
+    #[error("could not read the host file {path}")]
     ReadHost {
         /// The host path.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum CpioError {
     #[error("the entry {0:?} is larger than 4 GiB, which newc cannot hold")]
     TooLarge(String),
     /// Writing the archive failed.
-    #[error("could not write the archive to {path}: {source}")]
+    #[error("could not write the archive to {path}")]
     Write {
         /// The output path (or `<stream>`).
         path: PathBuf,

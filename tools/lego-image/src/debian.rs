@@ -28,7 +28,7 @@ pub enum DebianError {
     #[error("apt has no package lists in {0}; run `apt-get update` first")]
     NoAptLists(PathBuf),
     /// A command could not be started.
-    #[error("could not run `{command}`: {source}")]
+    #[error("could not run `{command}`")]
     Spawn {
         /// The command line.
         command: String,
@@ -52,7 +52,7 @@ pub enum DebianError {
     #[error("`apt-get download {0}` did not produce a .deb file")]
     NoDebFile(String),
     /// A file operation in the cache failed.
-    #[error("could not {action} {path}: {source}")]
+    #[error("could not {action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,

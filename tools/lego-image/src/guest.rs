@@ -71,11 +71,19 @@ pub enum GuestError {
         /// What went wrong.
         detail: String,
     },
+    /// busybox could not be run to list its applets.
+    #[error("could not run {path} to list the busybox applets")]
+    BusyboxRun {
+        /// The busybox binary.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A resolved module is compressed, which the guest's insmod cannot load.
     #[error("the module {0} is compressed; the guest's busybox insmod needs plain .ko files")]
     CompressedModule(PathBuf),
     /// A file operation failed.
-    #[error("could not {action} {path}: {source}")]
+    #[error("could not {action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,
@@ -85,7 +93,7 @@ pub enum GuestError {
         source: io::Error,
     },
     /// The manifest could not be encoded.
-    #[error("could not encode the manifest: {0}")]
+    #[error("could not encode the manifest")]
     Manifest(#[from] serde_json::Error),
 }
 
@@ -183,9 +191,9 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, GuestError> {
     let out = Command::new(busybox)
         .arg("--list-full")
         .output()
-        .map_err(|e| GuestError::BusyboxApplets {
+        .map_err(|source| GuestError::BusyboxRun {
             path: busybox.to_path_buf(),
-            detail: e.to_string(),
+            source,
         })?;
     if !out.status.success() {
         return Err(GuestError::BusyboxApplets {

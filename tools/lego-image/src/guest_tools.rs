@@ -20,7 +20,7 @@ pub enum GuestToolsError {
     #[error("the workspace with {PACKAGE} was not found at {0}; pass --guest-tools PATH instead")]
     NoWorkspace(PathBuf),
     /// cargo could not be started.
-    #[error("could not run cargo ({cargo}): {source}")]
+    #[error("could not run cargo ({cargo})")]
     Spawn {
         /// The cargo executable.
         cargo: String,
@@ -31,7 +31,7 @@ pub enum GuestToolsError {
     #[error("cargo could not build {PACKAGE} ({0}); see its output above")]
     Build(String),
     /// The binary could not be read.
-    #[error("could not read the guest tools binary {path}: {source}")]
+    #[error("could not read the guest tools binary {path}")]
     Read {
         /// The binary.
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum GuestToolsError {
         source: io::Error,
     },
     /// The binary is not an ELF file.
-    #[error("{path} is not a usable ELF executable: {source}")]
+    #[error("{path} is not a usable ELF executable")]
     Elf {
         /// The binary.
         path: PathBuf,

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// The lock file could not be opened or locked.
-    #[error("could not lock {path}: {source}")]
+    #[error("could not lock {path}")]
     Lock {
         /// The lock file.
         path: PathBuf,

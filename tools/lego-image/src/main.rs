@@ -55,7 +55,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("lego-image: error: {e}");
+                    eprintln!("lego-image: error: {}", lego_report::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }

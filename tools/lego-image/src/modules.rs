@@ -16,7 +16,7 @@ use crate::elf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModulesError {
     /// A file of the modules directory could not be read.
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path}")]
     Read {
         /// The path that failed.
         path: PathBuf,
@@ -27,7 +27,7 @@ pub enum ModulesError {
     #[error("the kernel module {0:?} is neither a loadable module nor built into the kernel")]
     NotFound(String),
     /// A module's `.modinfo` could not be parsed.
-    #[error("could not read the module information of {path}: {source}")]
+    #[error("could not read the module information of {path}")]
     Elf {
         /// The module file.
         path: PathBuf,

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lego_fabric::{ClientConfig, ClusterKey, Rights};
-use lego_monitor_client::client::{ManagerClient, MemoryClient, StorageClient};
+use lego_fabric::{AuthError, ClientConfig, ClusterKey, Rights};
+use lego_monitor_client::client::{CallError, ManagerClient, MemoryClient, StorageClient};
 use lego_monitor_client::proto::manager::MonitorKind;
 use lego_monitor_client::size::ByteSize;
+use lego_report::error_chain;
 
 /// Operate a LegoVMM cluster: status, placement, volumes, capabilities.
 #[derive(Debug, Parser)]
@@ -92,17 +93,50 @@ enum Cmd {
     },
 }
 
-fn parse_rights(s: &str) -> Result<Rights, String> {
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    /// A word of --rights is not a right.
+    #[error("'{0}' is not a right; use memory or storage")]
+    BadRight(String),
+    /// --rights named none.
+    #[error("no rights given")]
+    NoRights,
+    /// A new cluster key could not be made.
+    #[error(transparent)]
+    Keygen(AuthError),
+    /// The cluster key could not be loaded.
+    #[error("cannot load the cluster key")]
+    Key(#[source] AuthError),
+    /// A server could not be reached.
+    #[error("cannot reach the {what} at {addr}")]
+    Reach {
+        /// Which server (manager, monitor, storage monitor).
+        what: &'static str,
+        /// Its address.
+        addr: String,
+        /// Cause.
+        source: CallError,
+    },
+    /// A request failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// An answer could not be printed as JSON.
+    #[error("cannot print the answer as JSON")]
+    Json(#[from] serde_json::Error),
+}
+
+fn parse_rights(s: &str) -> Result<Rights, CtlError> {
     let mut r = Rights::empty();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         r |= match part {
             "memory" => Rights::MEMORY,
             "storage" => Rights::STORAGE,
-            other => return Err(format!("'{other}' is not a right; use memory or storage")),
+            other => return Err(CtlError::BadRight(other.to_string())),
         };
     }
     if r.is_empty() {
-        return Err("no rights given".into());
+        return Err(CtlError::NoRights);
     }
     Ok(r)
 }
@@ -113,24 +147,27 @@ fn out(text: &str) {
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), CtlError> {
     if let Cmd::Keygen = cli.cmd {
         out(&format!(
             "{}\n",
-            ClusterKey::generate().map_err(|e| e.to_string())?.to_hex()
+            ClusterKey::generate().map_err(CtlError::Keygen)?.to_hex()
         ));
         return Ok(());
     }
-    let key = ClusterKey::load(cli.key_file.as_deref())
-        .map_err(|e| format!("cannot load the cluster key: {e}"))?;
+    let key = ClusterKey::load(cli.key_file.as_deref()).map_err(CtlError::Key)?;
     let cc = ClientConfig {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         connect_timeout: Duration::from_secs(cli.timeout.max(1)),
         ..Default::default()
     };
     if let Cmd::MonitorStats { addr, kind } = &cli.cmd {
-        let c = lego_fabric::Client::connect(addr.as_str(), key, cc)
-            .map_err(|e| format!("cannot reach the monitor at {addr}: {e}"))?;
+        let c =
+            lego_fabric::Client::connect(addr.as_str(), key, cc).map_err(|e| CtlError::Reach {
+                what: "monitor",
+                addr: addr.clone(),
+                source: e.into(),
+            })?;
         let json = match kind {
             MonitorKind::Memory => {
                 MemoryClient::monitor_stats(&c).map(|s| serde_json::to_string_pretty(&s))
@@ -138,31 +175,29 @@ fn run(cli: Cli) -> Result<(), String> {
             MonitorKind::Storage => {
                 StorageClient::monitor_stats(&c).map(|s| serde_json::to_string_pretty(&s))
             }
-        }
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        }??;
         out(&format!("{json}\n"));
         return Ok(());
     }
-    let mgr = ManagerClient::connect(&cli.manager, key.clone(), cc.clone())
-        .map_err(|e| format!("cannot reach the manager at {}: {e}", cli.manager))?;
+    let mgr = ManagerClient::connect(&cli.manager, key.clone(), cc.clone()).map_err(|source| {
+        CtlError::Reach {
+            what: "manager",
+            addr: cli.manager.clone(),
+            source,
+        }
+    })?;
     match cli.cmd {
         Cmd::Keygen | Cmd::MonitorStats { .. } => {}
         Cmd::Status { json } => {
-            let st = mgr.status().map_err(|e| e.to_string())?;
+            let st = mgr.status()?;
             if json {
-                out(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&st).map_err(|e| e.to_string())?
-                ));
+                out(&format!("{}\n", serde_json::to_string_pretty(&st)?));
             } else {
                 out(&legoctl::render::status(&st));
             }
         }
         Cmd::PlaceMemory { vnode, size } => {
-            let p = mgr
-                .place_memory(vnode, size.bytes())
-                .map_err(|e| e.to_string())?;
+            let p = mgr.place_memory(vnode, size.bytes())?;
             let mut t = legoctl::table::Table::new(&["REGION", "MONITOR"]);
             for r in &p.regions {
                 t.row(vec![r.index.to_string(), r.monitor.clone()]);
@@ -175,23 +210,24 @@ fn run(cli: Cli) -> Result<(), String> {
             ));
         }
         Cmd::CreateVolume { vnode, name, size } => {
-            let p = mgr
-                .place_volume(vnode, &name, size.bytes())
-                .map_err(|e| e.to_string())?;
-            let cap = mgr
-                .issue_capability(vnode, Rights::STORAGE, Duration::from_secs(300))
-                .map_err(|e| e.to_string())?;
-            let sc = StorageClient::connect(&p.monitor, key, &cap, cc)
-                .map_err(|e| format!("cannot reach the storage monitor {}: {e}", p.monitor))?;
+            let p = mgr.place_volume(vnode, &name, size.bytes())?;
+            let cap = mgr.issue_capability(vnode, Rights::STORAGE, Duration::from_secs(300))?;
+            let sc = StorageClient::connect(&p.monitor, key, &cap, cc).map_err(|source| {
+                CtlError::Reach {
+                    what: "storage monitor",
+                    addr: p.monitor.clone(),
+                    source,
+                }
+            })?;
             let info = match sc.create(&name, size.bytes()) {
                 Ok(i) => i,
                 Err(e)
                     if e.remote_code() == Some(lego_fabric::ErrorCode::InvalidArgument)
-                        && e.to_string().contains("exists") =>
+                        && error_chain(&e).contains("exists") =>
                 {
-                    sc.stat(&name).map_err(|e| e.to_string())?
+                    sc.stat(&name)?
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
             out(&format!(
                 "volume '{}' of vNode {vnode}: {} on {}\n",
@@ -206,13 +242,11 @@ fn run(cli: Cli) -> Result<(), String> {
             ttl_secs,
         } => {
             let r = parse_rights(&rights)?;
-            let cap = mgr
-                .issue_capability(vnode, r, Duration::from_secs(ttl_secs))
-                .map_err(|e| e.to_string())?;
+            let cap = mgr.issue_capability(vnode, r, Duration::from_secs(ttl_secs))?;
             out(&format!("{cap}\n"));
         }
         Cmd::Release { vnode } => {
-            mgr.release_vnode(vnode).map_err(|e| e.to_string())?;
+            mgr.release_vnode(vnode)?;
             out(&format!("vNode {vnode} released\n"));
         }
     }
@@ -223,7 +257,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("legoctl: error: {e}");
+            eprintln!("legoctl: error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -20,7 +20,7 @@ pub enum ConsoleError {
     #[error(transparent)]
     Proc(#[from] ProcError),
     /// The console log file could not be created.
-    #[error("could not create the console log {path}: {source}")]
+    #[error("could not create the console log {path}")]
     Log {
         /// The log file.
         path: PathBuf,

@@ -30,7 +30,7 @@ pub enum DiskError {
     #[error("two job files are both named {0:?}")]
     Duplicate(String),
     /// A file operation failed.
-    #[error("could not {action} {path}: {source}")]
+    #[error("could not {action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,
@@ -46,6 +46,14 @@ pub enum DiskError {
         command: String,
         /// What went wrong.
         detail: String,
+    },
+    /// A tool could not be started.
+    #[error("could not run `{command}`")]
+    Run {
+        /// The command line.
+        command: String,
+        /// Why.
+        source: io::Error,
     },
     /// A shared library of the VMM was not found on this host.
     #[error("{binary} needs {library}, which ldd could not find")]
@@ -118,9 +126,9 @@ pub fn libraries(binary: &Path) -> Result<Vec<PathBuf>, DiskError> {
     let out = Command::new("ldd")
         .arg(binary)
         .output()
-        .map_err(|e| DiskError::Tool {
+        .map_err(|source| DiskError::Run {
             command: format!("ldd {}", binary.display()),
-            detail: e.to_string(),
+            source,
         })?;
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
@@ -260,9 +268,9 @@ pub fn make_image(root: &Path, image: &Path, extra_mib: u64) -> Result<u64, Disk
 /// Runs a tool and turns failure into [`DiskError::Tool`].
 fn run_tool(mut cmd: Command) -> Result<String, DiskError> {
     let command = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|e| DiskError::Tool {
+    let out = cmd.output().map_err(|source| DiskError::Run {
         command: command.clone(),
-        detail: e.to_string(),
+        source,
     })?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {

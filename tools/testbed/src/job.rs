@@ -13,7 +13,7 @@ pub enum JobError {
     #[error(transparent)]
     Disk(#[from] DiskError),
     /// The result could not be read from the job folder.
-    #[error("could not read {path}: {source}")]
+    #[error("could not read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -21,7 +21,7 @@ pub enum JobError {
         source: std::io::Error,
     },
     /// The result could not be written where it was asked for.
-    #[error("could not write {path}: {source}")]
+    #[error("could not write {path}")]
     Write {
         /// The destination.
         path: PathBuf,

@@ -38,13 +38,13 @@ const FORMAT: &str = "lego-testbed l1 format 2";
 #[derive(Debug, thiserror::Error)]
 pub enum L1Error {
     /// The Debian packages could not be fetched.
-    #[error("could not fetch the compute host's packages: {0}")]
+    #[error("could not fetch the compute host's packages")]
     Debian(#[from] DebianError),
     /// A module could not be resolved.
-    #[error("could not resolve the compute host's kernel modules: {0}")]
+    #[error("could not resolve the compute host's kernel modules")]
     Modules(#[from] ModulesError),
     /// The initramfs could not be written.
-    #[error("could not build the compute host's initramfs: {0}")]
+    #[error("could not build the compute host's initramfs")]
     Cpio(#[from] CpioError),
     /// The cache lock could not be taken.
     #[error(transparent)]
@@ -53,7 +53,7 @@ pub enum L1Error {
     #[error("the unpacked busybox-static has no binary at {0}")]
     NoBusybox(PathBuf),
     /// A file operation failed.
-    #[error("could not {action} {path}: {source}")]
+    #[error("could not {action} {path}")]
     Io {
         /// What was being done.
         action: &'static str,

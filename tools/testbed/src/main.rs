@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use lego_report::error_chain;
 use lego_testbed::console::Stream;
 use lego_testbed::paths;
 use lego_testbed::qemu::{QemuConfig, TcgThreads};
@@ -145,26 +146,10 @@ fn main() -> ExitCode {
     match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lego-testbed: {}", error_chain(&e));
+            eprintln!("lego-testbed: {}", error_chain(e.as_ref()));
             ExitCode::from(EXIT_FAILURE)
         }
     }
-}
-
-/// Joins an error's causes with ": ", skipping a cause whose text the previous message
-/// already includes (most errors here put their cause in their own message).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }
 
 fn init_logging() {
@@ -183,7 +168,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Ok(p) => Some(p),
         Err(e) if legovmm_required || cli.legovmm.is_some() => return Err(e.into()),
         Err(e) => {
-            eprintln!("lego-testbed: {e}; $LEGOVMM will be a stub");
+            eprintln!("lego-testbed: {}; $LEGOVMM will be a stub", error_chain(&e));
             None
         }
     };
@@ -252,7 +237,10 @@ fn run(config: TestbedConfig, args: RunArgs) -> Result<ExitCode> {
             Ok(()) => eprintln!("lego-testbed: collected {}", dest.display()),
             Err(e) => {
                 missing += 1;
-                eprintln!("lego-testbed: could not collect {name}: {e}");
+                eprintln!(
+                    "lego-testbed: could not collect {name}: {}",
+                    error_chain(&e)
+                );
             }
         }
     }
@@ -369,15 +357,6 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn error_chain_skips_repeated_causes() {
-        let io = std::io::Error::other("disk full");
-        let e = anyhow::Error::new(io).context("could not write x: disk full");
-        assert_eq!(error_chain(&e), "could not write x: disk full");
-        let e = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(error_chain(&e), "outer: inner");
     }
 
     #[test]

@@ -132,7 +132,11 @@ fn probe(legovmm: Option<&Path>) -> ModeDecision {
         },
         Err(e) => ModeDecision {
             mode: Mode::Nested,
-            reason: format!("could not run `{} probe`: {e}", bin.display()),
+            reason: format!(
+                "could not run `{} probe`: {}",
+                bin.display(),
+                lego_report::error_chain(&e)
+            ),
         },
     }
 }

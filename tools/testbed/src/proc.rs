@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
     /// The pipe for the child's output could not be made.
-    #[error("could not create a pipe for a child's output: {0}")]
-    Pipe(io::Error),
+    #[error("could not create a pipe for a child's output")]
+    Pipe(#[source] io::Error),
     /// The program could not be started.
-    #[error("could not start {program}: {source}")]
+    #[error("could not start {program}")]
     Spawn {
         /// The program.
         program: String,
@@ -23,7 +23,7 @@ pub enum ProcError {
         source: io::Error,
     },
     /// Waiting for the child failed.
-    #[error("could not wait for {program}: {source}")]
+    #[error("could not wait for {program}")]
     Wait {
         /// The program.
         program: String,

@@ -33,7 +33,7 @@ pub enum TestbedError {
     #[error(transparent)]
     Console(#[from] ConsoleError),
     /// A folder could not be created.
-    #[error("could not create {path}: {source}")]
+    #[error("could not create {path}")]
     Io {
         /// The folder.
         path: PathBuf,

@@ -16,7 +16,7 @@ pub const DISK_NAME: &str = "vnode-disk.img";
 #[derive(Debug, thiserror::Error)]
 pub enum VnodeError {
     /// The guest image could not be built.
-    #[error("could not build the guest image: {0}")]
+    #[error("could not build the guest image")]
     Image(#[from] GuestError),
     /// The command cannot be put on a kernel command line.
     #[error("the guest command {0:?} cannot go on the kernel command line: it must be non-empty and contain no double quote or newline")]

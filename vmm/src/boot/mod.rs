@@ -28,7 +28,7 @@ const PVH_MODLIST_START: u64 = PVH_INFO_START + 0xc00;
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// The kernel file could not be opened or read.
-    #[error("cannot read the kernel {path}: {source}")]
+    #[error("cannot read the kernel {path}")]
     KernelFile {
         /// The path.
         path: String,
@@ -39,15 +39,15 @@ pub enum BootError {
     #[error("the kernel {0} is neither a bzImage nor an ELF vmlinux")]
     UnknownKernelFormat(String),
     /// linux-loader refused the kernel.
-    #[error("cannot load the kernel {path}: {message}")]
+    #[error("cannot load the kernel {path}")]
     KernelLoad {
         /// The path.
         path: String,
         /// linux-loader's reason.
-        message: String,
+        source: loader::Error,
     },
     /// The initrd could not be opened or read.
-    #[error("cannot read the initrd {path}: {source}")]
+    #[error("cannot read the initrd {path}")]
     InitrdFile {
         /// The path.
         path: String,
@@ -61,11 +61,26 @@ pub enum BootError {
         size: u64,
     },
     /// The command line is too long or has characters the kernel cannot take.
-    #[error("the kernel command line is invalid: {0}")]
-    Cmdline(String),
+    #[error("the kernel command line of {len} bytes is invalid (the kernel takes {max} at most)")]
+    Cmdline {
+        /// Its length in bytes.
+        len: usize,
+        /// The longest the kernel takes.
+        max: usize,
+        /// linux-loader's reason.
+        source: linux_loader::cmdline::Error,
+    },
+    /// The command line could not be copied into guest memory.
+    #[error("cannot write the kernel command line into guest memory")]
+    CmdlineWrite(#[source] loader::Error),
     /// Writing boot structures into guest memory failed.
-    #[error("cannot write the boot information into guest memory: {0}")]
-    GuestWrite(String),
+    #[error("cannot write the {what} into guest memory")]
+    GuestWrite {
+        /// What was being written.
+        what: &'static str,
+        /// Why.
+        source: vm_memory::GuestMemoryError,
+    },
 }
 
 /// How the vCPU must start.
@@ -157,9 +172,9 @@ pub fn load(mem: &GuestMemory, spec: &BootSpec) -> Result<(BootEntry, KernelForm
     let format =
         detect_format(&head[..n]).ok_or_else(|| BootError::UnknownKernelFormat(kpath.clone()))?;
     let himem = Some(GuestAddress(layout::HIGH_MEMORY_START));
-    let load_err = |e: loader::Error| BootError::KernelLoad {
+    let load_err = |source| BootError::KernelLoad {
         path: kpath.clone(),
-        message: e.to_string(),
+        source,
     };
     let result = match format {
         KernelFormat::BzImage => BzImage::load(mem, None, &mut kernel, himem).map_err(load_err)?,
@@ -191,8 +206,8 @@ pub fn load(mem: &GuestMemory, spec: &BootSpec) -> Result<(BootEntry, KernelForm
         e820: &map,
         rsdp_addr: spec.rsdp_addr,
     };
-    let gw = |e: vm_memory::GuestMemoryError| BootError::GuestWrite(e.to_string());
-    reset_vector::write(mem).map_err(gw)?;
+    let gw = |what| move |source| BootError::GuestWrite { what, source };
+    reset_vector::write(mem).map_err(gw("reset vector"))?;
 
     let pvh_entry = match result.pvh_boot_cap {
         loader::elf::PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {
@@ -203,20 +218,22 @@ pub fn load(mem: &GuestMemory, spec: &BootSpec) -> Result<(BootEntry, KernelForm
     let entry = if let Some(entry) = pvh_entry {
         let info = params::pvh_start_info(&inputs, PVH_MEMMAP_START, PVH_MODLIST_START);
         mem.write_obj(info.start_info, GuestAddress(PVH_INFO_START))
-            .map_err(gw)?;
+            .map_err(gw("PVH start info"))?;
         for (i, e) in info.memmap.iter().enumerate() {
             let at = PVH_MEMMAP_START + (i * std::mem::size_of_val(e)) as u64;
-            mem.write_obj(*e, GuestAddress(at)).map_err(gw)?;
+            mem.write_obj(*e, GuestAddress(at))
+                .map_err(gw("PVH memory map"))?;
         }
         for (i, m) in info.modules.iter().enumerate() {
             let at = PVH_MODLIST_START + (i * std::mem::size_of_val(m)) as u64;
-            mem.write_obj(*m, GuestAddress(at)).map_err(gw)?;
+            mem.write_obj(*m, GuestAddress(at))
+                .map_err(gw("PVH module list"))?;
         }
         BootEntry::Pvh { entry }
     } else {
         let zp = params::zero_page(&inputs);
         mem.write_obj(zp, GuestAddress(layout::ZERO_PAGE_START))
-            .map_err(gw)?;
+            .map_err(gw("zero page"))?;
         let entry = match format {
             // The 64-bit entry sits 0x200 bytes into the protected-mode code.
             KernelFormat::BzImage => result.kernel_load.raw_value() + 0x200,
@@ -237,16 +254,15 @@ fn write_cmdline(
         .filter(|&s| s > 0)
         .unwrap_or(layout::CMDLINE_MAX_SIZE)
         .min(layout::CMDLINE_MAX_SIZE);
-    let mut cmdline = Cmdline::new(limit).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    cmdline.insert_str(text).map_err(|e| {
-        BootError::Cmdline(format!(
-            "{e} (it is {} bytes; the kernel takes {} at most)",
-            text.len(),
-            limit - 1
-        ))
-    })?;
+    let cmdline_err = |source| BootError::Cmdline {
+        len: text.len(),
+        max: limit - 1,
+        source,
+    };
+    let mut cmdline = Cmdline::new(limit).map_err(cmdline_err)?;
+    cmdline.insert_str(text).map_err(cmdline_err)?;
     loader::load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmdline)
-        .map_err(|e| BootError::GuestWrite(e.to_string()))?;
+        .map_err(BootError::CmdlineWrite)?;
     Ok(text.len() as u32 + 1)
 }
 
@@ -274,7 +290,10 @@ fn load_initrd(
         .filter(|&a| a >= kernel_end)
         .ok_or(BootError::InitrdTooLarge { size })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|e| BootError::GuestWrite(format!("initrd: {e}")))?;
+        .map_err(|source| BootError::GuestWrite {
+            what: "initrd",
+            source,
+        })?;
     Ok(InitrdPlacement { addr, size })
 }
 
@@ -344,7 +363,7 @@ mod tests {
         let long = "x".repeat(5000);
         assert!(matches!(
             write_cmdline(&mem, &long, None),
-            Err(BootError::Cmdline(_))
+            Err(BootError::Cmdline { .. })
         ));
         assert_eq!(write_cmdline(&mem, "console=ttyS0", None).unwrap(), 14);
     }

@@ -77,7 +77,7 @@ fn boot_gdt(long_mode: bool) -> [u64; 4] {
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
     /// Guest memory refused the write.
-    #[error("cannot write the boot {what} into guest memory: {source}")]
+    #[error("cannot write the boot {what} into guest memory")]
     Memory {
         /// What was being written.
         what: &'static str,

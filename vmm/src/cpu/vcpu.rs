@@ -22,7 +22,7 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     /// A KVM ioctl failed.
-    #[error("cannot {what} for vCPU {id}: {source}")]
+    #[error("cannot {what} for vCPU {id}")]
     Kvm {
         /// The step.
         what: &'static str,

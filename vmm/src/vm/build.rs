@@ -120,7 +120,7 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| VmError::Acpi(format!("guest region has no host mapping: {e}")))?;
+            .map_err(|source| VmError::HostMapping { slot, source })?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -156,11 +156,10 @@ pub fn write_acpi_tables(
         vcpus: config.vcpus,
         virtio: devices.virtio.clone(),
         ports: device_manager::platform_ports(),
-    })
-    .map_err(|e| VmError::Acpi(e.to_string()))?;
+    })?;
     for (addr, blob) in &tables.blobs {
         mem.write_slice(blob, GuestAddress(*addr))
-            .map_err(|e| VmError::Acpi(e.to_string()))?;
+            .map_err(VmError::AcpiWrite)?;
     }
     Ok(tables.rsdp_addr)
 }

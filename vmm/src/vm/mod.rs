@@ -44,7 +44,7 @@ pub enum VmError {
     #[error(transparent)]
     Kvm(#[from] kvm::KvmError),
     /// A KVM VM-level ioctl failed.
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}")]
     VmIoctl {
         /// The step.
         what: &'static str,
@@ -58,8 +58,19 @@ pub enum VmError {
     #[error(transparent)]
     Devices(#[from] device_manager::DeviceError),
     /// ACPI tables could not be built or written.
-    #[error("cannot set up ACPI tables: {0}")]
-    Acpi(String),
+    #[error("cannot set up ACPI tables")]
+    Acpi(#[from] crate::acpi::AcpiError),
+    /// The ACPI tables could not be written into guest memory.
+    #[error("cannot write the ACPI tables into guest memory")]
+    AcpiWrite(#[source] vm_memory::GuestMemoryError),
+    /// A guest memory region has no host mapping to register with KVM.
+    #[error("guest memory region {slot} has no host mapping")]
+    HostMapping {
+        /// The region's KVM slot.
+        slot: usize,
+        /// Why.
+        source: vm_memory::GuestMemoryError,
+    },
     /// The kernel, initrd or command line could not be loaded.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
@@ -70,8 +81,8 @@ pub enum VmError {
     #[error(transparent)]
     Backend(#[from] backends::BackendError),
     /// A thread could not be started.
-    #[error("cannot start a thread: {0}")]
-    Thread(std::io::Error),
+    #[error("cannot start a thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Boots `config` on the KVM at `kvm_path` and runs it to the end.

@@ -38,7 +38,7 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     /// The backing file could not be opened.
-    #[error("could not open the disk {}: {source}", path.display())]
+    #[error("could not open the disk {}", path.display())]
     Open {
         /// The path.
         path: PathBuf,

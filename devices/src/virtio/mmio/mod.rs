@@ -114,10 +114,10 @@ pub enum MmioError {
     #[error("the device does not offer VIRTIO_F_VERSION_1")]
     NotModern,
     /// An eventfd could not be created or duplicated.
-    #[error("could not set up an eventfd: {0}")]
+    #[error("could not set up an eventfd")]
     EventFd(#[source] io::Error),
     /// The driver configured a queue the device cannot use.
-    #[error("queue {index} is misconfigured by the driver: {source}")]
+    #[error("queue {index} is misconfigured by the driver")]
     QueueConfig {
         /// The queue index.
         index: usize,
@@ -143,7 +143,7 @@ pub enum MmioError {
     #[error("the driver set DRIVER_OK without FEATURES_OK")]
     DriverOkWithoutFeatures,
     /// The device refused to activate.
-    #[error("the device could not start: {0}")]
+    #[error("the device could not start")]
     Activate(#[from] ActivateError),
 }
 
@@ -445,8 +445,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if new_bits & STATUS_DRIVER_OK != 0 {
             if let Err(e) = self.activate() {
                 tracing::error!(
-                    "virtio-mmio (type {}): {e}; the device needs a reset",
-                    self.device.device_type()
+                    "virtio-mmio (type {}): {}; the device needs a reset",
+                    self.device.device_type(),
+                    lego_report::error_chain(&e)
                 );
                 self.status |= STATUS_DEVICE_NEEDS_RESET;
                 if let Err(e) = self.interrupt.signal_config_change() {

@@ -88,9 +88,7 @@ impl ManagerClient {
             ttl_secs: ttl.as_secs(),
         };
         let issued: m::IssuedCapability = from_json(&self.call(m::ISSUE_CAPABILITY, &body)?)?;
-        issued.capability.parse().map_err(|e| {
-            CallError::Invalid(format!("the manager sent an unreadable capability: {e}"))
-        })
+        issued.capability.parse().map_err(CallError::BadCapability)
     }
 
     /// Forgets a vNode's placements.

@@ -15,8 +15,11 @@ pub use memory::{MemoryClient, PageOp, PendingPages};
 pub use storage::StorageClient;
 pub use vnode::{PendingRun, VnodeMemory};
 
+use std::sync::Arc;
+
 use lego_fabric::{
-    Capability, Client, ClientConfig, ClientError, ClusterKey, ErrorCode, RemoteError,
+    Capability, CapabilityError, Client, ClientConfig, ClientError, ClusterKey, ErrorCode,
+    RemoteError,
 };
 
 use crate::proto::ProtoError;
@@ -28,8 +31,14 @@ pub enum CallError {
     #[error(transparent)]
     Fabric(#[from] ClientError),
     /// The answer could not be decoded.
-    #[error("the server's answer could not be decoded: {0}")]
+    #[error("the server's answer could not be decoded")]
     Decode(#[from] ProtoError),
+    /// The manager's capability token could not be read.
+    #[error("the manager sent an unreadable capability")]
+    BadCapability(#[source] CapabilityError),
+    /// A batch that several calls shared failed; each of them reports it.
+    #[error("a batch of requests to a monitor could not be sent")]
+    Batch(#[source] Arc<CallError>),
     /// The arguments cannot be sent.
     #[error("{0}")]
     Invalid(String),
@@ -40,6 +49,7 @@ impl CallError {
     pub fn remote_code(&self) -> Option<ErrorCode> {
         match self {
             CallError::Fabric(ClientError::Remote(RemoteError { code, .. })) => Some(*code),
+            CallError::Batch(e) => e.remote_code(),
             _ => None,
         }
     }

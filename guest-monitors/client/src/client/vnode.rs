@@ -4,6 +4,7 @@
 //! waited on later, and the blocking calls are built on it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use lego_fabric::{Capability, ClientConfig, ClusterKey};
 
@@ -164,20 +165,20 @@ impl VnodeMemory {
                     .collect()
             }));
         }
-        let mut sent: Vec<Result<Vec<Option<PendingPages>>, String>> = batches
+        let mut sent: Vec<Result<Vec<Option<PendingPages>>, Arc<CallError>>> = batches
             .iter()
             .zip(&self.clients)
             .map(|(batch, c)| {
                 c.submit_runs(batch)
                     .map(|p| p.into_iter().map(Some).collect())
-                    .map_err(|e| e.to_string())
+                    .map_err(Arc::new)
             })
             .collect();
         let mut take = |(m, i): (usize, usize)| match &mut sent[m] {
             Ok(s) => s.get_mut(i).and_then(Option::take).ok_or_else(|| {
                 CallError::Invalid("the fabric returned fewer answers than requests".into())
             }),
-            Err(e) => Err(CallError::Invalid(e.clone())),
+            Err(e) => Err(CallError::Batch(e.clone())),
         };
         plan.into_iter()
             .map(|slots| PendingRun(slots.and_then(|s| s.into_iter().map(&mut take).collect())))

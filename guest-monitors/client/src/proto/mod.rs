@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Errors from encoding or decoding a message body.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProtoError {
     /// The body ended before a field.
     #[error("the message body is truncated: needed {needed} more byte(s) for {field}")]
@@ -47,8 +47,8 @@ pub enum ProtoError {
     #[error("the field {0} is not valid UTF-8")]
     NotUtf8(&'static str),
     /// A JSON body did not parse.
-    #[error("the JSON body could not be decoded: {0}")]
-    Json(String),
+    #[error("the JSON body could not be decoded")]
+    Json(#[source] serde_json::Error),
     /// The opcode is not known to this service.
     #[error("the opcode {0:#06x} is not known to this service")]
     UnknownOpcode(u16),
@@ -56,7 +56,10 @@ pub enum ProtoError {
 
 impl From<ProtoError> for lego_fabric::RemoteError {
     fn from(e: ProtoError) -> Self {
-        lego_fabric::RemoteError::new(lego_fabric::ErrorCode::InvalidArgument, e.to_string())
+        lego_fabric::RemoteError::new(
+            lego_fabric::ErrorCode::InvalidArgument,
+            lego_report::error_chain(&e),
+        )
     }
 }
 
@@ -68,5 +71,5 @@ pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 
 /// Decodes a JSON control message.
 pub fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, ProtoError> {
-    serde_json::from_slice(b).map_err(|e| ProtoError::Json(e.to_string()))
+    serde_json::from_slice(b).map_err(ProtoError::Json)
 }

@@ -277,7 +277,7 @@ mod tests {
                 Some(op)
             );
         }
-        assert_eq!(DataOp::decode(CREATE, b"{}"), Ok(None));
+        assert_eq!(DataOp::decode(CREATE, b"{}").unwrap(), None);
         assert!(DataOp::decode(READ, &[200, 0, 1]).is_err());
         let big = DataOp::Read {
             name: "v",

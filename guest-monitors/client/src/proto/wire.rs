@@ -141,10 +141,10 @@ mod tests {
             .bytes(b"xy")
             .finish();
         let mut r = Reader::new(&b);
-        assert_eq!(r.u16("a"), Ok(7));
-        assert_eq!(r.u32("b"), Ok(8));
-        assert_eq!(r.u64("c"), Ok(9));
-        assert_eq!(r.string("d", 10), Ok("vol"));
+        assert_eq!(r.u16("a").unwrap(), 7);
+        assert_eq!(r.u32("b").unwrap(), 8);
+        assert_eq!(r.u64("c").unwrap(), 9);
+        assert_eq!(r.string("d", 10).unwrap(), "vol");
         assert_eq!(r.rest(), b"xy");
         r.finish().expect("empty");
         let mut short = Reader::new(&b[..3]);

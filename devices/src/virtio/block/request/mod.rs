@@ -13,6 +13,7 @@ pub mod run;
 
 use std::sync::Arc;
 
+use lego_report::error_chain;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
@@ -51,11 +52,11 @@ pub enum RequestError {
     #[error("a device-readable descriptor follows a device-writable one")]
     Directions,
     /// The writable descriptors could not be mapped.
-    #[error("the writable descriptors are malformed: {0}")]
-    Writable(virtio_queue::Error),
+    #[error("the writable descriptors are malformed")]
+    Writable(#[source] virtio_queue::Error),
     /// The readable descriptors could not be mapped.
-    #[error("the readable descriptors are malformed: {0}")]
-    Readable(virtio_queue::Error),
+    #[error("the readable descriptors are malformed")]
+    Readable(#[source] virtio_queue::Error),
     /// A data length is not a whole number of sectors.
     #[error("a data length of {0} bytes is not a whole number of 512-byte sectors")]
     Misaligned(u64),
@@ -66,10 +67,10 @@ pub enum RequestError {
     #[error("the discard or write-zeroes segments are malformed: {0}")]
     Segments(String),
     /// Copying between guest memory and the device failed.
-    #[error("copying guest memory failed: {0}")]
-    GuestMemory(std::io::Error),
+    #[error("copying guest memory failed")]
+    GuestMemory(#[source] std::io::Error),
     /// The store failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The request type (or a flag in it) is not supported.
     #[error("request type {0} is not supported")]
@@ -185,7 +186,7 @@ impl RequestHandler {
             None => VIRTIO_BLK_S_OK as u8,
             Some(e) => {
                 if e.is_guest_fault() {
-                    self.guest_fault(head, &e.to_string());
+                    self.guest_fault(head, &error_chain(e));
                 } else {
                     self.store_fault(head, e);
                 }
@@ -214,7 +215,7 @@ impl RequestHandler {
 
     fn store_fault(&self, head: u16, e: &RequestError) {
         if let Some(suppressed) = self.store_faults.admit() {
-            tracing::warn!(head, suppressed, "request failed: {e}");
+            tracing::warn!(head, suppressed, "request failed: {}", error_chain(e));
         }
     }
 }

@@ -16,7 +16,7 @@ const ZERO_CHUNK: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum FileStoreError {
     /// The file could not be opened or created.
-    #[error("cannot open '{path}': {source}")]
+    #[error("cannot open '{path}'")]
     Open {
         /// The file.
         path: PathBuf,
@@ -24,7 +24,7 @@ pub enum FileStoreError {
         source: std::io::Error,
     },
     /// The file could not be sized.
-    #[error("cannot find or set the size of '{path}': {source}")]
+    #[error("cannot find or set the size of '{path}'")]
     Size {
         /// The file.
         path: PathBuf,

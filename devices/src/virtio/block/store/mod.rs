@@ -36,7 +36,7 @@ pub enum StoreError {
     #[error("the device does not support {0}")]
     Unsupported(&'static str),
     /// A local I/O operation failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed")]
     Io {
         /// What was being done.
         op: &'static str,
@@ -52,7 +52,7 @@ pub enum StoreError {
         got: usize,
     },
     /// A call to a remote store (a monitor) failed.
-    #[error("{op} on the monitor failed: {source}")]
+    #[error("{op} on the monitor failed")]
     Remote {
         /// What was being done.
         op: &'static str,
