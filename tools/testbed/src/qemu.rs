@@ -89,6 +89,9 @@ pub struct QemuConfig {
     /// A Unix socket for QEMU's human monitor, used to read the vCPUs' registers when a
     /// try is killed; `None` for none.
     pub monitor: Option<PathBuf>,
+    /// A file for QEMU's log of CPU resets and guest errors (`-d cpu_reset,guest_errors`):
+    /// a compute host that resets itself (a triple fault) leaves its last CPU state there.
+    pub debug_log: Option<PathBuf>,
 }
 
 impl Default for QemuConfig {
@@ -103,6 +106,7 @@ impl Default for QemuConfig {
             cpu_model: CPU.to_string(),
             tcg_threads: TcgThreads::Multi,
             monitor: None,
+            debug_log: None,
         }
     }
 }
@@ -215,6 +219,9 @@ impl QemuConfig {
             .args(["-device", "virtio-blk-device,drive=job"]);
         if self.network {
             cmd.args(["-netdev", NETDEV, "-device", NIC]);
+        }
+        if let Some(log) = &self.debug_log {
+            cmd.args(["-d", "cpu_reset,guest_errors", "-D"]).arg(log);
         }
         if let Some(sock) = &self.monitor {
             cmd.arg("-monitor")
@@ -344,6 +351,7 @@ mod tests {
             cpu_model: "EPYC-Rome,+svm".into(),
             tcg_threads: TcgThreads::Single,
             monitor: Some(PathBuf::from("/run/m.sock")),
+            debug_log: Some(PathBuf::from("/run/q.log")),
             extra_cmdline: "kvm_amd.vgif=0".into(),
             ..QemuConfig::default()
         };
@@ -352,6 +360,7 @@ mod tests {
             "-accel tcg,thread=single",
             "-cpu EPYC-Rome,+svm ",
             "-monitor unix:/run/m.sock,server=on,wait=off",
+            "-d cpu_reset,guest_errors -D /run/q.log",
             "lego.heartbeat=10",
             "kvm_amd.vgif=0'",
         ] {

@@ -262,14 +262,31 @@ impl Testbed {
         qemu.network |= job.network || self.config.network;
         let monitor = dir.path().join("monitor.sock");
         qemu.monitor = Some(monitor.clone());
-        let cmd = qemu.command(&assets.kernel, &assets.initramfs, &image);
-        tracing::debug!("compute host: {}", qemu::describe(&cmd));
+        tracing::debug!(
+            "compute host: {}",
+            qemu::describe(&qemu.command(&assets.kernel, &assets.initramfs, &image))
+        );
         let mut watch = self.watch(job, log);
         watch.timed_markers = vec![markers::L1_INIT.to_string()];
         // L1's /init prints a heartbeat: a silent console is a hung compute host, found in
         // minutes instead of at the job's timeout.
         watch.silence_timeout = Some(std::time::Duration::from_secs(qemu::SILENCE_LIMIT_SECS));
-        let w = console::run_with_dump(cmd, &watch, &|| qemu::dump_registers(&monitor))?;
+        let debug_log = dir.path().join("qemu-debug.log");
+        qemu.debug_log = Some(debug_log.clone());
+        let cmd = qemu.command(&assets.kernel, &assets.initramfs, &image);
+        let mut w = console::run_with_dump(cmd, &watch, &|| qemu::dump_registers(&monitor))?;
+        if self.host_died(&w) {
+            // A compute host that ends by itself without the job's status usually reset
+            // (a triple fault, with -no-reboot): QEMU logged its last CPU state.
+            let text = std::fs::read_to_string(&debug_log).unwrap_or_default();
+            let note = format!(
+                "LEGO_TESTBED_HOST_LOG QEMU's log of resets and guest errors (last lines):\n{}",
+                crate::job::tail_lines(&text, 60)
+            );
+            append_to_log(log, &note);
+            w.console.push_str(&note);
+            w.console.push('\n');
+        }
         Ok((w, dir))
     }
 
@@ -384,6 +401,14 @@ impl Testbed {
             console_log: log,
             results,
         }
+    }
+}
+
+/// Appends `text` and a newline to the console log at `path` (best effort).
+fn append_to_log(path: &Path, text: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = writeln!(f, "{text}");
     }
 }
 
