@@ -45,6 +45,11 @@ pub fn marker<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 pub trait JobFiles {
     /// The text of the job file `name`; panics with the job's summary when it is missing.
     fn text(&self, name: &str) -> String;
+    /// Every console of the vNode `name`, oldest first: the consoles `lego_vnode` kept of
+    /// launches it restarted after a triple fault (`<name>.tryN.console`), then the last
+    /// (`<name>.console`). What a guest did only on its first launch (formatting a fresh
+    /// disk) shows in the first of them.
+    fn consoles(&self, name: &str) -> String;
     /// The exit status `lego_vnode` recorded for the vNode `name` (`<name>.exit`).
     fn vnode_exit(&self, name: &str) -> i32;
     /// Checks that the disk image `name` came back holding `blocks` blocks of `seed`'s pattern.
@@ -67,6 +72,17 @@ impl JobFiles for lego_testbed::JobOutput {
             )
         });
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn consoles(&self, name: &str) -> String {
+        let mut all = String::new();
+        for attempt in 1.. {
+            match self.read_file(&format!("{name}.try{attempt}.console")) {
+                Ok(bytes) => all.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => break,
+            }
+        }
+        all + &self.text(&format!("{name}.console"))
     }
 
     fn vnode_exit(&self, name: &str) -> i32 {
