@@ -97,11 +97,30 @@ impl Cli {
     }
 }
 
-/// A job for one run, and how to tell that it ended cleanly.
+/// A job for one run, how to tell that it ended cleanly, and the nested guests' files
+/// worth keeping when it did not.
 struct Plan {
     job: Job,
     clean: fn(&JobOutput) -> bool,
+    guest_files: &'static [&'static str],
 }
+
+/// The demo's nested guests' consoles, legovmm's standard errors and stall dumps.
+const DEMO_GUEST_FILES: &[&str] = &[
+    "first.console",
+    "first.err",
+    "first.stall",
+    "second.console",
+    "second.err",
+    "second.stall",
+];
+
+/// The QEMU guest's console and QEMU's and qemu-nbd's logs of the one try a run makes.
+const QEMU_GUEST_FILES: &[&str] = &[
+    "nbd-1-1.console",
+    "nbd-1-1.console.err",
+    "nbd-1-1.console.nbd.log",
+];
 
 fn demo_clean(out: &JobOutput) -> bool {
     out.console.contains("LEGO_DEMO_DONE first=0 second=0")
@@ -147,6 +166,7 @@ fn plan(cli: &Cli, prepared: &Prepared, bin_dir: &Path) -> Result<Plan, BenchErr
             Ok(Plan {
                 job,
                 clean: demo_clean,
+                guest_files: DEMO_GUEST_FILES,
             })
         }
         Vmm::Qemu => {
@@ -184,6 +204,7 @@ fn plan(cli: &Cli, prepared: &Prepared, bin_dir: &Path) -> Result<Plan, BenchErr
             Ok(Plan {
                 job,
                 clean: swap_clean,
+                guest_files: QEMU_GUEST_FILES,
             })
         }
     }
@@ -236,6 +257,12 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
             out_dir.join(format!("run-{index:02}.console.log")),
             &out.console,
         );
+        // A lost run's nested guests tell how it ended (an L2 reset shows only there).
+        if run.loss.is_some() {
+            for name in plan.guest_files {
+                let _ = out.copy_file(name, &out_dir.join(format!("run-{index:02}.{name}")));
+            }
+        }
         let verdict = match &run.loss {
             None => "clean".to_string(),
             Some(l) => format!("LOST: {}: {}", l.kind(), l.detail()),
