@@ -130,7 +130,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn to_response(frame: Frame) -> Result<Response, ClientError> {
+fn to_response(frame: Frame, incarnation: u64) -> Result<Response, ClientError> {
     if frame.header.status != 0 {
         return Err(ClientError::Remote(RemoteError::from_wire(
             frame.header.status,
@@ -139,6 +139,7 @@ fn to_response(frame: Frame) -> Result<Response, ClientError> {
     }
     Ok(Response {
         payload: frame.payload,
+        incarnation,
     })
 }
 
@@ -203,6 +204,18 @@ impl Client {
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// The incarnation of the server process behind the current connection (reported in
+    /// its handshake), or `None` between connections. Each [`Response`] carries the
+    /// incarnation of the connection that delivered it, which is what a caller that keeps
+    /// state on the server should check.
+    pub fn incarnation(&self) -> Option<u64> {
+        lock(&self.inner.link)
+            .conn
+            .as_ref()
+            .filter(|c| !c.dead.load(Ordering::Acquire))
+            .map(|c| c.incarnation)
     }
 
     /// Attaches a capability to the connection (and to every later reconnection).
@@ -274,7 +287,7 @@ impl Inner {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.config.connect_timeout))?;
         stream.set_write_timeout(Some(self.config.connect_timeout))?;
-        client_handshake(&mut &stream, &self.key)?;
+        let incarnation = client_handshake(&mut &stream, &self.key)?;
         for cap in caps {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let body = cap.to_bytes();
@@ -291,8 +304,8 @@ impl Inner {
         }
         stream.set_read_timeout(Some(self.read_slice()))?;
         stream.set_write_timeout(Some(self.config.timeout))?;
-        tracing::debug!(addr = %self.addr, "fabric connection established");
-        Ok(Arc::new(Conn::new(stream, self.config.spin)))
+        tracing::debug!(addr = %self.addr, incarnation, "fabric connection established");
+        Ok(Arc::new(Conn::new(stream, self.config.spin, incarnation)))
     }
 
     /// The live connection, re-made (with backoff) if the last one broke.
@@ -442,7 +455,7 @@ impl Pending {
                 id,
                 deadline,
                 timeout,
-            } => to_response(conn.wait(id, deadline, timeout)?),
+            } => to_response(conn.wait(id, deadline, timeout)?, conn.incarnation),
             PendingState::Done => Err(ClientError::Disconnected(
                 "the response was already collected".into(),
             )),

@@ -84,13 +84,14 @@ pub fn resolve(
 }
 
 /// Serves `handler`, registers and heartbeats to the manager (if any) with `usage`, waits for
-/// SIGTERM/SIGINT and shuts down. `serving` is called once the address is bound.
+/// SIGTERM/SIGINT and shuts down. `serving` is called once the address is bound, with the
+/// address and the server's incarnation.
 pub fn serve_until_signal(
     settings: MonitorSettings,
     kind: MonitorKind,
     handler: Arc<dyn Handler>,
     usage: UsageFn,
-    serving: impl FnOnce(SocketAddr),
+    serving: impl FnOnce(SocketAddr, u64),
 ) -> Result<(), DaemonError> {
     let mut signals = daemon::shutdown_signals()?;
     let server = daemon::serve(
@@ -104,7 +105,7 @@ pub fn serve_until_signal(
     )?;
     let bound = server.local_addr();
     let advertise = advertise_addr(settings.advertise, bound)?;
-    serving(bound);
+    serving(bound, server.incarnation());
     let agent = settings.manager.map(|manager| {
         Agent::start(
             AgentConfig {

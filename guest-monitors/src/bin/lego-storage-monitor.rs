@@ -59,7 +59,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
                 .unwrap_or(0);
             (capacity, used)
         }),
-        |bound| tracing::info!(listen = %bound, data_dir = %data_dir.display(), capacity = %ByteSize(capacity), "storage monitor serving"),
+        |bound, incarnation| tracing::info!(listen = %bound, incarnation = format_args!("{incarnation:#018x}"), data_dir = %data_dir.display(), capacity = %ByteSize(capacity), "storage monitor serving"),
     )?;
     tracing::info!("storage monitor stopped");
     Ok(())
