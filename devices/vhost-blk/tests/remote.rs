@@ -76,6 +76,50 @@ fn remote_memory_pages_land_on_the_memory_monitor() {
     );
 }
 
+/// The memory monitor restarts empty under the backend: the page the guest wrote before is
+/// an I/O error from then on (never zeros), a page never written reads as zeros, and a page
+/// written again reads back.
+#[test]
+fn pages_a_restarted_memory_monitor_lost_are_io_errors_not_zeros() {
+    let mut c = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start_remote_memory(dir.path(), &c, "6", "4M");
+    let mut d = Driver::connect(&daemon.socket);
+    let pattern = write_and_read_back(&mut d, 8, 4096, 13);
+    c.restart_memory();
+    // The first requests may meet the broken connection; the backend reconnects by itself.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        d.mem
+            .write_slice(&pattern, GuestAddress(DATA))
+            .expect("fill");
+        let (_, status) = d.request(T_IN, 8, Some((4096, true)));
+        statuses.push(status);
+        let mut back = vec![0u8; 4096];
+        d.mem
+            .read_slice(&mut back, GuestAddress(DATA))
+            .expect("read back");
+        assert_ne!(status, 0, "a lost page was answered as read ({statuses:?})");
+    }
+    assert!(
+        statuses.iter().all(|&s| s == 1),
+        "every read of the lost page is VIRTIO_BLK_S_IOERR: {statuses:?}"
+    );
+    // A page never written reads as zeros from the new monitor.
+    d.mem
+        .write_slice(&[0xaa; 4096], GuestAddress(DATA))
+        .expect("fill");
+    assert_eq!(d.request(T_IN, 800, Some((4096, true))), (4097, 0));
+    let mut back = vec![0xffu8; 4096];
+    d.mem
+        .read_slice(&mut back, GuestAddress(DATA))
+        .expect("read back");
+    assert_eq!(back, vec![0u8; 4096]);
+    // Written again, the page is good.
+    write_and_read_back(&mut d, 8, 4096, 29);
+    assert!(daemon.terminate().success());
+}
+
 #[test]
 fn remote_disk_is_created_written_flushed_and_reopened() {
     let c = Cluster::start();

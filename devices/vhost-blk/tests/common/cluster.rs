@@ -27,6 +27,7 @@ pub struct Cluster {
     pub pages: Arc<PageStore>,
     /// The storage monitor's data folder.
     pub volumes_dir: tempfile::TempDir,
+    memory: Option<ServerHandle>,
     _servers: Vec<ServerHandle>,
 }
 
@@ -76,8 +77,28 @@ impl Cluster {
             manager_addr: m.local_addr().to_string(),
             pages,
             volumes_dir,
-            _servers: vec![m, mem, st],
+            memory: Some(mem),
+            _servers: vec![m, st],
         }
+    }
+
+    /// Stops the memory monitor and starts an empty one (a new incarnation) at its address,
+    /// as a monitor killed and restarted would be; returns the new one's pages.
+    pub fn restart_memory(&mut self) -> Arc<PageStore> {
+        let old = self.memory.take().expect("the memory monitor runs");
+        let addr = old.local_addr();
+        old.shutdown();
+        let pages = Arc::new(PageStore::new(MEMORY_CAPACITY));
+        let mem = lego_monitors::daemon::serve(
+            &addr.to_string(),
+            self.key.clone(),
+            Arc::new(MemoryService::new(pages.clone())),
+            ServerConfig::default(),
+        )
+        .expect("serve again at the same address");
+        self.memory = Some(mem);
+        self.pages = pages.clone();
+        pages
     }
 
     /// The key as `LEGO_CLUSTER_KEY` wants it.
