@@ -55,6 +55,19 @@ pub enum ManagerError {
     /// Placement failed.
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// A volume's storage monitor is dead; its data lives there, so it cannot move.
+    #[error(
+        "vNode {vnode}'s volume '{name}' lives on the storage monitor {monitor}, which is dead; \
+         its data cannot move: bring the monitor back (its data folder survives restarts)"
+    )]
+    VolumeOnDeadMonitor {
+        /// The vNode.
+        vnode: u64,
+        /// The volume.
+        name: String,
+        /// Its monitor.
+        monitor: String,
+    },
     /// Persisting the state failed (the change was not made).
     #[error(transparent)]
     State(#[from] StateError),
@@ -251,6 +264,10 @@ impl Manager {
 
     /// Makes sure `vnode` has at least `bytes` of remote memory placed (whole vRegions); extra
     /// regions are reserved on live memory monitors with the most free capacity.
+    ///
+    /// A vRegion on a monitor now dead is placed again on a live one: its pages died with the
+    /// monitor (remote memory is a vNode's swap, written before it is read), so a launch
+    /// starts it afresh rather than being blocked until an operator releases the vNode.
     pub fn place_memory(&self, vnode: u64, bytes: u64) -> Result<MemoryPlacement, ManagerError> {
         Self::check_vnode(vnode)?;
         let mut inner = self.lock();
@@ -262,22 +279,46 @@ impl Manager {
         let region = rec.region_size;
         let want = bytes.div_ceil(region);
         let have = rec.regions.len() as u64;
-        if want > have {
-            let cands = Self::candidates(&inner, MonitorKind::Memory, &new);
-            let placed = placement::place(&cands, want - have, region)?;
-            let rec = new.vnodes.entry(vnode).or_default();
-            rec.regions.extend(placed);
-            let p = Self::memory_placement(vnode, rec, region);
-            self.commit(&mut inner, new)?;
-            tracing::info!(
-                vnode,
-                regions = p.regions.len(),
-                region_size = region,
-                "memory placed"
-            );
-            return Ok(p);
+        let orphans: Vec<usize> = rec
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| inner.dead.contains(*m))
+            .map(|(i, _)| i)
+            .collect();
+        if want <= have && orphans.is_empty() {
+            return Ok(Self::memory_placement(vnode, rec, region));
         }
-        let p = Self::memory_placement(vnode, &new.vnodes[&vnode], region);
+        // The dead monitors' reservations are dropped before the new ones are counted.
+        let mut moved = Vec::with_capacity(orphans.len());
+        for &i in &orphans {
+            moved.push((i, std::mem::take(&mut rec.regions[i])));
+        }
+        let extra = want.saturating_sub(have);
+        let cands = Self::candidates(&inner, MonitorKind::Memory, &new);
+        let placed = placement::place(&cands, orphans.len() as u64 + extra, region)?;
+        let rec = new.vnodes.entry(vnode).or_default();
+        let mut placed = placed.into_iter();
+        for (i, from) in moved {
+            let to = placed.next().unwrap_or_default();
+            tracing::warn!(
+                vnode,
+                region = i,
+                from = %from,
+                to = %to,
+                "vRegion was on a dead memory monitor (its pages died with it); placed again"
+            );
+            rec.regions[i] = to;
+        }
+        rec.regions.extend(placed);
+        let p = Self::memory_placement(vnode, rec, region);
+        self.commit(&mut inner, new)?;
+        tracing::info!(
+            vnode,
+            regions = p.regions.len(),
+            region_size = region,
+            "memory placed"
+        );
         Ok(p)
     }
 
@@ -298,6 +339,13 @@ impl Manager {
             .get(&vnode)
             .and_then(|r| r.volumes.get(name))
         {
+            if inner.dead.contains(&v.monitor) {
+                return Err(ManagerError::VolumeOnDeadMonitor {
+                    vnode,
+                    name: name.into(),
+                    monitor: v.monitor.clone(),
+                });
+            }
             if v.size == size {
                 return Ok(VolumePlacement {
                     name: name.into(),
@@ -525,6 +573,66 @@ mod tests {
                 used_bytes: 0
             })
             .is_err());
+    }
+
+    #[test]
+    fn regions_on_a_dead_monitor_are_placed_again_and_volumes_there_are_clear_errors() {
+        let m =
+            Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
+        reg(&m, MonitorKind::Memory, "10.0.0.1:1", 4 << 20);
+        reg(&m, MonitorKind::Memory, "10.0.0.2:1", 4 << 20);
+        reg(&m, MonitorKind::Storage, "10.0.0.3:1", 1 << 30);
+        let p = m.place_memory(1, 4 << 20).expect("place");
+        assert_eq!(p.regions.len(), 4);
+        m.place_volume(1, "data", 1 << 20).expect("volume");
+        // Monitor 1 and the storage monitor stop heartbeating.
+        std::thread::sleep(Duration::from_millis(100));
+        m.heartbeat(&Heartbeat {
+            addr: "10.0.0.2:1".into(),
+            capacity_bytes: 4 << 20,
+            used_bytes: 0,
+        })
+        .expect("hb");
+        assert_eq!(m.check_liveness().len(), 2);
+        let again = m.place_memory(1, 4 << 20).expect("placed again");
+        assert_eq!(again.regions.len(), 4);
+        assert!(
+            again.regions.iter().all(|r| r.monitor == "10.0.0.2:1"),
+            "every region on the live monitor: {again:?}"
+        );
+        // Regions that were on the live monitor stayed where they were.
+        for (a, b) in p.regions.iter().zip(&again.regions) {
+            if a.monitor == "10.0.0.2:1" {
+                assert_eq!(a, b);
+            }
+        }
+        let e = m.place_volume(1, "data", 1 << 20).expect_err("dead");
+        assert!(
+            e.to_string().contains("10.0.0.3:1") && e.to_string().contains("dead"),
+            "{e}"
+        );
+        // Too little room for the orphans is the usual placement error, and changes nothing.
+        let m2 =
+            Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
+        reg(&m2, MonitorKind::Memory, "10.0.0.1:1", 2 << 20);
+        reg(&m2, MonitorKind::Memory, "10.0.0.2:1", 1 << 20);
+        m2.place_memory(1, 3 << 20).expect("place");
+        std::thread::sleep(Duration::from_millis(100));
+        m2.heartbeat(&Heartbeat {
+            addr: "10.0.0.2:1".into(),
+            capacity_bytes: 1 << 20,
+            used_bytes: 0,
+        })
+        .expect("hb");
+        m2.check_liveness();
+        assert!(matches!(
+            m2.place_memory(1, 3 << 20),
+            Err(ManagerError::Placement(_))
+        ));
+        assert_eq!(
+            m2.status().vnodes[0].memory.regions[0].monitor,
+            "10.0.0.1:1"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ impl From<ManagerError> for RemoteError {
             }
             ManagerError::Placement(PlacementError::NoSpace { .. }) => ErrorCode::NoSpace,
             ManagerError::State(_) => ErrorCode::Io,
+            ManagerError::VolumeOnDeadMonitor { .. } => ErrorCode::Unavailable,
         };
         RemoteError::new(code, lego_report::error_chain(&e))
     }
