@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_fabric::{AuthError, ClientConfig, ClusterKey, ErrorCode, Rights};
-use lego_monitor_client::client::{CallError, ManagerClient, StorageClient, VnodeMemory};
+use lego_monitor_client::client::{CallError, ManagerClient, Renewal, StorageClient, VnodeMemory};
 
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
 use crate::store::remote_disk::RemoteDiskStore;
@@ -220,7 +220,8 @@ fn open_remote_memory(
         });
     }
     tracing::info!(vnode, size, placed, monitors = %monitors.join(","), "remote memory ready");
-    Ok(RemoteMemoryStore::new(memory, size))
+    let renewal = Renewal::start(mgr, cap, memory.fabric_clients());
+    Ok(RemoteMemoryStore::new(memory, size).with_renewal(renewal))
 }
 
 struct DiskRequest<'a> {
@@ -323,5 +324,6 @@ fn open_remote_disk(
         monitor,
         "remote disk ready"
     );
-    Ok(RemoteDiskStore::new(client, volume, info.size, d.read_only))
+    let renewal = Renewal::start(mgr, cap, vec![client.fabric().clone()]);
+    Ok(RemoteDiskStore::new(client, volume, info.size, d.read_only).with_renewal(renewal))
 }

@@ -120,6 +120,30 @@ fn pages_a_restarted_memory_monitor_lost_are_io_errors_not_zeros() {
     assert!(daemon.terminate().success());
 }
 
+/// Capabilities that live 2 s and a backend that works for 7 s: the backend renews its
+/// capability on every monitor connection before it expires, so no request is refused.
+#[test]
+fn capabilities_are_renewed_before_they_expire() {
+    let c = Cluster::start_with_capability_ttl(std::time::Duration::from_secs(2));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let memory = Daemon::start_remote_memory(dir.path(), &c, "7", "4M");
+    let disk_dir = tempfile::tempdir().expect("tempdir");
+    let disk = Daemon::start_remote_disk(disk_dir.path(), &c, "7", "renewed", "1M");
+    let mut m = Driver::connect(&memory.socket);
+    let mut d = Driver::connect(&disk.socket);
+    let start = std::time::Instant::now();
+    let mut rounds = 0u32;
+    while start.elapsed() < std::time::Duration::from_secs(7) {
+        write_and_read_back(&mut m, u64::from(rounds % 64) * 8, 4096, rounds + 3);
+        write_and_read_back(&mut d, u64::from(rounds % 64) * 8, 4096, rounds + 5);
+        rounds += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(rounds > 20, "only {rounds} rounds");
+    assert!(memory.terminate().success());
+    assert!(disk.terminate().success());
+}
+
 #[test]
 fn remote_disk_is_created_written_flushed_and_reopened() {
     let c = Cluster::start();

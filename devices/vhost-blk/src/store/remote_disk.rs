@@ -4,7 +4,7 @@
 //! `fdatasync` of the volume.
 
 use lego_fabric::Pending;
-use lego_monitor_client::client::{CallError, StorageClient};
+use lego_monitor_client::client::{CallError, Renewal, StorageClient};
 
 use super::{check_range, check_write, BlockStore, StoreError, StoreOp, StorePending};
 
@@ -21,6 +21,8 @@ pub struct RemoteDiskStore {
     capacity: u64,
     read_only: bool,
     serial: String,
+    /// Keeps the capability fresh while the store lives.
+    _renewal: Option<Renewal>,
 }
 
 fn remote(op: &'static str) -> impl Fn(CallError) -> StoreError {
@@ -57,7 +59,14 @@ impl RemoteDiskStore {
             capacity: capacity - capacity % super::SECTOR_SIZE,
             read_only,
             serial: format!("{SERIAL_PREFIX}{volume}"),
+            _renewal: None,
         }
+    }
+
+    /// The same store, renewing its capability with `renewal` while it lives.
+    pub fn with_renewal(mut self, renewal: Renewal) -> Self {
+        self._renewal = Some(renewal);
+        self
     }
 
     /// The volume's name.

@@ -39,6 +39,11 @@ fn serve(key: &ClusterKey, handler: Arc<dyn lego_fabric::Handler>) -> ServerHand
 impl Cluster {
     /// Starts the three services and registers both monitors with the manager.
     pub fn start() -> Cluster {
+        Self::start_with_capability_ttl(ManagerSettings::default().capability_ttl)
+    }
+
+    /// [`Cluster::start`] with a manager that issues capabilities valid for `ttl`.
+    pub fn start_with_capability_ttl(ttl: Duration) -> Cluster {
         let key = ClusterKey::from_bytes([7; 32]);
         let manager = Arc::new(
             Manager::new(
@@ -46,6 +51,7 @@ impl Cluster {
                     region_size: 1 << 20,
                     // No heartbeats are sent here: keep every monitor alive for the test.
                     heartbeat_interval: Duration::from_secs(3600),
+                    capability_ttl: ttl,
                     ..ManagerSettings::default()
                 },
                 key.clone(),

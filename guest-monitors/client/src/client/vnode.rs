@@ -89,6 +89,11 @@ impl VnodeMemory {
         &self.placement
     }
 
+    /// The fabric client of every monitor, to attach a renewed capability to.
+    pub fn fabric_clients(&self) -> Vec<lego_fabric::Client> {
+        self.clients.iter().map(|c| c.fabric().clone()).collect()
+    }
+
     /// Pages covered by the placement.
     pub fn pages(&self) -> u64 {
         self.placement.regions.len() as u64 * self.placement.region_pages()
