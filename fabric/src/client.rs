@@ -29,6 +29,10 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Largest delay between reconnection attempts.
     pub backoff_max: Duration,
+    /// How long a request may wait for a broken connection to be made again (`None`: up to
+    /// its timeout). A caller with somewhere else to go (another copy of the data) sets it
+    /// short, so that a dead server costs it one refused connection, not a timeout.
+    pub reconnect_patience: Option<Duration>,
     /// How long a waiting caller busy-polls the socket before sleeping (zero: never).
     /// Cuts a wake-up from each round trip at the price of CPU time.
     pub spin: Duration,
@@ -41,6 +45,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            reconnect_patience: None,
             spin: Duration::ZERO,
         }
     }
@@ -317,6 +322,10 @@ impl Inner {
             }
         }
         link.conn = None;
+        let deadline = match self.config.reconnect_patience {
+            Some(p) => deadline.min(Instant::now() + p),
+            None => deadline,
+        };
         loop {
             let now = Instant::now();
             if let Some(at) = link.next_attempt {

@@ -578,6 +578,29 @@ fn shutdown_closes_connections_and_joins() {
     assert!(matches!(r, Err(ClientError::Disconnected(_))), "{r:?}");
 }
 
+/// A client with somewhere else to go gives up on a dead server after one refused
+/// connection instead of retrying until its (long) request timeout.
+#[test]
+fn reconnect_patience_bounds_the_wait_for_a_dead_server() {
+    let (server, _) = start();
+    let cfg = ClientConfig {
+        timeout: Duration::from_secs(60),
+        reconnect_patience: Some(Duration::ZERO),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(server.local_addr(), key(), cfg).expect("connect");
+    client.ping().expect("ping");
+    server.shutdown();
+    let t0 = std::time::Instant::now();
+    for _ in 0..3 {
+        let r = client.ping();
+        assert!(matches!(r, Err(ClientError::Disconnected(_))), "{r:?}");
+    }
+    // Three calls against a 60 s timeout: each is one refused connection (or none, while
+    // the backoff runs), so together they end in a small fraction of one timeout.
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
+
 #[test]
 fn clients_and_servers_are_shareable_across_threads() {
     fn shareable<T: Send + Sync>() {}

@@ -45,30 +45,53 @@ pub fn status(st: &ClusterStatus) -> String {
     }
 
     out.push_str("\nVNODE MEMORY (vRegions)\n");
-    let mut v = Table::new(&["VNODE", "REGIONS", "SIZE", "MONITOR", "REGION INDEXES"]);
+    let mut v = Table::new(&[
+        "VNODE",
+        "REGIONS",
+        "SIZE",
+        "COPIES",
+        "MONITOR",
+        "REGION INDEXES",
+    ]);
     for vn in &st.vnodes {
-        // Group regions by monitor for a compact view.
+        // Group the regions' copies by monitor for a compact view.
         let mut by_mon: Vec<(String, Vec<u64>)> = Vec::new();
         for r in &vn.memory.regions {
-            match by_mon.iter_mut().find(|(m, _)| *m == r.monitor) {
-                Some((_, idx)) => idx.push(r.index),
-                None => by_mon.push((r.monitor.clone(), vec![r.index])),
+            for holder in r.holders() {
+                match by_mon.iter_mut().find(|(m, _)| *m == holder) {
+                    Some((_, idx)) => idx.push(r.index),
+                    None => by_mon.push((holder.to_string(), vec![r.index])),
+                }
             }
         }
+        let copies = {
+            let counts: Vec<usize> = vn
+                .memory
+                .regions
+                .iter()
+                .map(|r| r.holders().count())
+                .collect();
+            match (counts.iter().min(), counts.iter().max()) {
+                (Some(lo), Some(hi)) if lo == hi => lo.to_string(),
+                (Some(lo), Some(hi)) => format!("{lo}-{hi}"),
+                _ => String::new(),
+            }
+        };
         if by_mon.is_empty() {
             continue;
         }
         for (i, (mon, idx)) in by_mon.iter().enumerate() {
-            let (id, count, size) = if i == 0 {
+            let (id, count, size, copies) = if i == 0 {
                 (
                     vn.vnode.to_string(),
                     vn.memory.regions.len().to_string(),
                     human(vn.memory.regions.len() as u64 * vn.memory.region_size),
+                    copies.clone(),
                 )
             } else {
-                (String::new(), String::new(), String::new())
+                (String::new(), String::new(), String::new(), String::new())
             };
-            v.row(vec![id, count, size, mon.clone(), ranges(idx)]);
+            v.row(vec![id, count, size, copies, mon.clone(), ranges(idx)]);
         }
     }
     out.push_str(&if v.is_empty() {
@@ -146,14 +169,17 @@ mod tests {
                         RegionPlacement {
                             index: 0,
                             monitor: "a".into(),
+                            replicas: vec!["b".into()],
                         },
                         RegionPlacement {
                             index: 1,
                             monitor: "a".into(),
+                            replicas: Vec::new(),
                         },
                         RegionPlacement {
                             index: 2,
                             monitor: "b".into(),
+                            replicas: Vec::new(),
                         },
                     ],
                 },
@@ -167,6 +193,11 @@ mod tests {
         let s = status(&st);
         assert!(s.contains("dead"), "{s}");
         assert!(s.contains("0-1"), "{s}");
+        assert!(s.contains("1-2"), "copies per region: {s}");
+        assert!(
+            s.contains("0,2"),
+            "b holds a copy of region 0 and region 2: {s}"
+        );
         assert!(s.contains("root"), "{s}");
         assert!(s.contains("3.0 GiB"), "{s}");
         assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");

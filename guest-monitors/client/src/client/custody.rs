@@ -290,6 +290,15 @@ impl Custody {
         restart
     }
 
+    /// The monitor may not hold what was last written to `pages` (a write or trim of them
+    /// failed or skipped it): reading them from it is an error until they are written again.
+    pub fn forget(&mut self, pages: &Pages) {
+        pages.for_each(|p| {
+            self.stored.remove(p);
+            self.lost.insert(p);
+        });
+    }
+
     /// Every page was freed.
     pub fn freed_all(&mut self) {
         self.stored = PageSet::default();
@@ -364,6 +373,14 @@ mod tests {
         // Trimmed pages read as zeros rightly.
         c.freed(2, &run(12, 2));
         assert_eq!(c.read(2, &run(10, 4)).1, Ok(()));
+        // A page whose last write missed this monitor is an error until written again.
+        c.forget(&run(10, 1));
+        assert!(matches!(
+            c.read(2, &run(10, 1)).1,
+            Err(Loss::PageLost { page: 10, .. })
+        ));
+        assert_eq!(c.wrote(2, &run(10, 1)).1, Ok(()));
+        assert_eq!(c.read(2, &run(10, 1)).1, Ok(()));
     }
 
     #[test]

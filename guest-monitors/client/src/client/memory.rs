@@ -163,6 +163,12 @@ impl MemoryClient {
         lock(&self.custody).counts()
     }
 
+    /// Treats `count` pages from `start` as not held by this monitor until they are written
+    /// again (a write or trim of them failed or skipped this copy).
+    pub fn forget(&self, start: u64, count: u64) {
+        lock(&self.custody).forget(&Pages::Run { start, count });
+    }
+
     fn check(&self, write: bool, pages: Pages) -> Check {
         Check {
             custody: self.custody.clone(),
