@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// How long writing a response may block on a peer that does not read before the
     /// connection is dropped.
     pub write_timeout: Duration,
+    /// The incarnation to report (`None`: a random one, new with each server). A server
+    /// whose state outlives its process (a storage monitor's files) gives one that changes
+    /// only when that state may have been lost.
+    pub incarnation: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             max_queued: 4096,
             spin: Duration::ZERO,
             write_timeout: Duration::from_secs(30),
+            incarnation: None,
         }
     }
 }
@@ -184,7 +189,10 @@ impl Server {
                 source,
             })?
             .collect();
-        let incarnation = crate::auth::new_incarnation().map_err(ServerError::Incarnation)?;
+        let incarnation = match config.incarnation {
+            Some(i) => i,
+            None => crate::auth::new_incarnation().map_err(ServerError::Incarnation)?,
+        };
         let mut last = None;
         for a in &addrs {
             match TcpListener::bind(a) {

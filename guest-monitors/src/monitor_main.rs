@@ -54,6 +54,8 @@ pub struct MonitorSettings {
     pub workers: usize,
     /// Cluster key.
     pub key: ClusterKey,
+    /// The incarnation to report (`None`: new with each process).
+    pub incarnation: Option<u64>,
 }
 
 /// Loads the config file named by the flags and resolves the common settings (flags win).
@@ -79,6 +81,7 @@ pub fn resolve(
         ),
         workers: flags.workers.or(file.workers).unwrap_or(4).max(1),
         key,
+        incarnation: None,
     };
     Ok((settings, file))
 }
@@ -100,6 +103,7 @@ pub fn serve_until_signal(
         handler,
         ServerConfig {
             workers: settings.workers,
+            incarnation: settings.incarnation,
             ..Default::default()
         },
     )?;

@@ -144,6 +144,61 @@ fn capabilities_are_renewed_before_they_expire() {
     assert!(disk.terminate().success());
 }
 
+/// The storage monitor's process restarts under a stream of writes: requests wait for it
+/// and succeed, the next flush covers them, and everything reads back. After a restart of
+/// its machine (a new incarnation), a flush cannot promise writes the old one acknowledged:
+/// it is an error, once.
+#[test]
+fn a_restarting_storage_monitor_delays_requests_and_loses_nothing_flushed() {
+    let mut c = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start_remote_disk(dir.path(), &c, "8", "vol", "4M");
+    let mut d = Driver::connect(&daemon.socket);
+    let mut written = Vec::new();
+    for i in 0..8u32 {
+        let sector = u64::from(i) * 8;
+        written.push((sector, write_and_read_back(&mut d, sector, 4096, i + 3)));
+    }
+    assert_eq!(d.request(T_FLUSH, 0, None), (1, 0), "flush");
+    let restart = c.restart_storage(std::time::Duration::from_millis(300), false);
+    // These are sent while nothing listens: they wait for the new process and succeed.
+    for i in 8..12u32 {
+        let sector = u64::from(i) * 8;
+        written.push((sector, write_and_read_back(&mut d, sector, 4096, i + 3)));
+    }
+    restart.join().expect("restart");
+    c.storage_restarted();
+    assert_eq!(
+        d.request(T_FLUSH, 0, None),
+        (1, 0),
+        "flush after the restart"
+    );
+    for (sector, pattern) in &written {
+        assert_eq!(d.request(T_IN, *sector, Some((4096, true))), (4097, 0));
+        let mut back = vec![0u8; 4096];
+        d.mem
+            .read_slice(&mut back, GuestAddress(DATA))
+            .expect("read back");
+        assert_eq!(&back, pattern, "sector {sector}");
+    }
+    // A write acknowledged, then the machine "reboots" before it was flushed.
+    write_and_read_back(&mut d, 200, 4096, 77);
+    let reboot = c.restart_storage(std::time::Duration::from_millis(50), true);
+    reboot.join().expect("reboot");
+    c.storage_restarted();
+    assert_eq!(
+        d.request(T_FLUSH, 0, None),
+        (1, 1),
+        "the flush cannot promise the write the old incarnation acknowledged"
+    );
+    assert_eq!(
+        d.request(T_FLUSH, 0, None),
+        (1, 0),
+        "nothing unpromised left"
+    );
+    assert!(daemon.terminate().success());
+}
+
 #[test]
 fn remote_disk_is_created_written_flushed_and_reopened() {
     let c = Cluster::start();

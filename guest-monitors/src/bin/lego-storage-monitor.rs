@@ -28,12 +28,13 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<(), DaemonError> {
-    let (settings, file) = monitor_main::resolve(args.common, config::DEFAULT_STORAGE_LISTEN)?;
+    let (mut settings, file) = monitor_main::resolve(args.common, config::DEFAULT_STORAGE_LISTEN)?;
     let data_dir = args
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("/var/lib/lego/storage"));
     let store = Arc::new(VolumeStore::open(&data_dir).map_err(DaemonError::DataDir)?);
+    settings.incarnation = lego_monitors::storage_service::storage_incarnation(&data_dir);
     let (provisioned, _) = store.usage()?;
     let capacity = match args.capacity.or(file.capacity) {
         Some(c) => c.bytes(),

@@ -28,7 +28,31 @@ pub struct Cluster {
     /// The storage monitor's data folder.
     pub volumes_dir: tempfile::TempDir,
     memory: Option<ServerHandle>,
+    storage: Option<ServerHandle>,
+    pending_storage: Option<std::sync::mpsc::Receiver<ServerHandle>>,
     _servers: Vec<ServerHandle>,
+}
+
+/// The storage monitor's incarnation in these tests until a "reboot" changes it.
+const STORAGE_INCARNATION: u64 = 0x5707;
+
+fn serve_storage(
+    key: &ClusterKey,
+    addr: &str,
+    dir: &std::path::Path,
+    incarnation: u64,
+) -> ServerHandle {
+    let volumes = Arc::new(VolumeStore::open(dir).expect("volumes"));
+    lego_monitors::daemon::serve(
+        addr,
+        key.clone(),
+        Arc::new(StorageService::new(volumes, 1 << 30)),
+        ServerConfig {
+            incarnation: Some(incarnation),
+            ..ServerConfig::default()
+        },
+    )
+    .expect("serve the storage monitor")
 }
 
 fn serve(key: &ClusterKey, handler: Arc<dyn lego_fabric::Handler>) -> ServerHandle {
@@ -63,8 +87,7 @@ impl Cluster {
         let pages = Arc::new(PageStore::new(MEMORY_CAPACITY));
         let mem = serve(&key, Arc::new(MemoryService::new(pages.clone())));
         let volumes_dir = tempfile::tempdir().expect("tempdir");
-        let volumes = Arc::new(VolumeStore::open(volumes_dir.path()).expect("volumes"));
-        let st = serve(&key, Arc::new(StorageService::new(volumes, 1 << 30)));
+        let st = serve_storage(&key, "127.0.0.1:0", volumes_dir.path(), STORAGE_INCARNATION);
         for (kind, server, capacity) in [
             (MonitorKind::Memory, &mem, MEMORY_CAPACITY),
             (MonitorKind::Storage, &st, 1 << 30),
@@ -84,7 +107,9 @@ impl Cluster {
             pages,
             volumes_dir,
             memory: Some(mem),
-            _servers: vec![m, st],
+            storage: Some(st),
+            pending_storage: None,
+            _servers: vec![m],
         }
     }
 
@@ -105,6 +130,37 @@ impl Cluster {
         self.memory = Some(mem);
         self.pages = pages.clone();
         pages
+    }
+
+    /// Stops the storage monitor, waits `gap`, and serves the same volumes again at the
+    /// same address: as after a restart of its process (`rebooted` false: same incarnation)
+    /// or of its machine (`rebooted` true: a new one). Runs the restart on a thread and
+    /// returns at once, so the caller can issue requests during the gap.
+    pub fn restart_storage(
+        &mut self,
+        gap: Duration,
+        rebooted: bool,
+    ) -> std::thread::JoinHandle<()> {
+        let old = self.storage.take().expect("the storage monitor runs");
+        let addr = old.local_addr();
+        old.shutdown();
+        let key = self.key.clone();
+        let dir = self.volumes_dir.path().to_path_buf();
+        let incarnation = STORAGE_INCARNATION + u64::from(rebooted);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(gap);
+            tx.send(serve_storage(&key, &addr.to_string(), &dir, incarnation))
+                .expect("the test waits for the new server");
+        });
+        self.pending_storage = Some(rx);
+        t
+    }
+
+    /// Takes over the storage monitor a [`Cluster::restart_storage`] started.
+    pub fn storage_restarted(&mut self) {
+        let rx = self.pending_storage.take().expect("a restart was started");
+        self.storage = Some(rx.recv().expect("the new storage monitor"));
     }
 
     /// The key as `LEGO_CLUSTER_KEY` wants it.
