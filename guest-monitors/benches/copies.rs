@@ -209,7 +209,7 @@ fn main() {
     println!("| 4 KiB page ops, loopback | 1 copy | 2 copies | 2 / 1 |");
     println!("|---|---|---|---|");
     for (name, row) in [("write QD1", &w1), ("read QD1", &r1)] {
-        for (stat, pct) in [("p50 µs", 50.0), ("p99 µs", 99.0)] {
+        for (stat, pct) in [("p50 µs", 0.5), ("p99 µs", 0.99)] {
             let a = percentile(&row.0, pct);
             let b = percentile(&row.1, pct);
             println!("| {name} {stat} | {a:.1} | {b:.1} | {:.2} |", ratio(a, b));
