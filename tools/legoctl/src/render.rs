@@ -1,9 +1,29 @@
 //! Human-readable rendering of the manager's [`ClusterStatus`].
 
-use lego_monitor_client::proto::manager::ClusterStatus;
+use lego_monitor_client::proto::manager::{ClusterStatus, MemoryPlacement, MonitorState};
 use lego_monitor_client::size::human;
 
 use crate::table::Table;
+
+/// How a vNode's regions stand with `dead` monitors: "healthy" when every copy is on a live
+/// monitor, else how many regions lost copies ("degraded") or every copy ("lost").
+fn health(p: &MemoryPlacement, dead: &[&str]) -> String {
+    let (mut degraded, mut lost) = (0, 0);
+    for r in &p.regions {
+        let gone = r.holders().filter(|h| dead.contains(h)).count();
+        if gone == r.holders().count() {
+            lost += 1;
+        } else if gone > 0 {
+            degraded += 1;
+        }
+    }
+    match (degraded, lost) {
+        (0, 0) => "healthy".into(),
+        (d, 0) => format!("degraded: {d} region(s) short of a copy"),
+        (0, l) => format!("lost: {l} region(s) with no live copy"),
+        (d, l) => format!("lost: {l} region(s), degraded: {d}"),
+    }
+}
 
 /// Renders the status as tables: monitors, vNode memory placements, volumes.
 pub fn status(st: &ClusterStatus) -> String {
@@ -50,9 +70,16 @@ pub fn status(st: &ClusterStatus) -> String {
         "REGIONS",
         "SIZE",
         "COPIES",
+        "HEALTH",
         "MONITOR",
         "REGION INDEXES",
     ]);
+    let dead: Vec<&str> = st
+        .monitors
+        .iter()
+        .filter(|m| m.state == MonitorState::Dead)
+        .map(|m| m.addr.as_str())
+        .collect();
     for vn in &st.vnodes {
         // Group the regions' copies by monitor for a compact view.
         let mut by_mon: Vec<(String, Vec<u64>)> = Vec::new();
@@ -81,17 +108,23 @@ pub fn status(st: &ClusterStatus) -> String {
             continue;
         }
         for (i, (mon, idx)) in by_mon.iter().enumerate() {
-            let (id, count, size, copies) = if i == 0 {
+            let (id, count, size, copies, health) = if i == 0 {
                 (
                     vn.vnode.to_string(),
                     vn.memory.regions.len().to_string(),
                     human(vn.memory.regions.len() as u64 * vn.memory.region_size),
                     copies.clone(),
+                    health(&vn.memory, &dead),
                 )
             } else {
-                (String::new(), String::new(), String::new(), String::new())
+                Default::default()
             };
-            v.row(vec![id, count, size, copies, mon.clone(), ranges(idx)]);
+            let mon = if dead.contains(&mon.as_str()) {
+                format!("{mon} (dead)")
+            } else {
+                mon.clone()
+            };
+            v.row(vec![id, count, size, copies, health, mon, ranges(idx)]);
         }
     }
     out.push_str(&if v.is_empty() {
@@ -151,15 +184,26 @@ mod tests {
         let st = ClusterStatus {
             region_size: 1 << 30,
             heartbeat_interval_ms: 1000,
-            monitors: vec![MonitorStatus {
-                kind: MonitorKind::Memory,
-                addr: "10.0.0.1:7100".into(),
-                state: MonitorState::Dead,
-                capacity_bytes: 4 << 30,
-                used_bytes: 1 << 20,
-                reserved_bytes: 2 << 30,
-                last_heartbeat_ms: 5000,
-            }],
+            monitors: vec![
+                MonitorStatus {
+                    kind: MonitorKind::Memory,
+                    addr: "10.0.0.1:7100".into(),
+                    state: MonitorState::Dead,
+                    capacity_bytes: 4 << 30,
+                    used_bytes: 1 << 20,
+                    reserved_bytes: 2 << 30,
+                    last_heartbeat_ms: 5000,
+                },
+                MonitorStatus {
+                    kind: MonitorKind::Memory,
+                    addr: "b".into(),
+                    state: MonitorState::Dead,
+                    capacity_bytes: 4 << 30,
+                    used_bytes: 0,
+                    reserved_bytes: 2 << 30,
+                    last_heartbeat_ms: 5000,
+                },
+            ],
             vnodes: vec![VnodeStatus {
                 vnode: 7,
                 memory: MemoryPlacement {
@@ -194,6 +238,11 @@ mod tests {
         assert!(s.contains("dead"), "{s}");
         assert!(s.contains("0-1"), "{s}");
         assert!(s.contains("1-2"), "copies per region: {s}");
+        assert!(s.contains("b (dead)"), "{s}");
+        assert!(
+            s.contains("lost: 1 region(s), degraded: 1"),
+            "region 2 only on dead b, region 0 still on a: {s}"
+        );
         assert!(
             s.contains("0,2"),
             "b holds a copy of region 0 and region 2: {s}"
