@@ -1,13 +1,18 @@
 //! The cluster key and the mutual challenge-response handshake run at connect.
 //!
 //! 1. client -> server `HELLO`: the client's 32-byte nonce `cn`.
-//! 2. server -> client `HELLO` response: the server's nonce `sn` and
-//!    `HMAC(key, "lego-fabric/v1 server" | cn | sn)`.
+//! 2. server -> client `HELLO` response: the server's nonce `sn`, its incarnation `inc`
+//!    (u64, little-endian) and `HMAC(key, "lego-fabric/v1 server" | cn | sn | inc)`.
 //! 3. client -> server `AUTH`: `HMAC(key, "lego-fabric/v1 client" | cn | sn)`.
 //! 4. server -> client `AUTH` response: empty success.
 //!
 //! Either side that sees a wrong proof stops; the server answers with an `Unauthenticated`
 //! error frame and closes before serving anything.
+//!
+//! A server's *incarnation* is a random number it draws when it starts
+//! ([`new_incarnation`]): a client that reconnects and finds another one knows the process
+//! that held its state is gone, so state kept only in memory (a memory monitor's pages) is
+//! lost. The proof covers it, so no one without the key can forge a restart or hide one.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -31,6 +36,8 @@ pub const KEY_FILE_ENV: &str = "LEGO_CLUSTER_KEY_FILE";
 /// Length of a cluster key in bytes.
 pub const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 32;
+const INCARNATION_LEN: usize = 8;
+const PROOF_LEN: usize = 32;
 const SERVER_LABEL: &[u8] = b"lego-fabric/v1 server";
 const CLIENT_LABEL: &[u8] = b"lego-fabric/v1 client";
 
@@ -225,24 +232,38 @@ fn expect_reply(frame: &crate::frame::Frame, op: u16) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// Runs the client side of the handshake on a fresh connection.
+/// A fresh incarnation for a server process: random and never 0.
+pub fn new_incarnation() -> Result<u64, AuthError> {
+    let mut b = [0u8; INCARNATION_LEN];
+    loop {
+        getrandom::fill(&mut b).map_err(AuthError::Random)?;
+        let n = u64::from_le_bytes(b);
+        if n != 0 {
+            return Ok(n);
+        }
+    }
+}
+
+/// Runs the client side of the handshake on a fresh connection; returns the server's
+/// incarnation.
 pub fn client_handshake<S: Read + Write>(
     stream: &mut S,
     key: &ClusterKey,
-) -> Result<(), AuthError> {
+) -> Result<u64, AuthError> {
     let cn = nonce()?;
     write_frame(stream, &Header::new(opcode::HELLO, 0, 0, cn.len()), &cn)?;
     let reply = read_frame_unbuffered(stream)?;
     expect_reply(&reply, opcode::HELLO)?;
-    if reply.payload.len() != NONCE_LEN + 32 {
+    let expected = NONCE_LEN + INCARNATION_LEN + PROOF_LEN;
+    if reply.payload.len() != expected {
         return Err(AuthError::Protocol(format!(
-            "the server hello holds {} bytes, not {}",
+            "the server hello holds {} bytes, not {expected}",
             reply.payload.len(),
-            NONCE_LEN + 32
         )));
     }
-    let (sn, server_proof) = reply.payload.split_at(NONCE_LEN);
-    if !key.verify_mac(&[SERVER_LABEL, &cn, sn], server_proof) {
+    let (sn, rest) = reply.payload.split_at(NONCE_LEN);
+    let (inc, server_proof) = rest.split_at(INCARNATION_LEN);
+    if !key.verify_mac(&[SERVER_LABEL, &cn, sn, inc], server_proof) {
         let _ = write_connection_error(
             stream,
             ErrorCode::Unauthenticated,
@@ -257,14 +278,18 @@ pub fn client_handshake<S: Read + Write>(
         &proof,
     )?;
     let done = read_frame_unbuffered(stream)?;
-    expect_reply(&done, opcode::AUTH)
+    expect_reply(&done, opcode::AUTH)?;
+    let mut b = [0u8; INCARNATION_LEN];
+    b.copy_from_slice(inc);
+    Ok(u64::from_le_bytes(b))
 }
 
-/// Runs the server side of the handshake; on failure it has already sent the error frame
-/// (the caller closes the connection).
+/// Runs the server side of the handshake for a server of `incarnation`; on failure it has
+/// already sent the error frame (the caller closes the connection).
 pub fn server_handshake<S: Read + Write>(
     stream: &mut S,
     key: &ClusterKey,
+    incarnation: u64,
 ) -> Result<(), AuthError> {
     let refuse = |stream: &mut S, code: ErrorCode, msg: &str| {
         let _ = write_connection_error(stream, code, msg);
@@ -285,9 +310,11 @@ pub fn server_handshake<S: Read + Write>(
     }
     let cn = &hello.payload;
     let sn = nonce()?;
-    let proof = key.mac(&[SERVER_LABEL, cn, &sn]);
-    let mut body = Vec::with_capacity(NONCE_LEN + 32);
+    let inc = incarnation.to_le_bytes();
+    let proof = key.mac(&[SERVER_LABEL, cn, &sn, &inc]);
+    let mut body = Vec::with_capacity(NONCE_LEN + INCARNATION_LEN + PROOF_LEN);
     body.extend_from_slice(&sn);
+    body.extend_from_slice(&inc);
     body.extend_from_slice(&proof);
     let mut h = Header::new(opcode::HELLO, hello.header.request_id, 0, body.len());
     h.flags = FLAG_RESPONSE;
@@ -332,9 +359,9 @@ mod tests {
     fn run(
         client_key: ClusterKey,
         server_key: ClusterKey,
-    ) -> (Result<(), AuthError>, Result<(), AuthError>) {
+    ) -> (Result<u64, AuthError>, Result<(), AuthError>) {
         let (mut a, mut b) = UnixStream::pair().expect("socketpair");
-        let t = std::thread::spawn(move || server_handshake(&mut b, &server_key));
+        let t = std::thread::spawn(move || server_handshake(&mut b, &server_key, 77));
         let c = client_handshake(&mut a, &client_key);
         drop(a);
         let s = t.join().expect("server thread");
@@ -345,8 +372,37 @@ mod tests {
     fn right_key_is_accepted() {
         let k = ClusterKey::generate().expect("key");
         let (c, s) = run(k.clone(), k);
-        c.expect("client side");
+        assert_eq!(c.expect("client side"), 77, "the server's incarnation");
         s.expect("server side");
+    }
+
+    #[test]
+    fn a_forged_incarnation_fails_the_servers_proof() {
+        let key = ClusterKey::generate().expect("key");
+        let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+        // A man in the middle relays the real server's hello with another incarnation.
+        let k2 = key.clone();
+        let t = std::thread::spawn(move || {
+            let hello = read_frame_unbuffered(&mut b).expect("client hello");
+            let (mut c, mut d) = UnixStream::pair().expect("socketpair");
+            let server = std::thread::spawn(move || server_handshake(&mut d, &k2, 5));
+            write_frame(&mut c, &hello.header, &hello.payload).expect("relay hello");
+            let mut reply = read_frame_unbuffered(&mut c).expect("server hello");
+            reply.payload[NONCE_LEN] ^= 1;
+            write_frame(&mut b, &reply.header, &reply.payload).expect("relay reply");
+            drop(c);
+            let _ = server.join();
+        });
+        let c = client_handshake(&mut a, &key);
+        assert!(matches!(c, Err(AuthError::PeerFailedProof)), "{c:?}");
+        t.join().expect("relay");
+    }
+
+    #[test]
+    fn incarnations_are_random_and_never_zero() {
+        let a = new_incarnation().expect("random");
+        let b = new_incarnation().expect("random");
+        assert!(a != 0 && b != 0 && a != b);
     }
 
     #[test]
@@ -365,7 +421,7 @@ mod tests {
         let key = ClusterKey::generate().expect("key");
         let (mut a, mut b) = UnixStream::pair().expect("socketpair");
         let k2 = key.clone();
-        let t = std::thread::spawn(move || server_handshake(&mut b, &k2));
+        let t = std::thread::spawn(move || server_handshake(&mut b, &k2, 1));
         write_frame(&mut a, &Header::new(opcode::HELLO, 0, 0, 32), &[5u8; 32]).expect("hello");
         let _ = read_frame_unbuffered(&mut a).expect("server hello");
         write_frame(&mut a, &Header::new(opcode::AUTH, 1, 0, 32), &[0u8; 32]).expect("auth");

@@ -29,6 +29,10 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Largest delay between reconnection attempts.
     pub backoff_max: Duration,
+    /// How long a request may wait for a broken connection to be made again (`None`: up to
+    /// its timeout). A caller with somewhere else to go (another copy of the data) sets it
+    /// short, so that a dead server costs it one refused connection, not a timeout.
+    pub reconnect_patience: Option<Duration>,
     /// How long a waiting caller busy-polls the socket before sleeping (zero: never).
     /// Cuts a wake-up from each round trip at the price of CPU time.
     pub spin: Duration,
@@ -41,6 +45,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            reconnect_patience: None,
             spin: Duration::ZERO,
         }
     }
@@ -130,7 +135,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn to_response(frame: Frame) -> Result<Response, ClientError> {
+fn to_response(frame: Frame, incarnation: u64) -> Result<Response, ClientError> {
     if frame.header.status != 0 {
         return Err(ClientError::Remote(RemoteError::from_wire(
             frame.header.status,
@@ -139,6 +144,7 @@ fn to_response(frame: Frame) -> Result<Response, ClientError> {
     }
     Ok(Response {
         payload: frame.payload,
+        incarnation,
     })
 }
 
@@ -203,6 +209,18 @@ impl Client {
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// The incarnation of the server process behind the current connection (reported in
+    /// its handshake), or `None` between connections. Each [`Response`] carries the
+    /// incarnation of the connection that delivered it, which is what a caller that keeps
+    /// state on the server should check.
+    pub fn incarnation(&self) -> Option<u64> {
+        lock(&self.inner.link)
+            .conn
+            .as_ref()
+            .filter(|c| !c.dead.load(Ordering::Acquire))
+            .map(|c| c.incarnation)
     }
 
     /// Attaches a capability to the connection (and to every later reconnection).
@@ -274,7 +292,7 @@ impl Inner {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.config.connect_timeout))?;
         stream.set_write_timeout(Some(self.config.connect_timeout))?;
-        client_handshake(&mut &stream, &self.key)?;
+        let incarnation = client_handshake(&mut &stream, &self.key)?;
         for cap in caps {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let body = cap.to_bytes();
@@ -291,8 +309,8 @@ impl Inner {
         }
         stream.set_read_timeout(Some(self.read_slice()))?;
         stream.set_write_timeout(Some(self.config.timeout))?;
-        tracing::debug!(addr = %self.addr, "fabric connection established");
-        Ok(Arc::new(Conn::new(stream, self.config.spin)))
+        tracing::debug!(addr = %self.addr, incarnation, "fabric connection established");
+        Ok(Arc::new(Conn::new(stream, self.config.spin, incarnation)))
     }
 
     /// The live connection, re-made (with backoff) if the last one broke.
@@ -304,6 +322,10 @@ impl Inner {
             }
         }
         link.conn = None;
+        let deadline = match self.config.reconnect_patience {
+            Some(p) => deadline.min(Instant::now() + p),
+            None => deadline,
+        };
         loop {
             let now = Instant::now();
             if let Some(at) = link.next_attempt {
@@ -442,7 +464,7 @@ impl Pending {
                 id,
                 deadline,
                 timeout,
-            } => to_response(conn.wait(id, deadline, timeout)?),
+            } => to_response(conn.wait(id, deadline, timeout)?, conn.incarnation),
             PendingState::Done => Err(ClientError::Disconnected(
                 "the response was already collected".into(),
             )),

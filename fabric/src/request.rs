@@ -65,4 +65,7 @@ impl Request {
 pub struct Response {
     /// The response's body.
     pub payload: Vec<u8>,
+    /// The incarnation of the server process that answered (see [`crate::auth`]): the same
+    /// for every response while the server lives, another once it restarted.
+    pub incarnation: u64,
 }

@@ -76,6 +76,10 @@ pub struct ServerConfig {
     /// How long writing a response may block on a peer that does not read before the
     /// connection is dropped.
     pub write_timeout: Duration,
+    /// The incarnation to report (`None`: a random one, new with each server). A server
+    /// whose state outlives its process (a storage monitor's files) gives one that changes
+    /// only when that state may have been lost.
+    pub incarnation: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
             max_queued: 4096,
             spin: Duration::ZERO,
             write_timeout: Duration::from_secs(30),
+            incarnation: None,
         }
     }
 }
@@ -125,6 +130,9 @@ pub enum ServerError {
     /// Accepting or configuring sockets failed.
     #[error("the server's socket failed")]
     Io(#[from] std::io::Error),
+    /// No incarnation could be drawn (the operating system's random generator failed).
+    #[error("the server could not draw its incarnation")]
+    Incarnation(#[source] crate::auth::AuthError),
 }
 
 /// A bound, not yet running server.
@@ -144,6 +152,8 @@ pub struct ServerHandle {
 /// State shared by the acceptor, the connections and the workers.
 struct Shared {
     key: ClusterKey,
+    /// This server process's incarnation (see [`crate::auth`]), sent in every handshake.
+    incarnation: u64,
     handler: Arc<dyn Handler>,
     config: ServerConfig,
     stop: AtomicBool,
@@ -179,6 +189,10 @@ impl Server {
                 source,
             })?
             .collect();
+        let incarnation = match config.incarnation {
+            Some(i) => i,
+            None => crate::auth::new_incarnation().map_err(ServerError::Incarnation)?,
+        };
         let mut last = None;
         for a in &addrs {
             match TcpListener::bind(a) {
@@ -191,6 +205,7 @@ impl Server {
                         addr: local,
                         shared: Arc::new(Shared {
                             key,
+                            incarnation,
                             handler,
                             config,
                             stop: AtomicBool::new(false),
@@ -214,6 +229,12 @@ impl Server {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// This server's incarnation: drawn at random when it was bound, sent to every client
+    /// in the handshake, so that a client can tell a restarted server from the one it knew.
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation
     }
 
     /// Runs the server on background threads.
@@ -245,6 +266,11 @@ impl ServerHandle {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// This server's incarnation (see [`Server::incarnation`]).
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation
     }
 
     /// How many connections are open now.

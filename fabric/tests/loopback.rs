@@ -500,7 +500,7 @@ fn in_flight_requests_fail_when_the_connection_dies() {
     let addr = listener.local_addr().expect("addr");
     let fake = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
-        lego_fabric::auth::server_handshake(&mut s, &key()).expect("handshake");
+        lego_fabric::auth::server_handshake(&mut s, &key(), 1).expect("handshake");
         let mut h = [0u8; HEADER_LEN];
         s.read_exact(&mut h).expect("request");
     });
@@ -517,16 +517,26 @@ fn the_client_reconnects_and_reattaches_after_a_server_restart() {
     let client = connect(addr);
     let cap = Capability::issue(&key(), 3, Rights::STORAGE, Duration::from_secs(600));
     client.attach(&cap).expect("attach");
-    client
+    let before = client
         .call(Request::new(RIGHTS, 3, vec![]))
         .expect("before restart");
+    assert_eq!(before.incarnation, server.incarnation());
+    assert_eq!(client.incarnation(), Some(server.incarnation()));
+    let old = server.incarnation();
     server.shutdown();
     let (server, _) = start_at(&addr.to_string());
+    assert_ne!(
+        server.incarnation(),
+        old,
+        "a new server draws a new incarnation"
+    );
     let mut last = None;
     for _ in 0..5 {
         match client.call(Request::new(RIGHTS, 3, vec![])) {
             Ok(r) => {
                 assert_eq!(&r.payload[8..], &Rights::STORAGE.bits().to_le_bytes());
+                // The answer says it came from another process than the first one.
+                assert_eq!(r.incarnation, server.incarnation());
                 last = None;
                 break;
             }
@@ -566,6 +576,29 @@ fn shutdown_closes_connections_and_joins() {
     // Nothing listens any more: reconnection attempts end at the call's deadline.
     let r = client.ping();
     assert!(matches!(r, Err(ClientError::Disconnected(_))), "{r:?}");
+}
+
+/// A client with somewhere else to go gives up on a dead server after one refused
+/// connection instead of retrying until its (long) request timeout.
+#[test]
+fn reconnect_patience_bounds_the_wait_for_a_dead_server() {
+    let (server, _) = start();
+    let cfg = ClientConfig {
+        timeout: Duration::from_secs(60),
+        reconnect_patience: Some(Duration::ZERO),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(server.local_addr(), key(), cfg).expect("connect");
+    client.ping().expect("ping");
+    server.shutdown();
+    let t0 = std::time::Instant::now();
+    for _ in 0..3 {
+        let r = client.ping();
+        assert!(matches!(r, Err(ClientError::Disconnected(_))), "{r:?}");
+    }
+    // Three calls against a 60 s timeout: each is one refused connection (or none, while
+    // the backoff runs), so together they end in a small fraction of one timeout.
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
 
 #[test]

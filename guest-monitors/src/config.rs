@@ -94,6 +94,8 @@ pub struct ManagerFileConfig {
     pub missed_heartbeats: Option<u32>,
     /// Default capability lifetime in seconds.
     pub capability_ttl_secs: Option<u64>,
+    /// Copies of each vRegion on distinct memory monitors.
+    pub copies: Option<u32>,
     /// Cluster key file.
     pub key_file: Option<PathBuf>,
 }

@@ -54,6 +54,8 @@ pub struct MonitorSettings {
     pub workers: usize,
     /// Cluster key.
     pub key: ClusterKey,
+    /// The incarnation to report (`None`: new with each process).
+    pub incarnation: Option<u64>,
 }
 
 /// Loads the config file named by the flags and resolves the common settings (flags win).
@@ -79,18 +81,20 @@ pub fn resolve(
         ),
         workers: flags.workers.or(file.workers).unwrap_or(4).max(1),
         key,
+        incarnation: None,
     };
     Ok((settings, file))
 }
 
 /// Serves `handler`, registers and heartbeats to the manager (if any) with `usage`, waits for
-/// SIGTERM/SIGINT and shuts down. `serving` is called once the address is bound.
+/// SIGTERM/SIGINT and shuts down. `serving` is called once the address is bound, with the
+/// address and the server's incarnation.
 pub fn serve_until_signal(
     settings: MonitorSettings,
     kind: MonitorKind,
     handler: Arc<dyn Handler>,
     usage: UsageFn,
-    serving: impl FnOnce(SocketAddr),
+    serving: impl FnOnce(SocketAddr, u64),
 ) -> Result<(), DaemonError> {
     let mut signals = daemon::shutdown_signals()?;
     let server = daemon::serve(
@@ -99,12 +103,13 @@ pub fn serve_until_signal(
         handler,
         ServerConfig {
             workers: settings.workers,
+            incarnation: settings.incarnation,
             ..Default::default()
         },
     )?;
     let bound = server.local_addr();
     let advertise = advertise_addr(settings.advertise, bound)?;
-    serving(bound);
+    serving(bound, server.incarnation());
     let agent = settings.manager.map(|manager| {
         Agent::start(
             AgentConfig {

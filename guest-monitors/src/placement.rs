@@ -44,6 +44,19 @@ pub enum PlacementError {
     /// More units than one request may place.
     #[error("cannot place {0} units in one request; the limit is {MAX_UNITS}")]
     TooMany(u64),
+    /// Fewer live monitors with room than copies of each unit.
+    #[error(
+        "cannot place {copies} copies of a {unit}-byte unit on distinct monitors: only {fit} \
+         live monitor(s) have room"
+    )]
+    TooFewMonitors {
+        /// Copies asked for.
+        copies: usize,
+        /// Bytes per unit.
+        unit: u64,
+        /// Live monitors that could take one more unit.
+        fit: usize,
+    },
 }
 
 /// Most units one placement may ask for (1 Mi regions: 1 PiB at the default region size).
@@ -78,6 +91,65 @@ pub fn place(cands: &[Candidate], count: u64, unit: u64) -> Result<Vec<String>, 
             }
             None => return Err(no_space(&live)),
         }
+    }
+    Ok(out)
+}
+
+/// Places `count` units of `unit` bytes, each as `copies` copies on distinct live candidates
+/// (the ones with the most free capacity at that moment, ties broken by id), none of them in
+/// `avoid`. All or nothing; returns the holders of each unit, most free first.
+pub fn place_copies(
+    cands: &[Candidate],
+    count: u64,
+    unit: u64,
+    copies: usize,
+    avoid: &[String],
+) -> Result<Vec<Vec<String>>, PlacementError> {
+    if unit == 0 {
+        return Err(PlacementError::ZeroUnit);
+    }
+    if count.saturating_mul(copies as u64) > MAX_UNITS {
+        return Err(PlacementError::TooMany(count.saturating_mul(copies as u64)));
+    }
+    let mut live: Vec<Candidate> = cands
+        .iter()
+        .filter(|c| c.alive && !avoid.contains(&c.id))
+        .cloned()
+        .collect();
+    let mut out = Vec::with_capacity(count.min(1 << 16) as usize);
+    for _ in 0..count {
+        let mut order: Vec<usize> = (0..live.len())
+            .filter(|&i| live[i].free() >= unit)
+            .collect();
+        order.sort_by(|&a, &b| {
+            live[b]
+                .free()
+                .cmp(&live[a].free())
+                .then_with(|| live[a].id.cmp(&live[b].id))
+        });
+        if order.len() < copies.max(1) {
+            if copies <= 1 || order.is_empty() {
+                return Err(PlacementError::NoSpace {
+                    count,
+                    unit,
+                    alive: live.len(),
+                    free: live.iter().map(Candidate::free).sum(),
+                });
+            }
+            return Err(PlacementError::TooFewMonitors {
+                copies,
+                unit,
+                fit: order.len(),
+            });
+        }
+        let holders: Vec<String> = order[..copies.max(1)]
+            .iter()
+            .map(|&i| {
+                live[i].reserved += unit;
+                live[i].id.clone()
+            })
+            .collect();
+        out.push(holders);
     }
     Ok(out)
 }
@@ -121,6 +193,41 @@ mod tests {
             place(&c, MAX_UNITS + 1, 1),
             Err(PlacementError::TooMany(_))
         ));
+    }
+
+    #[test]
+    fn copies_go_to_distinct_monitors_and_never_over_commit() {
+        let c = [
+            cand("a", 4, 0, true),
+            cand("b", 3, 0, true),
+            cand("c", 2, 0, true),
+            cand("d", 9, 0, false),
+        ];
+        let p = place_copies(&c, 3, 1, 2, &[]).expect("place");
+        assert_eq!(p.len(), 3);
+        for holders in &p {
+            assert_eq!(holders.len(), 2);
+            assert_ne!(holders[0], holders[1], "{p:?}");
+            assert!(!holders.contains(&"d".to_string()), "dead monitor used");
+        }
+        // a takes 3 units of 4, b 2 of 3, c 1 of 2: by most free each time.
+        let count = |id: &str| p.iter().flatten().filter(|h| *h == id).count();
+        assert_eq!((count("a"), count("b"), count("c")), (3, 2, 1));
+        // Three copies need three monitors with room; avoided ones do not count.
+        assert!(matches!(
+            place_copies(&c, 1, 1, 4, &[]),
+            Err(PlacementError::TooFewMonitors { fit: 3, .. })
+        ));
+        assert!(matches!(
+            place_copies(&c, 1, 1, 3, &["a".into()]),
+            Err(PlacementError::TooFewMonitors { fit: 2, .. })
+        ));
+        assert!(matches!(
+            place_copies(&c, 1, 5, 1, &[]),
+            Err(PlacementError::NoSpace { .. })
+        ));
+        let e = place_copies(&c, 1, 1, 4, &[]).expect_err("too few");
+        assert!(e.to_string().contains("only 3 live monitor(s)"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,21 @@ use lego_monitor_client::proto::storage::{
 };
 use lego_monitor_client::proto::{from_json, to_json, ProtoError};
 
+/// The storage monitor's incarnation for the volumes in `data_dir`: the same across restarts
+/// of the process while the machine stays up (written data sits in the page cache, so a
+/// killed process loses nothing acknowledged), another after a reboot (writes not yet
+/// flushed may be gone). Derived from the kernel's boot id and the data folder; `None` if
+/// the boot id cannot be read (then each process draws its own, which is only more careful).
+pub fn storage_incarnation(data_dir: &std::path::Path) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    boot.trim().hash(&mut h);
+    dir.hash(&mut h);
+    Some(h.finish() | 1)
+}
+
 impl From<VolumeError> for RemoteError {
     fn from(e: VolumeError) -> Self {
         let code = match &e {

@@ -151,7 +151,8 @@ fn write_and_verify(client: &MemoryClient, runs: &[(u64, u32)], window: usize) -
 fn million_pages_across_two_memory_monitors() {
     let key = key();
     let mut net = Net::new("million_pages");
-    let mgr = start_manager(&mut net, &key, &[]);
+    // One copy of each region: this test is about spreading, not copies.
+    let mgr = start_manager(&mut net, &key, &["--copies", "1"]);
     let m1 = start_memory(&mut net, &key, "mem1", "3G", Some(mgr.addr()));
     let m2 = start_memory(&mut net, &key, "mem2", "3G", Some(mgr.addr()));
     let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");
@@ -292,6 +293,182 @@ fn storage_flush_survives_kill9_and_restart() {
     );
 }
 
+/// A memory monitor killed with SIGKILL and started again comes back empty: the client
+/// reconnects by itself, sees the new incarnation, and answers every page the old process
+/// held with an error (never the zeros the new one would read back). Pages never written
+/// read as zeros, pages written again read back, and the stale pages stay errors.
+#[test]
+fn a_restarted_memory_monitor_never_serves_zeros_for_pages_it_lost() {
+    let key = key();
+    let mut net = Net::new("memory_restart");
+    let mut mem = start_memory(&mut net, &key, "memory", "64M", None);
+    let addr = mem.addr().to_string();
+    let client = MemoryClient::connect(&addr, key.clone(), &cap_for(&key, 7), client_config())
+        .expect("connect");
+    let first = client.fabric().incarnation().expect("connected");
+    let mut page = vec![0u8; PAGE_SIZE];
+    let mut written = Vec::new();
+    for p in 0..8u64 {
+        fill_page(p + 1, &mut page);
+        client.write_page(p, &page).expect("write");
+        written.push(page.clone());
+    }
+    assert_eq!(client.read_run(0, 8).expect("read"), written.concat());
+    assert_eq!(client.custody_counts(), (8, 0));
+
+    mem.kill9();
+    mem.restart();
+    mem.wait_ready(&key);
+    // The first answer from the new process may take a reconnection or two.
+    let zeros = eventually("a read from the restarted monitor", || {
+        client.read_page(100).ok()
+    });
+    assert_eq!(zeros, vec![0u8; PAGE_SIZE], "page 100 was never written");
+    assert_ne!(
+        client.fabric().incarnation(),
+        Some(first),
+        "a new incarnation"
+    );
+    assert_eq!(
+        client.custody_counts(),
+        (0, 8),
+        "all 8 stored pages are lost"
+    );
+    for p in 0..8u64 {
+        match client.read_page(p) {
+            Err(CallError::Lost { .. }) => {}
+            other => panic!("page {p} of the dead monitor: {other:?}"),
+        }
+    }
+    let err = client.read_run(6, 4).expect_err("a run over lost pages");
+    let text = lego_report::error_chain(&err);
+    assert!(
+        text.contains("restarted") && text.contains("page 6"),
+        "{text}"
+    );
+    // Writing a page again makes it good; its neighbours stay lost.
+    fill_page(42, &mut page);
+    client.write_page(3, &page).expect("write again");
+    assert_eq!(client.read_page(3).expect("read"), page);
+    assert!(matches!(client.read_page(4), Err(CallError::Lost { .. })));
+    // The same through VnodeMemory's batched path.
+    let ops = [PageOp::Read { start: 2, count: 2 }];
+    let mut done = client.submit_runs(&ops).expect("submit");
+    assert!(matches!(done.remove(0).wait(), Err(CallError::Lost { .. })));
+    // Trimmed pages read as zeros rightly.
+    client.trim(4, 4).expect("trim");
+    assert_eq!(
+        client.read_run(4, 4).expect("read"),
+        vec![0u8; 4 * PAGE_SIZE]
+    );
+}
+
+/// Three memory monitors and the manager's default of two copies per vRegion: one monitor
+/// is killed with SIGKILL in the middle of a stream of writes. Every page still reads back
+/// right (from the surviving copy), writes go on without an error, and once the monitor
+/// comes back empty the pages it lost are served by the other copy, never as zeros.
+#[test]
+fn a_vnode_keeps_every_page_when_a_monitor_holding_a_copy_dies() {
+    let key = key();
+    let mut net = Net::new("copies");
+    let mgr = start_manager(&mut net, &key, &[]);
+    let mut mons: Vec<Daemon> = (1..=3)
+        .map(|i| start_memory(&mut net, &key, &format!("mem{i}"), "1G", Some(mgr.addr())))
+        .collect();
+    let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");
+    eventually("three memory monitors registered", || {
+        (mc.status().ok()?.monitors.len() == 3).then_some(())
+    });
+    let vnode = 31;
+    let p = mc.place_memory(vnode, 4 * REGION).expect("place");
+    for r in &p.regions {
+        let h: Vec<&str> = r.holders().collect();
+        assert_eq!(h.len(), 2, "two copies by default: {p:?}");
+        assert_ne!(h[0], h[1]);
+    }
+    let cap = mc
+        .issue_capability(vnode, Rights::MEMORY, Duration::ZERO)
+        .expect("cap");
+    let config = lego_fabric::ClientConfig {
+        reconnect_patience: Some(Duration::ZERO),
+        ..client_config()
+    };
+    let vm = VnodeMemory::connect(p.clone(), key.clone(), &cap, config).expect("connect");
+    let pages = vm.pages();
+    let stamp = |page: u64, round: u64| {
+        let mut buf = vec![0u8; PAGE_SIZE];
+        fill_page(page * 7 + round, &mut buf);
+        buf
+    };
+    // Round 0 everywhere, in 64-page runs.
+    let run = 64u64;
+    let mut expected_round = vec![0u64; pages as usize];
+    let write = |start: u64, round: u64| {
+        let data: Vec<u8> = (start..start + run).flat_map(|p| stamp(p, round)).collect();
+        vm.write_run(start, &data)
+    };
+    for start in (0..pages).step_by(run as usize) {
+        write(start, 0).expect("write round 0");
+    }
+    // The monitor holding the first region's primary dies; writes of round 1 go on.
+    let victim = mons
+        .iter()
+        .position(|m| m.addr() == p.regions[0].monitor)
+        .expect("the primary's daemon");
+    let mut errors = 0;
+    for (i, start) in (0..pages).step_by(run as usize).enumerate() {
+        if i == 8 {
+            mons[victim].kill9();
+        }
+        if i % 3 == 0 {
+            match write(start, 1) {
+                Ok(()) => {
+                    for p in start..start + run {
+                        expected_round[p as usize] = 1;
+                    }
+                }
+                Err(_) => errors += 1,
+            }
+        }
+    }
+    assert_eq!(
+        errors, 0,
+        "writes failed although a copy of every region was alive"
+    );
+    let check = |vm: &VnodeMemory, expected_round: &[u64], what: &str| {
+        for start in (0..pages).step_by(run as usize) {
+            let got = vm
+                .read_run(start, run)
+                .unwrap_or_else(|e| panic!("{what}: pages {start}+{run}: {e:?}"));
+            for (k, page) in got.chunks_exact(PAGE_SIZE).enumerate() {
+                let p = start + k as u64;
+                assert!(
+                    page == stamp(p, expected_round[p as usize]).as_slice(),
+                    "{what}: page {p} is not round {}",
+                    expected_round[p as usize]
+                );
+            }
+        }
+    };
+    check(&vm, &expected_round, "with a monitor dead");
+    // The monitor comes back empty: the pages it held are lost there, and served elsewhere.
+    mons[victim].restart();
+    mons[victim].wait_ready(&key);
+    std::thread::sleep(super_down_for());
+    check(&vm, &expected_round, "after the monitor came back empty");
+    // And new writes land on both copies again.
+    write(0, 2).expect("write after the restart");
+    for p in 0..run {
+        expected_round[p as usize] = 2;
+    }
+    check(&vm, &expected_round, "after writing again");
+}
+
+/// A little more than the time a failed copy is skipped, so the next request tries it again.
+fn super_down_for() -> Duration {
+    lego_monitor_client::client::vnode::DOWN_FOR + Duration::from_millis(200)
+}
+
 fn cap_for(key: &ClusterKey, vnode: u64) -> lego_fabric::Capability {
     cap(key, vnode, Rights::STORAGE | Rights::MEMORY)
 }
@@ -406,7 +583,11 @@ fn malformed_frames_do_not_disturb_other_clients() {
 fn manager_restarts_with_placements_and_reports_dead_monitors() {
     let key = key();
     let mut net = Net::new("manager");
-    let mut mgr = start_manager(&mut net, &key, &["--missed-heartbeats", "3"]);
+    let mut mgr = start_manager(
+        &mut net,
+        &key,
+        &["--missed-heartbeats", "3", "--copies", "1"],
+    );
     let mut m1 = start_memory(&mut net, &key, "mem1", "1G", Some(mgr.addr()));
     let _m2 = start_memory(&mut net, &key, "mem2", "512M", Some(mgr.addr()));
     let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_fabric::{AuthError, ClientConfig, ClusterKey, ErrorCode, Rights};
-use lego_monitor_client::client::{CallError, ManagerClient, StorageClient, VnodeMemory};
+use lego_monitor_client::client::{CallError, ManagerClient, Renewal, StorageClient, VnodeMemory};
 
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
 use crate::store::remote_disk::RemoteDiskStore;
@@ -198,19 +198,31 @@ fn open_remote_memory(
             what: format!("issue a memory capability for vNode {vnode}"),
             source,
         })?;
-    let monitors: Vec<String> = placement
+    let mut monitors: Vec<String> = Vec::new();
+    for m in placement.regions.iter().flat_map(|r| r.holders()) {
+        if !monitors.iter().any(|x| x == m) {
+            monitors.push(m.to_string());
+        }
+    }
+    // With a second copy to go to, a dead monitor must cost a refused connection, not the
+    // request timeout of waiting for it to come back.
+    let copies = placement
         .regions
         .iter()
-        .map(|r| r.monitor.clone())
-        .collect();
-    let memory =
-        VnodeMemory::connect(placement, key, &cap, monitor_client_config()).map_err(|source| {
-            OpenError::Monitor {
-                kind: "memory",
-                addr: monitors.join(", "),
-                source,
-            }
-        })?;
+        .map(|r| r.holders().count())
+        .min()
+        .unwrap_or(1);
+    let config = ClientConfig {
+        reconnect_patience: (copies > 1).then_some(Duration::ZERO),
+        ..monitor_client_config()
+    };
+    let memory = VnodeMemory::connect(placement, key, &cap, config).map_err(|source| {
+        OpenError::Monitor {
+            kind: "memory",
+            addr: monitors.join(", "),
+            source,
+        }
+    })?;
     let placed = memory.pages() * lego_monitor_client::proto::memory::PAGE_SIZE as u64;
     if placed < size {
         return Err(OpenError::ShortPlacement {
@@ -219,8 +231,9 @@ fn open_remote_memory(
             wanted: size,
         });
     }
-    tracing::info!(vnode, size, placed, monitors = %monitors.join(","), "remote memory ready");
-    Ok(RemoteMemoryStore::new(memory, size))
+    tracing::info!(vnode, size, placed, copies, monitors = %monitors.join(","), "remote memory ready");
+    let renewal = Renewal::start(mgr, cap, memory.fabric_clients());
+    Ok(RemoteMemoryStore::new(memory, size).with_renewal(renewal))
 }
 
 struct DiskRequest<'a> {
@@ -323,5 +336,6 @@ fn open_remote_disk(
         monitor,
         "remote disk ready"
     );
-    Ok(RemoteDiskStore::new(client, volume, info.size, d.read_only))
+    let renewal = Renewal::start(mgr, cap, vec![client.fabric().clone()]);
+    Ok(RemoteDiskStore::new(client, volume, info.size, d.read_only).with_renewal(renewal))
 }

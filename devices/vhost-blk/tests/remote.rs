@@ -76,6 +76,129 @@ fn remote_memory_pages_land_on_the_memory_monitor() {
     );
 }
 
+/// The memory monitor restarts empty under the backend: the page the guest wrote before is
+/// an I/O error from then on (never zeros), a page never written reads as zeros, and a page
+/// written again reads back.
+#[test]
+fn pages_a_restarted_memory_monitor_lost_are_io_errors_not_zeros() {
+    let mut c = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start_remote_memory(dir.path(), &c, "6", "4M");
+    let mut d = Driver::connect(&daemon.socket);
+    let pattern = write_and_read_back(&mut d, 8, 4096, 13);
+    c.restart_memory();
+    // The first requests may meet the broken connection; the backend reconnects by itself.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        d.mem
+            .write_slice(&pattern, GuestAddress(DATA))
+            .expect("fill");
+        let (_, status) = d.request(T_IN, 8, Some((4096, true)));
+        statuses.push(status);
+        let mut back = vec![0u8; 4096];
+        d.mem
+            .read_slice(&mut back, GuestAddress(DATA))
+            .expect("read back");
+        assert_ne!(status, 0, "a lost page was answered as read ({statuses:?})");
+    }
+    assert!(
+        statuses.iter().all(|&s| s == 1),
+        "every read of the lost page is VIRTIO_BLK_S_IOERR: {statuses:?}"
+    );
+    // A page never written reads as zeros from the new monitor.
+    d.mem
+        .write_slice(&[0xaa; 4096], GuestAddress(DATA))
+        .expect("fill");
+    assert_eq!(d.request(T_IN, 800, Some((4096, true))), (4097, 0));
+    let mut back = vec![0xffu8; 4096];
+    d.mem
+        .read_slice(&mut back, GuestAddress(DATA))
+        .expect("read back");
+    assert_eq!(back, vec![0u8; 4096]);
+    // Written again, the page is good.
+    write_and_read_back(&mut d, 8, 4096, 29);
+    assert!(daemon.terminate().success());
+}
+
+/// Capabilities that live 2 s and a backend that works for 7 s: the backend renews its
+/// capability on every monitor connection before it expires, so no request is refused.
+#[test]
+fn capabilities_are_renewed_before_they_expire() {
+    let c = Cluster::start_with_capability_ttl(std::time::Duration::from_secs(2));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let memory = Daemon::start_remote_memory(dir.path(), &c, "7", "4M");
+    let disk_dir = tempfile::tempdir().expect("tempdir");
+    let disk = Daemon::start_remote_disk(disk_dir.path(), &c, "7", "renewed", "1M");
+    let mut m = Driver::connect(&memory.socket);
+    let mut d = Driver::connect(&disk.socket);
+    let start = std::time::Instant::now();
+    let mut rounds = 0u32;
+    while start.elapsed() < std::time::Duration::from_secs(7) {
+        write_and_read_back(&mut m, u64::from(rounds % 64) * 8, 4096, rounds + 3);
+        write_and_read_back(&mut d, u64::from(rounds % 64) * 8, 4096, rounds + 5);
+        rounds += 1;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(rounds > 20, "only {rounds} rounds");
+    assert!(memory.terminate().success());
+    assert!(disk.terminate().success());
+}
+
+/// The storage monitor's process restarts under a stream of writes: requests wait for it
+/// and succeed, the next flush covers them, and everything reads back. After a restart of
+/// its machine (a new incarnation), a flush cannot promise writes the old one acknowledged:
+/// it is an error, once.
+#[test]
+fn a_restarting_storage_monitor_delays_requests_and_loses_nothing_flushed() {
+    let mut c = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start_remote_disk(dir.path(), &c, "8", "vol", "4M");
+    let mut d = Driver::connect(&daemon.socket);
+    let mut written = Vec::new();
+    for i in 0..8u32 {
+        let sector = u64::from(i) * 8;
+        written.push((sector, write_and_read_back(&mut d, sector, 4096, i + 3)));
+    }
+    assert_eq!(d.request(T_FLUSH, 0, None), (1, 0), "flush");
+    let restart = c.restart_storage(std::time::Duration::from_millis(300), false);
+    // These are sent while nothing listens: they wait for the new process and succeed.
+    for i in 8..12u32 {
+        let sector = u64::from(i) * 8;
+        written.push((sector, write_and_read_back(&mut d, sector, 4096, i + 3)));
+    }
+    restart.join().expect("restart");
+    c.storage_restarted();
+    assert_eq!(
+        d.request(T_FLUSH, 0, None),
+        (1, 0),
+        "flush after the restart"
+    );
+    for (sector, pattern) in &written {
+        assert_eq!(d.request(T_IN, *sector, Some((4096, true))), (4097, 0));
+        let mut back = vec![0u8; 4096];
+        d.mem
+            .read_slice(&mut back, GuestAddress(DATA))
+            .expect("read back");
+        assert_eq!(&back, pattern, "sector {sector}");
+    }
+    // A write acknowledged, then the machine "reboots" before it was flushed.
+    write_and_read_back(&mut d, 200, 4096, 77);
+    let reboot = c.restart_storage(std::time::Duration::from_millis(50), true);
+    reboot.join().expect("reboot");
+    c.storage_restarted();
+    assert_eq!(
+        d.request(T_FLUSH, 0, None),
+        (1, 1),
+        "the flush cannot promise the write the old incarnation acknowledged"
+    );
+    assert_eq!(
+        d.request(T_FLUSH, 0, None),
+        (1, 0),
+        "nothing unpromised left"
+    );
+    assert!(daemon.terminate().success());
+}
+
 #[test]
 fn remote_disk_is_created_written_flushed_and_reopened() {
     let c = Cluster::start();

@@ -25,6 +25,8 @@ pub(super) struct Conn {
     reader: Mutex<FrameReader>,
     /// Set once the connection broke; nothing new is registered on it then.
     pub(super) dead: AtomicBool,
+    /// The incarnation the server reported in this connection's handshake.
+    pub(super) incarnation: u64,
     spin: Duration,
     born: Instant,
     /// Milliseconds after `born` when the last frame arrived.
@@ -51,10 +53,11 @@ enum Turn {
 }
 
 impl Conn {
-    /// Wraps an authenticated socket.
-    pub(super) fn new(stream: TcpStream, spin: Duration) -> Conn {
+    /// Wraps an authenticated socket to a server of `incarnation`.
+    pub(super) fn new(stream: TcpStream, spin: Duration, incarnation: u64) -> Conn {
         Conn {
             stream,
+            incarnation,
             write_lock: Mutex::new(()),
             table: Mutex::new(Table {
                 slots: HashMap::new(),

@@ -38,7 +38,7 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
         tracing::warn!(%peer, error = %error_chain(&e), "configuring a fabric connection failed");
         return;
     }
-    if let Err(e) = server_handshake(&mut &stream, &shared.key) {
+    if let Err(e) = server_handshake(&mut &stream, &shared.key, shared.incarnation) {
         tracing::info!(%peer, error = %error_chain(&e), "a fabric peer failed the handshake");
         close_after_error(&stream);
         return;

@@ -40,6 +40,10 @@ struct Args {
     /// Default lifetime of issued capabilities in seconds [default: 86400].
     #[arg(long, value_name = "SECS")]
     capability_ttl_secs: Option<u64>,
+    /// Copies of each vRegion on distinct memory monitors [default: 2 when two or more
+    /// memory monitors are alive, else 1 with a warning].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+    copies: Option<u32>,
     /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -78,6 +82,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
                 .unwrap_or(86400)
                 .max(1),
         ),
+        copies: args.copies.or(file.copies),
     };
     let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())?;
     let mut signals = daemon::shutdown_signals()?;

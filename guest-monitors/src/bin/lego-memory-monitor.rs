@@ -47,7 +47,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
         MonitorKind::Memory,
         Arc::new(MemoryService::new(store.clone())),
         Box::new(move || (usage_store.capacity_bytes(), usage_store.used_bytes())),
-        |bound| tracing::info!(listen = %bound, capacity = %ByteSize(capacity), "memory monitor serving"),
+        |bound, incarnation| tracing::info!(listen = %bound, capacity = %ByteSize(capacity), incarnation = format_args!("{incarnation:#018x}"), "memory monitor serving (empty: a new incarnation)"),
     )?;
     tracing::info!(pages = store.stats().pages_stored, "memory monitor stopped");
     Ok(())

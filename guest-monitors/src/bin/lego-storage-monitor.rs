@@ -28,12 +28,13 @@ struct Args {
 }
 
 fn run(args: Args) -> Result<(), DaemonError> {
-    let (settings, file) = monitor_main::resolve(args.common, config::DEFAULT_STORAGE_LISTEN)?;
+    let (mut settings, file) = monitor_main::resolve(args.common, config::DEFAULT_STORAGE_LISTEN)?;
     let data_dir = args
         .data_dir
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("/var/lib/lego/storage"));
     let store = Arc::new(VolumeStore::open(&data_dir).map_err(DaemonError::DataDir)?);
+    settings.incarnation = lego_monitors::storage_service::storage_incarnation(&data_dir);
     let (provisioned, _) = store.usage()?;
     let capacity = match args.capacity.or(file.capacity) {
         Some(c) => c.bytes(),
@@ -59,7 +60,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
                 .unwrap_or(0);
             (capacity, used)
         }),
-        |bound| tracing::info!(listen = %bound, data_dir = %data_dir.display(), capacity = %ByteSize(capacity), "storage monitor serving"),
+        |bound, incarnation| tracing::info!(listen = %bound, incarnation = format_args!("{incarnation:#018x}"), data_dir = %data_dir.display(), capacity = %ByteSize(capacity), "storage monitor serving"),
     )?;
     tracing::info!("storage monitor stopped");
     Ok(())

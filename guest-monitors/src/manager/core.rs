@@ -27,6 +27,9 @@ pub struct ManagerSettings {
     pub missed_heartbeats: u32,
     /// Default lifetime of issued capabilities.
     pub capability_ttl: Duration,
+    /// Copies of each vRegion on distinct memory monitors (`None`: 2 when at least two are
+    /// alive, else 1 with a warning).
+    pub copies: Option<u32>,
 }
 
 impl Default for ManagerSettings {
@@ -36,6 +39,7 @@ impl Default for ManagerSettings {
             heartbeat_interval: Duration::from_secs(1),
             missed_heartbeats: 3,
             capability_ttl: Duration::from_secs(24 * 3600),
+            copies: None,
         }
     }
 }
@@ -55,6 +59,19 @@ pub enum ManagerError {
     /// Placement failed.
     #[error(transparent)]
     Placement(#[from] PlacementError),
+    /// A volume's storage monitor is dead; its data lives there, so it cannot move.
+    #[error(
+        "vNode {vnode}'s volume '{name}' lives on the storage monitor {monitor}, which is dead; \
+         its data cannot move: bring the monitor back (its data folder survives restarts)"
+    )]
+    VolumeOnDeadMonitor {
+        /// The vNode.
+        vnode: u64,
+        /// The volume.
+        name: String,
+        /// Its monitor.
+        monitor: String,
+    },
     /// Persisting the state failed (the change was not made).
     #[error(transparent)]
     State(#[from] StateError),
@@ -244,14 +261,52 @@ impl Manager {
                 .map(|(i, m)| RegionPlacement {
                     index: i as u64,
                     monitor: m.clone(),
+                    replicas: v.replicas.get(i).cloned().unwrap_or_default(),
                 })
                 .collect(),
         }
     }
 
-    /// Makes sure `vnode` has at least `bytes` of remote memory placed (whole vRegions); extra
-    /// regions are reserved on live memory monitors with the most free capacity.
+    /// Makes sure `vnode` has at least `bytes` of remote memory placed (whole vRegions), new
+    /// regions with the manager's number of copies; see [`Manager::place_memory_copies`].
     pub fn place_memory(&self, vnode: u64, bytes: u64) -> Result<MemoryPlacement, ManagerError> {
+        self.place_memory_copies(vnode, bytes, None)
+    }
+
+    /// How many copies new regions get: `asked`, else the setting, else 2 when two memory
+    /// monitors are alive (1, with a warning, when only one is).
+    fn copies(&self, asked: Option<u32>, live: usize) -> Result<usize, ManagerError> {
+        match asked.or(self.settings.copies) {
+            Some(0) => Err(ManagerError::Invalid(
+                "a vRegion needs at least one copy".into(),
+            )),
+            Some(n) => Ok(n as usize),
+            None if live >= 2 => Ok(2),
+            None => {
+                tracing::warn!(
+                    live,
+                    "only one memory monitor is alive: vRegions get a single copy, and the \
+                     vNode loses its remote memory if that monitor fails"
+                );
+                Ok(1)
+            }
+        }
+    }
+
+    /// Makes sure `vnode` has at least `bytes` of remote memory placed (whole vRegions); extra
+    /// regions get `copies` copies (`None`: see [`Manager::copies`]) on distinct live memory
+    /// monitors with the most free capacity.
+    ///
+    /// A copy on a monitor now dead is placed again on a live one that does not hold the
+    /// region yet: on a relaunch (the only time a backend asks) the vNode's remote memory
+    /// starts afresh, so no data has to move, and no launch is blocked by a dead monitor until
+    /// an operator releases the vNode.
+    pub fn place_memory_copies(
+        &self,
+        vnode: u64,
+        bytes: u64,
+        copies: Option<u32>,
+    ) -> Result<MemoryPlacement, ManagerError> {
         Self::check_vnode(vnode)?;
         let mut inner = self.lock();
         let mut new = inner.state.clone();
@@ -262,22 +317,67 @@ impl Manager {
         let region = rec.region_size;
         let want = bytes.div_ceil(region);
         let have = rec.regions.len() as u64;
-        if want > have {
-            let cands = Self::candidates(&inner, MonitorKind::Memory, &new);
-            let placed = placement::place(&cands, want - have, region)?;
-            let rec = new.vnodes.entry(vnode).or_default();
-            rec.regions.extend(placed);
-            let p = Self::memory_placement(vnode, rec, region);
-            self.commit(&mut inner, new)?;
-            tracing::info!(
-                vnode,
-                regions = p.regions.len(),
-                region_size = region,
-                "memory placed"
-            );
-            return Ok(p);
+        let dead_holders = |rec: &VnodeRecord, i: usize| {
+            rec.holders(i)
+                .iter()
+                .filter(|m| inner.dead.contains(*m))
+                .count()
+        };
+        let orphaned: Vec<usize> = (0..rec.regions.len())
+            .filter(|&i| dead_holders(rec, i) > 0)
+            .collect();
+        if want <= have && orphaned.is_empty() {
+            return Ok(Self::memory_placement(vnode, rec, region));
         }
-        let p = Self::memory_placement(vnode, &new.vnodes[&vnode], region);
+        // Copies on dead monitors are dropped first, so their reservations are not counted.
+        let mut lost = Vec::new();
+        for &i in &orphaned {
+            let holders = rec.holders(i);
+            let (dead, live): (Vec<String>, Vec<String>) =
+                holders.into_iter().partition(|m| inner.dead.contains(m));
+            lost.push((i, dead, live.clone(), live.len()));
+            rec.set_holders(i, live);
+        }
+        for (i, dead, live, kept) in lost {
+            let cands = Self::candidates(&inner, MonitorKind::Memory, &new);
+            let placed = placement::place_copies(&cands, 1, region, dead.len(), &live)?;
+            let mut holders = live;
+            holders.extend(placed.into_iter().flatten());
+            tracing::warn!(
+                vnode,
+                region = i,
+                dead = %dead.join(","),
+                kept,
+                holders = %holders.join(","),
+                "vRegion had copies on dead memory monitors (their pages died with them); \
+                 placed again"
+            );
+            if let Some(rec) = new.vnodes.get_mut(&vnode) {
+                rec.set_holders(i, holders);
+            }
+        }
+        let extra = want.saturating_sub(have);
+        if extra > 0 {
+            let cands = Self::candidates(&inner, MonitorKind::Memory, &new);
+            let live = cands.iter().filter(|c| c.alive).count();
+            let n = self.copies(copies, live)?;
+            let placed = placement::place_copies(&cands, extra, region, n, &[])?;
+            let rec = new.vnodes.entry(vnode).or_default();
+            for holders in placed {
+                let i = rec.regions.len();
+                rec.set_holders(i, holders);
+            }
+        }
+        let rec = new.vnodes.entry(vnode).or_default();
+        let p = Self::memory_placement(vnode, rec, region);
+        self.commit(&mut inner, new)?;
+        tracing::info!(
+            vnode,
+            regions = p.regions.len(),
+            copies = p.regions.first().map_or(0, |r| r.holders().count()),
+            region_size = region,
+            "memory placed"
+        );
         Ok(p)
     }
 
@@ -298,6 +398,13 @@ impl Manager {
             .get(&vnode)
             .and_then(|r| r.volumes.get(name))
         {
+            if inner.dead.contains(&v.monitor) {
+                return Err(ManagerError::VolumeOnDeadMonitor {
+                    vnode,
+                    name: name.into(),
+                    monitor: v.monitor.clone(),
+                });
+            }
             if v.size == size {
                 return Ok(VolumePlacement {
                     name: name.into(),
@@ -454,6 +561,7 @@ mod tests {
             region_size: 1 << 20,
             heartbeat_interval: Duration::from_millis(20),
             missed_heartbeats: 3,
+            copies: Some(1),
             ..Default::default()
         }
     }
@@ -525,6 +633,118 @@ mod tests {
                 used_bytes: 0
             })
             .is_err());
+    }
+
+    #[test]
+    fn regions_on_a_dead_monitor_are_placed_again_and_volumes_there_are_clear_errors() {
+        let m =
+            Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
+        reg(&m, MonitorKind::Memory, "10.0.0.1:1", 4 << 20);
+        reg(&m, MonitorKind::Memory, "10.0.0.2:1", 4 << 20);
+        reg(&m, MonitorKind::Storage, "10.0.0.3:1", 1 << 30);
+        let p = m.place_memory(1, 4 << 20).expect("place");
+        assert_eq!(p.regions.len(), 4);
+        m.place_volume(1, "data", 1 << 20).expect("volume");
+        // Monitor 1 and the storage monitor stop heartbeating.
+        std::thread::sleep(Duration::from_millis(100));
+        m.heartbeat(&Heartbeat {
+            addr: "10.0.0.2:1".into(),
+            capacity_bytes: 4 << 20,
+            used_bytes: 0,
+        })
+        .expect("hb");
+        assert_eq!(m.check_liveness().len(), 2);
+        let again = m.place_memory(1, 4 << 20).expect("placed again");
+        assert_eq!(again.regions.len(), 4);
+        assert!(
+            again.regions.iter().all(|r| r.monitor == "10.0.0.2:1"),
+            "every region on the live monitor: {again:?}"
+        );
+        // Regions that were on the live monitor stayed where they were.
+        for (a, b) in p.regions.iter().zip(&again.regions) {
+            if a.monitor == "10.0.0.2:1" {
+                assert_eq!(a, b);
+            }
+        }
+        let e = m.place_volume(1, "data", 1 << 20).expect_err("dead");
+        assert!(
+            e.to_string().contains("10.0.0.3:1") && e.to_string().contains("dead"),
+            "{e}"
+        );
+        // Too little room for the orphans is the usual placement error, and changes nothing.
+        let m2 =
+            Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
+        reg(&m2, MonitorKind::Memory, "10.0.0.1:1", 2 << 20);
+        reg(&m2, MonitorKind::Memory, "10.0.0.2:1", 1 << 20);
+        m2.place_memory(1, 3 << 20).expect("place");
+        std::thread::sleep(Duration::from_millis(100));
+        m2.heartbeat(&Heartbeat {
+            addr: "10.0.0.2:1".into(),
+            capacity_bytes: 1 << 20,
+            used_bytes: 0,
+        })
+        .expect("hb");
+        m2.check_liveness();
+        assert!(matches!(
+            m2.place_memory(1, 3 << 20),
+            Err(ManagerError::Placement(_))
+        ));
+        assert_eq!(
+            m2.status().vnodes[0].memory.regions[0].monitor,
+            "10.0.0.1:1"
+        );
+    }
+
+    #[test]
+    fn regions_get_two_copies_by_default_and_lost_copies_are_placed_again() {
+        let auto = ManagerSettings {
+            copies: None,
+            ..settings()
+        };
+        let m = Manager::new(auto, key(), Box::new(MemoryStateStore::default())).expect("new");
+        reg(&m, MonitorKind::Memory, "10.0.0.1:1", 4 << 20);
+        // One monitor: one copy (with a warning).
+        let p = m.place_memory(1, 1 << 20).expect("one copy");
+        assert_eq!(p.regions[0].holders().count(), 1);
+        reg(&m, MonitorKind::Memory, "10.0.0.2:1", 4 << 20);
+        reg(&m, MonitorKind::Memory, "10.0.0.3:1", 4 << 20);
+        let p = m.place_memory(2, 3 << 20).expect("two copies");
+        for r in &p.regions {
+            let h: Vec<&str> = r.holders().collect();
+            assert_eq!(h.len(), 2, "{p:?}");
+            assert_ne!(h[0], h[1]);
+        }
+        // Asked for per placement: three copies; four cannot be had on three monitors.
+        let p3 = m.place_memory_copies(3, 1 << 20, Some(3)).expect("three");
+        assert_eq!(p3.regions[0].holders().count(), 3);
+        let e = m
+            .place_memory_copies(4, 1 << 20, Some(4))
+            .expect_err("four");
+        assert!(e.to_string().contains("distinct monitors"), "{e}");
+        assert!(m.place_memory_copies(4, 1 << 20, Some(0)).is_err());
+        // Reservations count every copy: 1 + 6 + 3 = 10 MiB of 12.
+        let reserved: u64 = m.status().monitors.iter().map(|s| s.reserved_bytes).sum();
+        assert_eq!(reserved, 10 << 20);
+        // Monitor 1 dies: every region it held gets a new copy elsewhere, the survivors stay.
+        std::thread::sleep(Duration::from_millis(100));
+        for a in ["10.0.0.2:1", "10.0.0.3:1"] {
+            m.heartbeat(&Heartbeat {
+                addr: a.into(),
+                capacity_bytes: 4 << 20,
+                used_bytes: 0,
+            })
+            .expect("hb");
+        }
+        assert_eq!(m.check_liveness(), vec!["10.0.0.1:1".to_string()]);
+        let again = m.place_memory(2, 3 << 20).expect("placed again");
+        for (a, b) in p.regions.iter().zip(&again.regions) {
+            let hb: Vec<&str> = b.holders().collect();
+            assert_eq!(hb.len(), 2, "{again:?}");
+            assert!(!hb.contains(&"10.0.0.1:1"), "{again:?}");
+            for h in a.holders().filter(|h| *h != "10.0.0.1:1") {
+                assert!(hb.contains(&h), "a live copy moved: {a:?} -> {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -19,8 +19,11 @@ impl From<ManagerError> for RemoteError {
             | ManagerError::Placement(PlacementError::ZeroUnit | PlacementError::TooMany(_)) => {
                 ErrorCode::InvalidArgument
             }
-            ManagerError::Placement(PlacementError::NoSpace { .. }) => ErrorCode::NoSpace,
+            ManagerError::Placement(
+                PlacementError::NoSpace { .. } | PlacementError::TooFewMonitors { .. },
+            ) => ErrorCode::NoSpace,
             ManagerError::State(_) => ErrorCode::Io,
+            ManagerError::VolumeOnDeadMonitor { .. } => ErrorCode::Unavailable,
         };
         RemoteError::new(code, lego_report::error_chain(&e))
     }
@@ -54,7 +57,7 @@ impl ManagerService {
             m::STATUS => to_json(&mg.status()),
             m::PLACE_MEMORY => {
                 let p: m::PlaceMemory = from_json(body)?;
-                to_json(&mg.place_memory(p.vnode, p.bytes)?)
+                to_json(&mg.place_memory_copies(p.vnode, p.bytes, p.copies)?)
             }
             m::PLACE_VOLUME => {
                 let p: m::PlaceVolume = from_json(body)?;

@@ -46,8 +46,39 @@ pub struct VnodeRecord {
     pub region_size: u64,
     /// Memory monitor address of each region, by region index.
     pub regions: Vec<String>,
+    /// Further monitors holding a copy of each region, by region index (missing or empty:
+    /// no copy; absent from state files written before replication).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<String>>,
     /// Volumes by name.
     pub volumes: BTreeMap<String, VolumeRecord>,
+}
+
+impl VnodeRecord {
+    /// Every monitor holding region `i`: its primary first, then its copies.
+    pub fn holders(&self, i: usize) -> Vec<String> {
+        let mut h: Vec<String> = self.regions.get(i).into_iter().cloned().collect();
+        h.extend(self.replicas.get(i).into_iter().flatten().cloned());
+        h
+    }
+
+    /// Sets the holders of region `i` (primary first), growing the table as needed.
+    pub fn set_holders(&mut self, i: usize, holders: Vec<String>) {
+        let mut it = holders.into_iter();
+        let primary = it.next().unwrap_or_default();
+        if i < self.regions.len() {
+            self.regions[i] = primary;
+        } else {
+            self.regions.push(primary);
+        }
+        let rest: Vec<String> = it.collect();
+        if !rest.is_empty() && self.replicas.len() <= i {
+            self.replicas.resize(i + 1, Vec::new());
+        }
+        if let Some(r) = self.replicas.get_mut(i) {
+            *r = rest;
+        }
+    }
 }
 
 /// Everything the manager must remember across restarts.
@@ -78,8 +109,8 @@ impl ClusterState {
         self.vnodes
             .values()
             .map(|v| {
-                let regions =
-                    v.regions.iter().filter(|m| *m == addr).count() as u64 * v.region_size;
+                let copies = v.regions.iter().chain(v.replicas.iter().flatten());
+                let regions = copies.filter(|m| *m == addr).count() as u64 * v.region_size;
                 let vols: u64 = v
                     .volumes
                     .values()

@@ -51,6 +51,9 @@ enum Cmd {
         /// Total remote memory, e.g. 4G.
         #[arg(long)]
         size: ByteSize,
+        /// Copies of each new vRegion on distinct memory monitors [default: the manager's].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=8))]
+        copies: Option<u32>,
     },
     /// Place a volume for a vNode and create it on the chosen storage monitor.
     CreateVolume {
@@ -196,11 +199,19 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 out(&legoctl::render::status(&st));
             }
         }
-        Cmd::PlaceMemory { vnode, size } => {
-            let p = mgr.place_memory(vnode, size.bytes())?;
-            let mut t = legoctl::table::Table::new(&["REGION", "MONITOR"]);
+        Cmd::PlaceMemory {
+            vnode,
+            size,
+            copies,
+        } => {
+            let p = mgr.place_memory_copies(vnode, size.bytes(), copies)?;
+            let mut t = legoctl::table::Table::new(&["REGION", "MONITOR", "COPIES ON"]);
             for r in &p.regions {
-                t.row(vec![r.index.to_string(), r.monitor.clone()]);
+                t.row(vec![
+                    r.index.to_string(),
+                    r.monitor.clone(),
+                    r.replicas.join(","),
+                ]);
             }
             out(&format!(
                 "vNode {vnode}: {} region(s) of {}\n{}",

@@ -1,9 +1,29 @@
 //! Human-readable rendering of the manager's [`ClusterStatus`].
 
-use lego_monitor_client::proto::manager::ClusterStatus;
+use lego_monitor_client::proto::manager::{ClusterStatus, MemoryPlacement, MonitorState};
 use lego_monitor_client::size::human;
 
 use crate::table::Table;
+
+/// How a vNode's regions stand with `dead` monitors: "healthy" when every copy is on a live
+/// monitor, else how many regions lost copies ("degraded") or every copy ("lost").
+fn health(p: &MemoryPlacement, dead: &[&str]) -> String {
+    let (mut degraded, mut lost) = (0, 0);
+    for r in &p.regions {
+        let gone = r.holders().filter(|h| dead.contains(h)).count();
+        if gone == r.holders().count() {
+            lost += 1;
+        } else if gone > 0 {
+            degraded += 1;
+        }
+    }
+    match (degraded, lost) {
+        (0, 0) => "healthy".into(),
+        (d, 0) => format!("degraded: {d} region(s) short of a copy"),
+        (0, l) => format!("lost: {l} region(s) with no live copy"),
+        (d, l) => format!("lost: {l} region(s), degraded: {d}"),
+    }
+}
 
 /// Renders the status as tables: monitors, vNode memory placements, volumes.
 pub fn status(st: &ClusterStatus) -> String {
@@ -45,30 +65,66 @@ pub fn status(st: &ClusterStatus) -> String {
     }
 
     out.push_str("\nVNODE MEMORY (vRegions)\n");
-    let mut v = Table::new(&["VNODE", "REGIONS", "SIZE", "MONITOR", "REGION INDEXES"]);
+    let mut v = Table::new(&[
+        "VNODE",
+        "REGIONS",
+        "SIZE",
+        "COPIES",
+        "HEALTH",
+        "MONITOR",
+        "REGION INDEXES",
+    ]);
+    let dead: Vec<&str> = st
+        .monitors
+        .iter()
+        .filter(|m| m.state == MonitorState::Dead)
+        .map(|m| m.addr.as_str())
+        .collect();
     for vn in &st.vnodes {
-        // Group regions by monitor for a compact view.
+        // Group the regions' copies by monitor for a compact view.
         let mut by_mon: Vec<(String, Vec<u64>)> = Vec::new();
         for r in &vn.memory.regions {
-            match by_mon.iter_mut().find(|(m, _)| *m == r.monitor) {
-                Some((_, idx)) => idx.push(r.index),
-                None => by_mon.push((r.monitor.clone(), vec![r.index])),
+            for holder in r.holders() {
+                match by_mon.iter_mut().find(|(m, _)| *m == holder) {
+                    Some((_, idx)) => idx.push(r.index),
+                    None => by_mon.push((holder.to_string(), vec![r.index])),
+                }
             }
         }
+        let copies = {
+            let counts: Vec<usize> = vn
+                .memory
+                .regions
+                .iter()
+                .map(|r| r.holders().count())
+                .collect();
+            match (counts.iter().min(), counts.iter().max()) {
+                (Some(lo), Some(hi)) if lo == hi => lo.to_string(),
+                (Some(lo), Some(hi)) => format!("{lo}-{hi}"),
+                _ => String::new(),
+            }
+        };
         if by_mon.is_empty() {
             continue;
         }
         for (i, (mon, idx)) in by_mon.iter().enumerate() {
-            let (id, count, size) = if i == 0 {
+            let (id, count, size, copies, health) = if i == 0 {
                 (
                     vn.vnode.to_string(),
                     vn.memory.regions.len().to_string(),
                     human(vn.memory.regions.len() as u64 * vn.memory.region_size),
+                    copies.clone(),
+                    health(&vn.memory, &dead),
                 )
             } else {
-                (String::new(), String::new(), String::new())
+                Default::default()
             };
-            v.row(vec![id, count, size, mon.clone(), ranges(idx)]);
+            let mon = if dead.contains(&mon.as_str()) {
+                format!("{mon} (dead)")
+            } else {
+                mon.clone()
+            };
+            v.row(vec![id, count, size, copies, health, mon, ranges(idx)]);
         }
     }
     out.push_str(&if v.is_empty() {
@@ -128,15 +184,26 @@ mod tests {
         let st = ClusterStatus {
             region_size: 1 << 30,
             heartbeat_interval_ms: 1000,
-            monitors: vec![MonitorStatus {
-                kind: MonitorKind::Memory,
-                addr: "10.0.0.1:7100".into(),
-                state: MonitorState::Dead,
-                capacity_bytes: 4 << 30,
-                used_bytes: 1 << 20,
-                reserved_bytes: 2 << 30,
-                last_heartbeat_ms: 5000,
-            }],
+            monitors: vec![
+                MonitorStatus {
+                    kind: MonitorKind::Memory,
+                    addr: "10.0.0.1:7100".into(),
+                    state: MonitorState::Dead,
+                    capacity_bytes: 4 << 30,
+                    used_bytes: 1 << 20,
+                    reserved_bytes: 2 << 30,
+                    last_heartbeat_ms: 5000,
+                },
+                MonitorStatus {
+                    kind: MonitorKind::Memory,
+                    addr: "b".into(),
+                    state: MonitorState::Dead,
+                    capacity_bytes: 4 << 30,
+                    used_bytes: 0,
+                    reserved_bytes: 2 << 30,
+                    last_heartbeat_ms: 5000,
+                },
+            ],
             vnodes: vec![VnodeStatus {
                 vnode: 7,
                 memory: MemoryPlacement {
@@ -146,14 +213,17 @@ mod tests {
                         RegionPlacement {
                             index: 0,
                             monitor: "a".into(),
+                            replicas: vec!["b".into()],
                         },
                         RegionPlacement {
                             index: 1,
                             monitor: "a".into(),
+                            replicas: Vec::new(),
                         },
                         RegionPlacement {
                             index: 2,
                             monitor: "b".into(),
+                            replicas: Vec::new(),
                         },
                     ],
                 },
@@ -167,6 +237,16 @@ mod tests {
         let s = status(&st);
         assert!(s.contains("dead"), "{s}");
         assert!(s.contains("0-1"), "{s}");
+        assert!(s.contains("1-2"), "copies per region: {s}");
+        assert!(s.contains("b (dead)"), "{s}");
+        assert!(
+            s.contains("lost: 1 region(s), degraded: 1"),
+            "region 2 only on dead b, region 0 still on a: {s}"
+        );
+        assert!(
+            s.contains("0,2"),
+            "b holds a copy of region 0 and region 2: {s}"
+        );
         assert!(s.contains("root"), "{s}");
         assert!(s.contains("3.0 GiB"), "{s}");
         assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");

@@ -12,7 +12,7 @@ pub mod gate;
 
 use std::sync::Arc;
 
-use lego_monitor_client::client::{CallError, VnodeMemory};
+use lego_monitor_client::client::{CallError, Renewal, VnodeMemory};
 use lego_monitor_client::proto::memory::PAGE_SIZE;
 
 use super::pending::Later;
@@ -71,6 +71,8 @@ pub struct RemoteMemoryStore<P: PageAccess = VnodeMemory> {
     pages: P,
     capacity: u64,
     gate: Arc<Gate>,
+    /// Keeps the capability fresh while the store lives.
+    _renewal: Option<Renewal>,
 }
 
 fn remote(op: &'static str) -> impl FnOnce(CallError) -> StoreError {
@@ -127,7 +129,14 @@ impl<P: PageAccess> RemoteMemoryStore<P> {
             pages,
             capacity: capacity - capacity % PAGE,
             gate: Arc::new(Gate::default()),
+            _renewal: None,
         }
+    }
+
+    /// The same store, renewing its capability with `renewal` while it lives.
+    pub fn with_renewal(mut self, renewal: Renewal) -> Self {
+        self._renewal = Some(renewal);
+        self
     }
 
     /// The page access in use.

@@ -63,6 +63,34 @@ impl Daemon {
         )
     }
 
+    /// Starts the daemon with its store on vNode `vnode`'s volume `volume` (created with
+    /// `size` if missing), placed through the manager of `cluster`.
+    pub fn start_remote_disk(
+        dir: &Path,
+        cluster: &cluster::Cluster,
+        vnode: &str,
+        volume: &str,
+        size: &str,
+    ) -> Daemon {
+        let key = cluster.key_hex();
+        Self::start_env(
+            dir,
+            &[
+                "--store",
+                "remote-disk",
+                "--manager",
+                &cluster.manager_addr,
+                "--vnode",
+                vnode,
+                "--volume",
+                volume,
+                "--size",
+                size,
+            ],
+            &[("LEGO_CLUSTER_KEY", &key)],
+        )
+    }
+
     /// Starts the daemon with extra environment variables.
     pub fn start_env(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Daemon {
         let socket = dir.join("blk.sock");

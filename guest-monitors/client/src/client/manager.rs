@@ -52,11 +52,27 @@ impl ManagerClient {
         Ok(from_json(&r.payload)?)
     }
 
-    /// Ensures `vnode` has at least `bytes` of remote memory placed.
+    /// Ensures `vnode` has at least `bytes` of remote memory placed, new regions with the
+    /// manager's number of copies.
     pub fn place_memory(&self, vnode: u64, bytes: u64) -> Result<MemoryPlacement, CallError> {
+        self.place_memory_copies(vnode, bytes, None)
+    }
+
+    /// [`ManagerClient::place_memory`] with `copies` of each new region (`None`: the
+    /// manager's setting).
+    pub fn place_memory_copies(
+        &self,
+        vnode: u64,
+        bytes: u64,
+        copies: Option<u32>,
+    ) -> Result<MemoryPlacement, CallError> {
         Ok(from_json(&self.call(
             m::PLACE_MEMORY,
-            &m::PlaceMemory { vnode, bytes },
+            &m::PlaceMemory {
+                vnode,
+                bytes,
+                copies,
+            },
         )?)?)
     }
 

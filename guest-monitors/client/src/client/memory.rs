@@ -1,7 +1,10 @@
 //! [`MemoryClient`]: one vNode's pages on one memory monitor.
 
-use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Pending, Request};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Pending, Request, Response};
+
+use super::custody::{Custody, Loss, Pages, Restart};
 use super::CallError;
 use crate::proto::memory::{
     self as mm, MemoryOp, MonitorMemoryStats, VnodeMemoryStats, MAX_PAGES, PAGE_SIZE,
@@ -9,10 +12,62 @@ use crate::proto::memory::{
 use crate::proto::{from_json, ProtoError};
 
 /// A vNode's view of one memory monitor. Cheap to clone; safe to share between threads.
+///
+/// Every answer is checked against the pages' [`Custody`]: once the monitor restarted (a
+/// new incarnation answers), reading a page stored in the old process is
+/// [`CallError::Lost`], never the zeros the new one holds.
 #[derive(Clone)]
 pub struct MemoryClient {
     client: Client,
     vnode: u64,
+    custody: Arc<Mutex<Custody>>,
+}
+
+fn lock(custody: &Mutex<Custody>) -> MutexGuard<'_, Custody> {
+    // Custody's updates leave it consistent at every step, so a poisoned lock is usable.
+    custody.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What an answer must be checked for before it is used.
+struct Check {
+    custody: Arc<Mutex<Custody>>,
+    addr: std::net::SocketAddr,
+    vnode: u64,
+    write: bool,
+    pages: Pages,
+}
+
+impl Check {
+    fn apply(&self, r: &Response) -> Result<(), CallError> {
+        let (restart, verdict) = {
+            let mut c = lock(&self.custody);
+            if self.write {
+                c.wrote(r.incarnation, &self.pages)
+            } else {
+                c.read(r.incarnation, &self.pages)
+            }
+        };
+        if let Some(restart) = restart {
+            log_restart(self.addr, self.vnode, restart);
+        }
+        verdict.map_err(|loss| lost(self.addr, loss))
+    }
+}
+
+fn lost(addr: std::net::SocketAddr, loss: Loss) -> CallError {
+    CallError::Lost { addr, loss }
+}
+
+fn log_restart(addr: std::net::SocketAddr, vnode: u64, r: Restart) {
+    tracing::error!(
+        monitor = %addr,
+        vnode,
+        from = format_args!("{:#018x}", r.from),
+        to = format_args!("{:#018x}", r.to),
+        pages_lost = r.pages_lost,
+        "the memory monitor restarted: the pages it held for this vNode are lost, and reading \
+         one is an error until it is written again"
+    );
 }
 
 /// A run of consecutive pages to read or write, for [`MemoryClient::submit_runs`] and
@@ -39,6 +94,7 @@ pub enum PageOp<'a> {
 pub struct PendingPages {
     pending: Pending,
     expect: usize,
+    check: Check,
 }
 
 impl PendingPages {
@@ -52,6 +108,7 @@ impl PendingPages {
             }
             .into());
         }
+        self.check.apply(&r)?;
         Ok(r.payload)
     }
 }
@@ -92,7 +149,34 @@ impl MemoryClient {
     /// Wraps a connected client that already has a capability for `vnode` attached
     /// (or `vnode` 0 for cluster-level statistics only).
     pub fn from_client(client: Client, vnode: u64) -> Self {
-        Self { client, vnode }
+        let custody = Arc::new(Mutex::new(Custody::new(client.incarnation())));
+        Self {
+            client,
+            vnode,
+            custody,
+        }
+    }
+
+    /// Pages this client stored in the monitor's live incarnation, and pages it stored in
+    /// an earlier one that restarted (lost, until written again).
+    pub fn custody_counts(&self) -> (u64, u64) {
+        lock(&self.custody).counts()
+    }
+
+    /// Treats `count` pages from `start` as not held by this monitor until they are written
+    /// again (a write or trim of them failed or skipped this copy).
+    pub fn forget(&self, start: u64, count: u64) {
+        lock(&self.custody).forget(&Pages::Run { start, count });
+    }
+
+    fn check(&self, write: bool, pages: Pages) -> Check {
+        Check {
+            custody: self.custody.clone(),
+            addr: self.client.peer_addr(),
+            vnode: self.vnode,
+            write,
+            pages,
+        }
     }
 
     /// The vNode this client acts for.
@@ -118,16 +202,33 @@ impl MemoryClient {
         Ok(PendingPages {
             pending,
             expect: count as usize * PAGE_SIZE,
+            check: self.check(
+                false,
+                Pages::Run {
+                    start,
+                    count: count.into(),
+                },
+            ),
         })
     }
 
     /// Submits a write of consecutive pages from `start` without waiting.
     pub fn submit_write_run(&self, start: u64, data: &[u8]) -> Result<PendingPages, CallError> {
-        check_data(data)?;
+        let n = check_data(data)?;
         let pending = self
             .client
             .submit(self.req(&MemoryOp::WriteRun { start, data }));
-        Ok(PendingPages { pending, expect: 0 })
+        Ok(PendingPages {
+            pending,
+            expect: 0,
+            check: self.check(
+                true,
+                Pages::Run {
+                    start,
+                    count: n as u64,
+                },
+            ),
+        })
     }
 
     /// Submits page runs without waiting, all with one vectored write; one [`PendingPages`]
@@ -145,12 +246,20 @@ impl MemoryClient {
                     check_pages(usize::try_from(count).unwrap_or(usize::MAX))?;
                     let count = count as u32;
                     reqs.push(self.req(&MemoryOp::ReadRun { start, count }));
-                    expect.push(count as usize * PAGE_SIZE);
+                    let pages = Pages::Run {
+                        start,
+                        count: count.into(),
+                    };
+                    expect.push((count as usize * PAGE_SIZE, self.check(false, pages)));
                 }
                 PageOp::Write { start, data } => {
-                    check_data(data)?;
+                    let n = check_data(data)?;
                     reqs.push(self.req(&MemoryOp::WriteRun { start, data }));
-                    expect.push(0);
+                    let pages = Pages::Run {
+                        start,
+                        count: n as u64,
+                    };
+                    expect.push((0, self.check(true, pages)));
                 }
             }
         }
@@ -159,7 +268,11 @@ impl MemoryClient {
             .submit_batch(reqs)
             .into_iter()
             .zip(expect)
-            .map(|(pending, expect)| PendingPages { pending, expect })
+            .map(|(pending, (expect, check))| PendingPages {
+                pending,
+                expect,
+                check,
+            })
             .collect())
     }
 
@@ -172,6 +285,7 @@ impl MemoryClient {
         Ok(PendingPages {
             pending,
             expect: pages.len() * PAGE_SIZE,
+            check: self.check(false, Pages::List(pages.to_vec())),
         })
     }
 
@@ -188,7 +302,11 @@ impl MemoryClient {
             pages: pages.to_vec(),
             data,
         }));
-        Ok(PendingPages { pending, expect: 0 })
+        Ok(PendingPages {
+            pending,
+            expect: 0,
+            check: self.check(true, Pages::List(pages.to_vec())),
+        })
     }
 
     /// Reads one page.
@@ -232,13 +350,20 @@ impl MemoryClient {
         let r = self
             .client
             .call(self.req(&MemoryOp::Trim { start, count }))?;
-        Ok(mm::decode_u64(&r.payload)?)
+        let freed = mm::decode_u64(&r.payload)?;
+        let restart = lock(&self.custody).freed(r.incarnation, &Pages::Run { start, count });
+        if let Some(restart) = restart {
+            log_restart(self.client.peer_addr(), self.vnode, restart);
+        }
+        Ok(freed)
     }
 
     /// Frees every page of this vNode on the monitor.
     pub fn free_all(&self) -> Result<u64, CallError> {
         let r = self.client.call(self.req(&MemoryOp::FreeVnode))?;
-        Ok(mm::decode_u64(&r.payload)?)
+        let freed = mm::decode_u64(&r.payload)?;
+        lock(&self.custody).freed_all();
+        Ok(freed)
     }
 
     /// This vNode's use of the monitor.

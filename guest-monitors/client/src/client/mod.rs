@@ -5,13 +5,16 @@
 //! batches and waited on later as [`PendingRun`]s), [`StorageClient`] for its volumes,
 //! [`ManagerClient`] for placement and capabilities.
 
+pub mod custody;
 pub mod manager;
 pub mod memory;
+pub mod renewal;
 pub mod storage;
 pub mod vnode;
 
 pub use manager::ManagerClient;
 pub use memory::{MemoryClient, PageOp, PendingPages};
+pub use renewal::Renewal;
 pub use storage::StorageClient;
 pub use vnode::{PendingRun, VnodeMemory};
 
@@ -42,6 +45,17 @@ pub enum CallError {
     /// The arguments cannot be sent.
     #[error("{0}")]
     Invalid(String),
+    /// The memory monitor that held the pages restarted empty: what it held is gone, and
+    /// answering with what the new process has (zeros) would be wrong.
+    #[error(
+        "the memory monitor at {addr} restarted and lost the pages it held for this vNode ({loss})"
+    )]
+    Lost {
+        /// The monitor.
+        addr: std::net::SocketAddr,
+        /// What was lost.
+        loss: custody::Loss,
+    },
 }
 
 impl CallError {

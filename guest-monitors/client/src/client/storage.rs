@@ -141,6 +141,16 @@ impl StorageClient {
         ))
     }
 
+    /// Submits a flush without waiting (see [`StorageClient::flush`]); the answer says which
+    /// incarnation of the monitor made the writes durable.
+    pub fn submit_flush(&self, name: &str) -> lego_fabric::Pending {
+        self.client.submit(Request::new(
+            st::FLUSH,
+            self.vnode,
+            DataOp::Flush { name }.encode(),
+        ))
+    }
+
     /// Makes all completed writes durable (fdatasync on the monitor before the answer).
     pub fn flush(&self, name: &str) -> Result<(), CallError> {
         self.call(st::FLUSH, DataOp::Flush { name }.encode(), 0)

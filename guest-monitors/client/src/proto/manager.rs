@@ -139,8 +139,18 @@ pub struct MonitorStatus {
 pub struct RegionPlacement {
     /// Region index: it covers pages `index * region_pages .. (index + 1) * region_pages`.
     pub index: u64,
-    /// Memory monitor holding it.
+    /// Memory monitor holding it (its primary copy).
     pub monitor: String,
+    /// Further memory monitors holding a copy of it (empty: no copy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+}
+
+impl RegionPlacement {
+    /// Every monitor holding the region: its primary, then its copies.
+    pub fn holders(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.monitor.as_str()).chain(self.replicas.iter().map(String::as_str))
+    }
 }
 
 /// A vNode's remote memory layout.
@@ -213,6 +223,9 @@ pub struct PlaceMemory {
     pub vnode: u64,
     /// Bytes wanted in total (rounded up to whole regions).
     pub bytes: u64,
+    /// Copies of each new region on distinct monitors (absent: the manager's setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<u32>,
 }
 
 /// Body of `PLACE_VOLUME`.
@@ -269,16 +282,23 @@ mod tests {
                 RegionPlacement {
                     index: 0,
                     monitor: "a".into(),
+                    replicas: vec!["c".into()],
                 },
                 RegionPlacement {
                     index: 1,
                     monitor: "b".into(),
+                    replicas: Vec::new(),
                 },
             ],
         };
         assert_eq!(p.monitor_of_page(1), Some("a"));
         assert_eq!(p.monitor_of_page(2), Some("b"));
         assert_eq!(p.monitor_of_page(4), None);
+        assert_eq!(p.regions[0].holders().collect::<Vec<_>>(), ["a", "c"]);
+        // A placement from before copies existed still reads.
+        let old: RegionPlacement =
+            serde_json::from_str(r#"{"index":3,"monitor":"m"}"#).expect("old placement");
+        assert!(old.replicas.is_empty());
         assert!("memory".parse::<MonitorKind>().is_ok());
         assert!("disk".parse::<MonitorKind>().is_err());
     }

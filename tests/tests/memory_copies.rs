@@ -1,0 +1,167 @@
+//! A vNode whose remote memory has two copies of every vRegion on three memory monitors
+//! survives the loss of one of them mid-workload: one compute-host boot runs the manager and
+//! three memory monitors (real processes), a vNode with 128 MiB of RAM through a workload of
+//! twice that which checks every page, and a watcher that kills (SIGKILL) the monitor
+//! holding the first vRegion's first copy once the vNode has paged out 40 MiB to it. The
+//! workload must end with every page right and the guest must see no I/O error.
+
+use lego_testbed::JobOutput;
+use lego_tests::{json_number, marker, release_binary, JobFiles};
+use std::time::Duration;
+
+const GUEST_RAM_MIB: u64 = 128;
+const WORKLOAD_MIB: u64 = 256;
+/// Pages the victim must have taken before it is killed (40 MiB: inside the write pass).
+const KILL_AFTER_PAGES: u64 = 10_240;
+
+const SCRIPT: &str = r#"
+. "$LEGO_TESTBED_LIB"
+ip link set lo up 2> /dev/null || true
+export LEGO_VHOST_BLK_BIN="$JOB_DIR/lego-vhost-blk"
+MANAGER=127.0.0.1:7300
+mkdir -p state
+./lego-manager --state-dir state --listen $MANAGER --heartbeat-ms 200 --region-size 32M > manager.log 2>&1 &
+manager=$!
+sleep 0.5
+for i in 1 2 3; do
+    ./lego-memory-monitor --listen 127.0.0.1:710$i --capacity 1G --manager $MANAGER --heartbeat-ms 200 > memory-$i.log 2>&1 &
+    echo $! > memory-$i.pid
+done
+n=0
+while [ "$(./legoctl --manager $MANAGER status 2> /dev/null | grep -c alive)" -lt 3 ] && [ "$n" -lt 300 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+./legoctl --manager $MANAGER status > cluster.txt 2>&1
+
+# The watcher: once the vNode is placed, find the monitor holding region 0's first copy and
+# kill it (SIGKILL) when it has taken KILL_AFTER_PAGES pages.
+(
+    victim=""
+    n=0
+    while [ -z "$victim" ] && [ "$n" -lt 3000 ]; do
+        victim=$(./legoctl --manager $MANAGER status --json 2> /dev/null \
+            | grep -A1 '"index": 0,' | grep -m1 '"monitor"' \
+            | sed 's/.*"monitor": "\([^"]*\)".*/\1/')
+        [ -n "$victim" ] || sleep 0.2
+        n=$((n + 1))
+    done
+    port=${victim##*:}
+    i=${port#710}
+    while [ "$n" -lt 6000 ]; do
+        w=$(./legoctl --manager $MANAGER monitor-stats --kind memory --addr "$victim" 2> /dev/null \
+            | grep -m1 '"pages_written":' | sed 's/[^0-9]//g')
+        if [ -n "$w" ] && [ "$w" -ge KILL_AFTER_PAGES ]; then
+            kill -9 "$(cat memory-$i.pid)"
+            echo "victim=$victim pages_written=$w" > killed.txt
+            echo "LEGO_SAY killed the memory monitor $victim (SIGKILL) after $w pages"
+            exit 0
+        fi
+        sleep 0.1
+        n=$((n + 1))
+    done
+    echo "victim=$victim never reached KILL_AFTER_PAGES pages" > killed.txt
+) &
+watcher=$!
+
+lego_vnode first 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory GUEST_RAMM --vcpus 1 \
+    --vnode 1 --manager $MANAGER --remote-memory 512M \
+    --cmdline "console=ttyS0 quiet lego.run=\"lego-guest-tools memtest --mib WORKLOAD_MIB\""
+wait $watcher
+sleep 1
+./legoctl --manager $MANAGER status > status.txt 2>&1
+for i in 1 2 3; do
+    ./legoctl --manager $MANAGER monitor-stats --kind memory --addr 127.0.0.1:710$i > stats-$i.txt 2>&1
+done
+kill $manager $(cat memory-*.pid) 2> /dev/null
+exit 0
+"#;
+
+struct Results {
+    out: JobOutput,
+}
+
+lego_tests::shared_results!(fn results() -> Results = run_job);
+
+fn run_job() -> Results {
+    let key = std::process::Command::new(release_binary("legoctl"))
+        .arg("keygen")
+        .output()
+        .expect("legoctl keygen runs");
+    let key = String::from_utf8(key.stdout).expect("a hex key");
+    let script = format!(
+        "export LEGO_CLUSTER_KEY={}\n{}",
+        key.trim(),
+        SCRIPT
+            .replace("KILL_AFTER_PAGES", &KILL_AFTER_PAGES.to_string())
+            .replace("GUEST_RAM", &GUEST_RAM_MIB.to_string())
+            .replace("WORKLOAD_MIB", &WORKLOAD_MIB.to_string())
+    );
+    let mut job = lego_tests::guest_job("memory-copies", script, Duration::from_secs(900));
+    for bin in [
+        "lego-vhost-blk",
+        "lego-manager",
+        "lego-memory-monitor",
+        "legoctl",
+    ] {
+        job = job.file(release_binary(bin), bin);
+    }
+    let testbed = lego_tests::testbed("memory_copies", false);
+    let out = lego_tests::run_job(&testbed, &job, "memory_copies");
+    Results { out }
+}
+
+#[test]
+fn every_page_survives_the_loss_of_a_monitor_holding_a_copy() {
+    let r = results();
+    let killed = r.out.text("killed.txt");
+    assert!(
+        killed.contains("pages_written="),
+        "the watcher never killed a monitor: {killed}\n{}",
+        r.out.console_tail(80)
+    );
+    let console = r.out.consoles("first");
+    let line = console
+        .lines()
+        .find(|l| l.contains("LEGO_MEMTEST"))
+        .unwrap_or_else(|| panic!("no memtest result:\n{console}"));
+    assert_eq!(marker(line, "bad"), Some("0"), "{line}");
+    let pages: u64 = marker(line, "pages").expect("pages").parse().unwrap();
+    assert_eq!(pages, WORKLOAD_MIB * 256, "{line}");
+    for sign in ["I/O error", "Read-error", "Write-error", "Bad page"] {
+        assert!(
+            !console.contains(sign),
+            "the guest saw {sign:?}:\n{console}"
+        );
+    }
+    r.out.assert_vnode_ran_clean("first");
+}
+
+#[test]
+fn the_survivors_served_the_pages_and_the_manager_shows_the_loss() {
+    let r = results();
+    let status = r.out.text("status.txt");
+    assert!(
+        status.contains("dead"),
+        "the killed monitor is not dead:\n{status}"
+    );
+    assert!(
+        status.contains("degraded"),
+        "the vNode's memory is not shown degraded:\n{status}"
+    );
+    // The two survivors together read back at least the pages the guest swapped in.
+    let killed = r.out.text("killed.txt");
+    let victim = killed
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("victim="))
+        .expect("victim")
+        .to_string();
+    let mut survivors_read = 0;
+    for i in 1..=3 {
+        let stats = r.out.text(&format!("stats-{i}.txt"));
+        if victim.ends_with(&format!(":710{i}")) {
+            continue;
+        }
+        survivors_read += json_number(&stats, "pages_read");
+    }
+    assert!(survivors_read > 0, "no page came back from a survivor");
+}
