@@ -41,8 +41,9 @@ struct Cli {
     /// Memory of the nested compute host, in MiB.
     #[arg(long, global = true, default_value_t = 2048, value_name = "MIB")]
     l1_memory: u32,
-    /// vCPUs of the nested compute host.
-    #[arg(long, global = true, default_value_t = 2, value_name = "N")]
+    /// vCPUs of the nested compute host (more than one makes QEMU's SVM emulation lose
+    /// the compute host far more often; see the README).
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
     l1_cpus: u32,
     /// Give the nested compute host a user-mode network: jobs reach this machine's
     /// 127.0.0.1 at $LEGO_HOST_ADDR (10.0.2.2; 127.0.0.1 in direct mode, network or not).

@@ -76,7 +76,11 @@ pub struct QemuConfig {
     pub bios: PathBuf,
     /// L1's memory in MiB.
     pub memory_mib: u32,
-    /// L1's vCPUs.
+    /// L1's vCPUs. One by default: with two, QEMU's TCG emulation of SVM loses the compute
+    /// host in about one demo-sized run in four (a kernel panic of recursive page faults on
+    /// valid per-CPU addresses, a triple fault, or both vCPUs halted for good), with QEMU
+    /// as the nested VMM as well as legovmm; with one it lost none (BENCHMARKS.md,
+    /// "Testbed soak").
     pub cpus: u32,
     /// Extra kernel command line words for L1.
     pub extra_cmdline: String,
@@ -100,7 +104,7 @@ impl Default for QemuConfig {
             binary: PathBuf::from(DEFAULT_QEMU),
             bios: PathBuf::from(DEFAULT_BIOS),
             memory_mib: 2048,
-            cpus: 2,
+            cpus: 1,
             extra_cmdline: String::new(),
             network: false,
             cpu_model: CPU.to_string(),
