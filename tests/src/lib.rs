@@ -27,6 +27,19 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A fresh cluster key in hex, from the release `legoctl keygen` (for a job's
+/// `LEGO_CLUSTER_KEY`).
+pub fn cluster_key_hex() -> String {
+    let out = std::process::Command::new(release_binary("legoctl"))
+        .arg("keygen")
+        .output()
+        .expect("legoctl keygen runs");
+    String::from_utf8(out.stdout)
+        .expect("a hex key")
+        .trim()
+        .to_string()
+}
+
 /// Finds `KEY=value` on its own line in `text` and returns the value.
 pub fn marker<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines().find_map(|l| {

@@ -83,11 +83,7 @@ struct Results {
 lego_tests::shared_results!(fn results() -> Results = run_job);
 
 fn run_job() -> Results {
-    let key = std::process::Command::new(release_binary("legoctl"))
-        .arg("keygen")
-        .output()
-        .expect("legoctl keygen runs");
-    let key = String::from_utf8(key.stdout).expect("a hex key");
+    let key = lego_tests::cluster_key_hex();
     let script = format!(
         "export LEGO_CLUSTER_KEY={}\n{}",
         key.trim(),

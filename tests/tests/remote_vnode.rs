@@ -41,11 +41,7 @@ struct Results {
 lego_tests::shared_results!(fn results() -> Results = run_job);
 
 fn run_job() -> Results {
-    let key = std::process::Command::new(release_binary("legoctl"))
-        .arg("keygen")
-        .output()
-        .expect("legoctl keygen runs");
-    let key = String::from_utf8(key.stdout).expect("a hex key");
+    let key = lego_tests::cluster_key_hex();
     let script = format!(
         "export LEGO_CLUSTER_KEY={}\nexport GUEST_RAM={GUEST_RAM_MIB}M REMOTE_MEMORY=512M \
          WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{BAD_INPUT}\n{SCRIPT}",
