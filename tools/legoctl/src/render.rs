@@ -214,16 +214,19 @@ mod tests {
                             index: 0,
                             monitor: "a".into(),
                             replicas: vec!["b".into()],
+                            ..Default::default()
                         },
                         RegionPlacement {
                             index: 1,
                             monitor: "a".into(),
                             replicas: Vec::new(),
+                            ..Default::default()
                         },
                         RegionPlacement {
                             index: 2,
                             monitor: "b".into(),
                             replicas: Vec::new(),
+                            ..Default::default()
                         },
                     ],
                 },
