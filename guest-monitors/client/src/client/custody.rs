@@ -288,6 +288,13 @@ impl Custody {
             .count() as u64
     }
 
+    /// The pages of `start..start+count` lost here.
+    pub fn lost_pages(&self, start: u64, count: u64) -> std::collections::BTreeSet<u64> {
+        (start..start.saturating_add(count))
+            .filter(|&p| self.lost.contains(p))
+            .collect()
+    }
+
     /// A read of `pages` was answered by `incarnation`: usable only if that incarnation is
     /// live and none of the pages was lost.
     pub fn read(&mut self, incarnation: u64, pages: &Pages) -> (Option<Restart>, Result<(), Loss>) {

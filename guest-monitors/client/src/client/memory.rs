@@ -201,6 +201,11 @@ impl MemoryClient {
         lock(&self.custody).lost_in(start, count)
     }
 
+    /// The pages of `start..start+count` this client counts as lost on the monitor.
+    pub fn lost_pages(&self, start: u64, count: u64) -> std::collections::BTreeSet<u64> {
+        lock(&self.custody).lost_pages(start, count)
+    }
+
     /// Opens a repair fence over `start..start+count` on the monitor (see
     /// [`crate::proto::memory`]); returns the incarnation that opened it.
     pub fn fill_begin(&self, start: u64, count: u64) -> Result<u64, CallError> {
