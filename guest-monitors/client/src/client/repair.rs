@@ -455,17 +455,42 @@ impl Worker {
                     }
                     sent_bytes += data.len() as u64;
                 }
-                other => {
-                    // No holder could serve these pages: the new copy must not serve
-                    // zeros for them either.
-                    let why = other.err().map(|e| error_chain(&e)).unwrap_or_default();
-                    tracing::error!(vnode = self.vnode(), region = i, first = start + lo,
-                        pages = n, error = %why,
-                        "pages of a vRegion could not be read from any holder during its \
-                         repair; they stay lost on the new copy too");
-                    client.forget(start + lo, n);
-                    unreadable += set.len() as u64;
+                Ok(data) => {
+                    return Err(FillError::Source(CallError::Invalid(format!(
+                        "the holders answered {} bytes for {n} pages",
+                        data.len()
+                    ))))
                 }
+                Err(CallError::Lost { .. }) => {
+                    // Some pages of the run were lost on every holder (restarted ones): copy
+                    // the others one by one; the new copy must not serve zeros for the lost.
+                    for &k in &set {
+                        let p = start + k;
+                        match self.shared.read_run(p, 1) {
+                            Ok(data) if data.len() == PAGE_SIZE => {
+                                let (_, answered) = client.fill_run(p, &data).map_err(tgt)?;
+                                if answered != incarnation {
+                                    return Err(FillError::TargetRestarted {
+                                        addr: target.into(),
+                                    });
+                                }
+                                sent_bytes += PAGE_SIZE as u64;
+                            }
+                            Err(CallError::Lost { .. }) => {
+                                client.forget(p, 1);
+                                unreadable += 1;
+                            }
+                            Ok(_) | Err(_) => {
+                                return Err(FillError::Source(CallError::Invalid(format!(
+                                    "page {p} could not be read from any holder"
+                                ))))
+                            }
+                        }
+                    }
+                }
+                // No holder answers: the copy cannot be completed now (and if they are gone
+                // for good, the manager declares the region lost).
+                Err(e) => return Err(FillError::Source(e)),
             }
             copied += set.len() as u64;
             if rate_mib_s > 0 {

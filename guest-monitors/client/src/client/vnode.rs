@@ -495,7 +495,7 @@ impl Shared {
                                 };
                                 off += len;
                                 let mut sent = Vec::new();
-                                for &m in holders {
+                                for m in copies.written(region) {
                                     if copies.is_up(m) {
                                         batches[m].push(piece);
                                         sent.push((m, batches[m].len() - 1));
