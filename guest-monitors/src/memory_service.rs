@@ -102,12 +102,9 @@ impl Handler for MemoryService {
         // Page reads and writes are short and never block: answer them on the reader thread.
         // Trims, frees and statistics may scan whole maps: keep them off it.
         match req.opcode {
-            mm::TRIM
-            | mm::FREE_VNODE
-            | mm::STATS
-            | mm::FILL_BEGIN
-            | mm::FILL_END
-            | mm::PRESENT => Dispatch::Worker,
+            mm::TRIM | mm::FREE_VNODE | mm::STATS | mm::FILL_BEGIN | mm::FILL_END | mm::PRESENT => {
+                Dispatch::Worker
+            }
             _ => Dispatch::Inline,
         }
     }

@@ -117,7 +117,10 @@ impl Cluster {
 
     /// The vNode's client, following repairs as the backend does.
     fn vnode_memory(&self) -> VnodeMemory {
-        let p = self.mc.place_memory(self.vnode, 64 << 20).expect("placement");
+        let p = self
+            .mc
+            .place_memory(self.vnode, 64 << 20)
+            .expect("placement");
         let cap = self
             .mc
             .issue_capability(self.vnode, Rights::MEMORY, Duration::ZERO)
@@ -148,7 +151,11 @@ impl Cluster {
     }
 
     fn region(&self) -> RegionPlacement {
-        self.mc.memory_placement(self.vnode).expect("placement").regions[0].clone()
+        self.mc
+            .memory_placement(self.vnode)
+            .expect("placement")
+            .regions[0]
+            .clone()
     }
 }
 
@@ -244,7 +251,11 @@ fn a_region_that_lost_a_copy_is_repaired_onto_the_third_monitor_while_the_vnode_
         assert!(began.elapsed() < TIMEOUT, "not repaired: {seen:?} {r:?}");
         std::thread::sleep(Duration::from_millis(10));
     };
-    let order: Vec<RegionHealth> = seen.iter().copied().filter(|h| *h != RegionHealth::Healthy).collect();
+    let order: Vec<RegionHealth> = seen
+        .iter()
+        .copied()
+        .filter(|h| *h != RegionHealth::Healthy)
+        .collect();
     assert_eq!(
         order,
         [RegionHealth::Degraded, RegionHealth::Repairing],
@@ -254,7 +265,10 @@ fn a_region_that_lost_a_copy_is_repaired_onto_the_third_monitor_while_the_vnode_
     holders.sort_unstable();
     let mut want = vec![survivor.as_str(), third.as_str()];
     want.sort_unstable();
-    assert_eq!(holders, want, "the region ends on the survivor and the third monitor");
+    assert_eq!(
+        holders, want,
+        "the region ends on the survivor and the third monitor"
+    );
     // The client reads from the new copy once the manager recorded the repair.
     eventually("the client to use the new copy", || {
         let (h, filling) = vm.holders(0);
@@ -264,7 +278,10 @@ fn a_region_that_lost_a_copy_is_repaired_onto_the_third_monitor_while_the_vnode_
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
     let errors = errors.lock().expect("lock").clone();
-    assert!(errors.is_empty(), "writes failed with a live copy: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "writes failed with a live copy: {errors:?}"
+    );
     assert!(ops.load(Ordering::Relaxed) > 100, "the writer kept writing");
     let expected = expected.lock().expect("lock").clone();
     check_all(&vm, &expected, "after the repair");

@@ -408,9 +408,8 @@ impl Manager {
         let region = rec.region_size;
         let want = bytes.div_ceil(region);
         let have = rec.regions.len() as u64;
-        let all_dead = |rec: &VnodeRecord, i: usize| {
-            rec.holders(i).iter().all(|m| inner.dead.contains(m))
-        };
+        let all_dead =
+            |rec: &VnodeRecord, i: usize| rec.holders(i).iter().all(|m| inner.dead.contains(m));
         let orphaned: Vec<usize> = (0..rec.regions.len())
             .filter(|&i| all_dead(rec, i))
             .collect();

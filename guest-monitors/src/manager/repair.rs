@@ -229,7 +229,13 @@ pub fn report(
     holders.push(target.to_string());
     rec.set_holders(i, holders);
     r.missing = r.missing.saturating_sub(1);
-    tracing::info!(vnode, region = i, target, pages = copied, "vRegion repaired: the new copy is complete");
+    tracing::info!(
+        vnode,
+        region = i,
+        target,
+        pages = copied,
+        "vRegion repaired: the new copy is complete"
+    );
     if r.missing == 0 {
         set_repair(rec, i, None);
     } else {
@@ -284,7 +290,10 @@ mod tests {
         let v = &s.vnodes[&1];
         assert_eq!(v.holders(0), ["b"]);
         let r = repair_of(v, 0).expect("repair");
-        assert_eq!((r.missing, r.target.as_deref(), r.attempt), (1, Some("c"), 1));
+        assert_eq!(
+            (r.missing, r.target.as_deref(), r.attempt),
+            (1, Some("c"), 1)
+        );
         assert_eq!(r.rate_mib_s, 64);
         assert_eq!(r.lost_from, ["a"]);
         assert!(repair_of(v, 1).is_none(), "region 1 lost nothing");
@@ -317,7 +326,12 @@ mod tests {
     #[test]
     fn a_dead_target_starts_the_repair_over_and_a_dead_survivor_loses_the_region() {
         let mut s = state(
-            &[("a", 4 << 20), ("b", 4 << 20), ("c", 4 << 20), ("e", 4 << 20)],
+            &[
+                ("a", 4 << 20),
+                ("b", 4 << 20),
+                ("c", 4 << 20),
+                ("e", 4 << 20),
+            ],
             &[&["a", "b"]],
         );
         plan(&mut s, &dead(&["a"]), 0);

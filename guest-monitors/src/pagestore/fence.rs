@@ -39,7 +39,9 @@ pub enum FenceError {
         count: u64,
     },
     /// The vNode already has the most fences allowed.
-    #[error("vNode {vnode} already has {MAX_FENCES_PER_VNODE} repair fences open; close one first")]
+    #[error(
+        "vNode {vnode} already has {MAX_FENCES_PER_VNODE} repair fences open; close one first"
+    )]
     TooMany {
         /// The vNode.
         vnode: u64,
@@ -254,7 +256,10 @@ mod tests {
         for i in 1..MAX_FENCES_PER_VNODE as u64 {
             f.open(1, i * 1000, 10).expect("open");
         }
-        assert!(matches!(f.open(1, 1 << 30, 1), Err(FenceError::TooMany { .. })));
+        assert!(matches!(
+            f.open(1, 1 << 30, 1),
+            Err(FenceError::TooMany { .. })
+        ));
         assert!(f.close(1, 100));
         assert!(!f.close(1, 100));
         f.close_vnode(1);

@@ -693,7 +693,15 @@ mod tests {
         s.trim(1, 15, 1).expect("trim");
         assert_eq!(s.fill_run(1, 14, &old[4 * PAGE_SIZE..]).expect("again"), 0);
         s.read_run(1, 10, &mut out).expect("read");
-        let want = [page(0x10), page(0x11), page(0), page(0), page(0x14), page(0)].concat();
+        let want = [
+            page(0x10),
+            page(0x11),
+            page(0),
+            page(0),
+            page(0x14),
+            page(0),
+        ]
+        .concat();
         assert_eq!(out, want);
         assert_eq!(s.present(1, 8, 10).expect("present"), vec![0b0100_1100, 0]);
         assert!(s.fill_run(1, 60, &old).is_err(), "past the fence");
@@ -701,7 +709,10 @@ mod tests {
         assert!(s.fill_run(1, 20, &page(1)).is_err(), "closed");
         s.fill_begin(1, 0, 64).expect("fence");
         s.free_vnode(1);
-        assert!(s.fill_run(1, 20, &page(1)).is_err(), "freeing the vNode closes it");
+        assert!(
+            s.fill_run(1, 20, &page(1)).is_err(),
+            "freeing the vNode closes it"
+        );
         assert_eq!(s.used_bytes(), 0);
     }
 

@@ -184,7 +184,14 @@ pub fn status(st: &ClusterStatus) -> String {
     });
 
     out.push_str("\nVREGIONS NOT HEALTHY\n");
-    let mut h = Table::new(&["VNODE", "REGION", "HEALTH", "HOLDERS", "NEW COPY ON", "PROGRESS"]);
+    let mut h = Table::new(&[
+        "VNODE",
+        "REGION",
+        "HEALTH",
+        "HOLDERS",
+        "NEW COPY ON",
+        "PROGRESS",
+    ]);
     for vn in &st.vnodes {
         for r in &vn.memory.regions {
             let state = region_health(r, &dead);
@@ -344,7 +351,10 @@ mod tests {
             s.contains("lost: 1, repairing: 1, degraded: 1 region(s)"),
             "{s}"
         );
-        assert!(s.contains("50% (512.0 MiB of the 1.0 GiB it stores)"), "{s}");
+        assert!(
+            s.contains("50% (512.0 MiB of the 1.0 GiB it stores)"),
+            "{s}"
+        );
         assert!(s.contains("at most 64 MiB/s"), "{s}");
         assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
     }

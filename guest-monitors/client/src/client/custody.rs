@@ -428,7 +428,10 @@ mod tests {
         assert_eq!(c.filled(1, &run(0, 8)), (None, Ok(())));
         assert_eq!(c.counts(), (7, 1));
         assert_eq!(c.lost_in(0, 8), 1);
-        assert!(c.read(1, &run(3, 1)).1.is_err(), "page 3 may be older there");
+        assert!(
+            c.read(1, &run(3, 1)).1.is_err(),
+            "page 3 may be older there"
+        );
         // After a restart, the copied pages are lost like any other.
         assert!(c.read(2, &run(100, 1)).0.is_some());
         assert!(c.read(2, &run(0, 1)).1.is_err());

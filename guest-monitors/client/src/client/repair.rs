@@ -12,9 +12,10 @@
 //! degraded meanwhile).
 //!
 //! For region `i` with repair target `t`, one attempt is:
-//! 1. connect to `t` (with a fresh capability from the manager) and mark, in `t`'s custody,
-//!    every page of the region that every holder has lost (so `t` never answers zeros for
-//!    them);
+//! 1. connect to `t` (with a fresh capability from the manager), free whatever `t` holds of
+//!    the region (left by an earlier attempt, it may be older than the holders) and mark, in
+//!    `t`'s custody, every page of the region that every holder has lost (so `t` never
+//!    answers zeros for them);
 //! 2. open a repair fence on `t` (`FILL_BEGIN`): from now on `t` remembers every page the
 //!    vNode writes or trims in the region;
 //! 3. make `t` the region's *filling* copy (written and trimmed, never read) and wait until
@@ -28,7 +29,9 @@
 //!    repaired, `t` becomes a holder and serves reads too.
 //!
 //! An attempt that fails (the target restarted or does not answer, the survivors cannot be
-//! read) is tried again at the next refresh; one the manager cancelled (the target died and
+//! read) is tried again at the next refresh, with the target still written to, so what it
+//! holds stays current; if the manager lists the target as a holder although its answer to
+//! the completion report was lost, the client takes it as done; an attempt the manager cancelled (the target died and
 //! a new one was chosen, or the last holder died and the region is lost) stops writing to
 //! the target at once.
 
@@ -224,6 +227,7 @@ impl Worker {
                 continue;
             }
             let listed: Vec<&str> = r.holders().collect();
+            self.adopt_recorded(i, &listed);
             self.retain_holders(i, &listed);
             let target = r.repair.as_ref().and_then(|x| x.target.clone());
             let rate = r.repair.as_ref().map_or(0, |x| x.rate_mib_s);
@@ -261,6 +265,28 @@ impl Worker {
         self.shared.change(|l| {
             let mut n = l.clone();
             n.holders[i].retain(|m| keep.contains(m));
+            n
+        });
+    }
+
+    /// Makes region `i`'s filling copy a holder if the manager lists it as one: the manager
+    /// recorded the repair done, though its answer did not get here.
+    fn adopt_recorded(&self, i: usize, listed: &[&str]) {
+        let l = self.shared.layout();
+        let Some(m) = l.filling[i] else {
+            return;
+        };
+        if !listed.contains(&l.clients[m].addr.as_str()) {
+            return;
+        }
+        tracing::info!(vnode = self.vnode(), region = i, target = %l.clients[m].addr,
+            "the manager recorded the repair of a vRegion as done; reading its new copy too");
+        self.shared.change(|l| {
+            let mut n = l.clone();
+            n.filling[i] = None;
+            if !n.holders[i].contains(&m) {
+                n.holders[i].push(m);
+            }
             n
         });
     }
@@ -410,6 +436,10 @@ impl Worker {
         let client = l.clients[m].client.clone();
         if l.filling[i] != Some(m) {
             self.cancel(i);
+            // Nothing writes to the target yet: whatever it holds of the region (from an
+            // attempt of an earlier process, or one whose clean-up failed) may be older than
+            // the holders, and a put-if-absent would keep it. Start from nothing.
+            client.trim(start, count).map_err(tgt)?;
             Self::carry_losses(&l, i, m, start, count);
         }
         drop(l);
@@ -426,8 +456,14 @@ impl Worker {
         let bits = self.present(&l, i, start, count)?;
         drop(l);
         let total: u64 = bits.iter().map(|b| u64::from(b.count_ones())).sum();
-        tracing::info!(vnode = self.vnode(), region = i, target, pages = total, rate_mib_s,
-            "copying a vRegion to its new copy");
+        tracing::info!(
+            vnode = self.vnode(),
+            region = i,
+            target,
+            pages = total,
+            rate_mib_s,
+            "copying a vRegion to its new copy"
+        );
         self.report(i, target, 0, total, false)?;
         let chunk = u64::from(self.config.chunk_pages.clamp(1, MAX_PAGES));
         let began = Instant::now();
@@ -524,10 +560,17 @@ impl Worker {
             }
             n
         });
-        tracing::info!(vnode = self.vnode(), region = i, target, pages = copied,
-            unreadable, lost_there, secs,
+        tracing::info!(
+            vnode = self.vnode(),
+            region = i,
+            target,
+            pages = copied,
+            unreadable,
+            lost_there,
+            secs,
             mib_s = sent_bytes as f64 / 1048576.0 / secs.max(1e-9),
-            "vRegion repaired: its new copy is complete and serves reads");
+            "vRegion repaired: its new copy is complete and serves reads"
+        );
         Ok(())
     }
 }

@@ -341,7 +341,12 @@ impl VnodeMemory {
         let l = self.shared.layout();
         let name = |m: &usize| l.clients[*m].addr.clone();
         (
-            l.holders.get(region).into_iter().flatten().map(name).collect(),
+            l.holders
+                .get(region)
+                .into_iter()
+                .flatten()
+                .map(name)
+                .collect(),
             l.filling.get(region).copied().flatten().map(|m| name(&m)),
         )
     }
@@ -397,7 +402,10 @@ impl VnodeMemory {
 impl Shared {
     /// The layout new ops start with.
     pub(crate) fn layout(&self) -> Arc<Layout> {
-        self.layout.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.layout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the layout with `f(current)` and returns the one replaced: once no op holds

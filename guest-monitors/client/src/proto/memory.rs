@@ -431,7 +431,11 @@ mod tests {
             MemoryOp::decode(PRESENT, &present),
             Err(ProtoError::TooLarge { .. })
         ));
-        let fill = Writer::default().u64(0).u32(2).bytes(&[1; PAGE_SIZE]).finish();
+        let fill = Writer::default()
+            .u64(0)
+            .u32(2)
+            .bytes(&[1; PAGE_SIZE])
+            .finish();
         assert!(matches!(
             MemoryOp::decode(FILL_RUN, &fill),
             Err(ProtoError::LengthMismatch { .. })
