@@ -198,9 +198,7 @@ fn main() {
         cols.push(rounds);
     }
     let med = |f: &dyn Fn(&Round) -> f64, c: &[Round]| median(&c.iter().map(f).collect::<Vec<_>>());
-    let all = |f: &dyn Fn(&Round) -> &Vec<f64>, c: &[Round]| -> Vec<f64> {
-        c.iter().flat_map(|r| f(r).iter().copied()).collect()
-    };
+
     let row = |name: &str, v: [f64; 2], digits: usize| {
         println!("| {name} | {:.*} | {:.*} |", digits, v[0], digits, v[1]);
     };
@@ -215,14 +213,13 @@ fn main() {
         2,
     );
     for (phase, pick) in [("before the kill", 0), ("during the repair", 1)] {
-        let f = |r: &Round| -> &Vec<f64> {
-            if pick == 0 {
-                &r.before
-            } else {
-                &r.during
-            }
+        let all = |c: &[Round]| -> Vec<f64> {
+            c.iter()
+                .flat_map(|r| if pick == 0 { &r.before } else { &r.during })
+                .copied()
+                .collect()
         };
-        let (a, b) = (all(&f, &cols[0]), all(&f, &cols[1]));
+        let (a, b) = (all(&cols[0]), all(&cols[1]));
         for (stat, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
             row(
                 &format!("QD1 4 KiB write {stat} µs, {phase}"),

@@ -56,11 +56,9 @@ fn progress(r: &RegionPlacement) -> String {
         (None, _) => "waiting for a monitor with room".into(),
         (Some(_), false) => "waiting for the vNode's backend to start the copy".into(),
         (Some(_), true) => {
-            let pct = if rep.total_pages == 0 {
-                100
-            } else {
-                rep.copied_pages * 100 / rep.total_pages
-            };
+            let pct = (rep.copied_pages * 100)
+                .checked_div(rep.total_pages)
+                .unwrap_or(100);
             let limit = if rep.rate_mib_s == 0 {
                 "unthrottled".to_string()
             } else {
