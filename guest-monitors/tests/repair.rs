@@ -338,3 +338,48 @@ fn when_the_survivor_dies_during_the_repair_the_region_is_lost_and_reads_are_err
     let v = st.vnodes.iter().find(|v| v.vnode == 42).expect("vnode");
     assert_eq!(v.memory.regions[0].health, Some(RegionHealth::Lost));
 }
+
+#[test]
+fn a_target_that_restarts_mid_repair_gets_the_whole_copy_again() {
+    let mut c = Cluster::new("repair-restart", "4", 43);
+    let third = c.third();
+    let vm = c.vnode_memory();
+    let written = 2048u64;
+    let mut expected = vec![TRIMMED; vm.pages() as usize];
+    for start in (0..written).step_by(RUN as usize) {
+        write(&vm, start, 0).expect("write");
+        expected[start as usize..(start + RUN) as usize].fill(0);
+    }
+    let victim = c.first.monitor.clone();
+    let survivor = c.first.replicas[0].clone();
+    c.daemon(&victim).kill9();
+    eventually("the repair to start", || {
+        (c.region().health == Some(RegionHealth::Repairing)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The target restarts empty in the middle of the copy; writes go on meanwhile.
+    let key = c.key.clone();
+    let t = c.daemon(&third);
+    t.kill9();
+    t.restart();
+    t.wait_ready(&key);
+    for start in (0..written).step_by(4 * RUN as usize) {
+        write(&vm, start, 1).expect("write while the target restarts");
+        expected[start as usize..(start + RUN) as usize].fill(1);
+    }
+    let r = eventually("the region to be repaired", || {
+        let r = c.region();
+        (r.health == Some(RegionHealth::Healthy) && r.holders().count() == 2).then_some(r)
+    });
+    assert!(r.holders().any(|h| h == third), "{r:?}");
+    eventually("the client to use the new copy", || {
+        let (h, filling) = vm.holders(0);
+        (h.contains(&third) && filling.is_none()).then_some(())
+    });
+    c.daemon(&survivor).kill9();
+    check_all(
+        &vm,
+        &expected,
+        "from the copy that restarted during its repair",
+    );
+}

@@ -30,7 +30,8 @@
 //!
 //! An attempt that fails (the target restarted or does not answer, the survivors cannot be
 //! read) is tried again at the next refresh, with the target still written to, so what it
-//! holds stays current; if the manager lists the target as a holder although its answer to
+//! holds stays current (a target that restarted is dropped first, so the next attempt starts
+//! from nothing); if the manager lists the target as a holder although its answer to
 //! the completion report was lost, the client takes it as done; an attempt the manager cancelled (the target died and
 //! a new one was chosen, or the last holder died and the region is lost) stops writing to
 //! the target at once.
@@ -235,7 +236,9 @@ impl Worker {
                 Some(t) => match self.fill(i, &t, rate) {
                     Ok(()) => {}
                     Err(FillError::Stopped) => return Err(FillError::Stopped),
-                    Err(e @ FillError::Cancelled { .. }) => {
+                    // A target that restarted lost what it had: the next attempt starts over
+                    // from nothing, as with a new target (its custody is reset by the trim).
+                    Err(e @ (FillError::Cancelled { .. } | FillError::TargetRestarted { .. })) => {
                         tracing::warn!(vnode = self.vnode(), region = i, "{e}");
                         self.cancel(i);
                     }
@@ -444,6 +447,21 @@ impl Worker {
         }
         drop(l);
         let incarnation = client.fill_begin(start, count).map_err(tgt)?;
+        // After the fence opened, a failure from a new incarnation of the target (whose fence
+        // is gone with the old one) is a restart.
+        let failed = |source| {
+            if client
+                .fabric()
+                .incarnation()
+                .is_some_and(|now| now != incarnation)
+            {
+                FillError::TargetRestarted {
+                    addr: target.into(),
+                }
+            } else {
+                tgt(source)
+            }
+        };
         let old = self.shared.change(|l| {
             let mut n = l.clone();
             n.filling[i] = Some(m);
@@ -483,7 +501,7 @@ impl Worker {
             let n = hi - lo + 1;
             match self.shared.read_run(start + lo, n) {
                 Ok(data) if data.len() == n as usize * PAGE_SIZE => {
-                    let (_, answered) = client.fill_run(start + lo, &data).map_err(tgt)?;
+                    let (_, answered) = client.fill_run(start + lo, &data).map_err(failed)?;
                     if answered != incarnation {
                         return Err(FillError::TargetRestarted {
                             addr: target.into(),
@@ -504,7 +522,7 @@ impl Worker {
                         let p = start + k;
                         match self.shared.read_run(p, 1) {
                             Ok(data) if data.len() == PAGE_SIZE => {
-                                let (_, answered) = client.fill_run(p, &data).map_err(tgt)?;
+                                let (_, answered) = client.fill_run(p, &data).map_err(failed)?;
                                 if answered != incarnation {
                                     return Err(FillError::TargetRestarted {
                                         addr: target.into(),
@@ -544,7 +562,7 @@ impl Worker {
                 last_report = Instant::now();
             }
         }
-        if client.fill_end(start, count).map_err(tgt)? != incarnation {
+        if client.fill_end(start, count).map_err(failed)? != incarnation {
             return Err(FillError::TargetRestarted {
                 addr: target.into(),
             });
