@@ -89,7 +89,10 @@ struct Cluster {
 
 impl Cluster {
     fn new(name: &str, rate_mib: &str, vnode: u64) -> Cluster {
-        lego_monitor_client::logging::init();
+        // The client's repair log (on stderr, not captured) when asked for with RUST_LOG.
+        if std::env::var_os("RUST_LOG").is_some() {
+            lego_monitor_client::logging::init();
+        }
         let key = key();
         let mut net = Net::new(name);
         let mgr = start_manager(&mut net, &key, rate_mib);
@@ -382,4 +385,104 @@ fn a_target_that_restarts_mid_repair_gets_the_whole_copy_again() {
         &expected,
         "from the copy that restarted during its repair",
     );
+}
+
+#[test]
+fn repair_requests_from_peers_are_validated() {
+    use lego_fabric::{Client, ErrorCode, Request};
+    use lego_monitor_client::client::{CallError, MemoryClient};
+    use lego_monitor_client::proto::manager::{self as m, RepairProgress};
+    use lego_monitor_client::proto::memory::{self as mm, MemoryOp, MAX_FENCE_PAGES};
+
+    let c = Cluster::new("repair-validate", "64", 44);
+    let addr = c.first.monitor.clone();
+    let mc = MemoryClient::connect(
+        &addr,
+        c.key.clone(),
+        &cap(&c.key, 44, Rights::MEMORY),
+        client_config(),
+    )
+    .expect("connect");
+    let code = |e: CallError| e.remote_code();
+    // A repair write outside any open repair fence.
+    let e = mc.fill_run(0, &[1u8; PAGE_SIZE]).expect_err("no fence");
+    assert!(format!("{e:?}").contains("FILL_BEGIN"), "{e:?}");
+    assert_eq!(code(e), Some(ErrorCode::InvalidArgument));
+    // Oversize fences and presence queries.
+    let e = mc.fill_begin(0, MAX_FENCE_PAGES + 1).expect_err("oversize");
+    assert_eq!(code(e), Some(ErrorCode::InvalidArgument));
+    let e = mc.fill_begin(u64::MAX, 2).expect_err("overflow");
+    assert_eq!(code(e), Some(ErrorCode::InvalidArgument));
+    let raw = Client::connect(addr.as_str(), c.key.clone(), client_config()).expect("raw");
+    raw.attach(&cap(&c.key, 44, Rights::MEMORY))
+        .expect("attach");
+    let body = MemoryOp::Present {
+        start: 0,
+        count: mm::MAX_PRESENT_PAGES,
+    }
+    .encode();
+    let mut big = body.clone();
+    big[8..12].copy_from_slice(&(mm::MAX_PRESENT_PAGES + 1).to_le_bytes());
+    let e = raw
+        .call(Request::new(mm::PRESENT, 44, big))
+        .expect_err("oversize presence query");
+    assert_eq!(
+        CallError::from(e).remote_code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert!(raw
+        .call(Request::new(mm::PRESENT, 44, body.clone()))
+        .is_ok());
+    // Another vNode's capability, and none at all, are refused.
+    let e = raw
+        .call(Request::new(mm::PRESENT, 45, body.clone()))
+        .expect_err("foreign vNode");
+    assert!(
+        matches!(
+            CallError::from(e).remote_code(),
+            Some(ErrorCode::Forbidden | ErrorCode::Unauthenticated)
+        ),
+        "a request for a vNode without its capability"
+    );
+    let e = raw
+        .call(Request::new(
+            mm::FILL_BEGIN,
+            0,
+            MemoryOp::FillBegin { start: 0, count: 1 }.encode(),
+        ))
+        .expect_err("vNode 0");
+    assert_eq!(CallError::from(e).remote_code(), Some(ErrorCode::Forbidden));
+    // A truncated fill is refused, and the monitor still serves.
+    let e = raw
+        .call(Request::new(mm::FILL_RUN, 44, vec![0; 13]))
+        .expect_err("truncated");
+    assert_eq!(
+        CallError::from(e).remote_code(),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert!(mc.present(0, 8).is_ok());
+    // The manager refuses reports about regions that do not exist, and cancels reports
+    // for a target that is not the region's.
+    let report = |region: u64, target: &str, copied: u64| RepairProgress {
+        vnode: 44,
+        region,
+        target: target.into(),
+        copied_pages: copied,
+        total_pages: 10,
+        done: false,
+    };
+    let e =
+        c.mc.repair_progress(&report(9, "x", 0))
+            .expect_err("no region 9");
+    assert_eq!(code(e), Some(ErrorCode::InvalidArgument));
+    let e =
+        c.mc.repair_progress(&report(0, "x", 11))
+            .expect_err("11 of 10");
+    assert_eq!(code(e), Some(ErrorCode::InvalidArgument));
+    assert_eq!(
+        c.mc.repair_progress(&report(0, "x", 1)).expect("report"),
+        m::RepairAck::Cancelled
+    );
+    let e = c.mc.memory_placement(999).expect_err("unknown vNode");
+    assert_eq!(code(e), Some(ErrorCode::NotFound));
 }

@@ -19,7 +19,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 pub use lego_monitor_client::proto::memory::MAX_FENCE_PAGES;
 
 /// Most fences one vNode may have open at once (one per region under repair).
-pub const MAX_FENCES_PER_VNODE: usize = 64;
+pub const MAX_FENCES_PER_VNODE: usize = 16;
 
 /// Errors from opening or using a fence.
 #[derive(Debug, thiserror::Error)]
