@@ -30,8 +30,9 @@
 //!
 //! An attempt that fails (the target restarted or does not answer, the survivors cannot be
 //! read) is tried again at the next refresh, with the target still written to, so what it
-//! holds stays current (a target that restarted is dropped first, so the next attempt starts
-//! from nothing); if the manager lists the target as a holder although its answer to
+//! holds stays current (a target that restarted, or one that missed writes during the copy
+//! so that it lacks pages a holder has, is dropped first, so the next attempt starts from
+//! nothing); if the manager lists the target as a holder although its answer to
 //! the completion report was lost, the client takes it as done; an attempt the manager cancelled (the target died and
 //! a new one was chosen, or the last holder died and the region is lost) stops writing to
 //! the target at once.
@@ -108,6 +109,17 @@ pub enum FillError {
     Cancelled {
         /// The target.
         addr: String,
+    },
+    /// Writes that missed the new copy left it without pages the holders have.
+    #[error(
+        "{holes} page(s) the holders have are missing on the new copy at {addr} (writes to it \
+         failed during the copy); starting over"
+    )]
+    Holes {
+        /// The target.
+        addr: String,
+        /// Pages missing.
+        holes: u64,
     },
     /// The thread is stopping.
     #[error("the repair thread is stopping")]
@@ -238,7 +250,11 @@ impl Worker {
                     Err(FillError::Stopped) => return Err(FillError::Stopped),
                     // A target that restarted lost what it had: the next attempt starts over
                     // from nothing, as with a new target (its custody is reset by the trim).
-                    Err(e @ (FillError::Cancelled { .. } | FillError::TargetRestarted { .. })) => {
+                    Err(
+                        e @ (FillError::Cancelled { .. }
+                        | FillError::TargetRestarted { .. }
+                        | FillError::Holes { .. }),
+                    ) => {
                         tracing::warn!(vnode = self.vnode(), region = i, "{e}");
                         self.cancel(i);
                     }
@@ -384,6 +400,22 @@ impl Worker {
         for p in lost.unwrap_or_default() {
             l.clients[m].client.forget(p, 1);
         }
+    }
+
+    /// Pages of `start..start+count` lost on `target` (a write to it failed or skipped it)
+    /// that some holder has not lost: the new copy would not be a full copy.
+    fn holes(l: &Layout, i: usize, target: &MemoryClient, start: u64, count: u64) -> u64 {
+        let lost = target.lost_pages(start, count);
+        if lost.is_empty() {
+            return 0;
+        }
+        let everywhere: Vec<BTreeSet<u64>> = l.holders[i]
+            .iter()
+            .map(|&h| l.clients[h].client.lost_pages(start, count))
+            .collect();
+        lost.iter()
+            .filter(|p| !everywhere.iter().all(|s| s.contains(p)))
+            .count() as u64
     }
 
     /// Which pages of `start..start+count` some up holder stores: a bitmap.
@@ -568,6 +600,13 @@ impl Worker {
             });
         }
         let secs = began.elapsed().as_secs_f64();
+        let holes = Self::holes(&self.shared.layout(), i, &client, start, count);
+        if holes > 0 {
+            return Err(FillError::Holes {
+                addr: target.into(),
+                holes,
+            });
+        }
         let lost_there = client.lost_in(start, count);
         self.report(i, target, copied, total, true)?;
         self.shared.change(|l| {
