@@ -57,6 +57,7 @@ fn placement(holders: &[&str]) -> MemoryPlacement {
                 index: i,
                 monitor: holders[0].to_string(),
                 replicas: holders[1..].iter().map(|h| h.to_string()).collect(),
+                ..Default::default()
             })
             .collect(),
     }

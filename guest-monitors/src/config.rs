@@ -96,6 +96,8 @@ pub struct ManagerFileConfig {
     pub capability_ttl_secs: Option<u64>,
     /// Copies of each vRegion on distinct memory monitors.
     pub copies: Option<u32>,
+    /// Rate limit of a vRegion repair's copy in MiB/s (0: none).
+    pub repair_rate_mib: Option<u32>,
     /// Cluster key file.
     pub key_file: Option<PathBuf>,
 }

@@ -14,9 +14,9 @@ impl From<PageStoreError> for RemoteError {
     fn from(e: PageStoreError) -> Self {
         let code = match &e {
             PageStoreError::NoSpace { .. } => ErrorCode::NoSpace,
-            PageStoreError::BadLength { .. } | PageStoreError::Overflow { .. } => {
-                ErrorCode::InvalidArgument
-            }
+            PageStoreError::BadLength { .. }
+            | PageStoreError::Overflow { .. }
+            | PageStoreError::Fence(_) => ErrorCode::InvalidArgument,
             PageStoreError::Arena(_) => ErrorCode::Internal,
         };
         RemoteError::new(code, lego_report::error_chain(&e))
@@ -81,6 +81,16 @@ impl Handler for MemoryService {
                 tracing::info!(vnode, freed, "freed all pages of a vNode");
                 Ok(encode_u64(freed))
             }
+            MemoryOp::FillBegin { start, count } => {
+                s.fill_begin(vnode, start, count)?;
+                Ok(Vec::new())
+            }
+            MemoryOp::FillRun { start, data } => Ok(encode_u64(s.fill_run(vnode, start, data)?)),
+            MemoryOp::FillEnd { start, .. } => {
+                s.fill_end(vnode, start);
+                Ok(Vec::new())
+            }
+            MemoryOp::Present { start, count } => Ok(s.present(vnode, start, count)?),
             MemoryOp::Stats => Ok(to_json(&VnodeMemoryStats {
                 vnode,
                 pages_stored: s.vnode_pages(vnode),
@@ -92,7 +102,9 @@ impl Handler for MemoryService {
         // Page reads and writes are short and never block: answer them on the reader thread.
         // Trims, frees and statistics may scan whole maps: keep them off it.
         match req.opcode {
-            mm::TRIM | mm::FREE_VNODE | mm::STATS => Dispatch::Worker,
+            mm::TRIM | mm::FREE_VNODE | mm::STATS | mm::FILL_BEGIN | mm::FILL_END | mm::PRESENT => {
+                Dispatch::Worker
+            }
             _ => Dispatch::Inline,
         }
     }

@@ -216,7 +216,7 @@ fn open_remote_memory(
         reconnect_patience: (copies > 1).then_some(Duration::ZERO),
         ..monitor_client_config()
     };
-    let memory = VnodeMemory::connect(placement, key, &cap, config).map_err(|source| {
+    let mut memory = VnodeMemory::connect(placement, key, &cap, config).map_err(|source| {
         OpenError::Monitor {
             kind: "memory",
             addr: monitors.join(", "),
@@ -232,7 +232,10 @@ fn open_remote_memory(
         });
     }
     tracing::info!(vnode, size, placed, copies, monitors = %monitors.join(","), "remote memory ready");
-    let renewal = Renewal::start(mgr, cap, memory.fabric_clients());
+    // Follow the manager's repairs of regions that lose a copy, and renew the capability on
+    // every connection, including a new copy's.
+    memory.keep_repaired(mgr.clone());
+    let renewal = Renewal::start_with(mgr, cap, memory.fabric_client_list());
     Ok(RemoteMemoryStore::new(memory, size).with_renewal(renewal))
 }
 

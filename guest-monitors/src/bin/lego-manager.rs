@@ -44,6 +44,12 @@ struct Args {
     /// memory monitors are alive, else 1 with a warning].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
     copies: Option<u32>,
+    /// Rate limit in MiB/s of repairing a vRegion: after a memory monitor holding one of its
+    /// copies dies, the vNode's backend copies the region's pages from a surviving copy to a
+    /// new monitor at most this fast, so the repair does not starve the vNode's own I/O;
+    /// 0 for no limit [default: 64].
+    #[arg(long, value_name = "MIB_S")]
+    repair_rate_mib: Option<u32>,
     /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -83,6 +89,10 @@ fn run(args: Args) -> Result<(), DaemonError> {
                 .max(1),
         ),
         copies: args.copies.or(file.copies),
+        repair_rate_mib: args
+            .repair_rate_mib
+            .or(file.repair_rate_mib)
+            .unwrap_or(lego_monitors::manager::core::DEFAULT_REPAIR_RATE_MIB),
     };
     let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())?;
     let mut signals = daemon::shutdown_signals()?;

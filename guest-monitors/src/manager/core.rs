@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use lego_fabric::{Capability, ClusterKey, Rights};
 
+use super::repair::{self, RepairError, Reported};
 use super::state::{
     ClusterState, MonitorRecord, StateError, StateStore, VnodeRecord, VolumeRecord,
 };
@@ -13,8 +14,12 @@ use crate::placement::{self, Candidate, PlacementError};
 use crate::volume::VolumeError;
 use lego_monitor_client::proto::manager::{
     ClusterStatus, Heartbeat, IssuedCapability, MemoryPlacement, MonitorKind, MonitorState,
-    MonitorStatus, RegionPlacement, RegisterMonitor, VnodeStatus, VolumePlacement,
+    MonitorStatus, RegionPlacement, RegisterMonitor, RepairAck, RepairProgress, VnodeStatus,
+    VolumePlacement,
 };
+
+/// The default rate limit of a repair's copy, in MiB/s.
+pub const DEFAULT_REPAIR_RATE_MIB: u32 = 64;
 
 /// Tunables of the manager.
 #[derive(Debug, Clone)]
@@ -30,6 +35,9 @@ pub struct ManagerSettings {
     /// Copies of each vRegion on distinct memory monitors (`None`: 2 when at least two are
     /// alive, else 1 with a warning).
     pub copies: Option<u32>,
+    /// Rate limit in MiB/s of copying a vRegion to a new monitor after a monitor holding a
+    /// copy died (0: unthrottled); handed to the vNode's client, which does the copy.
+    pub repair_rate_mib: u32,
 }
 
 impl Default for ManagerSettings {
@@ -40,6 +48,7 @@ impl Default for ManagerSettings {
             missed_heartbeats: 3,
             capability_ttl: Duration::from_secs(24 * 3600),
             copies: None,
+            repair_rate_mib: DEFAULT_REPAIR_RATE_MIB,
         }
     }
 }
@@ -72,6 +81,12 @@ pub enum ManagerError {
         /// Its monitor.
         monitor: String,
     },
+    /// The vNode has no placements.
+    #[error("vNode {0} has no placements; place its memory first")]
+    UnknownVnode(u64),
+    /// A repair report does not fit the placements.
+    #[error(transparent)]
+    Repair(#[from] RepairError),
     /// Persisting the state failed (the change was not made).
     #[error(transparent)]
     State(#[from] StateError),
@@ -200,9 +215,23 @@ impl Manager {
         Ok(())
     }
 
-    /// Declares dead every monitor silent for longer than the allowed missed heartbeats; returns
-    /// the monitors newly declared dead.
+    /// Declares dead every monitor silent for longer than the allowed missed heartbeats, and
+    /// plans the repair of every vRegion that lost a copy (see [`repair`]); returns the
+    /// monitors newly declared dead.
     pub fn check_liveness(&self) -> Vec<String> {
+        let newly = self.mark_dead();
+        let mut inner = self.lock();
+        let mut new = inner.state.clone();
+        if repair::plan(&mut new, &inner.dead, self.settings.repair_rate_mib) {
+            if let Err(e) = self.commit(&mut inner, new) {
+                tracing::error!(error = %lego_report::error_chain(&e),
+                    "could not save the repair plan; trying again at the next check");
+            }
+        }
+        newly
+    }
+
+    fn mark_dead(&self) -> Vec<String> {
         let limit = self.settings.heartbeat_interval * self.settings.missed_heartbeats;
         let mut inner = self.lock();
         let now = Instant::now();
@@ -246,7 +275,12 @@ impl Manager {
         Ok(())
     }
 
-    fn memory_placement(vnode: u64, v: &VnodeRecord, default_region: u64) -> MemoryPlacement {
+    fn memory_placement(
+        vnode: u64,
+        v: &VnodeRecord,
+        default_region: u64,
+        dead: &HashSet<String>,
+    ) -> MemoryPlacement {
         MemoryPlacement {
             vnode,
             region_size: if v.region_size == 0 {
@@ -262,9 +296,66 @@ impl Manager {
                     index: i as u64,
                     monitor: m.clone(),
                     replicas: v.replicas.get(i).cloned().unwrap_or_default(),
+                    repair: repair::repair_of(v, i).cloned(),
+                    health: Some(repair::health(v, i, dead)),
                 })
                 .collect(),
         }
+    }
+
+    /// `vnode`'s memory placement as it stands, with its repairs; places nothing.
+    pub fn memory_placement_of(&self, vnode: u64) -> Result<MemoryPlacement, ManagerError> {
+        Self::check_vnode(vnode)?;
+        let inner = self.lock();
+        let v = inner
+            .state
+            .vnodes
+            .get(&vnode)
+            .ok_or(ManagerError::UnknownVnode(vnode))?;
+        Ok(Self::memory_placement(
+            vnode,
+            v,
+            self.settings.region_size,
+            &inner.dead,
+        ))
+    }
+
+    /// A client's report on the copy of a region to its repair target: progress is kept
+    /// in memory (it is only for status), completion makes the target a holder and is saved.
+    pub fn repair_progress(&self, p: &RepairProgress) -> Result<RepairAck, ManagerError> {
+        Self::check_vnode(p.vnode)?;
+        let mut inner = self.lock();
+        if !p.done {
+            let r = repair::report(
+                &mut inner.state,
+                p.vnode,
+                p.region,
+                &p.target,
+                p.copied_pages,
+                p.total_pages,
+                false,
+            )?;
+            return Ok(match r {
+                Reported::NotTarget => RepairAck::Cancelled,
+                _ => RepairAck::Continue,
+            });
+        }
+        let mut new = inner.state.clone();
+        let r = repair::report(
+            &mut new,
+            p.vnode,
+            p.region,
+            &p.target,
+            p.copied_pages,
+            p.total_pages,
+            true,
+        )?;
+        if r != Reported::Repaired {
+            return Ok(RepairAck::Cancelled);
+        }
+        repair::plan(&mut new, &inner.dead, self.settings.repair_rate_mib);
+        self.commit(&mut inner, new)?;
+        Ok(RepairAck::Repaired)
     }
 
     /// Makes sure `vnode` has at least `bytes` of remote memory placed (whole vRegions), new
@@ -297,10 +388,10 @@ impl Manager {
     /// regions get `copies` copies (`None`: see [`Manager::copies`]) on distinct live memory
     /// monitors with the most free capacity.
     ///
-    /// A copy on a monitor now dead is placed again on a live one that does not hold the
-    /// region yet: on a relaunch (the only time a backend asks) the vNode's remote memory
-    /// starts afresh, so no data has to move, and no launch is blocked by a dead monitor until
-    /// an operator releases the vNode.
+    /// A region whose every copy is on a dead monitor (lost: a region that keeps a live copy
+    /// is repaired instead, see [`repair`]) is placed again on live ones: its pages are gone
+    /// either way, and no launch is blocked by a dead monitor until an operator releases the
+    /// vNode.
     pub fn place_memory_copies(
         &self,
         vnode: u64,
@@ -317,17 +408,13 @@ impl Manager {
         let region = rec.region_size;
         let want = bytes.div_ceil(region);
         let have = rec.regions.len() as u64;
-        let dead_holders = |rec: &VnodeRecord, i: usize| {
-            rec.holders(i)
-                .iter()
-                .filter(|m| inner.dead.contains(*m))
-                .count()
-        };
+        let all_dead =
+            |rec: &VnodeRecord, i: usize| rec.holders(i).iter().all(|m| inner.dead.contains(m));
         let orphaned: Vec<usize> = (0..rec.regions.len())
-            .filter(|&i| dead_holders(rec, i) > 0)
+            .filter(|&i| all_dead(rec, i))
             .collect();
         if want <= have && orphaned.is_empty() {
-            return Ok(Self::memory_placement(vnode, rec, region));
+            return Ok(Self::memory_placement(vnode, rec, region, &inner.dead));
         }
         // Copies on dead monitors are dropped first, so their reservations are not counted.
         let mut lost = Vec::new();
@@ -369,7 +456,7 @@ impl Manager {
             }
         }
         let rec = new.vnodes.entry(vnode).or_default();
-        let p = Self::memory_placement(vnode, rec, region);
+        let p = Self::memory_placement(vnode, rec, region, &inner.dead);
         self.commit(&mut inner, new)?;
         tracing::info!(
             vnode,
@@ -515,7 +602,7 @@ impl Manager {
             .iter()
             .map(|(&id, v)| VnodeStatus {
                 vnode: id,
-                memory: Self::memory_placement(id, v, self.settings.region_size),
+                memory: Self::memory_placement(id, v, self.settings.region_size, &inner.dead),
                 volumes: v
                     .volumes
                     .iter()
@@ -540,6 +627,7 @@ impl Manager {
 mod tests {
     use super::*;
     use crate::manager::state::MemoryStateStore;
+    use lego_monitor_client::proto::manager::RegionHealth;
     use std::sync::Arc;
 
     struct Shared(Arc<MemoryStateStore>);
@@ -736,15 +824,45 @@ mod tests {
             .expect("hb");
         }
         assert_eq!(m.check_liveness(), vec!["10.0.0.1:1".to_string()]);
-        let again = m.place_memory(2, 3 << 20).expect("placed again");
+        // Every region that had a copy there keeps its survivor and gets a repair target
+        // distinct from it; a relaunch sees the same and places nothing new.
+        let again = m.place_memory(2, 3 << 20).expect("placement");
+        assert_eq!(again, m.memory_placement_of(2).expect("as it stands"));
         for (a, b) in p.regions.iter().zip(&again.regions) {
             let hb: Vec<&str> = b.holders().collect();
-            assert_eq!(hb.len(), 2, "{again:?}");
             assert!(!hb.contains(&"10.0.0.1:1"), "{again:?}");
             for h in a.holders().filter(|h| *h != "10.0.0.1:1") {
                 assert!(hb.contains(&h), "a live copy moved: {a:?} -> {b:?}");
             }
+            if a.holders().any(|h| h == "10.0.0.1:1") {
+                let r = b.repair.as_ref().expect("a repair");
+                let t = r.target.as_deref().expect("a target");
+                assert!(!hb.contains(&t) && t != "10.0.0.1:1", "{b:?}");
+                assert_eq!(b.health, Some(RegionHealth::Degraded));
+                // The client copies and reports completion: two copies again.
+                let ack = m
+                    .repair_progress(&RepairProgress {
+                        vnode: 2,
+                        region: b.index,
+                        target: t.into(),
+                        copied_pages: 1,
+                        total_pages: 1,
+                        done: true,
+                    })
+                    .expect("report");
+                assert_eq!(ack, RepairAck::Repaired);
+            } else {
+                assert_eq!(b.health, Some(RegionHealth::Healthy));
+            }
         }
+        for r in m.memory_placement_of(2).expect("repaired").regions {
+            assert_eq!(r.holders().count(), 2, "{r:?}");
+            assert_eq!(r.health, Some(RegionHealth::Healthy));
+        }
+        assert!(matches!(
+            m.memory_placement_of(99),
+            Err(ManagerError::UnknownVnode(99))
+        ));
     }
 
     #[test]

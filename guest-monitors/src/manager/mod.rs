@@ -1,6 +1,7 @@
 //! The global manager (LegoOS GMM/GSM): membership, heartbeats, placement, capabilities.
 
 pub mod core;
+pub mod repair;
 pub mod service;
 pub mod state;
 

@@ -13,8 +13,9 @@ use lego_monitor_client::proto::{from_json, to_json, ProtoError};
 impl From<ManagerError> for RemoteError {
     fn from(e: ManagerError) -> Self {
         let code = match &e {
-            ManagerError::UnknownMonitor(_) => ErrorCode::NotFound,
+            ManagerError::UnknownMonitor(_) | ManagerError::UnknownVnode(_) => ErrorCode::NotFound,
             ManagerError::Invalid(_)
+            | ManagerError::Repair(_)
             | ManagerError::VolumeName(_)
             | ManagerError::Placement(PlacementError::ZeroUnit | PlacementError::TooMany(_)) => {
                 ErrorCode::InvalidArgument
@@ -67,6 +68,11 @@ impl ManagerService {
                 let p: m::IssueCapability = from_json(body)?;
                 to_json(&mg.issue_capability(p.vnode, p.rights, Duration::from_secs(p.ttl_secs))?)
             }
+            m::MEMORY_PLACEMENT => {
+                let p: m::GetMemoryPlacement = from_json(body)?;
+                to_json(&mg.memory_placement_of(p.vnode)?)
+            }
+            m::REPAIR_PROGRESS => to_json(&mg.repair_progress(&from_json(body)?)?),
             m::RELEASE_VNODE => {
                 let p: m::ReleaseVnode = from_json(body)?;
                 mg.release_vnode(p.vnode)?;
@@ -95,7 +101,7 @@ impl Handler for ManagerService {
     fn dispatch(&self, req: &Request) -> Dispatch {
         // Anything that may persist state (fsync) runs on the worker pool.
         match req.opcode {
-            m::STATUS | m::ISSUE_CAPABILITY => Dispatch::Inline,
+            m::STATUS | m::ISSUE_CAPABILITY | m::MEMORY_PLACEMENT => Dispatch::Inline,
             _ => Dispatch::Worker,
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, FsError};
-use lego_monitor_client::proto::manager::MonitorKind;
+use lego_monitor_client::proto::manager::{MonitorKind, RegionRepair};
 
 /// Version of the state layout written by this build.
 pub const STATE_VERSION: u32 = 1;
@@ -50,6 +50,10 @@ pub struct VnodeRecord {
     /// no copy; absent from state files written before replication).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Vec<String>>,
+    /// The repair of each region that lost a copy, by region index (missing or `None`: no
+    /// repair; absent from state files written before repairs; see `manager::repair`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<Option<RegionRepair>>,
     /// Volumes by name.
     pub volumes: BTreeMap<String, VolumeRecord>,
 }
@@ -109,7 +113,12 @@ impl ClusterState {
         self.vnodes
             .values()
             .map(|v| {
-                let copies = v.regions.iter().chain(v.replicas.iter().flatten());
+                let targets = v.repairs.iter().flatten().filter_map(|r| r.target.as_ref());
+                let copies = v
+                    .regions
+                    .iter()
+                    .chain(v.replicas.iter().flatten())
+                    .chain(targets);
                 let regions = copies.filter(|m| *m == addr).count() as u64 * v.region_size;
                 let vols: u64 = v
                     .volumes
@@ -278,6 +287,15 @@ mod tests {
         assert_eq!(again.load().expect("load"), Some(s.clone()));
         assert_eq!(s.reserved_on("10.0.0.1:7000"), 2 << 30);
         assert_eq!(s.reserved_on("10.0.0.2:7100"), 1 << 20);
+    }
+
+    #[test]
+    fn a_state_file_from_before_repairs_loads() {
+        let old = r#"{"version":1,"monitors":{},"vnodes":{"3":{"region_size":4096,
+            "regions":["a:1"],"replicas":[["b:1"]],"volumes":{}}}}"#;
+        let s: ClusterState = serde_json::from_str(old).expect("old state");
+        assert!(s.vnodes[&3].repairs.is_empty());
+        assert_eq!(s.vnodes[&3].holders(0), ["a:1", "b:1"]);
     }
 
     #[test]

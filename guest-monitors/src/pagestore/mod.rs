@@ -4,6 +4,7 @@
 //! Capacity is enforced with an atomic reservation counter so concurrent writers never exceed it.
 
 pub mod arena;
+pub mod fence;
 pub mod hasher;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use arena::{Arena, ArenaError};
+use fence::{FenceError, Fences};
 use hasher::KeyHasherBuilder;
 pub use hasher::PageKey;
 pub use lego_monitor_client::proto::memory::{PageStoreStats, PAGE_SIZE};
@@ -57,6 +59,9 @@ pub enum PageStoreError {
     /// The frame arena failed.
     #[error(transparent)]
     Arena(#[from] ArenaError),
+    /// A repair fence could not be opened or does not cover a repair write.
+    #[error(transparent)]
+    Fence(#[from] FenceError),
 }
 
 /// Operation counters.
@@ -91,6 +96,8 @@ pub struct PageStore {
     /// Pages reserved or stored; never exceeds `capacity_pages`.
     used_pages: AtomicU64,
     ops: OpCounters,
+    /// Regions under repair here (see [`fence`]).
+    fences: Fences,
 }
 
 /// True when the page is all zero bytes.
@@ -127,6 +134,7 @@ impl PageStore {
             capacity_pages: capacity_bytes / PAGE_SIZE as u64,
             used_pages: AtomicU64::new(0),
             ops: OpCounters::default(),
+            fences: Fences::default(),
         }
     }
 
@@ -245,6 +253,8 @@ impl PageStore {
             }
             reserved = new;
         }
+        // Pages under repair are marked before they are written (see `fence`).
+        self.fences.touch(vnode, pages.clone().map(|(p, _)| p));
         let mut count = 0u64;
         let mut result = Ok(());
         for (page, data) in pages {
@@ -340,6 +350,7 @@ impl PageStore {
     /// Returns the number of stored pages freed.
     pub fn trim(&self, vnode: u64, start: u64, count: u64) -> Result<u64, PageStoreError> {
         let end = check_range(start, count)?;
+        self.fences.touch_range(vnode, start, end);
         self.ops.trim_ops.fetch_add(1, Ordering::Relaxed);
         let freed = if count <= TRIM_SCAN_THRESHOLD {
             let mut freed = 0;
@@ -363,6 +374,7 @@ impl PageStore {
 
     /// Frees every page of a vNode; returns the number freed.
     pub fn free_vnode(&self, vnode: u64) -> u64 {
+        self.fences.close_vnode(vnode);
         self.ops.trim_ops.fetch_add(1, Ordering::Relaxed);
         let freed = self.scan_free(|k| k.vnode == vnode);
         self.unreserve(freed);
@@ -391,6 +403,80 @@ impl PageStore {
             inner.arena.release(slots);
         }
         freed
+    }
+
+    /// Opens a repair fence over `start..start+count` of `vnode` (see [`fence`]); one at the
+    /// same start is replaced.
+    pub fn fill_begin(&self, vnode: u64, start: u64, count: u64) -> Result<(), PageStoreError> {
+        self.fences.open(vnode, start, count)?;
+        tracing::info!(vnode, start, count, "a repair of a vRegion began here");
+        Ok(())
+    }
+
+    /// Closes the repair fence of `vnode` at `start`; true if one was open.
+    pub fn fill_end(&self, vnode: u64, start: u64) -> bool {
+        let closed = self.fences.close(vnode, start);
+        if closed {
+            tracing::info!(vnode, start, "a repair of a vRegion ended here");
+        }
+        closed
+    }
+
+    /// The repair's put-if-absent: stores each page of `data` from `start` that is not all
+    /// zeros, not stored, and not touched since the fence opened (an open fence must cover
+    /// the run). Returns the pages stored.
+    pub fn fill_run(&self, vnode: u64, start: u64, data: &[u8]) -> Result<u64, PageStoreError> {
+        let pages = check_len(data.len())? as u64;
+        check_range(start, pages)?;
+        let view = self.fences.view(vnode, start, pages)?;
+        let mut stored = 0;
+        for (i, d) in data.chunks_exact(PAGE_SIZE).enumerate() {
+            if is_zero_page(d) {
+                continue;
+            }
+            let key = PageKey {
+                vnode,
+                page: start + i as u64,
+            };
+            let mut shard = self.lock(&key);
+            let inner = &mut *shard;
+            if view.touched(key.page) || inner.map.contains_key(&key) {
+                continue;
+            }
+            if !self.try_reserve(1) {
+                return Err(self.no_space(1));
+            }
+            let slot = match inner.arena.alloc() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.unreserve(1);
+                    return Err(e.into());
+                }
+            };
+            inner.arena.get_mut(slot).copy_from_slice(d);
+            inner.map.insert(key, slot);
+            *inner.per_vnode.entry(vnode).or_insert(0) += 1;
+            stored += 1;
+        }
+        self.ops.write_ops.fetch_add(1, Ordering::Relaxed);
+        self.ops.pages_written.fetch_add(stored, Ordering::Relaxed);
+        Ok(stored)
+    }
+
+    /// Which of pages `start..start+count` of `vnode` are stored: bit `i % 8` of byte `i / 8`
+    /// for page `start + i`.
+    pub fn present(&self, vnode: u64, start: u64, count: u32) -> Result<Vec<u8>, PageStoreError> {
+        check_range(start, count.into())?;
+        let mut bits = vec![0u8; (count as usize).div_ceil(8)];
+        for i in 0..count as u64 {
+            if self.contains(PageKey {
+                vnode,
+                page: start + i,
+            }) {
+                bits[(i / 8) as usize] |= 1 << (i % 8);
+            }
+        }
+        Ok(bits)
     }
 
     /// Pages stored for one vNode.
@@ -580,6 +666,54 @@ mod tests {
         assert_eq!(s.free_vnode(2), 100);
         assert_eq!(s.used_bytes(), 40 * PAGE_SIZE as u64);
         assert!(s.trim(1, u64::MAX - 1, 5).is_err());
+    }
+
+    #[test]
+    fn a_repair_copy_never_overwrites_what_the_vnode_wrote_or_trimmed_during_the_repair() {
+        let s = PageStore::new(1 << 20);
+        let old = [page(1), page(2), page(3), page(4), page(5), page(6)].concat();
+        assert!(
+            s.fill_run(1, 10, &old).is_err(),
+            "a repair write needs an open fence"
+        );
+        s.write_run(1, 10, &page(0x10)).expect("before the fence");
+        s.fill_begin(1, 0, 64).expect("fence");
+        // Arriving before the repair copy: a write, a zero write and a trim.
+        s.write_run(1, 11, &page(0x11)).expect("write");
+        s.write_run(1, 12, &page(0)).expect("zero write");
+        s.trim(1, 13, 1).expect("trim");
+        let stored = s.fill_run(1, 10, &old).expect("fill");
+        assert_eq!(stored, 2, "only pages 14 and 15 were absent and untouched");
+        let mut out = vec![0; 6 * PAGE_SIZE];
+        s.read_run(1, 10, &mut out).expect("read");
+        let want = [page(0x10), page(0x11), page(0), page(0), page(5), page(6)].concat();
+        assert_eq!(out, want);
+        // Arriving after the repair copy: the vNode's write and trim replace it.
+        s.write_run(1, 14, &page(0x14)).expect("write");
+        s.trim(1, 15, 1).expect("trim");
+        assert_eq!(s.fill_run(1, 14, &old[4 * PAGE_SIZE..]).expect("again"), 0);
+        s.read_run(1, 10, &mut out).expect("read");
+        let want = [
+            page(0x10),
+            page(0x11),
+            page(0),
+            page(0),
+            page(0x14),
+            page(0),
+        ]
+        .concat();
+        assert_eq!(out, want);
+        assert_eq!(s.present(1, 8, 10).expect("present"), vec![0b0100_1100, 0]);
+        assert!(s.fill_run(1, 60, &old).is_err(), "past the fence");
+        assert!(s.fill_end(1, 0));
+        assert!(s.fill_run(1, 20, &page(1)).is_err(), "closed");
+        s.fill_begin(1, 0, 64).expect("fence");
+        s.free_vnode(1);
+        assert!(
+            s.fill_run(1, 20, &page(1)).is_err(),
+            "freeing the vNode closes it"
+        );
+        assert_eq!(s.used_bytes(), 0);
     }
 
     #[test]

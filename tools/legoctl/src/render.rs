@@ -1,27 +1,75 @@
 //! Human-readable rendering of the manager's [`ClusterStatus`].
 
-use lego_monitor_client::proto::manager::{ClusterStatus, MemoryPlacement, MonitorState};
+use lego_monitor_client::proto::manager::{
+    ClusterStatus, MemoryPlacement, MonitorState, RegionHealth, RegionPlacement,
+};
 use lego_monitor_client::size::human;
 
 use crate::table::Table;
 
-/// How a vNode's regions stand with `dead` monitors: "healthy" when every copy is on a live
-/// monitor, else how many regions lost copies ("degraded") or every copy ("lost").
-fn health(p: &MemoryPlacement, dead: &[&str]) -> String {
-    let (mut degraded, mut lost) = (0, 0);
-    for r in &p.regions {
-        let gone = r.holders().filter(|h| dead.contains(h)).count();
-        if gone == r.holders().count() {
-            lost += 1;
-        } else if gone > 0 {
-            degraded += 1;
-        }
+/// How one region stands: as the manager says, or (an older manager) from `dead` monitors.
+fn region_health(r: &RegionPlacement, dead: &[&str]) -> RegionHealth {
+    if let Some(h) = r.health {
+        return h;
     }
-    match (degraded, lost) {
-        (0, 0) => "healthy".into(),
-        (d, 0) => format!("degraded: {d} region(s) short of a copy"),
-        (0, l) => format!("lost: {l} region(s) with no live copy"),
-        (d, l) => format!("lost: {l} region(s), degraded: {d}"),
+    let gone = r.holders().filter(|h| dead.contains(h)).count();
+    if gone == r.holders().count() {
+        RegionHealth::Lost
+    } else if gone > 0 {
+        RegionHealth::Degraded
+    } else {
+        RegionHealth::Healthy
+    }
+}
+
+/// How a vNode's regions stand: "healthy" when every region is, else how many regions are
+/// lost, repairing or degraded.
+fn health(p: &MemoryPlacement, dead: &[&str]) -> String {
+    let mut counts = [0usize; 4];
+    for r in &p.regions {
+        counts[region_health(r, dead) as usize] += 1;
+    }
+    let parts: Vec<String> = [
+        (RegionHealth::Lost, "lost"),
+        (RegionHealth::Repairing, "repairing"),
+        (RegionHealth::Degraded, "degraded"),
+    ]
+    .iter()
+    .filter(|(h, _)| counts[*h as usize] > 0)
+    .map(|(h, name)| format!("{name}: {}", counts[*h as usize]))
+    .collect();
+    if parts.is_empty() {
+        "healthy".into()
+    } else {
+        format!("{} region(s)", parts.join(", "))
+    }
+}
+
+/// The progress of a region's repair, e.g. "42% (1.0 GiB of the 2.4 GiB it stores) at
+/// most 64 MiB/s".
+fn progress(r: &RegionPlacement) -> String {
+    let Some(rep) = &r.repair else {
+        return String::new();
+    };
+    let page = 4096u64;
+    match (&rep.target, rep.started) {
+        (None, _) => "waiting for a monitor with room".into(),
+        (Some(_), false) => "waiting for the vNode's backend to start the copy".into(),
+        (Some(_), true) => {
+            let pct = (rep.copied_pages * 100)
+                .checked_div(rep.total_pages)
+                .unwrap_or(100);
+            let limit = if rep.rate_mib_s == 0 {
+                "unthrottled".to_string()
+            } else {
+                format!("at most {} MiB/s", rep.rate_mib_s)
+            };
+            format!(
+                "{pct}% ({} of the {} it stores) {limit}",
+                human(rep.copied_pages * page),
+                human(rep.total_pages * page),
+            )
+        }
     }
 }
 
@@ -133,6 +181,38 @@ pub fn status(st: &ClusterStatus) -> String {
         v.render()
     });
 
+    out.push_str("\nVREGIONS NOT HEALTHY\n");
+    let mut h = Table::new(&[
+        "VNODE",
+        "REGION",
+        "HEALTH",
+        "HOLDERS",
+        "NEW COPY ON",
+        "PROGRESS",
+    ]);
+    for vn in &st.vnodes {
+        for r in &vn.memory.regions {
+            let state = region_health(r, &dead);
+            if state == RegionHealth::Healthy {
+                continue;
+            }
+            let target = r.repair.as_ref().and_then(|x| x.target.clone());
+            h.row(vec![
+                vn.vnode.to_string(),
+                r.index.to_string(),
+                state.to_string(),
+                r.holders().collect::<Vec<_>>().join(","),
+                target.unwrap_or_else(|| "-".into()),
+                progress(r),
+            ]);
+        }
+    }
+    out.push_str(&if h.is_empty() {
+        "(none)\n".to_string()
+    } else {
+        h.render()
+    });
+
     out.push_str("\nVOLUMES\n");
     let mut t = Table::new(&["VNODE", "NAME", "SIZE", "MONITOR"]);
     for vn in &st.vnodes {
@@ -214,16 +294,19 @@ mod tests {
                             index: 0,
                             monitor: "a".into(),
                             replicas: vec!["b".into()],
+                            ..Default::default()
                         },
                         RegionPlacement {
                             index: 1,
                             monitor: "a".into(),
                             replicas: Vec::new(),
+                            ..Default::default()
                         },
                         RegionPlacement {
                             index: 2,
                             monitor: "b".into(),
                             replicas: Vec::new(),
+                            ..Default::default()
                         },
                     ],
                 },
@@ -240,7 +323,7 @@ mod tests {
         assert!(s.contains("1-2"), "copies per region: {s}");
         assert!(s.contains("b (dead)"), "{s}");
         assert!(
-            s.contains("lost: 1 region(s), degraded: 1"),
+            s.contains("lost: 1, degraded: 1 region(s)"),
             "region 2 only on dead b, region 0 still on a: {s}"
         );
         assert!(
@@ -249,6 +332,28 @@ mod tests {
         );
         assert!(s.contains("root"), "{s}");
         assert!(s.contains("3.0 GiB"), "{s}");
+        // As a newer manager reports it: region 1 repairing with progress.
+        let mut st = st;
+        st.vnodes[0].memory.regions[1].health = Some(RegionHealth::Repairing);
+        st.vnodes[0].memory.regions[1].repair = Some(RegionRepair {
+            missing: 1,
+            target: Some("c".into()),
+            started: true,
+            copied_pages: 1 << 17,
+            total_pages: 1 << 18,
+            rate_mib_s: 64,
+            ..Default::default()
+        });
+        let s = status(&st);
+        assert!(
+            s.contains("lost: 1, repairing: 1, degraded: 1 region(s)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("50% (512.0 MiB of the 1.0 GiB it stores)"),
+            "{s}"
+        );
+        assert!(s.contains("at most 64 MiB/s"), "{s}");
         assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
     }
 }

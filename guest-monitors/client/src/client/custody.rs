@@ -257,6 +257,44 @@ impl Custody {
         }
     }
 
+    /// A repair copy of `pages` was answered by `incarnation` (a put-if-absent: each page
+    /// there is now either the survivor's copy or something newer the vNode wrote). Pages are
+    /// stored from now on, except those already lost: a page whose last write missed this
+    /// monitor may still hold an older version the repair did not overwrite, so it stays an
+    /// error to read here until it is written again.
+    pub fn filled(
+        &mut self,
+        incarnation: u64,
+        pages: &Pages,
+    ) -> (Option<Restart>, Result<(), Loss>) {
+        match self.observe(incarnation) {
+            Ok(restart) => {
+                pages.for_each(|p| {
+                    if !self.lost.contains(p) {
+                        self.stored.insert(p);
+                    }
+                });
+                (restart, Ok(()))
+            }
+            Err(loss) => (None, Err(loss)),
+        }
+    }
+
+    /// Pages of `start..start+count` lost here (stored in a replaced incarnation, or whose
+    /// last write missed this monitor).
+    pub fn lost_in(&self, start: u64, count: u64) -> u64 {
+        (start..start.saturating_add(count))
+            .filter(|&p| self.lost.contains(p))
+            .count() as u64
+    }
+
+    /// The pages of `start..start+count` lost here.
+    pub fn lost_pages(&self, start: u64, count: u64) -> std::collections::BTreeSet<u64> {
+        (start..start.saturating_add(count))
+            .filter(|&p| self.lost.contains(p))
+            .collect()
+    }
+
     /// A read of `pages` was answered by `incarnation`: usable only if that incarnation is
     /// live and none of the pages was lost.
     pub fn read(&mut self, incarnation: u64, pages: &Pages) -> (Option<Restart>, Result<(), Loss>) {
@@ -381,6 +419,23 @@ mod tests {
         ));
         assert_eq!(c.wrote(2, &run(10, 1)).1, Ok(()));
         assert_eq!(c.read(2, &run(10, 1)).1, Ok(()));
+    }
+
+    #[test]
+    fn a_repair_copy_stores_pages_but_never_clears_a_lost_one() {
+        let mut c = Custody::new(Some(1));
+        c.forget(&run(3, 1));
+        assert_eq!(c.filled(1, &run(0, 8)), (None, Ok(())));
+        assert_eq!(c.counts(), (7, 1));
+        assert_eq!(c.lost_in(0, 8), 1);
+        assert!(
+            c.read(1, &run(3, 1)).1.is_err(),
+            "page 3 may be older there"
+        );
+        // After a restart, the copied pages are lost like any other.
+        assert!(c.read(2, &run(100, 1)).0.is_some());
+        assert!(c.read(2, &run(0, 1)).1.is_err());
+        assert!(c.filled(1, &run(0, 1)).1.is_err(), "stale answer");
     }
 
     #[test]

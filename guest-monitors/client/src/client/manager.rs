@@ -107,6 +107,19 @@ impl ManagerClient {
         issued.capability.parse().map_err(CallError::BadCapability)
     }
 
+    /// `vnode`'s memory placement as it stands, repairs included; places nothing.
+    pub fn memory_placement(&self, vnode: u64) -> Result<MemoryPlacement, CallError> {
+        Ok(from_json(&self.call(
+            m::MEMORY_PLACEMENT,
+            &m::GetMemoryPlacement { vnode },
+        )?)?)
+    }
+
+    /// Reports how far the copy of a region to its repair target has come.
+    pub fn repair_progress(&self, p: &m::RepairProgress) -> Result<m::RepairAck, CallError> {
+        Ok(from_json(&self.call(m::REPAIR_PROGRESS, p)?)?)
+    }
+
     /// Forgets a vNode's placements.
     pub fn release_vnode(&self, vnode: u64) -> Result<(), CallError> {
         self.call(m::RELEASE_VNODE, &m::ReleaseVnode { vnode })

@@ -33,18 +33,26 @@ struct Check {
     custody: Arc<Mutex<Custody>>,
     addr: std::net::SocketAddr,
     vnode: u64,
-    write: bool,
+    kind: CheckKind,
     pages: Pages,
+}
+
+/// Which custody update an answer makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CheckKind {
+    Read,
+    Write,
+    Fill,
 }
 
 impl Check {
     fn apply(&self, r: &Response) -> Result<(), CallError> {
         let (restart, verdict) = {
             let mut c = lock(&self.custody);
-            if self.write {
-                c.wrote(r.incarnation, &self.pages)
-            } else {
-                c.read(r.incarnation, &self.pages)
+            match self.kind {
+                CheckKind::Write => c.wrote(r.incarnation, &self.pages),
+                CheckKind::Read => c.read(r.incarnation, &self.pages),
+                CheckKind::Fill => c.filled(r.incarnation, &self.pages),
             }
         };
         if let Some(restart) = restart {
@@ -170,13 +178,82 @@ impl MemoryClient {
     }
 
     fn check(&self, write: bool, pages: Pages) -> Check {
+        let kind = if write {
+            CheckKind::Write
+        } else {
+            CheckKind::Read
+        };
+        self.check_as(kind, pages)
+    }
+
+    fn check_as(&self, kind: CheckKind, pages: Pages) -> Check {
         Check {
             custody: self.custody.clone(),
             addr: self.client.peer_addr(),
             vnode: self.vnode,
-            write,
+            kind,
             pages,
         }
+    }
+
+    /// Pages of `start..start+count` this client counts as lost on the monitor.
+    pub fn lost_in(&self, start: u64, count: u64) -> u64 {
+        lock(&self.custody).lost_in(start, count)
+    }
+
+    /// The pages of `start..start+count` this client counts as lost on the monitor.
+    pub fn lost_pages(&self, start: u64, count: u64) -> std::collections::BTreeSet<u64> {
+        lock(&self.custody).lost_pages(start, count)
+    }
+
+    /// Opens a repair fence over `start..start+count` on the monitor (see
+    /// [`crate::proto::memory`]); returns the incarnation that opened it.
+    pub fn fill_begin(&self, start: u64, count: u64) -> Result<u64, CallError> {
+        let r = self
+            .client
+            .call(self.req(&MemoryOp::FillBegin { start, count }))?;
+        Ok(r.incarnation)
+    }
+
+    /// Sends a repair copy of pages from `start` (put-if-absent inside an open fence);
+    /// returns how many the monitor stored and the incarnation that answered.
+    pub fn fill_run(&self, start: u64, data: &[u8]) -> Result<(u64, u64), CallError> {
+        let n = check_data(data)?;
+        let r = self
+            .client
+            .call(self.req(&MemoryOp::FillRun { start, data }))?;
+        let stored = mm::decode_u64(&r.payload)?;
+        let pages = Pages::Run {
+            start,
+            count: n as u64,
+        };
+        self.check_as(CheckKind::Fill, pages).apply(&r)?;
+        Ok((stored, r.incarnation))
+    }
+
+    /// Closes the repair fence at `start`; returns the incarnation that answered.
+    pub fn fill_end(&self, start: u64, count: u64) -> Result<u64, CallError> {
+        let r = self
+            .client
+            .call(self.req(&MemoryOp::FillEnd { start, count }))?;
+        Ok(r.incarnation)
+    }
+
+    /// Which of pages `start..start+count` the monitor stores (bit `i % 8` of byte `i / 8`
+    /// for page `start + i`), and the incarnation that answered.
+    pub fn present(&self, start: u64, count: u32) -> Result<(Vec<u8>, u64), CallError> {
+        let r = self
+            .client
+            .call(self.req(&MemoryOp::Present { start, count }))?;
+        let want = (count as usize).div_ceil(8);
+        if r.payload.len() != want {
+            return Err(ProtoError::LengthMismatch {
+                expected: want as u64,
+                got: r.payload.len() as u64,
+            }
+            .into());
+        }
+        Ok((r.payload, r.incarnation))
     }
 
     /// The vNode this client acts for.

@@ -9,12 +9,14 @@ pub mod custody;
 pub mod manager;
 pub mod memory;
 pub mod renewal;
+pub mod repair;
 pub mod storage;
 pub mod vnode;
 
 pub use manager::ManagerClient;
 pub use memory::{MemoryClient, PageOp, PendingPages};
 pub use renewal::Renewal;
+pub use repair::RepairConfig;
 pub use storage::StorageClient;
 pub use vnode::{PendingRun, VnodeMemory};
 

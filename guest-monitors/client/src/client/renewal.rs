@@ -46,6 +46,20 @@ impl Renewal {
     /// # Panics
     /// If the operating system cannot create the thread.
     pub fn start(manager: ManagerClient, cap: Capability, clients: Vec<Client>) -> Renewal {
+        Self::start_with(manager, cap, move || clients.clone())
+    }
+
+    /// [`Renewal::start`] for a set of connections that may grow: `clients` lists them at
+    /// each renewal (e.g. [`super::VnodeMemory::fabric_client_list`], which includes a copy
+    /// added by a repair).
+    ///
+    /// # Panics
+    /// If the operating system cannot create the thread.
+    pub fn start_with(
+        manager: ManagerClient,
+        cap: Capability,
+        clients: impl Fn() -> Vec<Client> + Send + 'static,
+    ) -> Renewal {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -93,7 +107,7 @@ fn renew_once(
 fn run(
     manager: &ManagerClient,
     mut cap: Capability,
-    clients: &[Client],
+    clients: &dyn Fn() -> Vec<Client>,
     flag: &(Mutex<bool>, Condvar),
 ) {
     let mut wait = renew_after(cap.expires_unix, unix_now());
@@ -101,7 +115,8 @@ fn run(
         if stopped_within(flag, wait) {
             return;
         }
-        match renew_once(manager, cap.vnode, cap.rights, clients) {
+        let clients = clients();
+        match renew_once(manager, cap.vnode, cap.rights, &clients) {
             Ok(new) => {
                 tracing::info!(
                     vnode = new.vnode,

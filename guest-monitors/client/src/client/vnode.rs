@@ -8,41 +8,97 @@
 //! told to forget those pages ([`MemoryClient::forget`]), so it never serves them stale. A
 //! read goes to the first copy that is up and fails over to the next on any error. A copy
 //! whose connection failed is skipped for [`DOWN_FOR`] before it is tried again.
+//!
+//! The set of copies can change while the vNode runs: with [`VnodeMemory::keep_repaired`], a
+//! thread ([`super::repair`]) follows the manager's repairs, adds a region's new copy as a
+//! *filling* copy (written, trimmed, never read), copies the region into it, and makes it a
+//! holder once the manager has recorded the repair as done. Every op works on the
+//! [`Layout`] it started with, so a change waits only for the ops already in flight.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use lego_fabric::{Capability, ClientConfig, ClientError, ClusterKey};
 
-use super::{CallError, MemoryClient, PageOp, PendingPages};
+use super::repair::{RepairConfig, RepairThread};
+use super::{CallError, ManagerClient, MemoryClient, PageOp, PendingPages};
 use crate::proto::manager::MemoryPlacement;
 use crate::proto::memory::{MAX_PAGES, PAGE_SIZE};
 
 /// How long a copy whose connection failed is skipped before it is tried again.
 pub const DOWN_FOR: Duration = Duration::from_millis(1000);
 
-/// The clients of every monitor holding some region, and which of them are down.
-struct Copies {
-    clients: Vec<MemoryClient>,
-    /// Per client: until when it is skipped, in ms after `born` (0: up).
-    down_until_ms: Vec<AtomicU64>,
+/// The connection to one memory monitor holding (or filling) copies of this vNode's regions.
+pub(crate) struct Slot {
+    /// Its fabric address, as the manager names it.
+    pub(crate) addr: String,
+    /// The client.
+    pub(crate) client: MemoryClient,
+    /// Until when it is skipped, in ms after the layout's `born` (0: up).
+    down_until_ms: AtomicU64,
+}
+
+impl Slot {
+    pub(crate) fn new(addr: String, client: MemoryClient) -> Arc<Slot> {
+        Arc::new(Slot {
+            addr,
+            client,
+            down_until_ms: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Which monitors serve which region: one snapshot, shared by every op that started with it.
+#[derive(Clone)]
+pub(crate) struct Layout {
+    /// Every monitor connection, by position.
+    pub(crate) clients: Vec<Arc<Slot>>,
+    /// Positions of each region's holders, primary first: written and read.
+    pub(crate) holders: Vec<Vec<usize>>,
+    /// Position of each region's filling copy (a repair's target): written, never read.
+    pub(crate) filling: Vec<Option<usize>>,
     born: Instant,
 }
 
-impl Copies {
+/// The copies an op works on (the name the op code below uses for a [`Layout`]).
+type Copies = Layout;
+
+impl Layout {
     fn now_ms(&self) -> u64 {
         self.born.elapsed().as_millis() as u64 + 1
     }
 
-    fn is_up(&self, m: usize) -> bool {
-        self.down_until_ms[m].load(Ordering::Relaxed) <= self.now_ms()
+    fn client(&self, m: usize) -> &MemoryClient {
+        &self.clients[m].client
+    }
+
+    pub(crate) fn is_up(&self, m: usize) -> bool {
+        self.clients[m].down_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    /// Every copy a write or trim of `region` goes to: its holders, then its filling copy.
+    fn written(&self, region: usize) -> impl Iterator<Item = usize> + '_ {
+        self.holders[region]
+            .iter()
+            .copied()
+            .chain(self.filling[region].filter(|f| !self.holders[region].contains(f)))
+    }
+
+    /// Whether any copy is down now.
+    pub(crate) fn any_down(&self) -> bool {
+        (0..self.clients.len()).any(|m| !self.is_up(m))
+    }
+
+    /// The position of the monitor at `addr`, if connected.
+    pub(crate) fn position(&self, addr: &str) -> Option<usize> {
+        self.clients.iter().position(|s| s.addr == addr)
     }
 
     /// Marks client `m` down after `err`, if it is a connection failure (an answer from a
     /// working monitor, such as a lost page or a full monitor, is not).
-    fn failed(&self, m: usize, err: &CallError) {
+    pub(crate) fn failed(&self, m: usize, err: &CallError) {
         let transport = matches!(
             err,
             CallError::Fabric(
@@ -51,9 +107,10 @@ impl Copies {
         );
         if transport {
             let until = self.now_ms() + DOWN_FOR.as_millis() as u64;
-            if self.down_until_ms[m].swap(until, Ordering::Relaxed) <= self.now_ms() {
+            let slot = &self.clients[m];
+            if slot.down_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
                 tracing::warn!(
-                    monitor = %self.clients[m].fabric().peer_addr(),
+                    monitor = %slot.addr,
                     error = %lego_report::error_chain(err),
                     "a memory monitor holding copies of this vNode's pages failed; its copies \
                      are skipped for a while"
@@ -63,18 +120,27 @@ impl Copies {
     }
 }
 
+/// What [`VnodeMemory`] shares with its repair thread.
+pub(crate) struct Shared {
+    pub(crate) placement: MemoryPlacement,
+    layout: RwLock<Arc<Layout>>,
+    pub(crate) key: ClusterKey,
+    pub(crate) config: ClientConfig,
+}
+
 /// One vNode's remote memory across its memory monitors.
 pub struct VnodeMemory {
-    placement: MemoryPlacement,
-    copies: Arc<Copies>,
-    /// Client positions of each region's holders, primary first.
-    holders: Vec<Vec<usize>>,
+    shared: Arc<Shared>,
+    /// Follows the manager's repairs while it lives ([`VnodeMemory::keep_repaired`]).
+    repair: Option<RepairThread>,
 }
 
 /// One piece of an op: a run inside one region, in flight on its copies.
 enum Piece {
-    /// Sent to every copy that was up; the others already forgot the pages.
+    /// Sent to every copy that was up; the others already forgot the pages. Done when a
+    /// holder of `region` took it (a filling copy alone is not readable).
     Write {
+        region: usize,
         start: u64,
         count: u64,
         sent: Vec<(usize, Result<PendingPages, CallError>)>,
@@ -104,15 +170,21 @@ fn no_copy(start: u64, count: u64) -> CallError {
 impl Piece {
     fn wait(self, copies: &Copies) -> Result<Vec<u8>, CallError> {
         match self {
-            Piece::Write { start, count, sent } => {
+            Piece::Write {
+                region,
+                start,
+                count,
+                sent,
+            } => {
                 let mut done = 0;
                 let mut first_err = None;
                 for (m, pending) in sent {
                     match pending.and_then(PendingPages::wait) {
-                        Ok(_) => done += 1,
+                        Ok(_) if copies.holders[region].contains(&m) => done += 1,
+                        Ok(_) => {}
                         Err(e) => {
                             copies.failed(m, &e);
-                            copies.clients[m].forget(start, count);
+                            copies.client(m).forget(start, count);
                             first_err.get_or_insert(e);
                         }
                     }
@@ -141,7 +213,7 @@ impl Piece {
                 }
                 for m in fallbacks {
                     // `count` fits in one request: pieces never cross MAX_PAGES.
-                    match copies.clients[m].read_run(start, count as u32) {
+                    match copies.client(m).read_run(start, count as u32) {
                         Ok(pages) => return Ok(pages),
                         Err(e) => {
                             copies.failed(m, &e);
@@ -200,7 +272,7 @@ impl VnodeMemory {
                 cap.vnode, placement.vnode
             )));
         }
-        let mut clients = Vec::new();
+        let mut clients: Vec<Arc<Slot>> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut holders = Vec::with_capacity(placement.regions.len());
         for (i, r) in placement.regions.iter().enumerate() {
@@ -217,7 +289,7 @@ impl VnodeMemory {
                     None => {
                         let c = MemoryClient::connect(addr, key.clone(), cap, config.clone())?;
                         index.insert(addr.to_string(), clients.len());
-                        clients.push(c);
+                        clients.push(Slot::new(addr.to_string(), c));
                         clients.len() - 1
                     }
                 };
@@ -227,34 +299,144 @@ impl VnodeMemory {
             }
             holders.push(h);
         }
-        let down_until_ms = clients.iter().map(|_| AtomicU64::new(0)).collect();
-        Ok(Self {
-            placement,
-            copies: Arc::new(Copies {
-                clients,
-                down_until_ms,
-                born: Instant::now(),
-            }),
+        let filling = vec![None; holders.len()];
+        let layout = Layout {
+            clients,
             holders,
+            filling,
+            born: Instant::now(),
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                placement,
+                layout: RwLock::new(Arc::new(layout)),
+                key,
+                config,
+            }),
+            repair: None,
         })
     }
 
-    /// The placement in use.
+    /// Follows the manager's repairs of this vNode's regions for as long as this lives (see
+    /// [`super::repair`]): a region that lost a copy gets its new copy filled from a survivor,
+    /// written to from the moment the copy starts and read from once it is complete.
+    pub fn keep_repaired(&mut self, manager: ManagerClient) {
+        self.keep_repaired_with(manager, RepairConfig::default());
+    }
+
+    /// [`VnodeMemory::keep_repaired`] with explicit timings.
+    pub fn keep_repaired_with(&mut self, manager: ManagerClient, config: RepairConfig) {
+        self.repair = Some(RepairThread::start(self.shared.clone(), manager, config));
+    }
+
+    /// The placement this was connected with (the holders may have changed since: see
+    /// [`VnodeMemory::holders`]).
     pub fn placement(&self) -> &MemoryPlacement {
-        &self.placement
+        &self.shared.placement
+    }
+
+    /// The monitors serving region `region` now: its holders (read and written), then its
+    /// filling copy if a repair is copying into one.
+    pub fn holders(&self, region: usize) -> (Vec<String>, Option<String>) {
+        let l = self.shared.layout();
+        let name = |m: &usize| l.clients[*m].addr.clone();
+        (
+            l.holders
+                .get(region)
+                .into_iter()
+                .flatten()
+                .map(name)
+                .collect(),
+            l.filling.get(region).copied().flatten().map(|m| name(&m)),
+        )
     }
 
     /// The fabric client of every monitor, to attach a renewed capability to.
     pub fn fabric_clients(&self) -> Vec<lego_fabric::Client> {
-        self.copies
-            .clients
-            .iter()
-            .map(|c| c.fabric().clone())
-            .collect()
+        self.shared.fabric_clients()
+    }
+
+    /// A function listing the fabric client of every monitor as the set changes (for
+    /// [`super::Renewal::start_with`], so a copy added by a repair gets renewed capabilities).
+    pub fn fabric_client_list(&self) -> impl Fn() -> Vec<lego_fabric::Client> + Send + 'static {
+        let shared = self.shared.clone();
+        move || shared.fabric_clients()
     }
 
     /// Pages covered by the placement.
     pub fn pages(&self) -> u64 {
+        self.shared.pages()
+    }
+
+    /// Starts `ops` without waiting; see [`Shared::submit`].
+    pub fn submit(&self, ops: &[PageOp<'_>]) -> Vec<PendingRun> {
+        self.shared.submit(ops)
+    }
+
+    /// Reads `count` pages from `start`, wherever they live.
+    pub fn read_run(&self, start: u64, count: u64) -> Result<Vec<u8>, CallError> {
+        self.shared.read_run(start, count)
+    }
+
+    /// Writes whole pages from `start`, wherever they live.
+    pub fn write_run(&self, start: u64, data: &[u8]) -> Result<(), CallError> {
+        self.shared.write_run(start, data)
+    }
+
+    /// Frees every page of the vNode on every monitor of the placement (the placement itself
+    /// stays reserved); returns how many pages were stored. A monitor that cannot be reached
+    /// is passed over (its pages died with it or are freed when it is released); the call
+    /// fails only if none could be reached.
+    pub fn free_all(&self) -> Result<u64, CallError> {
+        self.shared.free_all()
+    }
+
+    /// Frees `count` pages from `start` on every copy; returns how many the first copy of
+    /// each piece stored. A copy that cannot be reached forgets the pages instead, so it never
+    /// serves what was trimmed.
+    pub fn trim(&self, start: u64, count: u64) -> Result<u64, CallError> {
+        self.shared.trim(start, count)
+    }
+}
+
+impl Shared {
+    /// The layout new ops start with.
+    pub(crate) fn layout(&self) -> Arc<Layout> {
+        self.layout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the layout with `f(current)` and returns the one replaced: once no op holds
+    /// it any more ([`Shared::drain`]), every op in flight uses the new one.
+    pub(crate) fn change(&self, f: impl FnOnce(&Layout) -> Layout) -> Arc<Layout> {
+        let mut guard = self.layout.write().unwrap_or_else(|e| e.into_inner());
+        let new = Arc::new(f(&guard));
+        std::mem::replace(&mut *guard, new)
+    }
+
+    /// Waits until no op started with `old` is in flight (or `patience` passed; false then).
+    pub(crate) fn drain(old: Arc<Layout>, patience: Duration) -> bool {
+        let until = Instant::now() + patience;
+        while Arc::strong_count(&old) > 1 {
+            if Instant::now() > until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    fn fabric_clients(&self) -> Vec<lego_fabric::Client> {
+        self.layout()
+            .clients
+            .iter()
+            .map(|c| c.client.fabric().clone())
+            .collect()
+    }
+
+    pub(crate) fn pages(&self) -> u64 {
         self.placement.regions.len() as u64 * self.placement.region_pages()
     }
 
@@ -285,15 +467,16 @@ impl VnodeMemory {
     /// the copies it needs (see the module's documentation), the pieces are grouped by
     /// monitor and each monitor gets its group with one vectored write. Returns one
     /// [`PendingRun`] per op, in order. The ops run concurrently, so none may depend on another.
-    pub fn submit(&self, ops: &[PageOp<'_>]) -> Vec<PendingRun> {
-        let copies = &self.copies;
+    pub(crate) fn submit(&self, ops: &[PageOp<'_>]) -> Vec<PendingRun> {
+        let layout = self.layout();
+        let copies = &*layout;
         let mut batches: Vec<Vec<PageOp<'_>>> = vec![Vec::new(); copies.clients.len()];
         /// Where a piece went: (monitor, position in its batch) per copy sent to.
-        enum Slot {
-            Write(u64, u64, Vec<(usize, usize)>),
+        enum Sent {
+            Write(usize, u64, u64, Vec<(usize, usize)>),
             Read(u64, u64, Option<(usize, usize)>, Vec<usize>),
         }
-        let mut plan: Vec<Result<Vec<Slot>, CallError>> = Vec::with_capacity(ops.len());
+        let mut plan: Vec<Result<Vec<Sent>, CallError>> = Vec::with_capacity(ops.len());
         for &op in ops {
             let (start, count, data) = match op {
                 PageOp::Read { start, count } => (start, count, None),
@@ -310,7 +493,7 @@ impl VnodeMemory {
                 pieces
                     .into_iter()
                     .map(|(region, start, count)| {
-                        let holders = &self.holders[region];
+                        let holders = &copies.holders[region];
                         match data {
                             Some(data) => {
                                 let len = count as usize * PAGE_SIZE;
@@ -320,15 +503,15 @@ impl VnodeMemory {
                                 };
                                 off += len;
                                 let mut sent = Vec::new();
-                                for &m in holders {
+                                for m in copies.written(region) {
                                     if copies.is_up(m) {
                                         batches[m].push(piece);
                                         sent.push((m, batches[m].len() - 1));
                                     } else {
-                                        copies.clients[m].forget(start, count);
+                                        copies.client(m).forget(start, count);
                                     }
                                 }
-                                Slot::Write(start, count, sent)
+                                Sent::Write(region, start, count, sent)
                             }
                             None => {
                                 let mut order: Vec<usize> = holders.clone();
@@ -340,7 +523,7 @@ impl VnodeMemory {
                                 });
                                 let fallbacks =
                                     order.into_iter().skip(usize::from(first.is_some()));
-                                Slot::Read(start, count, first, fallbacks.collect())
+                                Sent::Read(start, count, first, fallbacks.collect())
                             }
                         }
                     })
@@ -351,7 +534,8 @@ impl VnodeMemory {
             .iter()
             .zip(&copies.clients)
             .map(|(batch, c)| {
-                c.submit_runs(batch)
+                c.client
+                    .submit_runs(batch)
                     .map(|p| p.into_iter().map(Some).collect())
                     .map_err(Arc::new)
             })
@@ -371,12 +555,13 @@ impl VnodeMemory {
                     slots
                         .into_iter()
                         .map(|slot| match slot {
-                            Slot::Write(start, count, to) => Piece::Write {
+                            Sent::Write(region, start, count, to) => Piece::Write {
+                                region,
                                 start,
                                 count,
                                 sent: to.into_iter().map(&mut take).collect(),
                             },
-                            Slot::Read(start, count, first, fallbacks) => Piece::Read {
+                            Sent::Read(start, count, first, fallbacks) => Piece::Read {
                                 start,
                                 count,
                                 first: first.map(&mut take),
@@ -385,7 +570,7 @@ impl VnodeMemory {
                         })
                         .collect()
                 }),
-                copies: self.copies.clone(),
+                copies: layout.clone(),
             })
             .collect()
     }
@@ -398,32 +583,27 @@ impl VnodeMemory {
         }
     }
 
-    /// Reads `count` pages from `start`, wherever they live.
-    pub fn read_run(&self, start: u64, count: u64) -> Result<Vec<u8>, CallError> {
+    pub(crate) fn read_run(&self, start: u64, count: u64) -> Result<Vec<u8>, CallError> {
         self.run(PageOp::Read { start, count })
     }
 
-    /// Writes whole pages from `start`, wherever they live.
-    pub fn write_run(&self, start: u64, data: &[u8]) -> Result<(), CallError> {
+    pub(crate) fn write_run(&self, start: u64, data: &[u8]) -> Result<(), CallError> {
         self.run(PageOp::Write { start, data }).map(|_| ())
     }
 
-    /// Frees every page of the vNode on every monitor of the placement (the placement itself
-    /// stays reserved); returns how many pages were stored. A monitor that cannot be reached
-    /// is passed over (its pages died with it or are freed when it is released); the call
-    /// fails only if none could be reached.
-    pub fn free_all(&self) -> Result<u64, CallError> {
+    fn free_all(&self) -> Result<u64, CallError> {
+        let layout = self.layout();
         let mut freed = 0;
         let mut first_err = None;
         let mut reached = 0;
-        for (m, c) in self.copies.clients.iter().enumerate() {
-            match c.free_all() {
+        for (m, c) in layout.clients.iter().enumerate() {
+            match c.client.free_all() {
                 Ok(n) => {
                     freed += n;
                     reached += 1;
                 }
                 Err(e) => {
-                    self.copies.failed(m, &e);
+                    layout.failed(m, &e);
                     first_err.get_or_insert(e);
                 }
             }
@@ -434,17 +614,15 @@ impl VnodeMemory {
         }
     }
 
-    /// Frees `count` pages from `start` on every copy; returns how many the first copy of
-    /// each piece stored. A copy that cannot be reached forgets the pages instead, so it never
-    /// serves what was trimmed.
-    pub fn trim(&self, start: u64, count: u64) -> Result<u64, CallError> {
+    fn trim(&self, start: u64, count: u64) -> Result<u64, CallError> {
+        let layout = self.layout();
         let mut freed = 0;
         for (region, p, n) in self.split(start, count)? {
             let mut done = false;
             let mut first_err = None;
-            for &m in &self.holders[region] {
-                let c = &self.copies.clients[m];
-                if !self.copies.is_up(m) {
+            for m in layout.written(region) {
+                let c = layout.client(m);
+                if !layout.is_up(m) {
                     c.forget(p, n);
                     continue;
                 }
@@ -456,7 +634,7 @@ impl VnodeMemory {
                         done = true;
                     }
                     Err(e) => {
-                        self.copies.failed(m, &e);
+                        layout.failed(m, &e);
                         c.forget(p, n);
                         first_err.get_or_insert(e);
                     }

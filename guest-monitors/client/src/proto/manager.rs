@@ -10,6 +10,8 @@
 //! | `PLACE_VOLUME` 0x0305 | [`PlaceVolume`] | [`VolumePlacement`] |
 //! | `ISSUE_CAPABILITY` 0x0306 | [`IssueCapability`] | [`IssuedCapability`] |
 //! | `RELEASE_VNODE` 0x0307 | [`ReleaseVnode`] | empty |
+//! | `MEMORY_PLACEMENT` 0x0308 | [`GetMemoryPlacement`] | [`MemoryPlacement`] (changes nothing) |
+//! | `REPAIR_PROGRESS` 0x0309 | [`RepairProgress`] | [`RepairAck`] |
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,6 +32,10 @@ pub const PLACE_VOLUME: u16 = 0x0305;
 pub const ISSUE_CAPABILITY: u16 = 0x0306;
 /// Forget a vNode's placements and release their reservations.
 pub const RELEASE_VNODE: u16 = 0x0307;
+/// A vNode's memory placement as it stands, without placing anything.
+pub const MEMORY_PLACEMENT: u16 = 0x0308;
+/// A client's report on the repair of a vRegion it is copying.
+pub const REPAIR_PROGRESS: u16 = 0x0309;
 
 /// Kind of monitor.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,8 +140,65 @@ pub struct MonitorStatus {
     pub last_heartbeat_ms: u64,
 }
 
+/// How a vRegion stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionHealth {
+    /// Every copy it was placed with is on a live monitor.
+    #[default]
+    Healthy,
+    /// A copy was lost and nothing is copying it yet (no monitor with room, or the vNode's
+    /// backend has not started the copy); the remaining copies serve it.
+    Degraded,
+    /// A copy was lost and a new one is being filled from a surviving copy.
+    Repairing,
+    /// No live monitor holds a complete copy: its pages are gone.
+    Lost,
+}
+
+impl fmt::Display for RegionHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RegionHealth::Healthy => "healthy",
+            RegionHealth::Degraded => "degraded",
+            RegionHealth::Repairing => "repairing",
+            RegionHealth::Lost => "lost",
+        })
+    }
+}
+
+/// A repair of a vRegion: a copy was lost with its monitor, and `target` is being filled from
+/// the region's holders (which it is not yet one of: nothing reads from it until the
+/// repair is done).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RegionRepair {
+    /// Copies short of what the region was placed with.
+    pub missing: u32,
+    /// The monitor being filled (`None`: no live monitor outside the holders has room yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Whether the vNode's client has started copying to `target`.
+    #[serde(default)]
+    pub started: bool,
+    /// Pages copied so far, as last reported.
+    #[serde(default)]
+    pub copied_pages: u64,
+    /// Pages to copy (those the survivor stored when the copy began).
+    #[serde(default)]
+    pub total_pages: u64,
+    /// The copy's rate limit in MiB/s (0: unthrottled), the manager's setting.
+    #[serde(default)]
+    pub rate_mib_s: u32,
+    /// How many targets this repair has had (a target that died starts it over elsewhere).
+    #[serde(default)]
+    pub attempt: u32,
+    /// The dead monitors whose copies are being replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_from: Vec<String>,
+}
+
 /// One vRegion of a vNode's remote memory.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct RegionPlacement {
     /// Region index: it covers pages `index * region_pages .. (index + 1) * region_pages`.
     pub index: u64,
@@ -144,6 +207,12 @@ pub struct RegionPlacement {
     /// Further memory monitors holding a copy of it (empty: no copy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,
+    /// The repair under way, if a copy was lost (absent from older managers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RegionRepair>,
+    /// How the region stands, as the manager sees it (absent from older managers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RegionHealth>,
 }
 
 impl RegionPlacement {
@@ -261,6 +330,46 @@ pub struct IssuedCapability {
     pub expires_unix: u64,
 }
 
+/// Body of `MEMORY_PLACEMENT`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GetMemoryPlacement {
+    /// The vNode.
+    pub vnode: u64,
+}
+
+/// Body of `REPAIR_PROGRESS`: how far the copy of a region to `target` has come.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RepairProgress {
+    /// The vNode.
+    pub vnode: u64,
+    /// The region.
+    pub region: u64,
+    /// The monitor being filled.
+    pub target: String,
+    /// Pages copied so far.
+    pub copied_pages: u64,
+    /// Pages to copy.
+    pub total_pages: u64,
+    /// The copy is complete: every page the survivor held is on `target`, and every write
+    /// since the copy began went to it too.
+    pub done: bool,
+}
+
+/// Answer to `REPAIR_PROGRESS`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RepairAck {
+    /// Go on copying.
+    Continue,
+    /// The repair is done: `target` is a holder of the region now, and may be read.
+    Repaired,
+    /// `target` is no longer the repair's target (it died, the region was lost or
+    /// released): stop copying to it.
+    Cancelled,
+}
+
 /// Body of `RELEASE_VNODE`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -283,11 +392,12 @@ mod tests {
                     index: 0,
                     monitor: "a".into(),
                     replicas: vec!["c".into()],
+                    ..Default::default()
                 },
                 RegionPlacement {
                     index: 1,
                     monitor: "b".into(),
-                    replicas: Vec::new(),
+                    ..Default::default()
                 },
             ],
         };
@@ -298,7 +408,7 @@ mod tests {
         // A placement from before copies existed still reads.
         let old: RegionPlacement =
             serde_json::from_str(r#"{"index":3,"monitor":"m"}"#).expect("old placement");
-        assert!(old.replicas.is_empty());
+        assert!(old.replicas.is_empty() && old.repair.is_none() && old.health.is_none());
         assert!("memory".parse::<MonitorKind>().is_ok());
         assert!("disk".parse::<MonitorKind>().is_err());
     }

@@ -9,6 +9,18 @@
 //! | `TRIM` 0x0105 | start u64, count u64 | freed u64 |
 //! | `FREE_VNODE` 0x0106 | empty | freed u64 |
 //! | `STATS` 0x0107 | empty | JSON [`VnodeMemoryStats`] (vNode N) or [`MonitorMemoryStats`] (vNode 0) |
+//! | `FILL_BEGIN` 0x0108 | start u64, count u64 | empty |
+//! | `FILL_RUN` 0x0109 | start u64, count u32, count x 4096 bytes | stored u64 |
+//! | `FILL_END` 0x010a | start u64, count u64 | empty |
+//! | `PRESENT` 0x010b | start u64, count u32 | bitmap, `count.div_ceil(8)` bytes |
+//!
+//! The `FILL_*` operations repair a copy of a vRegion (see `lego_monitors::pagestore::fence`):
+//! `FILL_BEGIN` opens a fence over the region's pages, after which every write, zero write
+//! and trim of a page there is remembered; `FILL_RUN` stores only pages that are neither
+//! present nor touched since the fence opened (put-if-absent), so a page the vNode wrote or
+//! trimmed during the repair always wins over the older copy, in either arrival order;
+//! `FILL_END` drops the fence. `PRESENT` says which pages of a range are stored (bit `i`
+//! of byte `i / 8` is page `start + i`), so a repair copies only those.
 //!
 //! Page ops need a capability with `Rights::MEMORY` for the request's vNode; `STATS` on vNode 0
 //! is cluster-level. All integers are little-endian.
@@ -37,6 +49,18 @@ pub const TRIM: u16 = 0x0105;
 pub const FREE_VNODE: u16 = 0x0106;
 /// Use and counters.
 pub const STATS: u16 = 0x0107;
+/// Open a repair fence over a range of pages.
+pub const FILL_BEGIN: u16 = 0x0108;
+/// Store pages that are absent and untouched since the fence opened (a repair copy).
+pub const FILL_RUN: u16 = 0x0109;
+/// Close a repair fence.
+pub const FILL_END: u16 = 0x010a;
+/// Which pages of a range are stored.
+pub const PRESENT: u16 = 0x010b;
+/// Most pages one repair fence may cover (64 GiB of pages; its bitmap is 2 MiB).
+pub const MAX_FENCE_PAGES: u64 = 1 << 24;
+/// Most pages one `PRESENT` request may ask about (its answer is 8 KiB).
+pub const MAX_PRESENT_PAGES: u32 = 1 << 16;
 
 /// A decoded page operation (borrowing page data from the request body).
 #[derive(Debug, PartialEq, Eq)]
@@ -78,6 +102,34 @@ pub enum MemoryOp<'a> {
     FreeVnode,
     /// Report statistics.
     Stats,
+    /// Open a repair fence over pages `start..start+count`.
+    FillBegin {
+        /// First page.
+        start: u64,
+        /// Page count (at most [`MAX_FENCE_PAGES`]).
+        count: u64,
+    },
+    /// Store the pages from `start` that are absent and untouched since the fence opened.
+    FillRun {
+        /// First page.
+        start: u64,
+        /// count x 4096 bytes.
+        data: &'a [u8],
+    },
+    /// Close the repair fence opened at `start` with `count` pages.
+    FillEnd {
+        /// First page.
+        start: u64,
+        /// Page count.
+        count: u64,
+    },
+    /// Which of pages `start..start+count` are stored.
+    Present {
+        /// First page.
+        start: u64,
+        /// Page count (at most [`MAX_PRESENT_PAGES`]).
+        count: u32,
+    },
 }
 
 fn check_count(count: u32) -> Result<u32, ProtoError> {
@@ -142,6 +194,41 @@ impl<'a> MemoryOp<'a> {
             },
             FREE_VNODE => MemoryOp::FreeVnode,
             STATS => MemoryOp::Stats,
+            FILL_BEGIN | FILL_END => {
+                let start = r.u64("start page")?;
+                let count = r.u64("page count")?;
+                if count > MAX_FENCE_PAGES {
+                    return Err(ProtoError::TooLarge {
+                        what: "fence page count",
+                        got: count,
+                        max: MAX_FENCE_PAGES,
+                    });
+                }
+                if opcode == FILL_BEGIN {
+                    MemoryOp::FillBegin { start, count }
+                } else {
+                    MemoryOp::FillEnd { start, count }
+                }
+            }
+            FILL_RUN => {
+                let start = r.u64("start page")?;
+                let count = check_count(r.u32("page count")?)?;
+                let data = r.rest();
+                check_data(data, count)?;
+                MemoryOp::FillRun { start, data }
+            }
+            PRESENT => {
+                let start = r.u64("start page")?;
+                let count = r.u32("page count")?;
+                if count > MAX_PRESENT_PAGES {
+                    return Err(ProtoError::TooLarge {
+                        what: "presence page count",
+                        got: count.into(),
+                        max: MAX_PRESENT_PAGES.into(),
+                    });
+                }
+                MemoryOp::Present { start, count }
+            }
             other => return Err(ProtoError::UnknownOpcode(other)),
         };
         r.finish()?;
@@ -158,6 +245,10 @@ impl<'a> MemoryOp<'a> {
             MemoryOp::Trim { .. } => TRIM,
             MemoryOp::FreeVnode => FREE_VNODE,
             MemoryOp::Stats => STATS,
+            MemoryOp::FillBegin { .. } => FILL_BEGIN,
+            MemoryOp::FillRun { .. } => FILL_RUN,
+            MemoryOp::FillEnd { .. } => FILL_END,
+            MemoryOp::Present { .. } => PRESENT,
         }
     }
 
@@ -167,11 +258,19 @@ impl<'a> MemoryOp<'a> {
             MemoryOp::ReadRun { start, count } => {
                 Writer::with_capacity(12).u64(*start).u32(*count).finish()
             }
-            MemoryOp::WriteRun { start, data } => Writer::with_capacity(12 + data.len())
-                .u64(*start)
-                .u32((data.len() / PAGE_SIZE) as u32)
-                .bytes(data)
-                .finish(),
+            MemoryOp::WriteRun { start, data } | MemoryOp::FillRun { start, data } => {
+                Writer::with_capacity(12 + data.len())
+                    .u64(*start)
+                    .u32((data.len() / PAGE_SIZE) as u32)
+                    .bytes(data)
+                    .finish()
+            }
+            MemoryOp::FillBegin { start, count } | MemoryOp::FillEnd { start, count } => {
+                Writer::with_capacity(16).u64(*start).u64(*count).finish()
+            }
+            MemoryOp::Present { start, count } => {
+                Writer::with_capacity(12).u64(*start).u32(*count).finish()
+            }
             MemoryOp::ReadList { pages } => {
                 let mut w = Writer::with_capacity(4 + 8 * pages.len()).u32(pages.len() as u32);
                 for &p in pages {
@@ -278,6 +377,22 @@ mod tests {
             },
             MemoryOp::FreeVnode,
             MemoryOp::Stats,
+            MemoryOp::FillBegin {
+                start: 0,
+                count: 16384,
+            },
+            MemoryOp::FillRun {
+                start: 5,
+                data: &two,
+            },
+            MemoryOp::FillEnd {
+                start: 0,
+                count: 16384,
+            },
+            MemoryOp::Present {
+                start: 64,
+                count: 4096,
+            },
         ];
         for op in ops {
             let body = op.encode();
@@ -306,5 +421,24 @@ mod tests {
             Err(ProtoError::UnknownOpcode(_))
         ));
         assert!(MemoryOp::decode(STATS, &[0]).is_err());
+        let fence = Writer::default().u64(0).u64(MAX_FENCE_PAGES + 1).finish();
+        assert!(matches!(
+            MemoryOp::decode(FILL_BEGIN, &fence),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        let present = Writer::default().u64(0).u32(MAX_PRESENT_PAGES + 1).finish();
+        assert!(matches!(
+            MemoryOp::decode(PRESENT, &present),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        let fill = Writer::default()
+            .u64(0)
+            .u32(2)
+            .bytes(&[1; PAGE_SIZE])
+            .finish();
+        assert!(matches!(
+            MemoryOp::decode(FILL_RUN, &fill),
+            Err(ProtoError::LengthMismatch { .. })
+        ));
     }
 }
