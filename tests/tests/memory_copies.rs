@@ -3,7 +3,8 @@
 //! three memory monitors (real processes), a vNode with 128 MiB of RAM through a workload of
 //! twice that which checks every page, and a watcher that kills (SIGKILL) the monitor
 //! holding the first vRegion's first copy once the vNode has paged out 40 MiB to it. The
-//! workload must end with every page right and the guest must see no I/O error.
+//! workload must end with every page right and the guest must see no I/O error, and the lost
+//! copies must be repaired onto the third monitor while the vNode runs.
 
 use lego_testbed::JobOutput;
 use lego_tests::{json_number, marker, release_binary, JobFiles};
@@ -54,6 +55,25 @@ done
             kill -9 "$(cat memory-$i.pid)"
             echo "victim=$victim pages_written=$w" > killed.txt
             echo "LEGO_SAY killed the memory monitor $victim (SIGKILL) after $w pages"
+            # The manager sees it dead, the region degraded, then repairing onto the third
+            # monitor while the vNode runs, then healthy again.
+            unhealthy=0
+            m=0
+            while [ "$m" -lt 600 ]; do
+                s=$(./legoctl --manager $MANAGER status 2> /dev/null)
+                if echo "$s" | grep -q "degraded\|repairing"; then
+                    unhealthy=1
+                    echo "$s" > status-unhealthy.txt
+                elif [ "$unhealthy" = 1 ] && echo "$s" | grep -q healthy; then
+                    ./legoctl --manager $MANAGER status --json > status-repaired.json 2>&1
+                    echo "repaired after $((m / 5)) s" > repaired.txt
+                    echo "LEGO_SAY the vNode's memory is healthy again after $((m / 5)) s"
+                    exit 0
+                fi
+                sleep 0.2
+                m=$((m + 1))
+            done
+            echo "not repaired in 120 s (unhealthy seen: $unhealthy)" > repaired.txt
             exit 0
         fi
         sleep 0.1
@@ -133,6 +153,53 @@ fn every_page_survives_the_loss_of_a_monitor_holding_a_copy() {
 }
 
 #[test]
+fn the_region_is_repaired_onto_the_third_monitor_while_the_vnode_runs() {
+    let r = results();
+    let repaired = r.out.text("repaired.txt");
+    assert!(
+        repaired.starts_with("repaired after"),
+        "{repaired}\n{}",
+        r.out.console_tail(60)
+    );
+    let unhealthy = r.out.text("status-unhealthy.txt");
+    assert!(
+        unhealthy.contains("degraded") || unhealthy.contains("repairing"),
+        "{unhealthy}"
+    );
+    let victim = victim(&r.out);
+    let status: serde_json::Value =
+        serde_json::from_str(&r.out.text("status-repaired.json")).expect("status JSON");
+    let vnode = status["vnodes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["vnode"] == 1))
+        .unwrap_or_else(|| panic!("vNode 1 is not in the status: {status}"));
+    let regions = vnode["memory"]["regions"].as_array().expect("regions");
+    assert!(!regions.is_empty(), "{vnode}");
+    for region in regions {
+        let mut holders = vec![region["monitor"].as_str().expect("monitor").to_string()];
+        for r in region["replicas"].as_array().into_iter().flatten() {
+            holders.push(r.as_str().expect("replica").to_string());
+        }
+        assert_eq!(holders.len(), 2, "region without two copies: {region}");
+        assert!(
+            !holders.contains(&victim),
+            "a region is still on the killed monitor {victim}: {region}"
+        );
+        assert_ne!(region["health"], "degraded", "{region}");
+        assert_ne!(region["health"], "lost", "{region}");
+    }
+}
+
+/// The address of the monitor the watcher killed.
+fn victim(out: &JobOutput) -> String {
+    out.text("killed.txt")
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("victim="))
+        .expect("victim")
+        .to_string()
+}
+
+#[test]
 fn the_survivors_served_the_pages_and_the_manager_shows_the_loss() {
     let r = results();
     let status = r.out.text("status.txt");
@@ -140,17 +207,8 @@ fn the_survivors_served_the_pages_and_the_manager_shows_the_loss() {
         status.contains("dead"),
         "the killed monitor is not dead:\n{status}"
     );
-    assert!(
-        status.contains("degraded"),
-        "the vNode's memory is not shown degraded:\n{status}"
-    );
     // The two survivors together read back at least the pages the guest swapped in.
-    let killed = r.out.text("killed.txt");
-    let victim = killed
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("victim="))
-        .expect("victim")
-        .to_string();
+    let victim = victim(&r.out);
     let mut survivors_read = 0;
     for i in 1..=3 {
         let stats = r.out.text(&format!("stats-{i}.txt"));
