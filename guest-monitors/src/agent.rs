@@ -29,6 +29,8 @@ pub struct AgentConfig {
     pub advertise: String,
     /// Heartbeat interval.
     pub interval: Duration,
+    /// The monitor's fabric incarnation, reported at registration.
+    pub incarnation: Option<u64>,
 }
 
 /// State of the heartbeat loop between ticks.
@@ -87,6 +89,7 @@ impl Link {
                 addr,
                 capacity_bytes,
                 used_bytes,
+                incarnation: self.cfg.incarnation,
             })
             .map(|_| ())
         };

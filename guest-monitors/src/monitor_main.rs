@@ -117,6 +117,7 @@ pub fn serve_until_signal(
                 kind,
                 advertise,
                 interval: settings.heartbeat,
+                incarnation: Some(server.incarnation()),
             },
             settings.key,
             usage,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use lego_fabric::{ClusterKey, Rights};
 use lego_monitor_client::client::{ManagerClient, VnodeMemory};
-use lego_monitor_client::proto::manager::{RegionHealth, RegionPlacement};
+use lego_monitor_client::proto::manager::{MonitorState, RegionHealth, RegionPlacement};
 use lego_monitor_client::proto::memory::PAGE_SIZE;
 
 const RUN: u64 = 64;
@@ -485,4 +485,57 @@ fn repair_requests_from_peers_are_validated() {
     );
     let e = c.mc.memory_placement(999).expect_err("unknown vNode");
     assert_eq!(code(e), Some(ErrorCode::NotFound));
+}
+
+#[test]
+fn a_holder_restarted_before_it_was_missed_is_repaired_like_a_dead_one() {
+    let mut c = Cluster::new("repair-reborn", "0", 44);
+    let vm = c.vnode_memory();
+    let written = 4096u64;
+    let mut expected = vec![TRIMMED; vm.pages() as usize];
+    for start in (0..written).step_by(RUN as usize) {
+        write(&vm, start, 0).expect("write");
+        expected[start as usize..(start + RUN) as usize].fill(0);
+    }
+    let victim = c.first.monitor.clone();
+    let survivor = c.first.replicas[0].clone();
+    // Killed and started again at once, empty, at the same address: well inside the
+    // manager's three missed heartbeats (600 ms), so it is never declared dead. Its new
+    // incarnation at registration tells the manager its copy is gone.
+    let key = c.key.clone();
+    let d = c.daemon(&victim);
+    d.kill9();
+    d.restart();
+    d.wait_ready(&key);
+    let r = eventually("the region to be repaired", || {
+        let r = c.region();
+        let h: Vec<&str> = r.holders().collect();
+        (r.health == Some(RegionHealth::Healthy) && h.len() == 2 && r.repair.is_none()).then_some(r)
+    });
+    assert!(
+        r.holders().any(|h| h == survivor),
+        "the survivor keeps its copy: {r:?}"
+    );
+    let status = c.mc.status().expect("status");
+    let restarted = status
+        .monitors
+        .iter()
+        .find(|m| m.addr == victim)
+        .expect("the restarted monitor is listed");
+    assert_ne!(
+        restarted.state,
+        MonitorState::Dead,
+        "it was never declared dead: {restarted:?}"
+    );
+    // Every page reads right, and still does from the repaired copy alone.
+    eventually("the client to use the repaired copy", || {
+        vm.holders(0).1.is_none().then_some(())
+    });
+    check_all(&vm, &expected, "after the repair");
+    c.daemon(&survivor).kill9();
+    eventually("the manager to drop the survivor", || {
+        let gone = !c.region().holders().any(|h| h == survivor);
+        gone.then_some(())
+    });
+    check_all(&c.vnode_memory(), &expected, "from the repaired copy alone");
 }

@@ -163,6 +163,15 @@ impl Manager {
         }
     }
 
+    /// Whether registration `r` comes from a memory monitor that restarted since `prev`, its
+    /// record: a new incarnation means its pages are gone (a storage monitor's data survives
+    /// its restarts).
+    fn restarted_empty(prev: Option<&MonitorRecord>, r: &RegisterMonitor) -> bool {
+        r.kind == MonitorKind::Memory
+            && matches!((prev.and_then(|m| m.incarnation), r.incarnation),
+                (Some(old), Some(new)) if old != new)
+    }
+
     /// Registers (or re-registers) a monitor.
     pub fn register(&self, r: &RegisterMonitor) -> Result<(), ManagerError> {
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
@@ -172,20 +181,30 @@ impl Manager {
             )));
         }
         let mut inner = self.lock();
+        let prev = inner.state.monitors.get(&r.addr).cloned();
         let rec = MonitorRecord {
             kind: r.kind,
             capacity_bytes: r.capacity_bytes,
             used_bytes: r.used_bytes,
+            incarnation: r.incarnation.or(prev.as_ref().and_then(|m| m.incarnation)),
         };
-        let changed = inner
-            .state
-            .monitors
-            .get(&r.addr)
-            .map(|m| (m.kind, m.capacity_bytes))
-            != Some((r.kind, r.capacity_bytes));
+        let reborn = Self::restarted_empty(prev.as_ref(), r);
+        let changed = prev
+            .as_ref()
+            .map(|m| (m.kind, m.capacity_bytes, m.incarnation))
+            != Some((rec.kind, rec.capacity_bytes, rec.incarnation));
         if changed {
             let mut new = inner.state.clone();
             new.monitors.insert(r.addr.clone(), rec);
+            if reborn {
+                tracing::warn!(monitor = %r.addr,
+                    "memory monitor restarted (new incarnation): the copies it held are lost; \
+                     repairing them from the survivors");
+                // Its copies are dropped as a dead holder's would be, and repaired.
+                let mut gone = inner.dead.clone();
+                gone.insert(r.addr.clone());
+                repair::plan(&mut new, &gone, self.settings.repair_rate_mib);
+            }
             self.commit(&mut inner, new)?;
         } else if let Some(m) = inner.state.monitors.get_mut(&r.addr) {
             m.used_bytes = r.used_bytes;
@@ -660,6 +679,7 @@ mod tests {
             addr: addr.into(),
             capacity_bytes: cap,
             used_bytes: 0,
+            incarnation: None,
         })
         .expect("register");
     }
@@ -863,6 +883,84 @@ mod tests {
             m.memory_placement_of(99),
             Err(ManagerError::UnknownVnode(99))
         ));
+    }
+
+    #[test]
+    fn a_memory_monitor_that_restarts_empty_loses_its_copies_and_they_are_repaired() {
+        let m =
+            Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
+        let inc = |addr: &str, incarnation: u64| {
+            m.register(&RegisterMonitor {
+                kind: MonitorKind::Memory,
+                addr: addr.into(),
+                capacity_bytes: 4 << 20,
+                used_bytes: 0,
+                incarnation: Some(incarnation),
+            })
+            .expect("register")
+        };
+        for a in ["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"] {
+            inc(a, 1);
+        }
+        let p = m
+            .place_memory_copies(1, 2 << 20, Some(2))
+            .expect("two copies");
+        let victim = p.regions[0].monitor.clone();
+        // Registering again as the same incarnation (a reconnect) changes nothing.
+        inc(&victim, 1);
+        assert_eq!(m.memory_placement_of(1).expect("placement"), p);
+        // A new incarnation: it never missed a heartbeat, yet every copy it held is gone.
+        inc(&victim, 2);
+        let after = m.memory_placement_of(1).expect("placement");
+        for (a, b) in p.regions.iter().zip(&after.regions) {
+            let hb: Vec<&str> = b.holders().collect();
+            assert!(!hb.contains(&victim.as_str()), "{b:?}");
+            if a.holders().any(|h| h == victim) {
+                assert_eq!(hb.len(), 1, "{b:?}");
+                let r = b.repair.as_ref().expect("a repair");
+                assert!(r.lost_from.contains(&victim), "{r:?}");
+                assert!(r.target.is_some(), "a repair target: {r:?}");
+                assert_ne!(b.health, Some(RegionHealth::Healthy));
+            } else {
+                assert_eq!(a, b);
+            }
+        }
+        // A storage monitor's data survives its restarts: a new incarnation is no loss.
+        let storage = RegisterMonitor {
+            kind: MonitorKind::Storage,
+            addr: "10.0.0.9:1".into(),
+            capacity_bytes: 1 << 30,
+            used_bytes: 0,
+            incarnation: Some(1),
+        };
+        assert!(!Manager::restarted_empty(
+            Some(&MonitorRecord {
+                kind: MonitorKind::Storage,
+                capacity_bytes: 1 << 30,
+                used_bytes: 0,
+                incarnation: Some(7),
+            }),
+            &storage
+        ));
+        // Nor is a first registration, or one from a monitor that reports none.
+        let first = RegisterMonitor {
+            kind: MonitorKind::Memory,
+            incarnation: Some(3),
+            ..storage.clone()
+        };
+        assert!(!Manager::restarted_empty(None, &first));
+        let old = MonitorRecord {
+            kind: MonitorKind::Memory,
+            capacity_bytes: 1 << 30,
+            used_bytes: 0,
+            incarnation: Some(7),
+        };
+        let silent = RegisterMonitor {
+            incarnation: None,
+            ..first.clone()
+        };
+        assert!(!Manager::restarted_empty(Some(&old), &silent));
+        assert!(Manager::restarted_empty(Some(&old), &first));
     }
 
     #[test]

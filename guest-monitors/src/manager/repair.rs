@@ -260,6 +260,7 @@ mod tests {
                     kind: MonitorKind::Memory,
                     capacity_bytes: *cap,
                     used_bytes: 0,
+                    incarnation: None,
                 },
             );
         }
@@ -374,6 +375,7 @@ mod tests {
                 kind: MonitorKind::Memory,
                 capacity_bytes: 1 << 20,
                 used_bytes: 0,
+                incarnation: None,
             },
         );
         assert!(plan(&mut s, &d, 0));

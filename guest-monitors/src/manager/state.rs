@@ -26,6 +26,10 @@ pub struct MonitorRecord {
     pub capacity_bytes: u64,
     /// Bytes in use as last reported.
     pub used_bytes: u64,
+    /// The incarnation it last registered with (kept across manager restarts, so a monitor
+    /// that restarted while the manager was down is still seen as new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
 }
 
 /// A placed volume.
@@ -258,6 +262,7 @@ mod tests {
                 kind: MonitorKind::Memory,
                 capacity_bytes: 4 << 30,
                 used_bytes: 12,
+                incarnation: None,
             },
         );
         let mut v = VnodeRecord {

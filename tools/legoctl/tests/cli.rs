@@ -48,6 +48,7 @@ fn status_place_and_capability() {
         addr: "10.9.9.9:7100".into(),
         capacity_bytes: 8 << 20,
         used_bytes: 4096,
+        incarnation: None,
     })
     .expect("register");
 

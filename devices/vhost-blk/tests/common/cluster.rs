@@ -98,6 +98,7 @@ impl Cluster {
                     addr: server.local_addr().to_string(),
                     capacity_bytes: capacity,
                     used_bytes: 0,
+                    incarnation: None,
                 })
                 .expect("register");
         }

@@ -100,6 +100,11 @@ pub struct RegisterMonitor {
     pub capacity_bytes: u64,
     /// Bytes in use now.
     pub used_bytes: u64,
+    /// The monitor's fabric incarnation, new at each start (see `lego_fabric`). A memory
+    /// monitor that registers with a new one restarted empty: the manager treats the copies
+    /// it held as lost and repairs them, even if it never missed a heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
 }
 
 /// Answer to `REGISTER`.
