@@ -50,7 +50,7 @@ pub enum ConfigError {
     #[error("'{0}' is not a disk: use PATH or PATH,readonly")]
     BadDisk(String),
     /// A vhost-user-blk specification could not be understood.
-    #[error("'{0}' is not a vhost-user-blk device: use socket=PATH")]
+    #[error("'{0}' is not a vhost-user-blk device: use socket=PATH[,reconnect=SECS]")]
     BadVhostUserBlk(String),
     /// A remote disk specification could not be understood.
     #[error("'{0}' is not a remote disk: use NAME or NAME,SIZE (for example data,2G)")]
@@ -136,22 +136,33 @@ impl std::str::FromStr for DiskConfig {
 pub struct VhostUserBlkConfig {
     /// The backend's listening socket.
     pub socket: PathBuf,
+    /// How many seconds to keep reconnecting when the backend hangs up before failing the
+    /// device; `None` (the default) never gives up.
+    #[serde(default)]
+    pub reconnect: Option<u64>,
 }
 
 impl std::str::FromStr for VhostUserBlkConfig {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut socket = None;
+        let mut reconnect = None;
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("socket", p)) if !p.is_empty() && socket.is_none() => {
                     socket = Some(PathBuf::from(p));
                 }
+                Some(("reconnect", secs)) if reconnect.is_none() => {
+                    let secs = secs
+                        .parse::<u64>()
+                        .map_err(|_| ConfigError::BadVhostUserBlk(s.into()))?;
+                    reconnect = Some(secs);
+                }
                 _ => return Err(ConfigError::BadVhostUserBlk(s.into())),
             }
         }
         let socket = socket.ok_or_else(|| ConfigError::BadVhostUserBlk(s.into()))?;
-        Ok(Self { socket })
+        Ok(Self { socket, reconnect })
     }
 }
 

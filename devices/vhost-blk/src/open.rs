@@ -1,7 +1,7 @@
 //! Opening the store a daemon serves: a local file, or remote memory / a remote disk placed
 //! by the manager and reached with the capability it issues.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use lego_monitor_client::client::{CallError, ManagerClient, Renewal, StorageClie
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
 use crate::store::remote_disk::RemoteDiskStore;
 use crate::store::remote_memory::RemoteMemoryStore;
+use crate::state::{HolderState, StateError, Verdict};
 use crate::store::BlockStore;
 
 /// Which store to open, and where it lives.
@@ -26,6 +27,8 @@ pub enum StoreSpec {
         vnode: u64,
         /// Bytes of remote memory to expose.
         size: u64,
+        /// Where to keep what a restart of this backend needs (see [`crate::state`]).
+        state_file: Option<PathBuf>,
     },
     /// A vNode volume on a storage monitor.
     RemoteDisk {
@@ -89,6 +92,9 @@ pub enum OpenError {
         /// Bytes wanted.
         wanted: u64,
     },
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The volume does not exist and may not be created.
     #[error("vNode {vnode} has no volume '{volume}'{hint}")]
     NoVolume {
@@ -144,10 +150,12 @@ pub fn open_store(
             manager,
             vnode,
             size,
+            state_file,
         } => Ok(Arc::new(open_remote_memory(
             manager,
             *vnode,
             *size,
+            state_file.as_deref(),
             key()?,
         )?)),
         StoreSpec::RemoteDisk {
@@ -183,6 +191,7 @@ fn open_remote_memory(
     manager: &str,
     vnode: u64,
     size: u64,
+    state_file: Option<&Path>,
     key: ClusterKey,
 ) -> Result<RemoteMemoryStore, OpenError> {
     let mgr = connect_manager(manager, &key)?;
@@ -231,9 +240,59 @@ fn open_remote_memory(
             wanted: size,
         });
     }
+    if let Some(path) = state_file {
+        resume_custody(&memory, vnode, path)?;
+    }
     tracing::info!(vnode, size, placed, copies, monitors = %monitors.join(","), "remote memory ready");
     let renewal = Renewal::start(mgr, cap, memory.fabric_clients());
     Ok(RemoteMemoryStore::new(memory, size).with_renewal(renewal))
+}
+
+/// Resumes the custody of the vNode's pages after a restart of this backend (see
+/// [`crate::state`]): a holder whose incarnation is the recorded one keeps every page of its
+/// regions; any other holder lost them. Then records the holders, durably, before any page
+/// is served.
+pub fn resume_custody(memory: &VnodeMemory, vnode: u64, path: &Path) -> Result<(), OpenError> {
+    let mut state = HolderState::load(path, vnode)?;
+    let (mut trusted, mut lost) = (0, 0);
+    for (addr, client, runs) in memory.holdings() {
+        let verdict = match client.fabric().incarnation() {
+            Some(live) => state.judge(&addr, live),
+            None => Verdict::Lost { recorded: None },
+        };
+        match verdict {
+            Verdict::Fresh => {}
+            Verdict::Trusted => {
+                trusted += 1;
+                runs.iter().for_each(|&(s, n)| client.adopt(s, n));
+            }
+            Verdict::Lost { recorded } => {
+                lost += 1;
+                tracing::warn!(
+                    vnode,
+                    monitor = %addr,
+                    recorded = ?recorded.map(|r| format!("{r:#018x}")),
+                    live = ?client.fabric().incarnation().map(|r| format!("{r:#018x}")),
+                    "this memory monitor is not the process this vNode's pages were written to: \
+                     reading them from it is an error until they are written again"
+                );
+                runs.iter().for_each(|&(s, n)| client.forget(s, n));
+            }
+        }
+    }
+    state.save(path)?;
+    if state.is_fresh() {
+        tracing::info!(vnode, state = %path.display(), "recorded the memory monitors' incarnations");
+    } else {
+        tracing::info!(
+            vnode,
+            trusted,
+            lost,
+            state = %path.display(),
+            "resumed the vNode's remote memory after a restart of this backend"
+        );
+    }
+    Ok(())
 }
 
 struct DiskRequest<'a> {

@@ -253,6 +253,24 @@ impl VnodeMemory {
             .collect()
     }
 
+    /// Each monitor's address and client with the page runs (start, count) of the regions
+    /// it holds a copy of: what a restarted backend needs to resume the pages' custody.
+    pub fn holdings(&self) -> Vec<(String, &MemoryClient, Vec<(u64, u64)>)> {
+        let rp = self.placement.region_pages();
+        let mut out: Vec<(String, &MemoryClient, Vec<(u64, u64)>)> = self
+            .copies
+            .clients
+            .iter()
+            .map(|c| (c.fabric().peer_addr().to_string(), c, Vec::new()))
+            .collect();
+        for (region, holders) in self.holders.iter().enumerate() {
+            for &m in holders {
+                out[m].2.push((region as u64 * rp, rp));
+            }
+        }
+        out
+    }
+
     /// Pages covered by the placement.
     pub fn pages(&self) -> u64 {
         self.placement.regions.len() as u64 * self.placement.region_pages()
