@@ -279,8 +279,8 @@ mod tests {
             &dir.path().join("none.sock"),
             &log,
         )
-            .unwrap_err()
-            .to_string();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("remote memory backend did not come up")
                 && err.contains("cannot reach the manager"),

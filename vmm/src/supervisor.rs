@@ -124,7 +124,11 @@ impl Supervised {
                     } else {
                         let d = self.delay;
                         self.delay = (self.delay * 2).min(MAX_DELAY);
-                        if self.restarts == 0 { Duration::ZERO } else { d }
+                        if self.restarts == 0 {
+                            Duration::ZERO
+                        } else {
+                            d
+                        }
                     };
                     tracing::warn!(
                         device = what,
@@ -271,7 +275,10 @@ mod tests {
     fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         let start = Instant::now();
         while !cond() {
-            assert!(start.elapsed() < Duration::from_secs(10), "timed out: {what}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out: {what}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -92,10 +92,12 @@ impl<K: DeviceKind> VhostUserDevice<K> {
     fn start(&mut self, ctx: ActivateContext) -> Result<Active, VhostUserError> {
         let Started { queues, calls } = lock(&self.connection).start(&ctx)?;
         let path = self.path().to_string();
-        let relay = self.reconnector(&ctx, &queues, &calls).and_then(|reconnect| {
-            let socket = lock(&self.connection).watch()?;
-            Relay::start(calls, socket, ctx.interrupt, path, Some(reconnect))
-        });
+        let relay = self
+            .reconnector(&ctx, &queues, &calls)
+            .and_then(|reconnect| {
+                let socket = lock(&self.connection).watch()?;
+                Relay::start(calls, socket, ctx.interrupt, path, Some(reconnect))
+            });
         match relay {
             Ok(relay) => Ok(Active { queues, relay }),
             Err(source) => {

@@ -96,9 +96,8 @@ pub struct Reconnector {
 /// A copy of the configuration of `q` the backend is given (size and ring addresses);
 /// `Queue` itself is not `Clone`.
 pub fn copy_queue(q: &Queue) -> Queue {
-    let mut copy = Queue::new(q.max_size()).unwrap_or_else(|_| {
-        Queue::new(1).expect("a queue of one entry is valid")
-    });
+    let mut copy = Queue::new(q.max_size())
+        .unwrap_or_else(|_| Queue::new(1).expect("a queue of one entry is valid"));
     let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
     copy.set_size(q.size());
     let (lo, hi) = split(q.desc_table());
@@ -149,7 +148,10 @@ impl Reconnector {
     /// up to the given time) says the device stopped. On success the new connection replaces
     /// the old one, the queues are running again and kicked, and a clone of the new socket
     /// is returned for the relay to watch.
-    pub fn run(&self, mut wait: impl FnMut(Duration) -> bool) -> Result<UnixStream, ReconnectError> {
+    pub fn run(
+        &self,
+        mut wait: impl FnMut(Duration) -> bool,
+    ) -> Result<UnixStream, ReconnectError> {
         let path = self.path();
         let window = match self.policy.window {
             Some(w) => format!("{} s", w.as_secs()),
@@ -187,7 +189,10 @@ impl Reconnector {
                             error_chain(&e)
                         );
                     } else {
-                        tracing::debug!("reconnection attempt {attempts} failed: {}", error_chain(&e));
+                        tracing::debug!(
+                            "reconnection attempt {attempts} failed: {}",
+                            error_chain(&e)
+                        );
                     }
                 }
             }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use lego_fabric::{AuthError, ClientConfig, ClusterKey, ErrorCode, Rights};
 use lego_monitor_client::client::{CallError, ManagerClient, Renewal, StorageClient, VnodeMemory};
 
+use crate::state::{HolderState, StateError, Verdict};
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
 use crate::store::remote_disk::RemoteDiskStore;
 use crate::store::remote_memory::RemoteMemoryStore;
-use crate::state::{HolderState, StateError, Verdict};
 use crate::store::BlockStore;
 
 /// Which store to open, and where it lives.

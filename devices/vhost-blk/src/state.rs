@@ -145,8 +145,8 @@ impl HolderState {
                     vnode = Some(n.parse().map_err(|_| i + 1)?);
                 }
                 ["holder", addr, inc] => {
-                    let inc = u64::from_str_radix(inc.trim_start_matches("0x"), 16)
-                        .map_err(|_| i + 1)?;
+                    let inc =
+                        u64::from_str_radix(inc.trim_start_matches("0x"), 16).map_err(|_| i + 1)?;
                     state.holders.insert((*addr).to_string(), inc);
                 }
                 [] => {}
@@ -196,8 +196,7 @@ impl HolderState {
         };
         let tmp = path.with_extension("tmp");
         let mut f = File::create(&tmp).map_err(io("create"))?;
-        f.write_all(self.render().as_bytes())
-            .map_err(io("write"))?;
+        f.write_all(self.render().as_bytes()).map_err(io("write"))?;
         f.sync_all().map_err(io("sync"))?;
         std::fs::rename(&tmp, path).map_err(io("rename into place"))?;
         let dir = path

@@ -1,0 +1,331 @@
+//! Backend restarts: `lego-vhost-blk` killed with SIGKILL while requests are in flight and
+//! started again, with legovmm's own vhost-user frontend (`lego_devices::vhost_user_frontend`)
+//! reconnecting and re-submitting; and a remote memory backend restarted for the same vNode
+//! keeping its pages (or reporting them lost when their memory monitor restarted too).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::*;
+use lego_devices::vhost_user_frontend::VhostUserBlk;
+use lego_devices::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use lego_testkit::vhost_user::blk::*;
+use lego_testkit::vhost_user::guest_memory;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The queue's size (descriptors).
+const QSIZE: u16 = 256;
+/// Requests in flight at most (three descriptors each).
+const SLOTS: u64 = 64;
+const DESC_AT: u64 = 0x0;
+const AVAIL_AT: u64 = 0x1000;
+const USED_AT: u64 = 0x2000;
+const HDRS_AT: u64 = 0x4000;
+const STATUS_AT: u64 = 0x5000;
+const DATA_AT: u64 = 0x10000;
+const BLOCK: u64 = 4096;
+
+/// A guest driver of one virtio-blk queue with up to [`SLOTS`] 4 KiB writes in flight.
+struct Guest {
+    mem: GuestMemoryMmap,
+    kick: EventFd,
+    avail: u16,
+    used_seen: u16,
+    /// Slot → the request it carries.
+    outstanding: HashMap<u16, u64>,
+    free: Vec<u16>,
+}
+
+impl Guest {
+    fn new(mem: GuestMemoryMmap, kick: EventFd) -> Self {
+        Guest {
+            mem,
+            kick,
+            avail: 0,
+            used_seen: 0,
+            outstanding: HashMap::new(),
+            free: (0..SLOTS as u16).rev().collect(),
+        }
+    }
+
+    fn queue(&self) -> Queue {
+        let mut q = Queue::new(QSIZE).expect("queue");
+        q.set_size(QSIZE);
+        q.set_desc_table_address(Some(DESC_AT as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL_AT as u32), Some(0));
+        q.set_used_ring_address(Some(USED_AT as u32), Some(0));
+        q.set_ready(true);
+        q
+    }
+
+    fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = DESC_AT + 16 * u64::from(i);
+        let m = &self.mem;
+        m.write_obj(addr, GuestAddress(at)).expect("desc");
+        m.write_obj(len, GuestAddress(at + 8)).expect("desc");
+        m.write_obj(flags, GuestAddress(at + 12)).expect("desc");
+        m.write_obj(next, GuestAddress(at + 14)).expect("desc");
+    }
+
+    /// Puts a write of block `n` (its pattern) on the ring in a free slot; false if none.
+    fn push_write(&mut self, n: u64) -> bool {
+        let Some(slot) = self.free.pop() else {
+            return false;
+        };
+        let s = u64::from(slot);
+        let (hdr, data, status) = (HDRS_AT + 16 * s, DATA_AT + BLOCK * s, STATUS_AT + s);
+        self.mem
+            .write_slice(&request_header(T_OUT, n * 8), GuestAddress(hdr))
+            .expect("hdr");
+        self.mem
+            .write_slice(&pattern(n), GuestAddress(data))
+            .expect("data");
+        self.mem
+            .write_obj(0xFFu8, GuestAddress(status))
+            .expect("status");
+        let d = slot * 3;
+        self.desc(d, hdr, 16, 1, d + 1);
+        self.desc(d + 1, data, BLOCK as u32, 1, d + 2);
+        self.desc(d + 2, status, 1, 2, 0);
+        let at = AVAIL_AT + 4 + 2 * u64::from(self.avail % QSIZE);
+        self.mem.write_obj(d, GuestAddress(at)).expect("avail");
+        self.avail = self.avail.wrapping_add(1);
+        self.outstanding.insert(slot, n);
+        true
+    }
+
+    fn publish(&self) {
+        fence(Ordering::SeqCst);
+        self.mem
+            .write_obj(self.avail, GuestAddress(AVAIL_AT + 2))
+            .expect("avail idx");
+        fence(Ordering::SeqCst);
+        self.kick.write(1).expect("kick");
+    }
+
+    fn used_idx(&self) -> u16 {
+        let idx = self.mem.read_obj(GuestAddress(USED_AT + 2)).expect("used");
+        fence(Ordering::SeqCst);
+        idx
+    }
+
+    /// Reaps every completion: (request, status) each. Panics on a completion of a slot
+    /// that carries no request (a request completed twice).
+    fn reap(&mut self) -> Vec<(u64, u8)> {
+        let mut out = Vec::new();
+        while self.used_seen != self.used_idx() {
+            let at = USED_AT + 4 + 8 * u64::from(self.used_seen % QSIZE);
+            let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
+            self.used_seen = self.used_seen.wrapping_add(1);
+            let slot = (id / 3) as u16;
+            assert_eq!(id % 3, 0, "a used id that is no head: {id}");
+            let n = self
+                .outstanding
+                .remove(&slot)
+                .unwrap_or_else(|| panic!("slot {slot} completed with no request in it"));
+            let status: u8 = self
+                .mem
+                .read_obj(GuestAddress(STATUS_AT + u64::from(slot)))
+                .expect("status");
+            self.free.push(slot);
+            out.push((n, status));
+        }
+        out
+    }
+}
+
+/// Block `n`'s contents: its number, then a byte derived from it.
+fn pattern(n: u64) -> Vec<u8> {
+    let mut b = vec![(n % 251) as u8; BLOCK as usize];
+    b[..8].copy_from_slice(&n.to_le_bytes());
+    b
+}
+
+/// Starts the file-store daemon on `disk`, after removing what a killed one left.
+fn start_file_daemon(dir: &Path, disk: &Path) -> Daemon {
+    let _ = std::fs::remove_file(dir.join("blk.sock"));
+    Daemon::start_file(dir, disk, "16M", &[])
+}
+
+#[test]
+fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_completes_once() {
+    const TOTAL: u64 = 3000;
+    const KILL_AT: u64 = 1000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    let mut daemon = Some(start_file_daemon(dir.path(), &disk));
+    let socket = dir.path().join("blk.sock");
+
+    let mut device = VhostUserBlk::connect(&socket).expect("connect");
+    let mem = guest_memory(4 << 20);
+    let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
+    let mut guest = Guest::new(mem.clone(), kick.try_clone().expect("kick"));
+    let acked = device.avail_features() & (1 << 32);
+    assert_ne!(acked, 0, "VERSION_1 is offered");
+    device
+        .activate(ActivateContext {
+            mem: mem.clone(),
+            queues: vec![guest.queue()],
+            queue_events: vec![kick],
+            interrupt: VirtioInterrupt::new().expect("interrupt"),
+            acked_features: acked,
+        })
+        .expect("activate");
+
+    let mut next = 0u64;
+    let mut done = 0u64;
+    let mut killed: Option<Instant> = None;
+    let mut stall = None;
+    let mut in_flight_at_kill = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done < TOTAL {
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {TOTAL} requests completed"
+        );
+        let mut pushed = false;
+        while next < TOTAL && guest.push_write(next) {
+            next += 1;
+            pushed = true;
+        }
+        if pushed {
+            guest.publish();
+        }
+        if killed.is_none() && done >= KILL_AT {
+            daemon.take().expect("the daemon").kill();
+            killed = Some(Instant::now());
+            in_flight_at_kill = guest.avail.wrapping_sub(guest.used_idx());
+            daemon = Some(start_file_daemon(dir.path(), &disk));
+        }
+        let reaped = guest.reap();
+        if reaped.is_empty() {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        if let (Some(k), None) = (killed, stall) {
+            stall = Some(k.elapsed());
+        }
+        for (n, status) in reaped {
+            assert_eq!(status, 0, "request {n} failed");
+            done += 1;
+        }
+    }
+    assert!(
+        in_flight_at_kill > 0,
+        "no request was in flight when the backend was killed"
+    );
+    assert_eq!(
+        guest.used_idx(),
+        TOTAL as u16,
+        "exactly one completion per request"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(guest.reap(), Vec::new(), "no late completion");
+    let stall = stall.expect("a completion after the kill");
+    eprintln!(
+        "RESULT restart-stall-ms={:.1} in-flight-at-kill={in_flight_at_kill}",
+        stall.as_secs_f64() * 1000.0
+    );
+
+    device.reset();
+    let file = std::fs::read(&disk).expect("disk");
+    for n in 0..TOTAL {
+        let at = (n * BLOCK) as usize;
+        assert!(
+            file[at..at + BLOCK as usize] == pattern(n)[..],
+            "block {n} does not hold its data"
+        );
+    }
+    assert!(daemon.take().expect("the daemon").terminate().success());
+}
+
+/// Writes 4 pages at sector 0 with a pattern; returns it.
+fn write_pages(d: &mut Driver) -> Vec<u8> {
+    let data: Vec<u8> = (0..4 * BLOCK).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+    d.mem.write_slice(&data, GuestAddress(DATA)).expect("data");
+    assert_eq!(
+        d.request(T_OUT, 0, Some((data.len() as u32, false))),
+        (1, 0)
+    );
+    data
+}
+
+/// Reads 4 pages at sector 0: (status, data).
+fn read_pages(d: &mut Driver) -> (u8, Vec<u8>) {
+    d.mem
+        .write_slice(&[0u8; 4 * BLOCK as usize], GuestAddress(DATA))
+        .expect("clear");
+    let (_, status) = d.request(T_IN, 0, Some((4 * BLOCK as u32, true)));
+    let mut back = vec![0u8; 4 * BLOCK as usize];
+    d.mem
+        .read_slice(&mut back, GuestAddress(DATA))
+        .expect("read");
+    (status, back)
+}
+
+fn start_memory_daemon(dir: &Path, cluster: &Cluster, state: &Path) -> Daemon {
+    let _ = std::fs::remove_file(dir.join("blk.sock"));
+    let key = cluster.key_hex();
+    Daemon::start_env(
+        dir,
+        &[
+            "--store",
+            "remote-memory",
+            "--manager",
+            &cluster.manager_addr,
+            "--vnode",
+            "31",
+            "--size",
+            "8M",
+            "--state-file",
+            state.to_str().expect("utf-8"),
+        ],
+        &[("LEGO_CLUSTER_KEY", &key)],
+    )
+}
+
+#[test]
+fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restarted() {
+    let mut cluster = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("memory.state");
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state);
+    let mut d = Driver::connect(&daemon.socket);
+    let data = write_pages(&mut d);
+    drop(d);
+    daemon.kill();
+    assert_eq!(cluster.pages.vnode_pages(31), 4, "a crash released no page");
+
+    // The same vNode again: the same placement, the same monitor process, the same pages.
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state);
+    let mut d = Driver::connect(&daemon.socket);
+    assert_eq!(read_pages(&mut d), (0, data.clone()), "the pages came back");
+    drop(d);
+    daemon.kill();
+
+    // The monitor restarts empty while the backend is down: the pages are errors, not zeros.
+    cluster.restart_memory();
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state);
+    let mut d = Driver::connect(&daemon.socket);
+    let (status, back) = read_pages(&mut d);
+    assert_eq!(status, 1, "a lost page must be an I/O error");
+    assert_ne!(back, data, "the old data cannot come back");
+    // Written again, they are good again.
+    let data = write_pages(&mut d);
+    assert_eq!(read_pages(&mut d), (0, data));
+    drop(d);
+    // The vNode ends: SIGTERM releases its pages.
+    assert!(daemon.terminate().success());
+    assert_eq!(
+        cluster.pages.vnode_pages(31),
+        0,
+        "SIGTERM released the pages"
+    );
+}
