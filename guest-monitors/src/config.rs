@@ -96,6 +96,8 @@ pub struct ManagerFileConfig {
     pub capability_ttl_secs: Option<u64>,
     /// Copies of each vRegion on distinct memory monitors.
     pub copies: Option<u32>,
+    /// Seconds without a lease renewal after which a vNode's memory is reclaimed.
+    pub vnode_lease_secs: Option<u64>,
     /// Cluster key file.
     pub key_file: Option<PathBuf>,
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_fabric::{AuthError, ClientConfig, ClusterKey, ErrorCode, Rights};
-use lego_monitor_client::client::{CallError, ManagerClient, Renewal, StorageClient, VnodeMemory};
+use lego_monitor_client::client::{
+    CallError, LeaseKeeper, ManagerClient, Renewal, StorageClient, VnodeMemory,
+};
 
 use crate::state::{HolderState, StateError, Verdict};
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
@@ -244,8 +246,13 @@ fn open_remote_memory(
         resume_custody(&memory, vnode, path)?;
     }
     tracing::info!(vnode, size, placed, copies, monitors = %monitors.join(","), "remote memory ready");
+    // The vNode's lease tells the manager this compute host is alive; a crash of this
+    // backend pauses it for no longer than a restart takes.
+    let lease = LeaseKeeper::start(mgr.clone(), vnode);
     let renewal = Renewal::start(mgr, cap, memory.fabric_clients());
-    Ok(RemoteMemoryStore::new(memory, size).with_renewal(renewal))
+    Ok(RemoteMemoryStore::new(memory, size)
+        .with_renewal(renewal)
+        .with_lease(lease))
 }
 
 /// Resumes the custody of the vNode's pages after a restart of this backend (see

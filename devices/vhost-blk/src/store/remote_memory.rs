@@ -12,7 +12,7 @@ pub mod gate;
 
 use std::sync::Arc;
 
-use lego_monitor_client::client::{CallError, Renewal, VnodeMemory};
+use lego_monitor_client::client::{CallError, LeaseKeeper, Renewal, VnodeMemory};
 use lego_monitor_client::proto::memory::PAGE_SIZE;
 
 use super::pending::Later;
@@ -73,6 +73,8 @@ pub struct RemoteMemoryStore<P: PageAccess = VnodeMemory> {
     gate: Arc<Gate>,
     /// Keeps the capability fresh while the store lives.
     _renewal: Option<Renewal>,
+    /// Keeps the vNode's lease with the manager while the store lives.
+    _lease: Option<LeaseKeeper>,
 }
 
 fn remote(op: &'static str) -> impl FnOnce(CallError) -> StoreError {
@@ -130,12 +132,19 @@ impl<P: PageAccess> RemoteMemoryStore<P> {
             capacity: capacity - capacity % PAGE,
             gate: Arc::new(Gate::default()),
             _renewal: None,
+            _lease: None,
         }
     }
 
     /// The same store, renewing its capability with `renewal` while it lives.
     pub fn with_renewal(mut self, renewal: Renewal) -> Self {
         self._renewal = Some(renewal);
+        self
+    }
+
+    /// The same store, renewing the vNode's lease with `lease` while it lives.
+    pub fn with_lease(mut self, lease: LeaseKeeper) -> Self {
+        self._lease = Some(lease);
         self
     }
 

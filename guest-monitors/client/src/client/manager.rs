@@ -107,6 +107,13 @@ impl ManagerClient {
         issued.capability.parse().map_err(CallError::BadCapability)
     }
 
+    /// Renews `vnode`'s lease; returns how long it lasts.
+    pub fn renew_lease(&self, vnode: u64) -> Result<Duration, CallError> {
+        let granted: m::LeaseGranted =
+            from_json(&self.call(m::RENEW_LEASE, &m::RenewLease { vnode })?)?;
+        Ok(Duration::from_millis(granted.lease_ms))
+    }
+
     /// Forgets a vNode's placements.
     pub fn release_vnode(&self, vnode: u64) -> Result<(), CallError> {
         self.call(m::RELEASE_VNODE, &m::ReleaseVnode { vnode })

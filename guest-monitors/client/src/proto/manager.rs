@@ -10,6 +10,7 @@
 //! | `PLACE_VOLUME` 0x0305 | [`PlaceVolume`] | [`VolumePlacement`] |
 //! | `ISSUE_CAPABILITY` 0x0306 | [`IssueCapability`] | [`IssuedCapability`] |
 //! | `RELEASE_VNODE` 0x0307 | [`ReleaseVnode`] | empty |
+//! | `RENEW_LEASE` 0x0308 | [`RenewLease`] | [`LeaseGranted`] |
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,6 +31,9 @@ pub const PLACE_VOLUME: u16 = 0x0305;
 pub const ISSUE_CAPABILITY: u16 = 0x0306;
 /// Forget a vNode's placements and release their reservations.
 pub const RELEASE_VNODE: u16 = 0x0307;
+/// Renew a vNode's lease: its compute host is alive (a manager that sees no renewal for
+/// longer than the lease reclaims the vNode's remote memory).
+pub const RENEW_LEASE: u16 = 0x0308;
 
 /// Kind of monitor.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -267,6 +271,21 @@ pub struct IssuedCapability {
 pub struct ReleaseVnode {
     /// The vNode.
     pub vnode: u64,
+}
+
+/// Body of `RENEW_LEASE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RenewLease {
+    /// The vNode.
+    pub vnode: u64,
+}
+
+/// Answer to `RENEW_LEASE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseGranted {
+    /// How long the lease lasts from now, in milliseconds: renew well before.
+    pub lease_ms: u64,
 }
 
 #[cfg(test)]
