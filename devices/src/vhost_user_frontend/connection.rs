@@ -274,7 +274,7 @@ impl Connection {
             .set_vring_addr(index, &rings)
             .map_err(step("SET_VRING_ADDR"))?;
         self.frontend
-            .set_vring_base(index, base.into())
+            .set_vring_base(index, base)
             .map_err(step("SET_VRING_BASE"))?;
         self.frontend
             .set_vring_call(index, call)

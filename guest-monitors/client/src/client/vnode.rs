@@ -20,6 +20,10 @@ use super::{CallError, MemoryClient, PageOp, PendingPages};
 use crate::proto::manager::MemoryPlacement;
 use crate::proto::memory::{MAX_PAGES, PAGE_SIZE};
 
+/// One monitor's share of a vNode's memory: its address, its client, and the page runs
+/// (start, count) of the regions it holds a copy of.
+pub type Holding<'a> = (String, &'a MemoryClient, Vec<(u64, u64)>);
+
 /// How long a copy whose connection failed is skipped before it is tried again.
 pub const DOWN_FOR: Duration = Duration::from_millis(1000);
 
@@ -255,9 +259,9 @@ impl VnodeMemory {
 
     /// Each monitor's address and client with the page runs (start, count) of the regions
     /// it holds a copy of: what a restarted backend needs to resume the pages' custody.
-    pub fn holdings(&self) -> Vec<(String, &MemoryClient, Vec<(u64, u64)>)> {
+    pub fn holdings(&self) -> Vec<Holding<'_>> {
         let rp = self.placement.region_pages();
-        let mut out: Vec<(String, &MemoryClient, Vec<(u64, u64)>)> = self
+        let mut out: Vec<Holding<'_>> = self
             .copies
             .clients
             .iter()
