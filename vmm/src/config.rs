@@ -536,6 +536,16 @@ mod tests {
             sockets,
             [PathBuf::from("/b.sock"), PathBuf::from("/c.sock")]
         );
+        assert_eq!(
+            cfg.vhost_user_blk[0].reconnect, None,
+            "never give up by default"
+        );
+        let spec: VhostUserBlkConfig = "socket=/d.sock,reconnect=30".parse().unwrap();
+        assert_eq!(spec.reconnect, Some(30));
+        let file: FileConfig =
+            toml::from_str("kernel = \"/k\"\n[[vhost_user_blk]]\nsocket = \"/a\"\nreconnect = 5\n")
+                .unwrap();
+        assert_eq!(file.vhost_user_blk[0].reconnect, Some(5));
         let bad = "kernel = \"/k\"\n[[vhost_user_blk]]\nsocket = \"/a\"\nqueues = 2\n";
         assert!(toml::from_str::<FileConfig>(bad).is_err());
     }
@@ -678,6 +688,8 @@ mod tests {
             "path=/s",
             "socket=/a,socket=/b",
             "socket=/a,x=1",
+            "socket=/a,reconnect=soon",
+            "socket=/a,reconnect=1,reconnect=2",
             "",
         ] {
             assert!(

@@ -7,6 +7,7 @@
 //! backend is told to release the vNode's resources and exit (SIGTERM).
 
 use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -72,6 +73,9 @@ impl Recipe {
             })?;
         Command::new(&self.binary)
             .args(&self.args)
+            // Its own process group: a Ctrl-C meant for legovmm must not reach it; legovmm
+            // tells it when to release and exit.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -154,16 +154,15 @@ fn start_file_daemon(dir: &Path, disk: &Path) -> Daemon {
     Daemon::start_file(dir, disk, "16M", &[])
 }
 
-#[test]
-fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_completes_once() {
-    const TOTAL: u64 = 3000;
+/// Drives `TOTAL` 4 KiB writes (block n gets `pattern(n)`) through legovmm's frontend with
+/// up to [`SLOTS`] in flight, kills the daemon (SIGKILL) once `KILL_AT` completed and starts
+/// it again with `start`; checks every request completes exactly once and succeeds. Returns
+/// the guest-visible stall (kill to the first completion after it), the requests in flight
+/// at the kill, and the running daemon.
+fn kill_mid_stream(socket: &Path, mut start: impl FnMut() -> Daemon) -> (Duration, u16, Daemon) {
     const KILL_AT: u64 = 1000;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let disk = dir.path().join("disk.img");
-    let mut daemon = Some(start_file_daemon(dir.path(), &disk));
-    let socket = dir.path().join("blk.sock");
-
-    let mut device = VhostUserBlk::connect(&socket).expect("connect");
+    let mut daemon = Some(start());
+    let mut device = VhostUserBlk::connect(socket).expect("connect");
     let mem = guest_memory(4 << 20);
     let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let mut guest = Guest::new(mem.clone(), kick.try_clone().expect("kick"));
@@ -202,7 +201,7 @@ fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_comp
             daemon.take().expect("the daemon").kill();
             killed = Some(Instant::now());
             in_flight_at_kill = guest.avail.wrapping_sub(guest.used_idx());
-            daemon = Some(start_file_daemon(dir.path(), &disk));
+            daemon = Some(start());
         }
         let reaped = guest.reap();
         if reaped.is_empty() {
@@ -228,13 +227,29 @@ fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_comp
     );
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(guest.reap(), Vec::new(), "no late completion");
-    let stall = stall.expect("a completion after the kill");
+    device.reset();
+    (
+        stall.expect("a completion after the kill"),
+        in_flight_at_kill,
+        daemon.take().expect("the daemon"),
+    )
+}
+
+/// Requests each kill test sends.
+const TOTAL: u64 = 3000;
+
+#[test]
+fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_completes_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    let socket = dir.path().join("blk.sock");
+    let (stall, in_flight, daemon) =
+        kill_mid_stream(&socket, || start_file_daemon(dir.path(), &disk));
+    assert!(daemon.terminate().success());
     eprintln!(
-        "RESULT restart-stall-ms={:.1} in-flight-at-kill={in_flight_at_kill}",
+        "RESULT store=file restart-stall-ms={:.1} in-flight-at-kill={in_flight}",
         stall.as_secs_f64() * 1000.0
     );
-
-    device.reset();
     let file = std::fs::read(&disk).expect("disk");
     for n in 0..TOTAL {
         let at = (n * BLOCK) as usize;
@@ -243,7 +258,32 @@ fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_comp
             "block {n} does not hold its data"
         );
     }
-    assert!(daemon.take().expect("the daemon").terminate().success());
+}
+
+#[test]
+fn a_remote_memory_backend_killed_with_requests_in_flight_keeps_every_page() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("memory.state");
+    let socket = dir.path().join("blk.sock");
+    let (stall, in_flight, daemon) = kill_mid_stream(&socket, || {
+        start_memory_daemon(dir.path(), &cluster, &state, "32", "16M")
+    });
+    eprintln!(
+        "RESULT store=remote-memory restart-stall-ms={:.1} in-flight-at-kill={in_flight}",
+        stall.as_secs_f64() * 1000.0
+    );
+    let mut page = vec![0u8; BLOCK as usize];
+    for n in 0..TOTAL {
+        cluster.pages.read_run(32, n, &mut page).expect("read");
+        assert!(page == pattern(n), "page {n} does not hold its data");
+    }
+    assert!(daemon.terminate().success());
+    assert_eq!(
+        cluster.pages.vnode_pages(32),
+        0,
+        "SIGTERM released the pages"
+    );
 }
 
 /// Writes 4 pages at sector 0 with a pattern; returns it.
@@ -270,7 +310,13 @@ fn read_pages(d: &mut Driver) -> (u8, Vec<u8>) {
     (status, back)
 }
 
-fn start_memory_daemon(dir: &Path, cluster: &Cluster, state: &Path) -> Daemon {
+fn start_memory_daemon(
+    dir: &Path,
+    cluster: &Cluster,
+    state: &Path,
+    vnode: &str,
+    size: &str,
+) -> Daemon {
     let _ = std::fs::remove_file(dir.join("blk.sock"));
     let key = cluster.key_hex();
     Daemon::start_env(
@@ -281,9 +327,9 @@ fn start_memory_daemon(dir: &Path, cluster: &Cluster, state: &Path) -> Daemon {
             "--manager",
             &cluster.manager_addr,
             "--vnode",
-            "31",
+            vnode,
             "--size",
-            "8M",
+            size,
             "--state-file",
             state.to_str().expect("utf-8"),
         ],
@@ -296,7 +342,7 @@ fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restar
     let mut cluster = Cluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("memory.state");
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state);
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M");
     let mut d = Driver::connect(&daemon.socket);
     let data = write_pages(&mut d);
     drop(d);
@@ -304,7 +350,7 @@ fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restar
     assert_eq!(cluster.pages.vnode_pages(31), 4, "a crash released no page");
 
     // The same vNode again: the same placement, the same monitor process, the same pages.
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state);
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M");
     let mut d = Driver::connect(&daemon.socket);
     assert_eq!(read_pages(&mut d), (0, data.clone()), "the pages came back");
     drop(d);
@@ -312,7 +358,7 @@ fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restar
 
     // The monitor restarts empty while the backend is down: the pages are errors, not zeros.
     cluster.restart_memory();
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state);
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M");
     let mut d = Driver::connect(&daemon.socket);
     let (status, back) = read_pages(&mut d);
     assert_eq!(status, 1, "a lost page must be an I/O error");
