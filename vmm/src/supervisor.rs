@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How often the supervisor looks at its backends.
-const POLL: Duration = Duration::from_millis(20);
+const POLL: Duration = Duration::from_millis(10);
 /// A backend that ran at least this long before it died is restarted at once.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// The first delay before restarting a backend that died soon after its start.

@@ -31,7 +31,7 @@ use super::features::features_to_ack;
 use super::VhostUserError;
 
 /// The first wait after a failed attempt; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long one attempt may wait for each of the backend's replies.
