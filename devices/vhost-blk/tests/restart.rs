@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::*;
-use lego_devices::vhost_user_frontend::VhostUserBlk;
+use lego_devices::vhost_user_frontend::{ReconnectPolicy, VhostUserBlk};
 use lego_devices::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
 use lego_testkit::vhost_user::blk::*;
 use lego_testkit::vhost_user::guest_memory;
@@ -155,12 +155,16 @@ fn start_file_daemon(dir: &Path, disk: &Path) -> Daemon {
 }
 
 /// Drives `TOTAL` 4 KiB writes (block n gets `pattern(n)`) through legovmm's frontend with
-/// up to [`SLOTS`] in flight, kills the daemon (SIGKILL) once `KILL_AT` completed and starts
-/// it again with `start`; checks every request completes exactly once and succeeds. Returns
-/// the guest-visible stall (kill to the first completion after it), the requests in flight
-/// at the kill, and the running daemon.
-fn kill_mid_stream(socket: &Path, mut start: impl FnMut() -> Daemon) -> (Duration, u16, Daemon) {
-    const KILL_AT: u64 = 1000;
+/// up to [`SLOTS`] in flight, kills the daemon (SIGKILL) each time another [`KILL_EVERY`]
+/// completed and starts it again with `start`; checks every request completes exactly once
+/// and succeeds, and that requests were in flight at some kill. Returns each kill's
+/// guest-visible stall (the kill to the first completion after it) with the requests in
+/// flight at it, and the running daemon.
+fn kill_mid_stream(
+    socket: &Path,
+    mut start: impl FnMut() -> Daemon,
+) -> (Vec<(Duration, u16)>, Daemon) {
+    lego_monitor_client::logging::init();
     let mut daemon = Some(start());
     let mut device = VhostUserBlk::connect(socket).expect("connect");
     let mem = guest_memory(4 << 20);
@@ -180,9 +184,8 @@ fn kill_mid_stream(socket: &Path, mut start: impl FnMut() -> Daemon) -> (Duratio
 
     let mut next = 0u64;
     let mut done = 0u64;
-    let mut killed: Option<Instant> = None;
-    let mut stall = None;
-    let mut in_flight_at_kill = 0;
+    // Per kill: when, requests in flight then, and the stall once known.
+    let mut kills: Vec<(Instant, u16, Option<Duration>)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     while done < TOTAL {
         assert!(
@@ -197,10 +200,10 @@ fn kill_mid_stream(socket: &Path, mut start: impl FnMut() -> Daemon) -> (Duratio
         if pushed {
             guest.publish();
         }
-        if killed.is_none() && done >= KILL_AT {
+        if done >= KILL_EVERY * (kills.len() as u64 + 1) && done < TOTAL - KILL_EVERY / 2 {
             daemon.take().expect("the daemon").kill();
-            killed = Some(Instant::now());
-            in_flight_at_kill = guest.avail.wrapping_sub(guest.used_idx());
+            let at = Instant::now();
+            kills.push((at, guest.avail.wrapping_sub(guest.used_idx()), None));
             daemon = Some(start());
         }
         let reaped = guest.reap();
@@ -208,8 +211,8 @@ fn kill_mid_stream(socket: &Path, mut start: impl FnMut() -> Daemon) -> (Duratio
             std::thread::sleep(Duration::from_micros(50));
             continue;
         }
-        if let (Some(k), None) = (killed, stall) {
-            stall = Some(k.elapsed());
+        if let Some((at, _, stall @ None)) = kills.last_mut() {
+            *stall = Some(at.elapsed());
         }
         for (n, status) in reaped {
             assert_eq!(status, 0, "request {n} failed");
@@ -217,8 +220,8 @@ fn kill_mid_stream(socket: &Path, mut start: impl FnMut() -> Daemon) -> (Duratio
         }
     }
     assert!(
-        in_flight_at_kill > 0,
-        "no request was in flight when the backend was killed"
+        kills.iter().any(|k| k.1 > 0),
+        "no request was in flight at any kill"
     );
     assert_eq!(
         guest.used_idx(),
@@ -228,12 +231,29 @@ fn kill_mid_stream(socket: &Path, mut start: impl FnMut() -> Daemon) -> (Duratio
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(guest.reap(), Vec::new(), "no late completion");
     device.reset();
-    (
-        stall.expect("a completion after the kill"),
-        in_flight_at_kill,
-        daemon.take().expect("the daemon"),
-    )
+    let kills = kills
+        .into_iter()
+        .map(|(_, in_flight, stall)| (stall.expect("a completion after each kill"), in_flight))
+        .collect();
+    (kills, daemon.take().expect("the daemon"))
 }
+
+/// Prints the kills' stalls and in-flight counts for `store` on one line.
+fn report(store: &str, kills: &[(Duration, u16)]) {
+    let stalls: Vec<String> = kills
+        .iter()
+        .map(|(s, _)| format!("{:.1}", s.as_secs_f64() * 1000.0))
+        .collect();
+    let in_flight: Vec<String> = kills.iter().map(|k| k.1.to_string()).collect();
+    eprintln!(
+        "RESULT store={store} restart-stall-ms={} in-flight-at-kill={}",
+        stalls.join(","),
+        in_flight.join(",")
+    );
+}
+
+/// Completions between two kills.
+const KILL_EVERY: u64 = 600;
 
 /// Requests each kill test sends.
 const TOTAL: u64 = 3000;
@@ -243,13 +263,9 @@ fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_comp
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.img");
     let socket = dir.path().join("blk.sock");
-    let (stall, in_flight, daemon) =
-        kill_mid_stream(&socket, || start_file_daemon(dir.path(), &disk));
+    let (kills, daemon) = kill_mid_stream(&socket, || start_file_daemon(dir.path(), &disk));
     assert!(daemon.terminate().success());
-    eprintln!(
-        "RESULT store=file restart-stall-ms={:.1} in-flight-at-kill={in_flight}",
-        stall.as_secs_f64() * 1000.0
-    );
+    report("file", &kills);
     let file = std::fs::read(&disk).expect("disk");
     for n in 0..TOTAL {
         let at = (n * BLOCK) as usize;
@@ -266,13 +282,10 @@ fn a_remote_memory_backend_killed_with_requests_in_flight_keeps_every_page() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("memory.state");
     let socket = dir.path().join("blk.sock");
-    let (stall, in_flight, daemon) = kill_mid_stream(&socket, || {
+    let (kills, daemon) = kill_mid_stream(&socket, || {
         start_memory_daemon(dir.path(), &cluster, &state, "32", "16M")
     });
-    eprintln!(
-        "RESULT store=remote-memory restart-stall-ms={:.1} in-flight-at-kill={in_flight}",
-        stall.as_secs_f64() * 1000.0
-    );
+    report("remote-memory", &kills);
     let mut page = vec![0u8; BLOCK as usize];
     for n in 0..TOTAL {
         cluster.pages.read_run(32, n, &mut page).expect("read");
@@ -284,6 +297,96 @@ fn a_remote_memory_backend_killed_with_requests_in_flight_keeps_every_page() {
         0,
         "SIGTERM released the pages"
     );
+}
+
+/// A device over the file daemon at `socket` with `policy`, activated with every feature it
+/// offers, and the guest driving it.
+fn activated(socket: &Path, policy: ReconnectPolicy) -> (VhostUserBlk, Guest) {
+    let mut device = VhostUserBlk::connect(socket)
+        .expect("connect")
+        .with_reconnect(policy);
+    let mem = guest_memory(4 << 20);
+    let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
+    let guest = Guest::new(mem.clone(), kick.try_clone().expect("kick"));
+    let acked = device.avail_features();
+    device
+        .activate(ActivateContext {
+            mem,
+            queues: vec![guest.queue()],
+            queue_events: vec![kick],
+            interrupt: VirtioInterrupt::new().expect("interrupt"),
+            acked_features: acked,
+        })
+        .expect("activate");
+    (device, guest)
+}
+
+/// Sends writes of blocks `from..to` and returns how many completed (successfully) within
+/// `wait`.
+fn write_blocks(guest: &mut Guest, from: u64, to: u64, wait: Duration) -> u64 {
+    for n in from..to {
+        assert!(guest.push_write(n), "a free slot");
+    }
+    guest.publish();
+    let deadline = Instant::now() + wait;
+    let mut done = 0;
+    while done < to - from && Instant::now() < deadline {
+        for (n, status) in guest.reap() {
+            assert_eq!(status, 0, "request {n} failed");
+            done += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    done
+}
+
+#[test]
+fn a_backend_back_without_a_feature_the_guest_acked_or_after_the_window_is_not_resumed() {
+    // The frontend's log says why (shown with --nocapture).
+    lego_monitor_client::logging::init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    let socket = dir.path().join("blk.sock");
+
+    // The guest acked DISCARD; the backend comes back read-only, without it.
+    let daemon = start_file_daemon(dir.path(), &disk);
+    let (mut device, mut guest) = activated(&socket, ReconnectPolicy::default());
+    assert_ne!(device.avail_features() & (1 << 13), 0, "DISCARD is offered");
+    assert_eq!(write_blocks(&mut guest, 0, 8, Duration::from_secs(10)), 8);
+    daemon.kill();
+    let _ = std::fs::remove_file(&socket);
+    let daemon = Daemon::start_file(dir.path(), &disk, "16M", &["--read-only"]);
+    assert_eq!(
+        write_blocks(&mut guest, 8, 16, Duration::from_secs(1)),
+        0,
+        "a backend without the guest's features must not serve it"
+    );
+    let t = Instant::now();
+    device.reset();
+    assert!(t.elapsed() < Duration::from_secs(5), "the reset hung");
+    assert!(daemon.terminate().success());
+
+    // A window of zero: the device gives up at the first failed attempt, and a backend
+    // that comes back later is not used.
+    let daemon = start_file_daemon(dir.path(), &disk);
+    let (mut device, mut guest) = activated(
+        &socket,
+        ReconnectPolicy {
+            window: Some(Duration::ZERO),
+        },
+    );
+    assert_eq!(write_blocks(&mut guest, 0, 8, Duration::from_secs(10)), 8);
+    daemon.kill();
+    let _ = std::fs::remove_file(&socket);
+    std::thread::sleep(Duration::from_millis(200));
+    let daemon = start_file_daemon(dir.path(), &disk);
+    assert_eq!(
+        write_blocks(&mut guest, 8, 16, Duration::from_secs(1)),
+        0,
+        "the device gave up"
+    );
+    device.reset();
+    assert!(daemon.terminate().success());
 }
 
 /// Writes 4 pages at sector 0 with a pattern; returns it.
