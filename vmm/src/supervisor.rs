@@ -4,7 +4,8 @@
 //! (`lego_devices::vhost_user_frontend::reconnect`). A backend that keeps dying right after
 //! its start is restarted with a growing delay, never given up on. When legovmm stops, the
 //! supervisor stops first, so the backends' exits are not mistaken for crashes; then each
-//! backend is told to release the vNode's resources and exit (SIGTERM).
+//! backend is told to release the vNode's resources and exit (SIGTERM). A backend whose
+//! legovmm died without that (kill -9) gets SIGTERM from the kernel (parent-death signal).
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -71,8 +72,21 @@ impl Recipe {
                 path: self.log.clone(),
                 source,
             })?;
-        Command::new(&self.binary)
-            .args(&self.args)
+        let mut cmd = Command::new(&self.binary);
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // async-signal-safe system call (prctl), touching no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                // If legovmm dies without stopping it (kill -9), the vNode is gone: the
+                // backend gets SIGTERM, releases the vNode's resources and exits, rather
+                // than living on and renewing a lease nobody needs.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.args(&self.args)
             // Its own process group: a Ctrl-C meant for legovmm must not reach it; legovmm
             // tells it when to release and exit.
             .process_group(0)
@@ -285,6 +299,28 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn a_backend_gets_sigterm_when_the_thread_that_started_it_is_gone() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let recipe = Recipe {
+            what: "test",
+            binary: "sleep".into(),
+            args: vec!["600".into()],
+            log: dir.path().join("test.log"),
+        };
+        // As if legovmm died: the spawning thread ends without stopping the child.
+        let mut child = std::thread::spawn(move || recipe.spawn().unwrap())
+            .join()
+            .unwrap();
+        let mut status = None;
+        wait_for("the parent-death signal", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGTERM));
     }
 
     #[test]

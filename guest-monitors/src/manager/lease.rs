@@ -79,6 +79,9 @@ impl VnodeLeases {
         let mut done = Vec::new();
         for (vnode, ago) in self.lapsed(Instant::now()) {
             match manager.release_vnode_memory(vnode) {
+                Ok(0) => {
+                    tracing::debug!(vnode, "the vNode's lease lapsed; it has no memory placed");
+                }
                 Ok(regions) => {
                     tracing::warn!(
                         vnode,
