@@ -10,11 +10,11 @@ use lego_monitor_client::client::{
     CallError, LeaseKeeper, ManagerClient, Renewal, StorageClient, VnodeMemory,
 };
 
-use crate::state::{HolderState, StateError, Verdict};
+use crate::state::{HolderState, LiveState, StateError, Verdict};
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
 use crate::store::remote_disk::RemoteDiskStore;
 use crate::store::remote_memory::RemoteMemoryStore;
-use crate::store::BlockStore;
+use crate::store::{BlockStore, StoreError};
 
 /// Which store to open, and where it lives.
 #[derive(Debug, Clone)]
@@ -242,24 +242,38 @@ fn open_remote_memory(
             wanted: size,
         });
     }
-    if let Some(path) = state_file {
-        resume_custody(&memory, vnode, path)?;
-    }
+    let live = match state_file {
+        Some(path) => Some(Arc::new(resume_custody(&memory, vnode, path)?)),
+        None => None,
+    };
     tracing::info!(vnode, size, placed, copies, monitors = %monitors.join(","), "remote memory ready");
     // The vNode's lease tells the manager this compute host is alive; a crash of this
     // backend pauses it for no longer than a restart takes.
     let lease = LeaseKeeper::start(mgr.clone(), vnode);
     let renewal = Renewal::start(mgr, cap, memory.fabric_clients());
-    Ok(RemoteMemoryStore::new(memory, size)
+    let store = RemoteMemoryStore::new(memory, size)
         .with_renewal(renewal)
-        .with_lease(lease))
+        .with_lease(lease);
+    Ok(match live {
+        Some(live) => store.with_after_write(Arc::new(move || {
+            live.check().map_err(|e| StoreError::Io {
+                op: "recording a memory monitor that missed a write",
+                source: std::io::Error::other(e),
+            })
+        })),
+        None => store,
+    })
 }
 
 /// Resumes the custody of the vNode's pages after a restart of this backend (see
-/// [`crate::state`]): a holder whose incarnation is the recorded one keeps every page of its
-/// regions; any other holder lost them. Then records the holders, durably, before any page
-/// is served.
-pub fn resume_custody(memory: &VnodeMemory, vnode: u64, path: &Path) -> Result<(), OpenError> {
+/// [`crate::state`]): a holder whose incarnation is the recorded one (and that is not
+/// tainted) keeps every page of its regions; any other holder lost them. Then records the
+/// holders, durably, before any page is served, and returns the state to keep current.
+pub fn resume_custody(
+    memory: &VnodeMemory,
+    vnode: u64,
+    path: &Path,
+) -> Result<LiveState, OpenError> {
     let mut state = HolderState::load(path, vnode)?;
     let (mut trusted, mut lost) = (0, 0);
     for (addr, client, runs) in memory.holdings() {
@@ -299,7 +313,12 @@ pub fn resume_custody(memory: &VnodeMemory, vnode: u64, path: &Path) -> Result<(
             "resumed the vNode's remote memory after a restart of this backend"
         );
     }
-    Ok(())
+    let clients = memory
+        .holdings()
+        .into_iter()
+        .map(|(addr, client, _)| (addr, client.clone()))
+        .collect();
+    Ok(LiveState::new(path.to_path_buf(), state, clients))
 }
 
 struct DiskRequest<'a> {

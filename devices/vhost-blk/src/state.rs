@@ -10,6 +10,13 @@
 //! the file (the manager placed a copy anew), means those pages are gone: reading them is an
 //! error until written again, never zeros.
 //!
+//! A holder can also miss a write while its process lives on: with two copies, a write that
+//! reached one copy completes, and the other copy is told (in memory) to forget those pages.
+//! A restarted backend would not know, and could read the older page from that copy. So
+//! [`LiveState::check`] runs after every write and trim and before the guest learns of it:
+//! a holder that now has pages it does not hold is recorded as *tainted*, durably, and a
+//! tainted holder is distrusted by every later restart.
+//!
 //! The file is written (to a temporary file, fsync, rename, fsync of the folder) before the
 //! device is served, so it is on disk before any page is written. A recorded incarnation is
 //! never replaced: once a holder restarted, every later restart of the backend distrusts it
@@ -17,12 +24,15 @@
 //! which they are). The file lives in legovmm's runtime folder and goes with the vNode.
 //!
 //! Format, one line each: `lego-vhost-blk-state 1`, `vnode N`, then `holder ADDR INCARNATION`
-//! (hex) per monitor.
+//! (hex) per monitor and `tainted ADDR` per tainted holder.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use lego_monitor_client::client::MemoryClient;
 
 /// The first line of a state file.
 const MAGIC: &str = "lego-vhost-blk-state 1";
@@ -68,6 +78,9 @@ pub struct HolderState {
     pub vnode: u64,
     /// Monitor address → the incarnation it had when first reached.
     pub holders: BTreeMap<String, u64>,
+    /// Holders that missed a write or trim while this vNode's backend ran: their pages are
+    /// not trusted by a restart.
+    pub tainted: BTreeSet<String>,
     /// Made by this start, not loaded: every holder is new and holds nothing yet.
     fresh: bool,
 }
@@ -92,6 +105,7 @@ impl HolderState {
         Self {
             vnode,
             holders: BTreeMap::new(),
+            tainted: BTreeSet::new(),
             fresh: true,
         }
     }
@@ -144,6 +158,9 @@ impl HolderState {
                 ["vnode", n] if vnode.is_none() => {
                     vnode = Some(n.parse().map_err(|_| i + 1)?);
                 }
+                ["tainted", addr] => {
+                    state.tainted.insert((*addr).to_string());
+                }
                 ["holder", addr, inc] => {
                     let inc =
                         u64::from_str_radix(inc.trim_start_matches("0x"), 16).map_err(|_| i + 1)?;
@@ -162,6 +179,9 @@ impl HolderState {
         for (addr, inc) in &self.holders {
             s.push_str(&format!("holder {addr} {inc:#018x}\n"));
         }
+        for addr in &self.tainted {
+            s.push_str(&format!("tainted {addr}\n"));
+        }
         s
     }
 
@@ -173,6 +193,9 @@ impl HolderState {
                 self.holders.insert(addr.to_string(), live);
                 Verdict::Fresh
             }
+            Some(&recorded) if self.tainted.contains(addr) => Verdict::Lost {
+                recorded: Some(recorded),
+            },
             Some(&recorded) if recorded == live => Verdict::Trusted,
             Some(&recorded) => Verdict::Lost {
                 recorded: Some(recorded),
@@ -210,6 +233,55 @@ impl HolderState {
     }
 }
 
+/// The state file while the device is served: records a holder that missed a write or a
+/// trim before the guest learns of the write (see the module's documentation).
+pub struct LiveState {
+    path: PathBuf,
+    state: Mutex<HolderState>,
+    clients: Vec<(String, MemoryClient)>,
+}
+
+impl LiveState {
+    /// Keeps `state` (already saved at `path`) current for the holders `clients` (address,
+    /// client).
+    pub fn new(path: PathBuf, state: HolderState, clients: Vec<(String, MemoryClient)>) -> Self {
+        Self {
+            path,
+            state: Mutex::new(state),
+            clients,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HolderState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records, durably, every holder that has pages it does not hold (its custody counts
+    /// lost pages) and is not yet tainted. Cheap when nothing changed.
+    pub fn check(&self) -> Result<(), StateError> {
+        for (addr, client) in &self.clients {
+            if client.custody_counts().1 == 0 {
+                continue;
+            }
+            let mut state = self.lock();
+            if !state.tainted.insert(addr.clone()) {
+                continue;
+            }
+            if let Err(e) = state.save(&self.path) {
+                state.tainted.remove(addr);
+                return Err(e);
+            }
+            tracing::warn!(
+                vnode = state.vnode,
+                monitor = %addr,
+                "a memory monitor missed a write or trim of this vNode's pages: recorded, so a \
+                 restart of this backend will not trust the pages it holds"
+            );
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +304,15 @@ mod tests {
         assert_eq!(again.judge("c:1", 30), Verdict::Lost { recorded: None });
         assert_eq!(again.holders["b:1"], 20, "a recorded incarnation is kept");
         assert_eq!(again.holders["c:1"], 30);
+
+        again.tainted.insert("a:1".into());
+        again.save(&path).unwrap();
+        let mut third = HolderState::load(&path, 7).unwrap();
+        assert_eq!(
+            third.judge("a:1", 10),
+            Verdict::Lost { recorded: Some(10) },
+            "a tainted holder is not trusted although its incarnation is the same"
+        );
 
         assert!(matches!(
             HolderState::load(&path, 8),
