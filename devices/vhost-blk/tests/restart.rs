@@ -8,12 +8,18 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::*;
 use lego_devices::vhost_user_frontend::{ReconnectPolicy, VhostUserBlk};
 use lego_devices::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use lego_fabric::{ClientConfig, ServerConfig, ServerHandle};
+use lego_monitor_client::client::ManagerClient;
+use lego_monitor_client::proto::manager::{MonitorKind, RegisterMonitor};
+use lego_monitors::memory_service::MemoryService;
+use lego_monitors::pagestore::PageStore;
 use lego_testkit::vhost_user::blk::*;
 use lego_testkit::vhost_user::guest_memory;
 use virtio_queue::{Queue, QueueT};
@@ -477,4 +483,79 @@ fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restar
         0,
         "SIGTERM released the pages"
     );
+}
+
+/// A second memory monitor of `cluster` serving `pages` (with `incarnation`, else a new
+/// one), registered with its manager.
+fn second_memory_monitor(
+    cluster: &Cluster,
+    addr: &str,
+    pages: Arc<PageStore>,
+    incarnation: Option<u64>,
+) -> ServerHandle {
+    let server = lego_monitors::daemon::serve(
+        addr,
+        cluster.key.clone(),
+        Arc::new(MemoryService::new(pages)),
+        ServerConfig {
+            incarnation,
+            ..ServerConfig::default()
+        },
+    )
+    .expect("serve a second memory monitor");
+    let mgr = ManagerClient::connect(
+        &cluster.manager_addr,
+        cluster.key.clone(),
+        ClientConfig::default(),
+    )
+    .expect("manager");
+    mgr.register(&RegisterMonitor {
+        kind: MonitorKind::Memory,
+        addr: server.local_addr().to_string(),
+        // More free capacity than the first monitor: it holds every region's first copy,
+        // the one reads go to.
+        capacity_bytes: 1 << 30,
+        used_bytes: 0,
+    })
+    .expect("register");
+    server
+}
+
+#[test]
+fn a_copy_that_missed_a_write_is_not_trusted_by_a_restarted_backend() {
+    lego_monitor_client::logging::init();
+    let cluster = Cluster::start();
+    let pages2 = Arc::new(PageStore::new(1 << 30));
+    let m2 = second_memory_monitor(&cluster, "127.0.0.1:0", pages2.clone(), None);
+    let (addr2, inc2) = (m2.local_addr().to_string(), m2.incarnation());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("memory.state");
+
+    // Two copies of every region (two memory monitors are alive): version A on both.
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "41", "8M");
+    let mut d = Driver::connect(&daemon.socket);
+    let a = write_pages(&mut d);
+    assert_eq!(pages2.vnode_pages(41), 4, "the second copy holds version A");
+
+    // The second monitor drops off the network; version B reaches only the first copy.
+    m2.shutdown();
+    let b: Vec<u8> = a.iter().map(|x| !x).collect();
+    d.mem.write_slice(&b, GuestAddress(DATA)).expect("data");
+    assert_eq!(d.request(T_OUT, 0, Some((b.len() as u32, false))), (1, 0));
+    let text = std::fs::read_to_string(&state).expect("state file");
+    assert!(
+        text.contains(&format!("tainted {addr2}")),
+        "the copy that missed the write is recorded before the write completed:\n{text}"
+    );
+
+    // It comes back, the same process (same incarnation), still holding version A; the
+    // backend crashes and restarts: it must not read A from it.
+    let _m2 = second_memory_monitor(&cluster, &addr2, pages2.clone(), Some(inc2));
+    drop(d);
+    daemon.kill();
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "41", "8M");
+    let mut d = Driver::connect(&daemon.socket);
+    assert_eq!(read_pages(&mut d), (0, b), "version B, never the stale A");
+    drop(d);
+    assert!(daemon.terminate().success());
 }
