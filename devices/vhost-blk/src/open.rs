@@ -281,23 +281,27 @@ pub fn resume_custody(
             Some(live) => state.judge(&addr, live),
             None => Verdict::Lost { recorded: None },
         };
-        match verdict {
-            Verdict::Fresh => {}
-            Verdict::Trusted => {
+        if let Verdict::Lost { recorded } = verdict {
+            tracing::warn!(
+                vnode,
+                monitor = %addr,
+                recorded = ?recorded.map(|r| format!("{r:#018x}")),
+                live = ?client.fabric().incarnation().map(|r| format!("{r:#018x}")),
+                "this memory monitor is not the process this vNode's pages were written to, or \
+                 it missed a write: reading them from it is an error until they are written again"
+            );
+        }
+        // Each run is one region (start, region pages).
+        for &(start, count) in &runs {
+            let region = start / count.max(1);
+            if verdict == Verdict::Fresh {
+                state.trust_region(verdict, region, &addr);
+            } else if state.trust_region(verdict, region, &addr) {
                 trusted += 1;
-                runs.iter().for_each(|&(s, n)| client.adopt(s, n));
-            }
-            Verdict::Lost { recorded } => {
+                client.adopt(start, count);
+            } else {
                 lost += 1;
-                tracing::warn!(
-                    vnode,
-                    monitor = %addr,
-                    recorded = ?recorded.map(|r| format!("{r:#018x}")),
-                    live = ?client.fabric().incarnation().map(|r| format!("{r:#018x}")),
-                    "this memory monitor is not the process this vNode's pages were written to: \
-                     reading them from it is an error until they are written again"
-                );
-                runs.iter().for_each(|&(s, n)| client.forget(s, n));
+                client.forget(start, count);
             }
         }
     }
@@ -310,7 +314,8 @@ pub fn resume_custody(
             trusted,
             lost,
             state = %path.display(),
-            "resumed the vNode's remote memory after a restart of this backend"
+            "resumed the vNode's remote memory after a restart of this backend (copies of \
+             vRegions trusted and lost)"
         );
     }
     let clients = memory

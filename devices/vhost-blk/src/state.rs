@@ -5,7 +5,8 @@
 //! A backend that restarts (a crash, `kill -9`, a supervisor's restart) gets the same
 //! placement from the manager and reconnects. For each holder it then compares the live
 //! incarnation with the recorded one: the same means the monitor kept every page this vNode
-//! wrote there, so they are all trusted (adopted into the holder's custody, so that a later
+//! wrote there, so the pages of the regions it held at the first start (recorded too: a
+//! placement the manager changed meanwhile moved no page) are all trusted (adopted into the holder's custody, so that a later
 //! restart of the monitor turns them into errors too); a different one, or a holder not in
 //! the file (the manager placed a copy anew), means those pages are gone: reading them is an
 //! error until written again, never zeros.
@@ -24,7 +25,8 @@
 //! which they are). The file lives in legovmm's runtime folder and goes with the vNode.
 //!
 //! Format, one line each: `lego-vhost-blk-state 1`, `vnode N`, then `holder ADDR INCARNATION`
-//! (hex) per monitor and `tainted ADDR` per tainted holder.
+//! (hex) per monitor, `tainted ADDR` per tainted holder and `region INDEX ADDR` per holder of
+//! each region at the first start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -81,6 +83,9 @@ pub struct HolderState {
     /// Holders that missed a write or trim while this vNode's backend ran: their pages are
     /// not trusted by a restart.
     pub tainted: BTreeSet<String>,
+    /// Region index → the holders it had at the first start: a holder is trusted only with
+    /// the regions it held then (a placement that changed meanwhile does not move pages).
+    pub regions: BTreeMap<u64, BTreeSet<String>>,
     /// Made by this start, not loaded: every holder is new and holds nothing yet.
     fresh: bool,
 }
@@ -106,6 +111,7 @@ impl HolderState {
             vnode,
             holders: BTreeMap::new(),
             tainted: BTreeSet::new(),
+            regions: BTreeMap::new(),
             fresh: true,
         }
     }
@@ -161,6 +167,14 @@ impl HolderState {
                 ["tainted", addr] => {
                     state.tainted.insert((*addr).to_string());
                 }
+                ["region", index, addr] => {
+                    let index = index.parse().map_err(|_| i + 1)?;
+                    state
+                        .regions
+                        .entry(index)
+                        .or_default()
+                        .insert((*addr).to_string());
+                }
                 ["holder", addr, inc] => {
                     let inc =
                         u64::from_str_radix(inc.trim_start_matches("0x"), 16).map_err(|_| i + 1)?;
@@ -181,6 +195,11 @@ impl HolderState {
         }
         for addr in &self.tainted {
             s.push_str(&format!("tainted {addr}\n"));
+        }
+        for (index, holders) in &self.regions {
+            for addr in holders {
+                s.push_str(&format!("region {index} {addr}\n"));
+            }
         }
         s
     }
@@ -204,6 +223,24 @@ impl HolderState {
                 self.holders.insert(addr.to_string(), live);
                 Verdict::Lost { recorded: None }
             }
+        }
+    }
+
+    /// Whether holder `addr` of region `index` may be trusted with its pages, given the
+    /// holder's [`Verdict`]: on a first start it is recorded as the region's holder (and
+    /// holds nothing yet); later only a trusted holder that held the region at the first
+    /// start is.
+    pub fn trust_region(&mut self, verdict: Verdict, index: u64, addr: &str) -> bool {
+        match verdict {
+            Verdict::Fresh => {
+                self.regions
+                    .entry(index)
+                    .or_default()
+                    .insert(addr.to_string());
+                true
+            }
+            Verdict::Trusted => self.regions.get(&index).is_some_and(|h| h.contains(addr)),
+            Verdict::Lost { .. } => false,
         }
     }
 
@@ -304,6 +341,17 @@ mod tests {
         assert_eq!(again.judge("c:1", 30), Verdict::Lost { recorded: None });
         assert_eq!(again.holders["b:1"], 20, "a recorded incarnation is kept");
         assert_eq!(again.holders["c:1"], 30);
+
+        // Regions: trusted only where the holder held them at the first start.
+        assert!(state.trust_region(Verdict::Fresh, 0, "a:1"));
+        state.save(&path).unwrap();
+        let mut again = HolderState::load(&path, 7).unwrap();
+        assert!(again.trust_region(Verdict::Trusted, 0, "a:1"));
+        assert!(
+            !again.trust_region(Verdict::Trusted, 1, "a:1"),
+            "a region it never held"
+        );
+        assert!(!again.trust_region(Verdict::Lost { recorded: None }, 0, "a:1"));
 
         again.tainted.insert("a:1".into());
         again.save(&path).unwrap();
