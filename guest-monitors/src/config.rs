@@ -98,6 +98,8 @@ pub struct ManagerFileConfig {
     pub copies: Option<u32>,
     /// Rate limit of a vRegion repair's copy in MiB/s (0: none).
     pub repair_rate_mib: Option<u32>,
+    /// Seconds without a lease renewal after which a vNode's memory is reclaimed.
+    pub vnode_lease_secs: Option<u64>,
     /// Cluster key file.
     pub key_file: Option<PathBuf>,
 }

@@ -1,11 +1,15 @@
 //! The vNode's remote devices: legovmm starts one `lego-vhost-blk` backend per remote device
 //! (remote memory, remote disk), each asking the manager for placement and serving the
 //! device on a Unix socket in a private runtime folder; the device manager then attaches
-//! those sockets like any `--vhost-user-blk`. The backends end with the vNode.
+//! those sockets like any `--vhost-user-blk`. A backend that dies is restarted with the same
+//! arguments ([`crate::supervisor`]); the remote memory backend keeps the state it needs to
+//! trust the vNode's pages across its restarts in the runtime folder (`--state-file`). The
+//! backends end with the vNode, told to release its remote resources.
 
 use crate::config::{RemoteConfig, VhostUserBlkConfig};
+use crate::supervisor::{Recipe, SuperviseError, Supervised, Supervisor};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// How long a backend may take to place its device and open its socket.
@@ -30,13 +34,8 @@ pub enum BackendError {
         source: std::io::Error,
     },
     /// The backend could not be started.
-    #[error("cannot start {binary}")]
-    Spawn {
-        /// The binary.
-        binary: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Spawn(#[from] SuperviseError),
     /// The backend exited before serving, or did not open its socket in time.
     #[error("the {what} backend did not come up: {reason}; its log says: {log}")]
     NotServing {
@@ -49,33 +48,25 @@ pub enum BackendError {
     },
 }
 
-/// One running backend.
-struct Backend {
-    what: &'static str,
-    child: Child,
-}
-
-/// The running backends and their sockets; stopping them (on drop) removes the folder.
+/// The running backends and their sockets; stopping them (on drop) tells each to release
+/// the vNode's resources and removes the folder.
 pub struct RemoteDevices {
-    backends: Vec<Backend>,
+    supervisor: Supervisor,
     dir: PathBuf,
     /// The sockets to attach, remote memory first.
     pub sockets: Vec<VhostUserBlkConfig>,
 }
 
+impl RemoteDevices {
+    /// The runtime folder (sockets, logs, the backends' state files).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl Drop for RemoteDevices {
     fn drop(&mut self) {
-        for b in &mut self.backends {
-            // SAFETY: kill(2) with a pid we spawned and have not yet reaped; at worst the
-            // process is already gone and the call fails harmlessly.
-            unsafe { libc::kill(b.child.id() as libc::pid_t, libc::SIGTERM) };
-        }
-        for b in &mut self.backends {
-            if b.child.wait().is_err() {
-                let _ = b.child.kill();
-            }
-            tracing::info!(device = b.what, "remote device backend stopped");
-        }
+        self.supervisor.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -122,6 +113,8 @@ pub fn backend_args(
             socket.display().to_string(),
             "--store".into(),
             "remote-memory".into(),
+            "--state-file".into(),
+            dir.join("remote-memory.state").display().to_string(),
         ];
         args.extend(common.clone());
         args.extend(["--size".into(), size.to_string()]);
@@ -155,52 +148,56 @@ pub fn start(remote: &RemoteConfig) -> Result<RemoteDevices, BackendError> {
         source,
     })?;
     let mut devices = RemoteDevices {
-        backends: Vec::new(),
+        supervisor: Supervisor::start(Vec::new())?,
         dir: dir.clone(),
         sockets: Vec::new(),
     };
     for (what, socket, args) in backend_args(remote, &dir) {
-        let log_path = dir.join(format!("{}.log", what.replace(' ', "-")));
-        let log = std::fs::File::create(&log_path).map_err(|source| BackendError::RuntimeDir {
-            path: log_path.clone(),
-            source,
-        })?;
-        let child = Command::new(&binary)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|source| BackendError::Spawn {
-                binary: binary.clone(),
-                source,
-            })?;
+        let log = dir.join(format!("{}.log", what.replace(' ', "-")));
+        let recipe = Recipe {
+            what,
+            binary: binary.clone(),
+            args,
+            log,
+        };
+        let mut child = recipe.spawn()?;
         tracing::info!(device = what, pid = child.id(), socket = %socket.display(), "started remote device backend");
-        devices.backends.push(Backend { what, child });
-        let backend = devices.backends.last_mut().expect("just pushed");
-        wait_for_socket(backend, &socket, &log_path)?;
-        devices.sockets.push(VhostUserBlkConfig { socket });
+        if let Err(e) = wait_for_socket(what, &mut child, &socket, &recipe.log) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        devices.supervisor.add(Supervised::new(recipe, child));
+        devices.sockets.push(VhostUserBlkConfig {
+            socket,
+            reconnect: None,
+        });
     }
     Ok(devices)
 }
 
-fn wait_for_socket(backend: &mut Backend, socket: &Path, log: &Path) -> Result<(), BackendError> {
+fn wait_for_socket(
+    what: &'static str,
+    child: &mut Child,
+    socket: &Path,
+    log: &Path,
+) -> Result<(), BackendError> {
     let started = Instant::now();
     let not_serving = |reason: String| BackendError::NotServing {
-        what: backend.what,
+        what,
         reason,
         log: log_tail(log),
     };
     loop {
         if socket.exists() {
             tracing::info!(
-                device = backend.what,
+                device = what,
                 ms = started.elapsed().as_millis() as u64,
                 "remote device is served"
             );
             return Ok(());
         }
-        if let Ok(Some(status)) = backend.child.try_wait() {
+        if let Ok(Some(status)) = child.try_wait() {
             return Err(not_serving(format!("it exited with {status}")));
         }
         if started.elapsed() > START_TIMEOUT {
@@ -259,6 +256,10 @@ mod tests {
             "{joined}"
         );
         assert!(joined.contains("--size 1073741824"), "{joined}");
+        assert!(
+            joined.contains("--state-file /run/x/remote-memory.state"),
+            "{joined}"
+        );
         let disk = args[1].2.join(" ");
         assert!(
             disk.contains("--store remote-disk") && disk.contains("--volume data --no-create"),
@@ -271,14 +272,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("b.log");
         std::fs::write(&log, "error: cannot reach the manager at 10.0.2.2:7300\n").unwrap();
-        let child = Command::new("false").spawn().unwrap();
-        let mut b = Backend {
-            what: "remote memory",
-            child,
-        };
-        let err = wait_for_socket(&mut b, &dir.path().join("none.sock"), &log)
-            .unwrap_err()
-            .to_string();
+        let mut child = std::process::Command::new("false").spawn().unwrap();
+        let err = wait_for_socket(
+            "remote memory",
+            &mut child,
+            &dir.path().join("none.sock"),
+            &log,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("remote memory backend did not come up")
                 && err.contains("cannot reach the manager"),

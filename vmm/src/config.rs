@@ -50,7 +50,7 @@ pub enum ConfigError {
     #[error("'{0}' is not a disk: use PATH or PATH,readonly")]
     BadDisk(String),
     /// A vhost-user-blk specification could not be understood.
-    #[error("'{0}' is not a vhost-user-blk device: use socket=PATH")]
+    #[error("'{0}' is not a vhost-user-blk device: use socket=PATH[,reconnect=SECS]")]
     BadVhostUserBlk(String),
     /// A remote disk specification could not be understood.
     #[error("'{0}' is not a remote disk: use NAME or NAME,SIZE (for example data,2G)")]
@@ -136,22 +136,33 @@ impl std::str::FromStr for DiskConfig {
 pub struct VhostUserBlkConfig {
     /// The backend's listening socket.
     pub socket: PathBuf,
+    /// How many seconds to keep reconnecting when the backend hangs up before failing the
+    /// device; `None` (the default) never gives up.
+    #[serde(default)]
+    pub reconnect: Option<u64>,
 }
 
 impl std::str::FromStr for VhostUserBlkConfig {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut socket = None;
+        let mut reconnect = None;
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("socket", p)) if !p.is_empty() && socket.is_none() => {
                     socket = Some(PathBuf::from(p));
                 }
+                Some(("reconnect", secs)) if reconnect.is_none() => {
+                    let secs = secs
+                        .parse::<u64>()
+                        .map_err(|_| ConfigError::BadVhostUserBlk(s.into()))?;
+                    reconnect = Some(secs);
+                }
                 _ => return Err(ConfigError::BadVhostUserBlk(s.into())),
             }
         }
         let socket = socket.ok_or_else(|| ConfigError::BadVhostUserBlk(s.into()))?;
-        Ok(Self { socket })
+        Ok(Self { socket, reconnect })
     }
 }
 
@@ -525,6 +536,16 @@ mod tests {
             sockets,
             [PathBuf::from("/b.sock"), PathBuf::from("/c.sock")]
         );
+        assert_eq!(
+            cfg.vhost_user_blk[0].reconnect, None,
+            "never give up by default"
+        );
+        let spec: VhostUserBlkConfig = "socket=/d.sock,reconnect=30".parse().unwrap();
+        assert_eq!(spec.reconnect, Some(30));
+        let file: FileConfig =
+            toml::from_str("kernel = \"/k\"\n[[vhost_user_blk]]\nsocket = \"/a\"\nreconnect = 5\n")
+                .unwrap();
+        assert_eq!(file.vhost_user_blk[0].reconnect, Some(5));
         let bad = "kernel = \"/k\"\n[[vhost_user_blk]]\nsocket = \"/a\"\nqueues = 2\n";
         assert!(toml::from_str::<FileConfig>(bad).is_err());
     }
@@ -667,6 +688,8 @@ mod tests {
             "path=/s",
             "socket=/a,socket=/b",
             "socket=/a,x=1",
+            "socket=/a,reconnect=soon",
+            "socket=/a,reconnect=1,reconnect=2",
             "",
         ] {
             assert!(

@@ -10,11 +10,12 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use lego_devices::bus::{Bus, BusError, SharedDevice};
 use lego_devices::exit::ExitNotifier;
 use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
-use lego_devices::vhost_user_frontend::VhostUserBlk;
+use lego_devices::vhost_user_frontend::{ReconnectPolicy, VhostUserBlk};
 use lego_devices::virtio::block::{Block, BlockError};
 use lego_devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use lego_devices::virtio::VirtioDevice;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Errors creating devices.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +244,9 @@ pub fn create(
         )?);
     }
     for dev in &config.vhost_user_blk {
-        let blk = VhostUserBlk::connect(&dev.socket)?;
+        let blk = VhostUserBlk::connect(&dev.socket)?.with_reconnect(ReconnectPolicy {
+            window: dev.reconnect.map(Duration::from_secs),
+        });
         let what = format!("vhost-user-blk disk at {}", dev.socket.display());
         virtio.push(attach_virtio(vm, &mut mmio, mem, virtio.len(), blk, &what)?);
     }

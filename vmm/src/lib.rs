@@ -18,4 +18,5 @@ pub mod kick;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod supervisor;
 pub mod vm;

@@ -69,8 +69,8 @@ struct RunArgs {
     /// A virtio-blk disk backed by a local file; repeat for more (vda, vdb, ...).
     #[arg(long, value_name = "PATH[,readonly]")]
     disk: Vec<String>,
-    /// A virtio-blk disk served by a vhost-user-blk backend (e.g. lego-vhost-blk) listening on the Unix socket PATH; repeat for more. The guest sees them after the --disk disks.
-    #[arg(long = "vhost-user-blk", value_name = "socket=PATH")]
+    /// A virtio-blk disk served by a vhost-user-blk backend (e.g. lego-vhost-blk) listening on the Unix socket PATH; repeat for more. The guest sees them after the --disk disks. When the backend hangs up (it crashed or restarts), legovmm reconnects to the same path with backoff and re-submits the requests that were in flight, so the guest sees a delay, no error; reconnect=SECS fails the device after that many seconds instead of waiting for as long as it takes (the default). Backends legovmm starts itself (--remote-memory, --remote-disk) are restarted when they die.
+    #[arg(long = "vhost-user-blk", value_name = "socket=PATH[,reconnect=SECS]")]
     vhost_user_blk: Vec<String>,
     /// Where the serial console goes: stdout, none, file:PATH or socket:PATH (listen) [default: stdout].
     #[arg(long, value_name = "OUTPUT")]

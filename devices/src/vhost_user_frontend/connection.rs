@@ -7,6 +7,7 @@
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
@@ -14,7 +15,7 @@ use vhost::vhost_user::message::{
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::features::{self, VHOST_USER_F_PROTOCOL_FEATURES};
@@ -46,11 +47,27 @@ impl Connection {
     /// (VERSION_1 and PROTOCOL_FEATURES are required), GET/SET_PROTOCOL_FEATURES (CONFIG is
     /// required; MQ and REPLY_ACK are used when offered) and, with MQ, GET_QUEUE_NUM.
     pub fn connect(socket: &Path) -> Result<Self, VhostUserError> {
+        Self::connect_with_timeout(socket, None)
+    }
+
+    /// [`Connection::connect`], with every reply awaited at most `timeout` (when given), so
+    /// that a backend that accepts but never answers cannot hold the caller.
+    pub fn connect_with_timeout(
+        socket: &Path,
+        timeout: Option<Duration>,
+    ) -> Result<Self, VhostUserError> {
         let path = socket.display().to_string();
         let stream = UnixStream::connect(socket).map_err(|source| VhostUserError::Connect {
             path: path.clone(),
             source,
         })?;
+        stream
+            .set_read_timeout(timeout)
+            .and_then(|()| stream.set_write_timeout(timeout))
+            .map_err(|source| VhostUserError::Io {
+                what: "set the backend socket's timeouts",
+                source,
+            })?;
         let watch = stream.try_clone().map_err(|source| VhostUserError::Io {
             what: "duplicate the backend socket",
             source,
@@ -133,20 +150,7 @@ impl Connection {
     /// memory table (SET_MEM_TABLE), then sets up and enables every ready queue of `ctx`.
     /// When a queue fails, the queues already started are stopped again.
     pub fn start(&mut self, ctx: &ActivateContext) -> Result<Started, VhostUserError> {
-        self.frontend
-            .set_features(features::features_to_ack(ctx.acked_features))
-            .map_err(protocol_error(&self.path, "SET_FEATURES".into()))?;
-        let regions = ctx
-            .mem
-            .iter()
-            .map(|r| {
-                VhostUserMemoryRegionInfo::from_guest_region(r)
-                    .map_err(|_| VhostUserError::MemoryNotShared(r.start_addr().0))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(protocol_error(&self.path, "SET_MEM_TABLE".into()))?;
+        self.set_features_and_memory(ctx.acked_features, &ctx.mem)?;
 
         let io = |what| move |source| VhostUserError::Io { what, source };
         let mut calls = Vec::new();
@@ -157,7 +161,7 @@ impl Connection {
             if !queue.ready() {
                 continue;
             }
-            if let Err(e) = self.start_queue(index, queue, &ctx.mem, kick, &call) {
+            if let Err(e) = self.start_queue(index, queue, &ctx.mem, kick, &call, 0) {
                 // Leave no queue running behind a device the guest sees as failed.
                 self.stop_queues(&started);
                 return Err(e);
@@ -168,6 +172,61 @@ impl Connection {
             queues: started,
             calls,
         })
+    }
+
+    /// Hands a backend that restarted what the one before it had: the features the guest
+    /// accepted, the memory table, and each queue of `queues` (index, queue, kick, call)
+    /// with its base set to the used ring's index as the guest sees it, so that the requests
+    /// the old backend had taken but not completed are served again; then kicks each queue.
+    /// Returns each queue's index with the base it resumed from.
+    ///
+    /// This is exact only because a backend completes each queue's requests in the order it
+    /// took them (see `lego-vhost-blk`'s `backend.rs`): the used index then counts precisely
+    /// the requests done, and every request after it is still owed to the guest.
+    pub fn resume(
+        &mut self,
+        acked_features: u64,
+        mem: &GuestMemoryMmap<()>,
+        queues: &[(usize, Queue, EventFd, EventFd)],
+    ) -> Result<Vec<(usize, u16)>, VhostUserError> {
+        self.set_features_and_memory(acked_features, mem)?;
+        let mut bases = Vec::with_capacity(queues.len());
+        for (index, queue, kick, call) in queues {
+            let base = used_index(mem, queue).ok_or(VhostUserError::QueueOutsideMemory(*index))?;
+            self.start_queue(*index, queue, mem, kick, call, base)?;
+            bases.push((*index, base));
+        }
+        for (index, _, kick, _) in queues {
+            // The guest's kicks during the outage went nowhere: serve what is waiting.
+            kick.write(1).map_err(|source| VhostUserError::Io {
+                what: "kick a resumed queue",
+                source,
+            })?;
+            tracing::debug!(queue = index, "kicked the resumed queue");
+        }
+        Ok(bases)
+    }
+
+    /// SET_FEATURES with what the guest accepted, then SET_MEM_TABLE with `mem`.
+    fn set_features_and_memory(
+        &mut self,
+        acked_features: u64,
+        mem: &GuestMemoryMmap<()>,
+    ) -> Result<(), VhostUserError> {
+        self.frontend
+            .set_features(features::features_to_ack(acked_features))
+            .map_err(protocol_error(&self.path, "SET_FEATURES".into()))?;
+        let regions = mem
+            .iter()
+            .map(|r| {
+                VhostUserMemoryRegionInfo::from_guest_region(r)
+                    .map_err(|_| VhostUserError::MemoryNotShared(r.start_addr().0))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.frontend
+            .set_mem_table(&regions)
+            .map_err(protocol_error(&self.path, "SET_MEM_TABLE".into()))?;
+        Ok(())
     }
 
     /// Stops `queues` in the backend (GET_VRING_BASE), logging what fails.
@@ -182,8 +241,8 @@ impl Connection {
         }
     }
 
-    /// Hands queue `index` to the backend: its size, ring addresses, base, call and kick
-    /// eventfds, then enables it.
+    /// Hands queue `index` to the backend: its size, ring addresses, `base` (the next
+    /// available entry to take), call and kick eventfds, then enables it.
     fn start_queue(
         &mut self,
         index: usize,
@@ -191,6 +250,7 @@ impl Connection {
         mem: &GuestMemoryMmap<()>,
         kick: &EventFd,
         call: &EventFd,
+        base: u16,
     ) -> Result<(), VhostUserError> {
         let host = |addr: u64| {
             mem.get_host_address(GuestAddress(addr))
@@ -214,7 +274,7 @@ impl Connection {
             .set_vring_addr(index, &rings)
             .map_err(step("SET_VRING_ADDR"))?;
         self.frontend
-            .set_vring_base(index, 0)
+            .set_vring_base(index, base)
             .map_err(step("SET_VRING_BASE"))?;
         self.frontend
             .set_vring_call(index, call)
@@ -227,6 +287,15 @@ impl Connection {
             .map_err(step("SET_VRING_ENABLE"))?;
         Ok(())
     }
+}
+
+/// The used ring's index of `queue` as it is in guest memory (the device's `idx` field, two
+/// bytes into the used ring), or `None` if the ring is outside `mem`.
+pub fn used_index(mem: &GuestMemoryMmap<()>, queue: &Queue) -> Option<u16> {
+    let at = GuestAddress(queue.used_ring().checked_add(2)?);
+    let idx: u16 = mem.read_obj(at).ok()?;
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    Some(u16::from_le(idx))
 }
 
 /// Maps a failed request `step` to the backend at `path` to [`VhostUserError::Protocol`].

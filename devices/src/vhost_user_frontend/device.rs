@@ -1,13 +1,15 @@
 //! [`VhostUserDevice`]: a virtio device whose queues a vhost-user backend serves, for any
 //! device type. The device-specific part is a [`DeviceKind`] (type, config-space size, queue
 //! count); everything else (the protocol steps of [`Connection`], the interrupt relay with
-//! its hang-up detection, activation, reset) is shared.
+//! its hang-up detection and reconnection, activation, reset) is shared.
 
 use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use super::connection::{Connection, Started};
 use super::features;
+use super::reconnect::{copy_queue, lock, ReconnectPolicy, Reconnector, ResumeQueue};
 use super::relay::Relay;
 use super::VhostUserError;
 use crate::virtio::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
@@ -31,7 +33,10 @@ pub trait DeviceKind {
 
 /// A virtio device of kind `K` served by a vhost-user backend.
 pub struct VhostUserDevice<K: DeviceKind> {
-    connection: Connection,
+    /// Shared with the relay, which replaces it when the backend comes back.
+    connection: Arc<Mutex<Connection>>,
+    path: String,
+    reconnect: ReconnectPolicy,
     avail_features: u64,
     config: Vec<u8>,
     queue_sizes: Vec<u16>,
@@ -60,7 +65,9 @@ impl<K: DeviceKind> VhostUserDevice<K> {
             "connected to the {} backend", K::NAME
         );
         Ok(Self {
-            connection,
+            path: connection.path().to_string(),
+            connection: Arc::new(Mutex::new(connection)),
+            reconnect: ReconnectPolicy::default(),
             avail_features,
             config,
             queue_sizes: vec![QUEUE_MAX_SIZE; queues],
@@ -71,27 +78,63 @@ impl<K: DeviceKind> VhostUserDevice<K> {
 
     /// The backend's socket path.
     pub fn path(&self) -> &str {
-        self.connection.path()
+        &self.path
+    }
+
+    /// How long the device tries to reconnect when its backend hangs up (by default it
+    /// never gives up).
+    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
     }
 
     /// Hands the backend the features, memory and rings, then starts the relay.
     fn start(&mut self, ctx: ActivateContext) -> Result<Active, VhostUserError> {
-        let Started { queues, calls } = self.connection.start(&ctx)?;
+        let Started { queues, calls } = lock(&self.connection).start(&ctx)?;
         let path = self.path().to_string();
         let relay = self
-            .connection
-            .watch()
-            .and_then(|socket| Relay::start(calls, socket, ctx.interrupt, path));
+            .reconnector(&ctx, &queues, &calls)
+            .and_then(|reconnect| {
+                let socket = lock(&self.connection).watch()?;
+                Relay::start(calls, socket, ctx.interrupt, path, Some(reconnect))
+            });
         match relay {
             Ok(relay) => Ok(Active { queues, relay }),
             Err(source) => {
-                self.connection.stop_queues(&queues);
+                lock(&self.connection).stop_queues(&queues);
                 Err(VhostUserError::Io {
                     what: "start the interrupt relay",
                     source,
                 })
             }
         }
+    }
+}
+
+impl<K: DeviceKind> VhostUserDevice<K> {
+    /// What the relay needs to bring the started `queues` back after a backend restart.
+    fn reconnector(
+        &self,
+        ctx: &ActivateContext,
+        queues: &[usize],
+        calls: &[vmm_sys_util::eventfd::EventFd],
+    ) -> std::io::Result<Reconnector> {
+        let mut resume = Vec::with_capacity(queues.len());
+        for &index in queues {
+            resume.push(ResumeQueue {
+                index,
+                queue: copy_queue(&ctx.queues[index]),
+                kick: ctx.queue_events[index].try_clone()?,
+                call: calls[index].try_clone()?,
+            });
+        }
+        Ok(Reconnector::new(
+            self.connection.clone(),
+            ctx.acked_features,
+            ctx.mem.clone(),
+            resume,
+            self.reconnect,
+        ))
     }
 }
 
@@ -144,9 +187,10 @@ impl<K: DeviceKind> VirtioDevice for VhostUserDevice<K> {
         let Some(mut active) = self.active.take() else {
             return;
         };
-        // GET_VRING_BASE stops each queue in the backend.
-        self.connection.stop_queues(&active.queues);
+        // The relay first: a reconnection in progress must not start the queues again
+        // behind the reset. Then GET_VRING_BASE stops each queue in the backend.
         active.relay.stop();
+        lock(&self.connection).stop_queues(&active.queues);
     }
 }
 

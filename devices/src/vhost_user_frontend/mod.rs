@@ -13,6 +13,7 @@
 //! * [`device`]: [`VhostUserDevice`], the virtio device over a connection and a relay, generic
 //!   over a [`DeviceKind`];
 //! * [`features`]: feature negotiation; [`relay`]: interrupts and backend hang-ups;
+//!   [`reconnect`]: bringing a device back when its backend restarts;
 //! * [`blk`]: virtio-blk, the one device kind so far. Another vhost-user device is a file
 //!   like it: a `DeviceKind` and a type alias.
 
@@ -20,12 +21,14 @@ pub mod blk;
 pub mod connection;
 pub mod device;
 pub mod features;
+pub mod reconnect;
 pub mod relay;
 
 use std::io;
 
 pub use blk::VhostUserBlk;
 pub use device::{DeviceKind, VhostUserDevice};
+pub use reconnect::ReconnectPolicy;
 
 /// Errors of a vhost-user frontend.
 #[derive(Debug, thiserror::Error)]

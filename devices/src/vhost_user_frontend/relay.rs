@@ -1,5 +1,6 @@
 //! The interrupt relay of a vhost-user device: a thread that turns the backend's "used
-//! buffers" eventfds into the device's virtio interrupt, and reports a backend that hangs up.
+//! buffers" eventfds into the device's virtio interrupt, and brings the device back when the
+//! backend hangs up (with a [`Reconnector`]; without one it only reports the hang-up).
 //!
 //! The virtio-mmio transport keeps an InterruptStatus word that the guest reads before it
 //! looks at the used rings, so the backend's call eventfd cannot be the KVM irqfd itself:
@@ -11,10 +12,12 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::reconnect::{ReconnectError, Reconnector};
 use crate::rate_limit::RateLimiter;
 use crate::virtio::VirtioInterrupt;
 
@@ -31,16 +34,19 @@ struct Watched {
     stop: EventFd,
     interrupt: VirtioInterrupt,
     path: String,
+    reconnect: Option<Reconnector>,
 }
 
 impl Relay {
     /// Starts relaying `calls` (one per queue) to `interrupt`, and watching `socket` (a
-    /// clone of the backend connection) for a hang-up of the backend at `path`.
+    /// clone of the backend connection) for a hang-up of the backend at `path`, after which
+    /// `reconnect` (when given) brings the device back.
     pub fn start(
         calls: Vec<EventFd>,
         socket: UnixStream,
         interrupt: VirtioInterrupt,
         path: String,
+        reconnect: Option<Reconnector>,
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let watched = Watched {
@@ -49,6 +55,7 @@ impl Relay {
             stop: stop.try_clone()?,
             interrupt,
             path,
+            reconnect,
         };
         let epoll = watched.register()?;
         let thread = std::thread::Builder::new()
@@ -108,7 +115,64 @@ impl Watched {
         Ok(epoll)
     }
 
-    fn run(self, epoll: &Epoll) {
+    /// Sleeps up to `d`; true if the relay was told to stop meanwhile (the stop eventfd
+    /// stays readable, so the main loop sees it too).
+    fn stopped_within(&self, d: Duration) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `p` is one valid pollfd that outlives the call; the eventfd stays open
+        // while `self` lives.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
+        r > 0 && p.revents & libc::POLLIN != 0
+    }
+
+    /// The backend hung up: stop watching its socket and, with a reconnector, bring the
+    /// device back and watch the new socket. False if the relay must end (stopped).
+    fn backend_gone(&mut self, epoll: &Epoll) -> bool {
+        if let Err(e) = epoll.ctl(
+            ControlOperation::Delete,
+            self.socket.as_raw_fd(),
+            EpollEvent::default(),
+        ) {
+            tracing::warn!("could not stop watching the backend socket: {e}");
+        }
+        let Some(reconnect) = self.reconnect.take() else {
+            tracing::error!(
+                "the vhost-user backend at {} closed its connection; the disk stops answering",
+                self.path
+            );
+            return true;
+        };
+        match reconnect.run(|d| self.stopped_within(d)) {
+            Ok(socket) => {
+                let token = self.socket_token();
+                if let Err(e) = epoll.ctl(
+                    ControlOperation::Add,
+                    socket.as_raw_fd(),
+                    EpollEvent::new(EventSet::READ_HANG_UP, token),
+                ) {
+                    tracing::error!(
+                        "cannot watch the reconnected backend at {} for another hang-up: {e}",
+                        self.path
+                    );
+                }
+                self.socket = socket;
+                self.reconnect = Some(reconnect);
+                true
+            }
+            Err(ReconnectError::Stopped) => false,
+            Err(e) => {
+                tracing::error!("{}; the disk stops answering", lego_report::error_chain(&e));
+                true
+            }
+        }
+    }
+
+    fn run(mut self, epoll: &Epoll) {
         let mut events = vec![EpollEvent::default(); self.calls.len() + 2];
         let log = RateLimiter::default();
         loop {
@@ -129,16 +193,7 @@ impl Watched {
                     return;
                 }
                 if token == self.socket_token() {
-                    tracing::error!(
-                        "the vhost-user backend at {} closed its connection; the disk stops answering",
-                        self.path
-                    );
-                    if let Err(e) = epoll.ctl(
-                        ControlOperation::Delete,
-                        self.socket.as_raw_fd(),
-                        EpollEvent::default(),
-                    ) {
-                        tracing::warn!("could not stop watching the backend socket: {e}");
+                    if !self.backend_gone(epoll) {
                         return;
                     }
                     continue;
@@ -174,7 +229,7 @@ impl Watched {
 mod tests {
     use super::*;
     use crate::virtio::interrupt::INT_USED_RING;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         let start = Instant::now();
@@ -195,7 +250,7 @@ mod tests {
         let backend_calls: Vec<EventFd> = calls.iter().map(|c| c.try_clone().unwrap()).collect();
         let (ours, theirs) = UnixStream::pair().unwrap();
         let irq = VirtioInterrupt::new().unwrap();
-        let mut relay = Relay::start(calls, ours, irq.clone(), "test.sock".into()).unwrap();
+        let mut relay = Relay::start(calls, ours, irq.clone(), "test.sock".into(), None).unwrap();
 
         backend_calls[1].write(1).unwrap();
         wait_for("the interrupt", || irq.status() & INT_USED_RING != 0);

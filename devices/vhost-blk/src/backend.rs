@@ -60,6 +60,14 @@ impl BlkBackend {
     }
 
     /// Serves every available chain of `vring`, signalling the guest as the ring asks.
+    ///
+    /// **Invariant: each queue's requests complete in the order they were taken from the
+    /// available ring** (`process_batch` returns them in that order and they are added to
+    /// the used ring one by one). A frontend that reconnects after this process died
+    /// (legovmm's `vhost_user_frontend::reconnect`) relies on it: it restarts the queue at
+    /// the used ring's index, so every request after it is served again and none before it
+    /// is. Completing out of order would make it serve a finished request twice and skip
+    /// an unfinished one; a change here must keep the order or bring INFLIGHT_SHMFD.
     fn process_queue(&self, queue: usize, vring: &VringRwLock) {
         let mem = self.mem.read().unwrap_or_else(|e| e.into_inner()).memory();
         let event_idx = self.event_idx.load(Ordering::Acquire);

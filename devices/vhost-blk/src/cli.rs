@@ -86,6 +86,13 @@ pub struct Cli {
     /// Remote disk: fail if the volume does not exist instead of creating it.
     #[arg(long)]
     pub no_create: bool,
+    /// Remote memory: a file recording each memory monitor's incarnation, so that this
+    /// backend, restarted for the same vNode, keeps using the pages it wrote (a monitor that
+    /// restarted meanwhile lost them: reading them is an error, never zeros). Without it a
+    /// restarted backend cannot tell. legovmm passes one in its runtime folder. SIGTERM or
+    /// SIGINT release the vNode's pages (the vNode ended); a crash keeps them.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
     /// Cluster key file (else LEGO_CLUSTER_KEY or LEGO_CLUSTER_KEY_FILE).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
@@ -115,6 +122,7 @@ impl Cli {
                 stray("vnode", self.vnode.is_some())?;
                 stray("volume", self.volume.is_some())?;
                 stray("no-create", self.no_create)?;
+                stray("state-file", self.state_file.is_some())?;
                 Ok(StoreSpec::File(FileStoreOptions {
                     path: self.path.clone().ok_or_else(|| need("path"))?,
                     read_only: self.read_only,
@@ -136,10 +144,12 @@ impl Cli {
                     manager: self.manager.clone().ok_or_else(|| need("manager"))?,
                     vnode: self.vnode()?,
                     size,
+                    state_file: self.state_file.clone(),
                 })
             }
             StoreKind::RemoteDisk => {
                 stray("path", self.path.is_some())?;
+                stray("state-file", self.state_file.is_some())?;
                 Ok(StoreSpec::RemoteDisk {
                     manager: self.manager.clone().ok_or_else(|| need("manager"))?,
                     vnode: self.vnode()?,

@@ -10,6 +10,7 @@
 //! * [`backend`]: the vhost-user device, serving each queue through the core's
 //!   `RequestHandler`.
 //! * [`server`]: the socket, one frontend at a time, clean stop.
+//! * [`state`]: what remote memory must remember across the backend's own restarts.
 
 #![warn(missing_docs)]
 
@@ -17,4 +18,5 @@ pub mod backend;
 pub mod cli;
 pub mod open;
 pub mod server;
+pub mod state;
 pub mod store;

@@ -35,9 +35,17 @@ fn run(cli: Cli) -> Result<(), MainError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            // Every later signal is taken here too (a second SIGTERM, e.g. the parent-death
+            // signal legovmm sets and its own SIGTERM, must not end a release under way).
+            let mut stopping = false;
+            for sig in signals.forever() {
                 let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if stopping {
+                    tracing::info!("{name} received again; already stopping");
+                    continue;
+                }
                 tracing::info!("{name} received, stopping");
+                stopping = true;
                 stop.stop();
             }
         })

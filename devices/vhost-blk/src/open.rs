@@ -1,17 +1,20 @@
 //! Opening the store a daemon serves: a local file, or remote memory / a remote disk placed
 //! by the manager and reached with the capability it issues.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lego_fabric::{AuthError, ClientConfig, ClusterKey, ErrorCode, Rights};
-use lego_monitor_client::client::{CallError, ManagerClient, Renewal, StorageClient, VnodeMemory};
+use lego_monitor_client::client::{
+    CallError, LeaseKeeper, ManagerClient, Renewal, StorageClient, VnodeMemory,
+};
 
+use crate::state::{HolderState, LiveState, StateError, Verdict};
 use crate::store::file::{FileStore, FileStoreError, FileStoreOptions};
 use crate::store::remote_disk::RemoteDiskStore;
 use crate::store::remote_memory::RemoteMemoryStore;
-use crate::store::BlockStore;
+use crate::store::{BlockStore, StoreError};
 
 /// Which store to open, and where it lives.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub enum StoreSpec {
         vnode: u64,
         /// Bytes of remote memory to expose.
         size: u64,
+        /// Where to keep what a restart of this backend needs (see [`crate::state`]).
+        state_file: Option<PathBuf>,
     },
     /// A vNode volume on a storage monitor.
     RemoteDisk {
@@ -89,6 +94,9 @@ pub enum OpenError {
         /// Bytes wanted.
         wanted: u64,
     },
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The volume does not exist and may not be created.
     #[error("vNode {vnode} has no volume '{volume}'{hint}")]
     NoVolume {
@@ -144,10 +152,12 @@ pub fn open_store(
             manager,
             vnode,
             size,
+            state_file,
         } => Ok(Arc::new(open_remote_memory(
             manager,
             *vnode,
             *size,
+            state_file.as_deref(),
             key()?,
         )?)),
         StoreSpec::RemoteDisk {
@@ -183,6 +193,7 @@ fn open_remote_memory(
     manager: &str,
     vnode: u64,
     size: u64,
+    state_file: Option<&Path>,
     key: ClusterKey,
 ) -> Result<RemoteMemoryStore, OpenError> {
     let mgr = connect_manager(manager, &key)?;
@@ -231,12 +242,91 @@ fn open_remote_memory(
             wanted: size,
         });
     }
+    let live = match state_file {
+        Some(path) => Some(Arc::new(resume_custody(&memory, vnode, path)?)),
+        None => None,
+    };
     tracing::info!(vnode, size, placed, copies, monitors = %monitors.join(","), "remote memory ready");
+    // The vNode's lease tells the manager this compute host is alive; a crash of this
+    // backend pauses it for no longer than a restart takes.
+    let lease = LeaseKeeper::start(mgr.clone(), vnode);
     // Follow the manager's repairs of regions that lose a copy, and renew the capability on
     // every connection, including a new copy's.
     memory.keep_repaired(mgr.clone());
     let renewal = Renewal::start_with(mgr, cap, memory.fabric_client_list());
-    Ok(RemoteMemoryStore::new(memory, size).with_renewal(renewal))
+    let store = RemoteMemoryStore::new(memory, size)
+        .with_renewal(renewal)
+        .with_lease(lease);
+    Ok(match live {
+        Some(live) => store.with_after_write(Arc::new(move || {
+            live.check().map_err(|e| StoreError::Io {
+                op: "recording a memory monitor that missed a write",
+                source: std::io::Error::other(e),
+            })
+        })),
+        None => store,
+    })
+}
+
+/// Resumes the custody of the vNode's pages after a restart of this backend (see
+/// [`crate::state`]): a holder whose incarnation is the recorded one (and that is not
+/// tainted) keeps every page of its regions; any other holder lost them. Then records the
+/// holders, durably, before any page is served, and returns the state to keep current.
+pub fn resume_custody(
+    memory: &VnodeMemory,
+    vnode: u64,
+    path: &Path,
+) -> Result<LiveState, OpenError> {
+    let mut state = HolderState::load(path, vnode)?;
+    let (mut trusted, mut lost) = (0, 0);
+    for (addr, client, runs) in memory.holdings() {
+        let verdict = match client.fabric().incarnation() {
+            Some(live) => state.judge(&addr, live),
+            None => Verdict::Lost { recorded: None },
+        };
+        if let Verdict::Lost { recorded } = verdict {
+            tracing::warn!(
+                vnode,
+                monitor = %addr,
+                recorded = ?recorded.map(|r| format!("{r:#018x}")),
+                live = ?client.fabric().incarnation().map(|r| format!("{r:#018x}")),
+                "this memory monitor is not the process this vNode's pages were written to, or \
+                 it missed a write: reading them from it is an error until they are written again"
+            );
+        }
+        // Each run is one region (start, region pages).
+        for &(start, count) in &runs {
+            let region = start / count.max(1);
+            if verdict == Verdict::Fresh {
+                state.trust_region(verdict, region, &addr);
+            } else if state.trust_region(verdict, region, &addr) {
+                trusted += 1;
+                client.adopt(start, count);
+            } else {
+                lost += 1;
+                client.forget(start, count);
+            }
+        }
+    }
+    state.save(path)?;
+    if state.is_fresh() {
+        tracing::info!(vnode, state = %path.display(), "recorded the memory monitors' incarnations");
+    } else {
+        tracing::info!(
+            vnode,
+            trusted,
+            lost,
+            state = %path.display(),
+            "resumed the vNode's remote memory after a restart of this backend (copies of \
+             vRegions trusted and lost)"
+        );
+    }
+    let clients = memory
+        .holdings()
+        .into_iter()
+        .map(|(addr, client, _)| (addr, client))
+        .collect();
+    Ok(LiveState::new(path.to_path_buf(), state, clients))
 }
 
 struct DiskRequest<'a> {

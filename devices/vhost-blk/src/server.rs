@@ -160,6 +160,10 @@ impl Server {
     }
 
     /// Serves frontends one after another until stopped. The socket is removed on return.
+    ///
+    /// Only a requested stop (SIGTERM, SIGINT: the vNode ended) releases the device's remote
+    /// memory; a frontend that leaves does not, and a crash runs no code, so a backend
+    /// restarted for the same vNode finds the pages where they were.
     pub fn run(mut self) -> Result<(), ServerError> {
         tracing::info!(
             socket = %self.stop.0.socket.display(),

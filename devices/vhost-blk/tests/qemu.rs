@@ -3,7 +3,9 @@
 //! from sysfs and using two queues; with remote memory the guest's init turns the device into
 //! swap by itself (by its serial) and a memory test larger than the guest's RAM passes; with a
 //! remote disk the init formats it on first boot and mounts it at /mnt/remote, and a file
-//! written there is found by a second boot through a restarted daemon. Skipped, with the
+//! written there is found by a second boot through a restarted daemon; and QEMU's own
+//! reconnection (`reconnect-ms`) to a remote memory daemon killed with SIGKILL mid-swap and
+//! started again loses no page and shows the guest no error. Skipped, with the
 //! reason printed, when QEMU or the guest image (`cargo run -p lego-image -- build`) is
 //! missing, and failed for that under CI.
 
@@ -69,8 +71,20 @@ const SMALL: Shape = (1, 128, 1);
 
 /// Boots a guest of `shape` against `daemon` running `run`; returns its console.
 fn boot(img: &(PathBuf, PathBuf), dir: &Path, daemon: &Daemon, shape: Shape, run: &str) -> String {
+    boot_on(img, dir, &daemon.socket, shape, run, "")
+}
+
+/// [`boot`] against the backend at `socket`, with `chardev` appended to QEMU's chardev
+/// options (e.g. `,reconnect-ms=100`).
+fn boot_on(
+    img: &(PathBuf, PathBuf),
+    dir: &Path,
+    socket: &Path,
+    shape: Shape,
+    run: &str,
+    chardev: &str,
+) -> String {
     let (cpus, mem_mib, queues) = shape;
-    let socket = &daemon.socket;
     let console = dir.join(format!("console-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&console);
     let mut child = Command::new("qemu-system-x86_64")
@@ -93,7 +107,7 @@ fn boot(img: &(PathBuf, PathBuf), dir: &Path, daemon: &Daemon, shape: Shape, run
         ))
         .args(["-machine", "memory-backend=mem"])
         .arg("-chardev")
-        .arg(format!("socket,id=blk,path={}", socket.display()))
+        .arg(format!("socket,id=blk,path={}{chardev}", socket.display()))
         .arg("-device")
         .arg(format!(
             "vhost-user-blk-pci,chardev=blk,num-queues={queues}"
@@ -204,6 +218,71 @@ fn linux_guest_swaps_to_remote_memory() {
         "only {stored} pages of vNode 9 reached the memory monitor"
     );
     eprintln!("remote memory pages stored after the memtest: {stored}");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn linux_guest_under_qemu_reconnects_to_a_restarted_backend_without_errors() {
+    let Some(img) = prerequisites() else { return };
+    let cluster = Cluster::start();
+    let key = cluster.key_hex();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("memory.state");
+    let args = [
+        "--store",
+        "remote-memory",
+        "--manager",
+        cluster.manager_addr.as_str(),
+        "--vnode",
+        "12",
+        "--size",
+        "256M",
+        "--state-file",
+        state.to_str().expect("utf-8"),
+    ];
+    let start = || {
+        let _ = std::fs::remove_file(dir.path().join("blk.sock"));
+        Daemon::start_env(dir.path(), &args, &[("LEGO_CLUSTER_KEY", &key)])
+    };
+    let daemon = start();
+    let socket = daemon.socket.clone();
+    let console = std::thread::scope(|s| {
+        let guest = s.spawn(|| {
+            boot_on(
+                &img,
+                dir.path(),
+                &socket,
+                SMALL,
+                "lego-guest-tools memtest --mib 160 --seed 4",
+                ",reconnect-ms=100",
+            )
+        });
+        // Kill the backend (SIGKILL) once the guest swapped out 16 MiB, then start it again.
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        while cluster.pages.vnode_pages(12) < 4096 {
+            assert!(
+                Instant::now() < deadline,
+                "the guest never swapped 16 MiB out"
+            );
+            assert!(!guest.is_finished(), "the guest ended before the kill");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon.kill();
+        eprintln!(
+            "killed the backend after {} pages",
+            cluster.pages.vnode_pages(12)
+        );
+        let again = start();
+        let console = guest.join().expect("the guest thread");
+        (console, again)
+    });
+    let (console, daemon) = console;
+    assert_lacks(&console, "LEGO_ERROR");
+    for sign in ["I/O error", "Read-error", "Write-error", "Bad page"] {
+        assert_lacks(&console, sign);
+    }
+    assert_has(&console, "LEGO_MEMTEST pages=40960 bad=0 ");
+    assert_has(&console, "LEGO_RUN_EXIT=0");
     assert!(daemon.terminate().success());
 }
 

@@ -13,7 +13,7 @@ use lego_monitor_client::size::ByteSize;
 use lego_monitors::config::{self, ManagerFileConfig};
 use lego_monitors::daemon::{self, DaemonError};
 use lego_monitors::manager::service::ManagerService;
-use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings};
+use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings, VnodeLeases};
 
 /// Place vNodes' remote memory and volumes on monitors and watch the monitors' heartbeats.
 #[derive(Debug, Parser)]
@@ -50,6 +50,11 @@ struct Args {
     /// 0 for no limit [default: 64].
     #[arg(long, value_name = "MIB_S")]
     repair_rate_mib: Option<u32>,
+    /// Seconds a vNode's lease lasts: a vNode whose backends have not renewed it for longer
+    /// (its compute host is gone) has its remote memory placements released; long enough
+    /// for a backend to restart [default: 120].
+    #[arg(long, value_name = "SECS")]
+    vnode_lease_secs: Option<u64>,
     /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -94,6 +99,13 @@ fn run(args: Args) -> Result<(), DaemonError> {
             .or(file.repair_rate_mib)
             .unwrap_or(lego_monitors::manager::core::DEFAULT_REPAIR_RATE_MIB),
     };
+    let lease = args
+        .vnode_lease_secs
+        .or(file.vnode_lease_secs)
+        .map_or(lego_monitors::manager::lease::DEFAULT_LEASE, |s| {
+            Duration::from_secs(s.max(1))
+        });
+    let leases = Arc::new(VnodeLeases::new(lease));
     let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())?;
     let mut signals = daemon::shutdown_signals()?;
 
@@ -103,11 +115,12 @@ fn run(args: Args) -> Result<(), DaemonError> {
     let server = daemon::serve(
         &listen,
         key,
-        Arc::new(ManagerService::new(manager.clone())),
+        Arc::new(ManagerService::new(manager.clone()).with_leases(leases.clone())),
         ServerConfig::default(),
     )?;
     tracing::info!(listen = %server.local_addr(), state_dir = %state_dir.display(),
-        region_size = %ByteSize(manager.settings().region_size), "manager serving");
+        region_size = %ByteSize(manager.settings().region_size),
+        vnode_lease_secs = lease.as_secs(), "manager serving");
 
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let m = manager.clone();
@@ -115,6 +128,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
         .name("liveness".into())
         .spawn(move || loop {
             m.check_liveness();
+            leases.reclaim(&m);
             match stop_rx.recv_timeout(interval / 2) {
                 Err(RecvTimeoutError::Timeout) => {}
                 _ => break,

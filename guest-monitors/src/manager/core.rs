@@ -642,6 +642,36 @@ impl Manager {
     }
 }
 
+/// Reclaiming a vNode's memory (see `super::lease`), kept apart from placement.
+impl Manager {
+    /// Forgets `vnode`'s memory placements (its vRegions), keeping its volumes; returns how
+    /// many vRegions it had. A vNode left with nothing is forgotten.
+    pub fn release_vnode_memory(&self, vnode: u64) -> Result<usize, ManagerError> {
+        let mut inner = self.lock();
+        let Some(rec) = inner.state.vnodes.get(&vnode) else {
+            return Ok(0);
+        };
+        let regions = rec.regions.len();
+        if regions == 0 {
+            return Ok(0);
+        }
+        let mut new = inner.state.clone();
+        if let Some(rec) = new.vnodes.get_mut(&vnode) {
+            if rec.volumes.is_empty() {
+                new.vnodes.remove(&vnode);
+            } else {
+                // Everything about its memory goes; only the volumes stay.
+                *rec = VnodeRecord {
+                    volumes: std::mem::take(&mut rec.volumes),
+                    ..VnodeRecord::default()
+                };
+            }
+        }
+        self.commit(&mut inner, new)?;
+        Ok(regions)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

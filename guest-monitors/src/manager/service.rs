@@ -6,6 +6,7 @@ use std::time::Duration;
 use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext};
 
 use super::core::{Manager, ManagerError};
+use super::lease::VnodeLeases;
 use crate::placement::PlacementError;
 use lego_monitor_client::proto::manager::{self as m, Registered};
 use lego_monitor_client::proto::{from_json, to_json, ProtoError};
@@ -33,12 +34,22 @@ impl From<ManagerError> for RemoteError {
 /// Serves manager requests over the fabric.
 pub struct ManagerService {
     manager: Arc<Manager>,
+    leases: Arc<VnodeLeases>,
 }
 
 impl ManagerService {
-    /// A handler around `manager`.
+    /// A handler around `manager`, with leases of the default length.
     pub fn new(manager: Arc<Manager>) -> Self {
-        Self { manager }
+        Self {
+            manager,
+            leases: Arc::default(),
+        }
+    }
+
+    /// The same handler renewing the vNode leases in `leases` (which the caller reclaims).
+    pub fn with_leases(mut self, leases: Arc<VnodeLeases>) -> Self {
+        self.leases = leases;
+        self
     }
 
     fn serve(&self, req: &Request) -> Result<Vec<u8>, RemoteError> {
@@ -78,6 +89,13 @@ impl ManagerService {
                 mg.release_vnode(p.vnode)?;
                 Vec::new()
             }
+            m::RENEW_LEASE => {
+                let p: m::RenewLease = from_json(body)?;
+                let lease = self.leases.renew(p.vnode);
+                to_json(&m::LeaseGranted {
+                    lease_ms: lease.as_millis() as u64,
+                })
+            }
             other => return Err(ProtoError::UnknownOpcode(other).into()),
         })
     }
@@ -101,7 +119,9 @@ impl Handler for ManagerService {
     fn dispatch(&self, req: &Request) -> Dispatch {
         // Anything that may persist state (fsync) runs on the worker pool.
         match req.opcode {
-            m::STATUS | m::ISSUE_CAPABILITY | m::MEMORY_PLACEMENT => Dispatch::Inline,
+            m::STATUS | m::ISSUE_CAPABILITY | m::MEMORY_PLACEMENT | m::RENEW_LEASE => {
+                Dispatch::Inline
+            }
             _ => Dispatch::Worker,
         }
     }

@@ -12,7 +12,7 @@ pub mod gate;
 
 use std::sync::Arc;
 
-use lego_monitor_client::client::{CallError, Renewal, VnodeMemory};
+use lego_monitor_client::client::{CallError, LeaseKeeper, Renewal, VnodeMemory};
 use lego_monitor_client::proto::memory::PAGE_SIZE;
 
 use super::pending::Later;
@@ -66,6 +66,11 @@ fn page_op<P: PageAccess + ?Sized>(pages: &P, op: PageOp<'_>) -> Result<Vec<u8>,
     }
 }
 
+/// Called after pages were written or trimmed and before the guest learns of it (the state
+/// a restart of the backend needs: `crate::state::LiveState::check`); an error fails the
+/// request.
+pub type AfterWrite = Arc<dyn Fn() -> Result<(), StoreError> + Send + Sync>;
+
 /// Remote memory as a block device of `capacity` bytes.
 pub struct RemoteMemoryStore<P: PageAccess = VnodeMemory> {
     pages: P,
@@ -73,6 +78,10 @@ pub struct RemoteMemoryStore<P: PageAccess = VnodeMemory> {
     gate: Arc<Gate>,
     /// Keeps the capability fresh while the store lives.
     _renewal: Option<Renewal>,
+    /// Keeps the vNode's lease with the manager while the store lives.
+    _lease: Option<LeaseKeeper>,
+    /// Runs after each write or trim (see [`AfterWrite`]).
+    after_write: Option<AfterWrite>,
 }
 
 fn remote(op: &'static str) -> impl FnOnce(CallError) -> StoreError {
@@ -130,6 +139,8 @@ impl<P: PageAccess> RemoteMemoryStore<P> {
             capacity: capacity - capacity % PAGE,
             gate: Arc::new(Gate::default()),
             _renewal: None,
+            _lease: None,
+            after_write: None,
         }
     }
 
@@ -137,6 +148,23 @@ impl<P: PageAccess> RemoteMemoryStore<P> {
     pub fn with_renewal(mut self, renewal: Renewal) -> Self {
         self._renewal = Some(renewal);
         self
+    }
+
+    /// The same store, renewing the vNode's lease with `lease` while it lives.
+    pub fn with_lease(mut self, lease: LeaseKeeper) -> Self {
+        self._lease = Some(lease);
+        self
+    }
+
+    /// The same store, calling `hook` after each write or trim, before its completion.
+    pub fn with_after_write(mut self, hook: AfterWrite) -> Self {
+        self.after_write = Some(hook);
+        self
+    }
+
+    /// Runs the after-write hook, if any.
+    fn wrote(&self) -> Result<(), StoreError> {
+        self.after_write.as_ref().map_or(Ok(()), |hook| hook())
     }
 
     /// The page access in use.
@@ -162,9 +190,9 @@ impl<P: PageAccess> RemoteMemoryStore<P> {
                     &zeros
                 }
             };
-            return page_op(&self.pages, PageOp::Write { start: first, data })
-                .map(|_| ())
-                .map_err(remote("page write"));
+            page_op(&self.pages, PageOp::Write { start: first, data })
+                .map_err(remote("page write"))?;
+            return self.wrote();
         }
         let _g = self.gate.exclusive();
         let mut buf = page_op(
@@ -188,8 +216,8 @@ impl<P: PageAccess> RemoteMemoryStore<P> {
                 data: &buf,
             },
         )
-        .map(|_| ())
-        .map_err(remote("page write"))
+        .map_err(remote("page write"))?;
+        self.wrote()
     }
 
     /// Plans `op` as the page ops it needs, appended to `page_ops`.
@@ -322,9 +350,12 @@ impl<P: PageAccess> BlockStore for RemoteMemoryStore<P> {
                 }),
                 Plan::Write { n } => {
                     let ticket = ticket.clone();
+                    let hook = self.after_write.clone();
                     take(n).then(move |r| {
                         drop(ticket);
-                        r.map(|_| Vec::new()).map_err(remote("page write"))
+                        r.map_err(remote("page write"))?;
+                        hook.map_or(Ok(()), |h| h())?;
+                        Ok(Vec::new())
                     })
                 }
                 Plan::Partial => {
@@ -387,6 +418,7 @@ impl<P: PageAccess> BlockStore for RemoteMemoryStore<P> {
             self.pages
                 .trim_pages(full_start / PAGE, (full_end - full_start) / PAGE)
                 .map_err(remote("page trim"))?;
+            self.wrote()?;
         }
         self.write_span(full_end, offset + len - full_end, None)
     }

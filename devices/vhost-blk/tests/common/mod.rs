@@ -115,6 +115,11 @@ impl Daemon {
         Daemon { child, socket }
     }
 
+    /// Sends SIGKILL (the daemon runs no code of its own) and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill();
+    }
+
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         self.child

@@ -337,6 +337,16 @@ impl Custody {
         });
     }
 
+    /// `pages` were stored in the live incarnation by an earlier process of this client (a
+    /// backend that restarted and found the monitor's incarnation unchanged): they are held,
+    /// and lost with it if it restarts.
+    pub fn adopt(&mut self, pages: &Pages) {
+        pages.for_each(|p| {
+            self.stored.insert(p);
+            self.lost.remove(p);
+        });
+    }
+
     /// Every page was freed.
     pub fn freed_all(&mut self) {
         self.stored = PageSet::default();
@@ -462,6 +472,19 @@ mod tests {
         assert!(matches!(
             c.read(2, &run(7, 1)).1,
             Err(Loss::PageLost { page: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn adopted_pages_are_held_and_lost_with_a_restart() {
+        let mut c = Custody::new(Some(1));
+        c.adopt(&run(0, 8));
+        assert_eq!(c.read(1, &run(0, 8)).1, Ok(()));
+        let (restart, _) = c.read(2, &run(100, 1));
+        assert_eq!(restart.map(|r| r.pages_lost), Some(8));
+        assert!(matches!(
+            c.read(2, &run(3, 1)).1,
+            Err(Loss::PageLost { page: 3, .. })
         ));
     }
 

@@ -120,6 +120,13 @@ impl ManagerClient {
         Ok(from_json(&self.call(m::REPAIR_PROGRESS, p)?)?)
     }
 
+    /// Renews `vnode`'s lease; returns how long it lasts.
+    pub fn renew_lease(&self, vnode: u64) -> Result<Duration, CallError> {
+        let granted: m::LeaseGranted =
+            from_json(&self.call(m::RENEW_LEASE, &m::RenewLease { vnode })?)?;
+        Ok(Duration::from_millis(granted.lease_ms))
+    }
+
     /// Forgets a vNode's placements.
     pub fn release_vnode(&self, vnode: u64) -> Result<(), CallError> {
         self.call(m::RELEASE_VNODE, &m::ReleaseVnode { vnode })

@@ -177,6 +177,12 @@ impl MemoryClient {
         lock(&self.custody).forget(&Pages::Run { start, count });
     }
 
+    /// Takes `count` pages from `start` as held by the monitor's live incarnation, stored
+    /// there by an earlier process of this vNode's backend (see [`Custody::adopt`]).
+    pub fn adopt(&self, start: u64, count: u64) {
+        lock(&self.custody).adopt(&Pages::Run { start, count });
+    }
+
     fn check(&self, write: bool, pages: Pages) -> Check {
         let kind = if write {
             CheckKind::Write

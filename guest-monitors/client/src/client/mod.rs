@@ -3,9 +3,10 @@
 //! The VMM side (e.g. a vhost-user backend) uses these: [`MemoryClient`] for a vNode's pages,
 //! [`VnodeMemory`] for all of a vNode's vRegions across monitors (page runs submitted in
 //! batches and waited on later as [`PendingRun`]s), [`StorageClient`] for its volumes,
-//! [`ManagerClient`] for placement and capabilities.
+//! [`ManagerClient`] for placement and capabilities, [`LeaseKeeper`] for a vNode's lease.
 
 pub mod custody;
+pub mod lease;
 pub mod manager;
 pub mod memory;
 pub mod renewal;
@@ -13,6 +14,7 @@ pub mod repair;
 pub mod storage;
 pub mod vnode;
 
+pub use lease::LeaseKeeper;
 pub use manager::ManagerClient;
 pub use memory::{MemoryClient, PageOp, PendingPages};
 pub use renewal::Renewal;

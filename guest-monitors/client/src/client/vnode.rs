@@ -27,6 +27,10 @@ use super::{CallError, ManagerClient, MemoryClient, PageOp, PendingPages};
 use crate::proto::manager::MemoryPlacement;
 use crate::proto::memory::{MAX_PAGES, PAGE_SIZE};
 
+/// One monitor's share of a vNode's memory: its address, its client, and the page runs
+/// (start, count) of the regions it holds a copy of.
+pub type Holding = (String, MemoryClient, Vec<(u64, u64)>);
+
 /// How long a copy whose connection failed is skipped before it is tried again.
 pub const DOWN_FOR: Duration = Duration::from_millis(1000);
 
@@ -361,6 +365,24 @@ impl VnodeMemory {
     pub fn fabric_client_list(&self) -> impl Fn() -> Vec<lego_fabric::Client> + Send + 'static {
         let shared = self.shared.clone();
         move || shared.fabric_clients()
+    }
+
+    /// Each monitor's address and client with the page runs (start, count) of the regions
+    /// it holds a copy of: what a restarted backend needs to resume the pages' custody.
+    pub fn holdings(&self) -> Vec<Holding> {
+        let rp = self.shared.placement.region_pages();
+        let l = self.shared.layout();
+        let mut out: Vec<Holding> = l
+            .clients
+            .iter()
+            .map(|s| (s.addr.clone(), s.client.clone(), Vec::new()))
+            .collect();
+        for (region, holders) in l.holders.iter().enumerate() {
+            for &m in holders {
+                out[m].2.push((region as u64 * rp, rp));
+            }
+        }
+        out
     }
 
     /// Pages covered by the placement.

@@ -12,6 +12,7 @@
 //! | `RELEASE_VNODE` 0x0307 | [`ReleaseVnode`] | empty |
 //! | `MEMORY_PLACEMENT` 0x0308 | [`GetMemoryPlacement`] | [`MemoryPlacement`] (changes nothing) |
 //! | `REPAIR_PROGRESS` 0x0309 | [`RepairProgress`] | [`RepairAck`] |
+//! | `RENEW_LEASE` 0x030A | [`RenewLease`] | [`LeaseGranted`] |
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,6 +37,9 @@ pub const RELEASE_VNODE: u16 = 0x0307;
 pub const MEMORY_PLACEMENT: u16 = 0x0308;
 /// A client's report on the repair of a vRegion it is copying.
 pub const REPAIR_PROGRESS: u16 = 0x0309;
+/// Renew a vNode's lease: its compute host is alive (a manager that sees no renewal for
+/// longer than the lease reclaims the vNode's remote memory).
+pub const RENEW_LEASE: u16 = 0x030A;
 
 /// Kind of monitor.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -381,6 +385,21 @@ pub enum RepairAck {
 pub struct ReleaseVnode {
     /// The vNode.
     pub vnode: u64,
+}
+
+/// Body of `RENEW_LEASE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RenewLease {
+    /// The vNode.
+    pub vnode: u64,
+}
+
+/// Answer to `RENEW_LEASE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseGranted {
+    /// How long the lease lasts from now, in milliseconds: renew well before.
+    pub lease_ms: u64,
 }
 
 #[cfg(test)]
