@@ -170,6 +170,39 @@ pub fn run_job(testbed: &Testbed, job: &Job, label: &str) -> JobOutput {
     out
 }
 
+/// The cluster's daemons and tools a nested job needs to run a manager, monitors and
+/// remote devices beside its vNodes (release builds, see [`release_binary`]).
+pub const CLUSTER_BINARIES: [&str; 5] = [
+    "lego-vhost-blk",
+    "lego-manager",
+    "lego-memory-monitor",
+    "lego-storage-monitor",
+    "legoctl",
+];
+
+/// Runs `script` as the guest job `name` (see [`guest_job`]) on a fresh testbed, with a fresh
+/// cluster key in `LEGO_CLUSTER_KEY` and [`CLUSTER_BINARIES`] in the job folder; each
+/// `(WORD, value)` of `words` is replaced in the script first. Logs under `label` and checks
+/// that the job succeeded.
+pub fn run_cluster_job(
+    name: &str,
+    label: &str,
+    script: &str,
+    words: &[(&str, String)],
+    timeout: Duration,
+) -> JobOutput {
+    let script = words.iter().fold(script.to_string(), |s, (word, value)| {
+        s.replace(word, value)
+    });
+    let script = format!("export LEGO_CLUSTER_KEY={}\n{script}", cluster_key_hex());
+    let job = CLUSTER_BINARIES
+        .iter()
+        .fold(guest_job(name, script, timeout), |job, bin| {
+            job.file(release_binary(bin), *bin)
+        });
+    run_job(&testbed(label, false), &job, label)
+}
+
 /// A release binary of the workspace, next to the legovmm under test.
 pub fn release_binary(name: &str) -> PathBuf {
     let p = legovmm().with_file_name(name);

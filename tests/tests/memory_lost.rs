@@ -7,7 +7,7 @@
 //! workload's checksums must never see wrong data (a page of zeros would be one).
 
 use lego_testbed::JobOutput;
-use lego_tests::{marker, release_binary, JobFiles};
+use lego_tests::{marker, JobFiles};
 use std::time::Duration;
 
 const GUEST_RAM_MIB: u64 = 128;
@@ -71,26 +71,17 @@ struct Results {
 lego_tests::shared_results!(fn results() -> Results = run_job);
 
 fn run_job() -> Results {
-    let key = lego_tests::cluster_key_hex();
-    let script = format!(
-        "export LEGO_CLUSTER_KEY={}\n{}",
-        key.trim(),
-        SCRIPT
-            .replace("KILL_AFTER_PAGES", &KILL_AFTER_PAGES.to_string())
-            .replace("GUEST_RAM", &GUEST_RAM_MIB.to_string())
-            .replace("WORKLOAD_MIB", &WORKLOAD_MIB.to_string())
+    let out = lego_tests::run_cluster_job(
+        "memory-lost",
+        "memory_lost",
+        SCRIPT,
+        &[
+            ("KILL_AFTER_PAGES", KILL_AFTER_PAGES.to_string()),
+            ("GUEST_RAM", GUEST_RAM_MIB.to_string()),
+            ("WORKLOAD_MIB", WORKLOAD_MIB.to_string()),
+        ],
+        Duration::from_secs(900),
     );
-    let mut job = lego_tests::guest_job("memory-lost", script, Duration::from_secs(900));
-    for bin in [
-        "lego-vhost-blk",
-        "lego-manager",
-        "lego-memory-monitor",
-        "legoctl",
-    ] {
-        job = job.file(release_binary(bin), bin);
-    }
-    let testbed = lego_tests::testbed("memory_lost", false);
-    let out = lego_tests::run_job(&testbed, &job, "memory_lost");
     Results { out }
 }
 
