@@ -12,6 +12,8 @@ pub enum GuestExit {
     Reset,
     /// The guest kernel panicked (pvpanic), or another fatal guest condition, with a reason.
     Crashed(String),
+    /// The VMM could not keep the guest running (its guest RAM could not be had), with why.
+    VmmFailed(String),
 }
 
 /// A shared, clonable signal: the first reported exit wins and wakes the VMM's event loop.

@@ -62,8 +62,21 @@ pub enum ConfigError {
     #[error("guest memory of {0} bytes cannot be backed by 2 MiB huge pages: make it a multiple of 2 MiB")]
     HugeMemorySize(u64),
     /// Remote devices without a vNode id.
-    #[error("--remote-memory and --remote-disk need --vnode N: the vNode whose memory and volumes the manager places (not 0)")]
+    #[error("--remote-memory, --remote-disk and --local-memory need --vnode N: the vNode whose memory and volumes the manager places (not 0)")]
     NoVnode,
+    /// A local memory limit that cannot work.
+    #[error("--local-memory {local} must be at least {min} MiB and less than --memory {memory} (both in bytes here), in whole 4 KiB pages")]
+    BadLocalMemory {
+        /// The limit asked for.
+        local: u64,
+        /// Guest RAM.
+        memory: u64,
+        /// The smallest limit, in MiB.
+        min: u64,
+    },
+    /// Paged guest RAM combined with something it cannot work with.
+    #[error("--local-memory pages guest RAM to the vNode's remote memory, so it cannot be combined with {0}")]
+    LocalMemoryWith(&'static str),
     /// A serial output specification could not be understood.
     #[error("'{0}' is not a serial output: use stdout, none, file:PATH or socket:PATH")]
     BadSerial(String),
@@ -236,6 +249,8 @@ pub struct FileConfig {
     pub serial: Option<String>,
     /// Remote memory on the cluster, e.g. "1G".
     pub remote_memory: Option<SizeValue>,
+    /// Guest RAM legovmm keeps resident, e.g. "512M"; the rest is paged to the monitors.
+    pub local_memory: Option<SizeValue>,
     /// Remote disk: "NAME" or "NAME,SIZE".
     pub remote_disk: Option<String>,
     /// The manager's address.
@@ -304,6 +319,8 @@ pub struct Overrides {
     pub serial: Option<String>,
     /// `--remote-memory`.
     pub remote_memory: Option<String>,
+    /// `--local-memory`.
+    pub local_memory: Option<String>,
     /// `--remote-disk`.
     pub remote_disk: Option<String>,
     /// `--manager`.
@@ -335,6 +352,9 @@ pub struct VmConfig {
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
     /// Remote memory and disk on the cluster, if any.
     pub remote: Option<RemoteConfig>,
+    /// Bytes of guest RAM kept resident when legovmm pages guest RAM to the vNode's remote
+    /// memory (`--local-memory`); `None` keeps all of it local.
+    pub local_memory: Option<u64>,
     /// Serial output.
     pub serial: SerialOutput,
     /// How guest RAM is backed, as asked ([`MemoryBacking::Auto`] is decided when the
@@ -348,6 +368,11 @@ impl VmConfig {
     pub fn memory_backing_used(&self) -> MemoryBacking {
         self.memory_backing
             .resolve(!self.vhost_user_blk.is_empty() || self.remote.is_some())
+    }
+
+    /// The guest RAM that must be resident on this host: the local limit when paged.
+    pub fn resident_memory(&self) -> u64 {
+        self.local_memory.unwrap_or(self.memory)
     }
 
     /// Merges the file (if any) with the flags, and validates the result.
@@ -398,7 +423,26 @@ impl VmConfig {
             .or(file.remote_disk)
             .map(|d| d.parse::<RemoteDisk>())
             .transpose()?;
-        let remote = if remote_memory.is_some() || remote_disk.is_some() {
+        let local_memory = match flags.local_memory {
+            Some(m) => Some(parse_size(&m)?),
+            None => file.local_memory.map(|m| m.bytes()).transpose()?,
+        };
+        if let Some(local) = local_memory {
+            let min = crate::paging::MIN_LOCAL;
+            if local < min || local >= memory || local % 4096 != 0 {
+                return Err(ConfigError::BadLocalMemory {
+                    local,
+                    memory,
+                    min: min >> 20,
+                });
+            }
+            if remote_memory.is_some() {
+                return Err(ConfigError::LocalMemoryWith(
+                    "--remote-memory (swap on the same vNode's remote memory)",
+                ));
+            }
+        }
+        let remote = if remote_memory.is_some() || remote_disk.is_some() || local_memory.is_some() {
             let vnode = flags
                 .vnode
                 .or(file.vnode)
@@ -422,6 +466,16 @@ impl VmConfig {
             .or(file.memory_backing)
             .unwrap_or_default();
         let shared_needed = !vhost_user_blk.is_empty() || remote.is_some();
+        if local_memory.is_some()
+            && matches!(
+                memory_backing,
+                MemoryBacking::Private | MemoryBacking::Hugetlb
+            )
+        {
+            return Err(ConfigError::LocalMemoryWith(
+                "--memory-backing private or hugetlb (paged guest RAM is a shared memfd of 4 KiB pages)",
+            ));
+        }
         if memory_backing == MemoryBacking::Private && shared_needed {
             return Err(ConfigError::PrivateMemoryShared);
         }
@@ -442,6 +496,7 @@ impl VmConfig {
             disks,
             vhost_user_blk,
             remote,
+            local_memory,
             serial,
             memory_backing,
         })

@@ -13,6 +13,7 @@ use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
 use lego_devices::vhost_user_frontend::{ReconnectPolicy, VhostUserBlk};
 use lego_devices::virtio::block::{Block, BlockError};
 use lego_devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use lego_devices::virtio::rings::RingRegistry;
 use lego_devices::virtio::VirtioDevice;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -160,13 +161,15 @@ fn attach_virtio<D: VirtioDevice + 'static>(
     slot: usize,
     device: D,
     what: &str,
+    rings: &RingRegistry,
 ) -> Result<MmioDevice, DeviceError> {
     let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
-    let transport =
-        MmioTransport::new(device, mem.clone()).map_err(|source| DeviceError::Transport {
+    let transport = MmioTransport::new(device, mem.clone())
+        .map_err(|source| DeviceError::Transport {
             what: what.into(),
             source,
-        })?;
+        })?
+        .with_ring_registry(rings);
     let base = layout::VIRTIO_MMIO_START + slot as u64 * layout::VIRTIO_MMIO_SIZE;
     let gsi = layout::VIRTIO_GSIS[slot];
     for (q, evt) in transport.queue_events().iter().enumerate() {
@@ -185,12 +188,14 @@ fn attach_virtio<D: VirtioDevice + 'static>(
     })
 }
 
-/// Creates every device of `config`.
+/// Creates every device of `config`; each virtio device records its live queues in `rings`
+/// (the pager keeps the pages they use in guest RAM).
 pub fn create(
     vm: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
     exit: &ExitNotifier,
+    rings: &RingRegistry,
 ) -> Result<Devices, DeviceError> {
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -241,6 +246,7 @@ pub fn create(
             virtio.len(),
             block,
             &what,
+            rings,
         )?);
     }
     for dev in &config.vhost_user_blk {
@@ -248,7 +254,15 @@ pub fn create(
             window: dev.reconnect.map(Duration::from_secs),
         });
         let what = format!("vhost-user-blk disk at {}", dev.socket.display());
-        virtio.push(attach_virtio(vm, &mut mmio, mem, virtio.len(), blk, &what)?);
+        virtio.push(attach_virtio(
+            vm,
+            &mut mmio,
+            mem,
+            virtio.len(),
+            blk,
+            &what,
+            rings,
+        )?);
     }
     Ok(Devices { pio, mmio, virtio })
 }

@@ -10,6 +10,11 @@ fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 1
 }
 
+/// The kick signal's number (for `pthread_kill` on threads registered by id).
+pub fn signal_number() -> libc::c_int {
+    kick_signal()
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Installs the no-op handler once per process.

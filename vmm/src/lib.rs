@@ -18,5 +18,6 @@ pub mod kick;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod paging;
 pub mod supervisor;
 pub mod vm;

@@ -78,6 +78,9 @@ struct RunArgs {
     /// Remote memory for the vNode, e.g. 1G: placed by the manager on memory monitors, served by a lego-vhost-blk that legovmm starts; the guest's init makes it swap.
     #[arg(long, value_name = "SIZE")]
     remote_memory: Option<String>,
+    /// Page guest RAM to the vNode's remote memory, keeping at most SIZE of it resident on this host (e.g. 512M; needs --vnode and a manager): the guest sees all of --memory as ordinary RAM, legovmm fetches what it touches from the memory monitors and writes cold pages back. Needs a KVM that runs guests on userfaultfd-registered memory (any stock KVM; not PVM).
+    #[arg(long, value_name = "SIZE")]
+    local_memory: Option<String>,
     /// A remote disk: a volume on a storage monitor (created with SIZE if it does not exist); the guest's init mounts it at /mnt/remote.
     #[arg(long, value_name = "NAME[,SIZE]")]
     remote_disk: Option<String>,
@@ -149,6 +152,7 @@ fn run(args: RunArgs) -> ExitCode {
         vhost_user_blk: args.vhost_user_blk,
         serial: args.serial,
         remote_memory: args.remote_memory,
+        local_memory: args.local_memory,
         remote_disk: args.remote_disk,
         manager: args.manager,
         vnode: args.vnode,
@@ -171,6 +175,10 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(Outcome::Guest(GuestExit::Crashed(reason))) => {
             eprintln!("legovmm: the guest crashed: {reason}");
             ExitCode::from(EXIT_GUEST_CRASHED)
+        }
+        Ok(Outcome::Guest(GuestExit::VmmFailed(reason))) => {
+            eprintln!("legovmm: the vNode was stopped: {reason}");
+            ExitCode::from(EXIT_VMM_ERROR)
         }
         Ok(Outcome::Signal(signal)) => {
             eprintln!("legovmm: stopped by signal {signal}");

@@ -9,6 +9,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod rings;
 
 use std::io;
 

@@ -4,6 +4,7 @@
 use super::{cpuid, msrs, regs};
 use crate::boot::BootEntry;
 use crate::memory::GuestMemory;
+use crate::paging::pause::PauseGate;
 use kvm_bindings::{
     kvm_fpu, CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
@@ -56,6 +57,7 @@ pub struct Vcpu {
     pio: Bus,
     mmio: Bus,
     exit: ExitNotifier,
+    gate: Option<Arc<PauseGate>>,
 }
 
 /// Everything shared by every vCPU.
@@ -76,6 +78,8 @@ pub struct VcpuShared<'a> {
     pub mmio: Bus,
     /// Where guest-ending exits are reported.
     pub exit: ExitNotifier,
+    /// The pager's pause gate, passed before each KVM_RUN (paged guest RAM only).
+    pub gate: Option<Arc<PauseGate>>,
 }
 
 impl Vcpu {
@@ -126,6 +130,7 @@ impl Vcpu {
             pio: shared.pio.clone(),
             mmio: shared.mmio.clone(),
             exit: shared.exit.clone(),
+            gate: shared.gate.clone(),
         })
     }
 
@@ -134,7 +139,13 @@ impl Vcpu {
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let id = self.id;
         let mut crashed = false;
+        if let Some(g) = &self.gate {
+            g.register();
+        }
         while !stop.load(Ordering::Acquire) {
+            if let Some(g) = &self.gate {
+                g.checkpoint();
+            }
             let outcome = match self.fd.run() {
                 Ok(exit) => handle_exit(id, exit, &self.pio, &self.mmio),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
@@ -148,6 +159,9 @@ impl Vcpu {
                 self.exit.notify(exit);
                 break;
             }
+        }
+        if let Some(g) = &self.gate {
+            g.unregister();
         }
         self.log_state(crashed);
     }

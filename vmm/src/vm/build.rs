@@ -11,11 +11,15 @@ use crate::device_manager::{self, Devices};
 use crate::kvm;
 use crate::layout;
 use crate::memory::{self, GuestMemory};
+use crate::paging::pause::PauseGate;
+use crate::paging::remote::RemoteGuestRam;
+use crate::paging::{Pager, PagingConfig, PagingError};
 use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use lego_devices::exit::ExitNotifier;
+use lego_devices::virtio::rings::RingRegistry;
 use std::borrow::Cow;
 use std::fs::File;
 use std::path::Path;
@@ -31,7 +35,7 @@ fn ioctl(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
 /// anything is built, so that a bad input fails fast with a clear message.
 pub fn preflight(config: &VmConfig) -> Result<(), VmError> {
     boot::check_readable(&config.kernel, config.initrd.as_deref())?;
-    memory::check_available(config.memory)?;
+    memory::check_available(config.resident_memory())?;
     device_manager::check_disks(config)?;
     device_manager::check_vhost_user(config)?;
     Ok(())
@@ -94,8 +98,8 @@ pub struct GuestRam {
     /// The mapping the VMM, its devices and KVM use.
     pub mem: GuestMemory,
     /// The backing file of shared guest RAM, kept open for the run (vhost-user backends
-    /// map it); `None` for private memory.
-    _backing: Option<Arc<File>>,
+    /// map it; the pager frees evicted pages from it); `None` for private memory.
+    pub backing: Option<Arc<File>>,
 }
 
 /// Guest memory: creates guest RAM ([`memory::create_guest_memory`]) with the backing the
@@ -109,10 +113,7 @@ pub fn guest_memory(vm: &VmFd, config: &VmConfig) -> Result<GuestRam, VmError> {
     );
     let (mem, backing) = memory::create_guest_memory(config.memory, backing)?;
     register_guest_memory(vm, &mem)?;
-    Ok(GuestRam {
-        mem,
-        _backing: backing,
-    })
+    Ok(GuestRam { mem, backing })
 }
 
 /// Registers each region of `mem` with KVM, slot by slot.
@@ -141,8 +142,34 @@ pub fn create_devices(
     mem: &GuestMemory,
     config: &VmConfig,
     exit: &ExitNotifier,
+    rings: &RingRegistry,
 ) -> Result<Devices, VmError> {
-    Ok(device_manager::create(vm, mem, config, exit)?)
+    Ok(device_manager::create(vm, mem, config, exit, rings)?)
+}
+
+/// Pager: with `--local-memory`, places the vNode's remote memory for guest RAM and starts
+/// paging it (before anything is written into guest RAM: every page's first touch must be
+/// seen). `None` when all of guest RAM stays local.
+pub fn start_pager(
+    config: &VmConfig,
+    ram: &GuestRam,
+    exit: &ExitNotifier,
+    rings: &RingRegistry,
+) -> Result<Option<(Pager, Arc<RemoteGuestRam>)>, VmError> {
+    let (Some(limit), Some(remote)) = (config.local_memory, &config.remote) else {
+        return Ok(None);
+    };
+    let memfd = ram.backing.clone().ok_or(PagingError::NotShared)?;
+    let store = Arc::new(RemoteGuestRam::open(remote, config.memory)?);
+    let pager = Pager::start(
+        &ram.mem,
+        memfd,
+        store.clone(),
+        PagingConfig::new(limit),
+        exit.clone(),
+        rings.clone(),
+    )?;
+    Ok(Some((pager, store)))
 }
 
 /// ACPI tables: builds them for the vCPUs and devices and writes them into guest RAM.
@@ -190,7 +217,9 @@ pub fn load_kernel(
     Ok(entry)
 }
 
-/// vCPUs: creates and configures every vCPU (CPUID, registers, MSRs, LAPIC), ready to run.
+/// vCPUs: creates and configures every vCPU (CPUID, registers, MSRs, LAPIC), ready to run;
+/// with paged guest RAM each passes the pager's `gate` before entering the guest.
+#[allow(clippy::too_many_arguments)]
 pub fn create_vcpus(
     kvm: &Kvm,
     vm: &VmFd,
@@ -199,6 +228,7 @@ pub fn create_vcpus(
     devices: &Devices,
     exit: &ExitNotifier,
     entry: BootEntry,
+    gate: Option<Arc<PauseGate>>,
 ) -> Result<Vec<Vcpu>, VmError> {
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -215,6 +245,7 @@ pub fn create_vcpus(
         pio: devices.pio.clone(),
         mmio: devices.mmio.clone(),
         exit: exit.clone(),
+        gate,
     };
     Ok((0..config.vcpus)
         .map(|id| Vcpu::new(id, &shared))

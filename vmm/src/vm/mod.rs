@@ -25,6 +25,7 @@ use crate::device_manager;
 use crate::kvm;
 use crate::memory;
 use lego_devices::exit::{ExitNotifier, GuestExit};
+use lego_devices::virtio::rings::RingRegistry;
 use std::path::Path;
 use std::time::Instant;
 
@@ -83,6 +84,12 @@ pub enum VmError {
     /// A thread could not be started.
     #[error("cannot start a thread")]
     Thread(#[source] std::io::Error),
+    /// Paged guest RAM could not be set up.
+    #[error(transparent)]
+    Paging(#[from] crate::paging::PagingError),
+    /// The vNode's remote memory for paged guest RAM could not be opened.
+    #[error(transparent)]
+    Remote(#[from] crate::paging::remote::RemoteError),
 }
 
 /// Boots `config` on the KVM at `kvm_path` and runs it to the end.
@@ -98,12 +105,28 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let vm = build::create_vm(&kvm)?;
     let ram = build::guest_memory(&vm, &config)?;
     let exit = ExitNotifier::new().map_err(VmError::Thread)?;
-    let devices = build::create_devices(&vm, &ram.mem, &config, &exit)?;
+    let rings = RingRegistry::new();
+    let pager = build::start_pager(&config, &ram, &exit, &rings)?;
+    let devices = build::create_devices(&vm, &ram.mem, &config, &exit, &rings)?;
     let rsdp_addr = build::write_acpi_tables(&ram.mem, &config, &devices)?;
     let entry = build::load_kernel(&ram.mem, &config, rsdp_addr)?;
-    let vcpus = build::create_vcpus(&kvm, &vm, &ram.mem, &config, &devices, &exit, entry)?;
+    let gate = pager.as_ref().map(|(p, _)| p.gate());
+    let vcpus = build::create_vcpus(&kvm, &vm, &ram.mem, &config, &devices, &exit, entry, gate)?;
     let vcpus = running::start_vcpus(vcpus, &exit, started)?;
+    if let Some((p, _)) = &pager {
+        p.arm();
+    }
     let outcome = running::wait_for_end(&exit);
-    running::tear_down(vcpus, devices, &outcome, started);
+    let all_stopped = running::tear_down(vcpus, devices, &outcome, started);
+    if let Some((pager, remote)) = pager {
+        pager.stop();
+        remote.release();
+    }
+    if !all_stopped {
+        // A vCPU is blocked on a page of guest RAM that could not be had: unmapping guest
+        // RAM or closing the VM under it is not safe; the process is about to exit.
+        std::mem::forget(ram);
+        std::mem::forget(vm);
+    }
     Ok(outcome)
 }

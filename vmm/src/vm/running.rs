@@ -53,18 +53,37 @@ pub fn wait_for_end(exit: &ExitNotifier) -> Outcome {
 }
 
 /// Tear down: stops every vCPU (kicking it out of KVM_RUN), joins the threads, detaches the
-/// stop signals, then drops the devices.
-pub fn tear_down(vcpus: RunningVcpus, devices: Devices, outcome: &Outcome, started: Instant) {
+/// stop signals, then drops the devices. Returns false if a vCPU did not stop within
+/// [`STOP_PATIENCE`] (it is blocked on a page of paged guest RAM that cannot be had): it is
+/// left behind, and guest RAM must not be unmapped under it.
+pub fn tear_down(
+    vcpus: RunningVcpus,
+    devices: Devices,
+    outcome: &Outcome,
+    started: Instant,
+) -> bool {
     let RunningVcpus { threads, stop } = vcpus;
     stop.store(true, Ordering::Release);
-    for t in &threads {
+    let deadline = Instant::now() + STOP_PATIENCE;
+    let mut all_stopped = true;
+    for (id, t) in threads.iter().enumerate() {
         while !t.is_finished() {
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    vcpu = id,
+                    "the vCPU does not stop: it waits for a page of guest RAM that cannot be had"
+                );
+                all_stopped = false;
+                break;
+            }
             kick::kick(t);
             std::thread::sleep(Duration::from_millis(1));
         }
     }
     for t in threads {
-        let _ = t.join();
+        if t.is_finished() {
+            let _ = t.join();
+        }
     }
     signals::detach();
     tracing::info!(
@@ -73,7 +92,11 @@ pub fn tear_down(vcpus: RunningVcpus, devices: Devices, outcome: &Outcome, start
         "vNode stopped"
     );
     drop(devices);
+    all_stopped
 }
+
+/// How long tear-down waits for a vCPU to stop.
+pub const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Blocks until `fd` is readable, riding out signal interruptions.
 fn wait_readable(fd: i32) {

@@ -18,6 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::rings::{RingAddrs, RingRegistry};
 use super::{
     feature, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
     STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
@@ -200,6 +201,8 @@ pub struct MmioTransport<D: VirtioDevice> {
     config_generation: u32,
     active: bool,
     log: RateLimiter,
+    /// Where the live queues are recorded for the pager (see [`RingRegistry`]).
+    rings: Option<(RingRegistry, usize)>,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -232,7 +235,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
             config_generation: 0,
             active: false,
             log: RateLimiter::default(),
+            rings: None,
         })
+    }
+
+    /// Records the device's live queues in `registry` from now on (set on DRIVER_OK, cleared
+    /// on reset), so that guest RAM the device may touch is never paged out under it.
+    pub fn with_ring_registry(mut self, registry: &RingRegistry) -> Self {
+        self.rings = Some((registry.clone(), registry.slot()));
+        self
     }
 
     /// The per-queue notification eventfds, in queue order: register each as a KVM
@@ -518,6 +529,20 @@ impl<D: VirtioDevice> MmioTransport<D> {
             acked_features: self.acked_features,
         })?;
         self.active = true;
+        if let Some((registry, slot)) = &self.rings {
+            let live = self
+                .queues
+                .iter()
+                .filter(|q| q.ready)
+                .map(|q| RingAddrs {
+                    desc: q.desc,
+                    avail: q.driver,
+                    used: q.device,
+                    size: q.size as u16,
+                })
+                .collect();
+            registry.set(*slot, live);
+        }
         Ok(())
     }
 
@@ -525,6 +550,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
     pub fn reset(&mut self) {
         self.device.reset();
         self.active = false;
+        if let Some((registry, slot)) = &self.rings {
+            registry.set(*slot, Vec::new());
+        }
         for q in &mut self.queues {
             q.reset();
         }

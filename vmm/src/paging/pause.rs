@@ -1,0 +1,176 @@
+//! Pausing the vCPUs for the few moments an eviction needs the guest to stand still.
+//!
+//! Each vCPU thread registers with the [`PauseGate`] and calls [`PauseGate::checkpoint`]
+//! before every KVM_RUN. [`PauseGate::pause`] asks them to stop, kicks each out of KVM_RUN
+//! with the kick signal (again every 200 µs, so a kick that lands just before a thread enters
+//! KVM_RUN is not lost), and returns once every registered vCPU is parked; dropping the
+//! returned guard lets them run again. A vCPU blocked in a fault on guest RAM parks as soon
+//! as that fault is served: the fault threads never wait for a pause.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How often a pause kicks the vCPUs that have not parked yet.
+const KICK_EVERY: Duration = Duration::from_micros(200);
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// A pause is wanted or in force.
+    pausing: bool,
+    /// The registered vCPU threads.
+    threads: Vec<libc::pthread_t>,
+    /// How many of them are parked.
+    parked: usize,
+}
+
+/// The gate vCPUs pass before each KVM_RUN.
+#[derive(Debug, Default)]
+pub struct PauseGate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+/// Holds the vCPUs parked; they run again when it is dropped.
+pub struct Paused<'a> {
+    gate: &'a PauseGate,
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        self.gate.lock().pausing = false;
+        self.gate.changed.notify_all();
+    }
+}
+
+impl PauseGate {
+    /// A gate with no vCPUs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the calling thread as a vCPU (call on the vCPU's thread before it runs).
+    pub fn register(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.lock().threads.push(me);
+    }
+
+    /// Unregisters the calling vCPU thread (it will not run again).
+    pub fn unregister(&self) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.lock().threads.retain(|&t| t != me);
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread before each KVM_RUN: parks while a pause is in force.
+    pub fn checkpoint(&self) {
+        let mut s = self.lock();
+        if !s.pausing {
+            return;
+        }
+        s.parked += 1;
+        self.changed.notify_all();
+        while s.pausing {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.parked -= 1;
+    }
+
+    /// True while a pause is wanted or in force (fault threads must not wait then).
+    pub fn pausing(&self) -> bool {
+        self.lock().pausing
+    }
+
+    /// Parks every registered vCPU, kicking them with `kick` (the kick signal's number) until
+    /// they are; gives up (resuming them) when `give_up` says so. Returns the guard holding
+    /// them, and how long the pause took to take hold.
+    pub fn pause(&self, kick: i32, give_up: &dyn Fn() -> bool) -> Option<(Paused<'_>, Duration)> {
+        let started = Instant::now();
+        let mut s = self.lock();
+        s.pausing = true;
+        let paused = Paused { gate: self };
+        loop {
+            if s.parked >= s.threads.len() {
+                return Some((paused, started.elapsed()));
+            }
+            if give_up() {
+                drop(s);
+                return None; // `paused` drops here and resumes them
+            }
+            for &t in &s.threads {
+                // SAFETY: every registered id is a live vCPU thread: threads unregister (under
+                // this lock) before they end.
+                unsafe { libc::pthread_kill(t, kick) };
+            }
+            s = self
+                .changed
+                .wait_timeout(s, KICK_EVERY)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_pause_holds_every_vcpu_until_it_is_dropped() {
+        crate::kick::install();
+        let gate = Arc::new(PauseGate::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let steps = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (gate, stop, steps) = (gate.clone(), stop.clone(), steps.clone());
+                std::thread::spawn(move || {
+                    gate.register();
+                    while !stop.load(Ordering::Acquire) {
+                        gate.checkpoint();
+                        steps.fetch_add(1, Ordering::AcqRel);
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    gate.unregister();
+                })
+            })
+            .collect();
+        while gate.lock().threads.len() < 2 {
+            std::thread::yield_now();
+        }
+        let (held, _) = gate
+            .pause(crate::kick::signal_number(), &|| false)
+            .expect("paused");
+        let before = steps.load(Ordering::Acquire);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            steps.load(Ordering::Acquire),
+            before,
+            "a vCPU ran while paused"
+        );
+        drop(held);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(steps.load(Ordering::Acquire) > before);
+        stop.store(true, Ordering::Release);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_pause_with_no_vcpus_holds_at_once_and_can_give_up() {
+        let gate = PauseGate::new();
+        assert!(gate.pause(0, &|| false).is_some());
+        assert!(!gate.pausing());
+        gate.lock().threads.push(0);
+        assert!(gate.pause(0, &|| true).is_none());
+        assert!(!gate.pausing());
+    }
+}
