@@ -142,7 +142,15 @@ pub fn create_devices(
     config: &VmConfig,
     exit: &ExitNotifier,
 ) -> Result<Devices, VmError> {
-    Ok(device_manager::create(vm, mem, config, exit)?)
+    // The pager's handle goes here once legovmm pages guest RAM (issue 10).
+    let backend_faults = None;
+    Ok(device_manager::create(
+        vm,
+        mem,
+        config,
+        exit,
+        backend_faults,
+    )?)
 }
 
 /// ACPI tables: builds them for the vCPUs and devices and writes them into guest RAM.
