@@ -10,7 +10,7 @@ use kvm_ioctls::{IoEventAddress, VmFd};
 use lego_devices::bus::{Bus, BusError, SharedDevice};
 use lego_devices::exit::ExitNotifier;
 use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
-use lego_devices::vhost_user_frontend::{ReconnectPolicy, VhostUserBlk};
+use lego_devices::vhost_user_frontend::{BackendFaults, ReconnectPolicy, VhostUserBlk};
 use lego_devices::virtio::block::{Block, BlockError};
 use lego_devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use lego_devices::virtio::rings::RingRegistry;
@@ -189,13 +189,16 @@ fn attach_virtio<D: VirtioDevice + 'static>(
 }
 
 /// Creates every device of `config`; each virtio device records its live queues in `rings`
-/// (the pager keeps the pages they use in guest RAM).
+/// (the pager keeps the pages they use in guest RAM). `backend_faults` is the pager when
+/// legovmm pages guest RAM: each vhost-user backend then hands it its userfaultfd (and must
+/// offer PAGEFAULT).
 pub fn create(
     vm: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
     exit: &ExitNotifier,
     rings: &RingRegistry,
+    backend_faults: Option<Arc<dyn BackendFaults>>,
 ) -> Result<Devices, DeviceError> {
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -250,9 +253,10 @@ pub fn create(
         )?);
     }
     for dev in &config.vhost_user_blk {
-        let blk = VhostUserBlk::connect(&dev.socket)?.with_reconnect(ReconnectPolicy {
-            window: dev.reconnect.map(Duration::from_secs),
-        });
+        let blk = VhostUserBlk::connect_with_faults(&dev.socket, backend_faults.clone())?
+            .with_reconnect(ReconnectPolicy {
+                window: dev.reconnect.map(Duration::from_secs),
+            });
         let what = format!("vhost-user-blk disk at {}", dev.socket.display());
         virtio.push(attach_virtio(
             vm,

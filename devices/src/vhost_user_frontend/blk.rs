@@ -199,6 +199,67 @@ mod tests {
         backend.join().unwrap();
     }
 
+    /// A pager that takes nothing (the fake backend never gets to SET_MEM_TABLE).
+    struct NoPager;
+
+    impl crate::vhost_user_frontend::BackendFaults for NoPager {
+        fn adopt(
+            &self,
+            device: &str,
+            _uffd: std::fs::File,
+            _regions: Vec<crate::vhost_user_frontend::BackendRegion>,
+        ) -> Result<(), crate::vhost_user_frontend::BackendFaultsError> {
+            panic!("adopt called for {device}");
+        }
+    }
+
+    /// What `connect_with_faults` acks to a fake backend offering `protocol`, or its error.
+    fn acked_protocol(protocol: P, paged: bool) -> Result<u64, VhostUserError> {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, backend) = fake_backend(
+            dir.path(),
+            Offer {
+                features: feature(VIRTIO_F_VERSION_1) | VHOST_USER_F_PROTOCOL_FEATURES,
+                protocol,
+                queues: 1,
+                config: blk_config(8, 1),
+            },
+        );
+        let faults: Option<std::sync::Arc<dyn crate::vhost_user_frontend::BackendFaults>> =
+            paged.then(|| std::sync::Arc::new(NoPager) as _);
+        // Dropped at once, so that the fake backend sees the hang-up and returns.
+        let connected = VhostUserBlk::connect_with_faults(&path, faults).map(drop);
+        let seen = backend.join().unwrap();
+        connected.map(|()| {
+            seen.iter()
+                .find(|(r, _)| *r == SET_PROTOCOL_FEATURES)
+                .expect("SET_PROTOCOL_FEATURES was sent")
+                .1
+        })
+    }
+
+    #[test]
+    fn pagefault_is_required_and_acked_only_when_legovmm_pages_guest_ram() {
+        let offered = P::CONFIG | P::REPLY_ACK | P::PAGEFAULT;
+        assert_eq!(
+            acked_protocol(offered, false).unwrap(),
+            (P::CONFIG | P::REPLY_ACK).bits(),
+            "without a pager nothing changes"
+        );
+        assert_eq!(
+            acked_protocol(offered, true).unwrap(),
+            (P::CONFIG | P::REPLY_ACK | P::PAGEFAULT).bits()
+        );
+        let err = acked_protocol(P::CONFIG | P::REPLY_ACK, true).expect_err("no PAGEFAULT");
+        assert!(matches!(err, VhostUserError::NoPagefault(_)), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("the vhost-user backend at /") && msg.contains("fake.sock"),
+            "{msg}"
+        );
+        assert!(msg.contains("PAGEFAULT protocol feature"), "{msg}");
+    }
+
     #[test]
     fn a_missing_socket_is_named_in_the_error() {
         let err = VhostUserBlk::connect(Path::new("/nonexistent/blk.sock"))

@@ -2,11 +2,13 @@
 //! every vhost-user device needs, whatever its type: connect and claim the backend
 //! (SET_OWNER), negotiate virtio and protocol features, read the config space, hand over the
 //! memory table and the vrings with their call and kick eventfds, and stop the queues again
-//! (GET_VRING_BASE).
+//! (GET_VRING_BASE). When legovmm pages guest RAM, every memory table goes through
+//! [`postcopy`](super::postcopy) first.
 
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use vhost::vhost_user::message::{
@@ -19,6 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::features::{self, VHOST_USER_F_PROTOCOL_FEATURES};
+use super::postcopy::{BackendFaults, Postcopy};
 use super::VhostUserError;
 use crate::virtio::{feature, ActivateContext, VIRTIO_F_VERSION_1};
 
@@ -31,6 +34,8 @@ pub struct Connection {
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
     backend_queues: Option<u64>,
+    /// Set when legovmm pages guest RAM: the backend's faults go to the pager.
+    postcopy: Option<Postcopy>,
 }
 
 /// The queues a backend serves after [`Connection::start`].
@@ -55,6 +60,19 @@ impl Connection {
     pub fn connect_with_timeout(
         socket: &Path,
         timeout: Option<Duration>,
+    ) -> Result<Self, VhostUserError> {
+        Self::connect_with(socket, timeout, None)
+    }
+
+    /// [`Connection::connect_with_timeout`]; with `backend_faults` (legovmm pages guest
+    /// RAM), the backend must also offer the PAGEFAULT protocol feature
+    /// ([`VhostUserError::NoPagefault`] otherwise), and every memory table it is given goes
+    /// through postcopy, its faults served by `backend_faults` (see
+    /// [`postcopy`](super::postcopy)). The device's name there is the socket path.
+    pub fn connect_with(
+        socket: &Path,
+        timeout: Option<Duration>,
+        backend_faults: Option<Arc<dyn BackendFaults>>,
     ) -> Result<Self, VhostUserError> {
         let path = socket.display().to_string();
         let stream = UnixStream::connect(socket).map_err(|source| VhostUserError::Connect {
@@ -86,8 +104,14 @@ impl Connection {
         let offered = frontend
             .get_protocol_features()
             .map_err(proto("GET_PROTOCOL_FEATURES"))?;
-        let protocol = features::protocol_features(offered)
+        let mut protocol = features::protocol_features(offered)
             .ok_or_else(|| VhostUserError::NoConfig(path.clone()))?;
+        if backend_faults.is_some() {
+            if !offered.contains(VhostUserProtocolFeatures::PAGEFAULT) {
+                return Err(VhostUserError::NoPagefault(path));
+            }
+            protocol |= VhostUserProtocolFeatures::PAGEFAULT;
+        }
         frontend
             .set_protocol_features(protocol)
             .map_err(proto("SET_PROTOCOL_FEATURES"))?;
@@ -100,6 +124,7 @@ impl Connection {
         } else {
             None
         };
+        let postcopy = backend_faults.map(|faults| Postcopy::new(faults, path.clone()));
         Ok(Self {
             path,
             frontend,
@@ -107,6 +132,7 @@ impl Connection {
             backend_features,
             protocol,
             backend_queues,
+            postcopy,
         })
     }
 
@@ -123,6 +149,11 @@ impl Connection {
     /// The protocol features in use.
     pub fn protocol(&self) -> VhostUserProtocolFeatures {
         self.protocol
+    }
+
+    /// The pager serving the backend's faults, when legovmm pages guest RAM.
+    pub fn backend_faults(&self) -> Option<Arc<dyn BackendFaults>> {
+        self.postcopy.as_ref().map(Postcopy::faults)
     }
 
     /// The number of queues the backend serves at most, when it said (MQ).
@@ -147,8 +178,9 @@ impl Connection {
     }
 
     /// Tells the backend the features the guest accepted (SET_FEATURES) and the guest
-    /// memory table (SET_MEM_TABLE), then sets up and enables every ready queue of `ctx`.
-    /// When a queue fails, the queues already started are stopped again.
+    /// memory table (SET_MEM_TABLE, through postcopy when legovmm pages guest RAM), then sets
+    /// up and enables every ready queue of `ctx`. When a queue fails, the queues already
+    /// started are stopped again.
     pub fn start(&mut self, ctx: &ActivateContext) -> Result<Started, VhostUserError> {
         self.set_features_and_memory(ctx.acked_features, &ctx.mem)?;
 
@@ -207,7 +239,9 @@ impl Connection {
         Ok(bases)
     }
 
-    /// SET_FEATURES with what the guest accepted, then SET_MEM_TABLE with `mem`.
+    /// SET_FEATURES with what the guest accepted, then SET_MEM_TABLE with `mem`: through
+    /// postcopy when legovmm pages guest RAM, so that the pager serves the backend's faults
+    /// before any vring can touch guest memory.
     fn set_features_and_memory(
         &mut self,
         acked_features: u64,
@@ -223,9 +257,14 @@ impl Connection {
                     .map_err(|_| VhostUserError::MemoryNotShared(r.start_addr().0))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(protocol_error(&self.path, "SET_MEM_TABLE".into()))?;
+        match &mut self.postcopy {
+            Some(postcopy) => postcopy.set_mem_table(&mut self.frontend, &self.path, &regions)?,
+            None => {
+                self.frontend
+                    .set_mem_table(&regions)
+                    .map_err(protocol_error(&self.path, "SET_MEM_TABLE".into()))?;
+            }
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::connection::{Connection, Started};
 use super::features;
+use super::postcopy::BackendFaults;
 use super::reconnect::{copy_queue, lock, ReconnectPolicy, Reconnector, ResumeQueue};
 use super::relay::Relay;
 use super::VhostUserError;
@@ -54,14 +55,27 @@ impl<K: DeviceKind> VhostUserDevice<K> {
     /// Connects to the backend at `socket`, negotiates features (see
     /// [`Connection::connect`]) and reads the config space (GET_CONFIG).
     pub fn connect(socket: &Path) -> Result<Self, VhostUserError> {
-        let mut connection = Connection::connect(socket)?;
+        Self::connect_with_faults(socket, None)
+    }
+
+    /// [`VhostUserDevice::connect`]; with `backend_faults` (legovmm pages guest RAM), the
+    /// backend must offer the PAGEFAULT protocol feature ([`VhostUserError::NoPagefault`]
+    /// otherwise) and, at activation and at every reconnection, hands its userfaultfd to
+    /// `backend_faults` before any vring is set up (see
+    /// [`postcopy`](super::postcopy)); the device's name there is the socket path.
+    pub fn connect_with_faults(
+        socket: &Path,
+        backend_faults: Option<Arc<dyn BackendFaults>>,
+    ) -> Result<Self, VhostUserError> {
+        let paged = backend_faults.is_some();
+        let mut connection = Connection::connect_with(socket, None, backend_faults)?;
         let config = connection.read_config(K::CONFIG_LEN)?;
         let backend_features = connection.backend_features();
         let avail_features = features::guest_features(backend_features);
         let queues = K::queue_count(avail_features, &config, connection.backend_queues());
         tracing::info!(
             socket = %connection.path(), features = format_args!("{backend_features:#x}"),
-            protocol = format_args!("{:#x}", connection.protocol().bits()), queues,
+            protocol = format_args!("{:#x}", connection.protocol().bits()), queues, paged,
             "connected to the {} backend", K::NAME
         );
         Ok(Self {

@@ -14,6 +14,8 @@
 //!   over a [`DeviceKind`];
 //! * [`features`]: feature negotiation; [`relay`]: interrupts and backend hang-ups;
 //!   [`reconnect`]: bringing a device back when its backend restarts;
+//! * [`postcopy`]: when legovmm pages guest RAM, the backend's userfaultfd handed to the
+//!   pager ([`BackendFaults`]) at every SET_MEM_TABLE;
 //! * [`blk`]: virtio-blk, the one device kind so far. Another vhost-user device is a file
 //!   like it: a `DeviceKind` and a type alias.
 
@@ -21,6 +23,7 @@ pub mod blk;
 pub mod connection;
 pub mod device;
 pub mod features;
+pub mod postcopy;
 pub mod reconnect;
 pub mod relay;
 
@@ -28,6 +31,7 @@ use std::io;
 
 pub use blk::VhostUserBlk;
 pub use device::{DeviceKind, VhostUserDevice};
+pub use postcopy::{BackendFaults, BackendFaultsError, BackendRegion};
 pub use reconnect::ReconnectPolicy;
 
 /// Errors of a vhost-user frontend.
@@ -59,6 +63,18 @@ pub enum VhostUserError {
     /// The backend does not negotiate protocol features, or not CONFIG.
     #[error("the vhost-user backend at {0} does not offer the CONFIG protocol feature, which legovmm needs to read the device's config space")]
     NoConfig(String),
+    /// legovmm pages guest RAM but the backend cannot hand over its faults.
+    #[error("the vhost-user backend at {0} does not offer the PAGEFAULT protocol feature, so it cannot serve guest RAM that legovmm pages (it would read missing pages as zeros)")]
+    NoPagefault(String),
+    /// legovmm's pager refused the backend's userfaultfd.
+    #[error("legovmm's pager could not take over the faults of the vhost-user backend at {path}")]
+    Adopt {
+        /// The socket.
+        path: String,
+        /// The pager's error.
+        #[source]
+        source: postcopy::BackendFaultsError,
+    },
     /// Guest memory is not file-backed, so the backend cannot map it.
     #[error("guest memory at {0:#x} is not backed by a shared file, so a vhost-user backend cannot map it")]
     MemoryNotShared(u64),

@@ -6,8 +6,10 @@
 //! with backoff until the backend answers or the configured window passes (by default it
 //! never gives up), then replays what the old backend had been told: the features the
 //! guest accepted (the new backend must still offer every one of them, or the device is
-//! failed with a clear log: the guest's driver relies on them), the memory table, and each
-//! started queue with its base set to the used ring's index as the guest sees it. The
+//! failed with a clear log: the guest's driver relies on them), the memory table (when
+//! legovmm pages guest RAM, through postcopy: the new backend's userfaultfd replaces the old
+//! one at the pager, and a backend that came back without PAGEFAULT fails the device), and
+//! each started queue with its base set to the used ring's index as the guest sees it. The
 //! requests the old backend had taken but not completed are therefore taken again and
 //! completed once. That is exact because backends complete each queue's requests in the
 //! order they took them (`lego-vhost-blk`'s `backend.rs` documents the invariant);
@@ -28,6 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::Connection;
 use super::features::features_to_ack;
+use super::postcopy::BackendFaults;
 use super::VhostUserError;
 
 /// The first wait after a failed attempt; it doubles up to [`MAX_BACKOFF`].
@@ -58,6 +61,9 @@ pub enum ReconnectError {
         /// The window.
         secs: u64,
     },
+    /// legovmm pages guest RAM and the backend that came back cannot hand over its faults.
+    #[error("the vhost-user backend at {0} came back without the PAGEFAULT protocol feature, which it needs to serve guest RAM that legovmm pages; the device is failed")]
+    PagefaultLost(String),
     /// The device was reset or dropped meanwhile.
     #[error("the reconnection was stopped")]
     Stopped,
@@ -91,6 +97,8 @@ pub struct Reconnector {
     mem: GuestMemoryMmap<()>,
     queues: Vec<(usize, Queue, EventFd, EventFd)>,
     policy: ReconnectPolicy,
+    /// The pager each new connection hands its backend's faults to (legovmm pages guest RAM).
+    backend_faults: Option<Arc<dyn BackendFaults>>,
 }
 
 /// A copy of the configuration of `q` the backend is given (size and ring addresses);
@@ -125,7 +133,10 @@ impl Reconnector {
         queues: Vec<ResumeQueue>,
         policy: ReconnectPolicy,
     ) -> Self {
-        let path = PathBuf::from(lock(&connection).path());
+        let (path, backend_faults) = {
+            let c = lock(&connection);
+            (PathBuf::from(c.path()), c.backend_faults())
+        };
         Self {
             connection,
             path,
@@ -136,6 +147,7 @@ impl Reconnector {
                 .map(|q| (q.index, q.queue, q.kick, q.call))
                 .collect(),
             policy,
+            backend_faults,
         }
     }
 
@@ -214,8 +226,14 @@ impl Reconnector {
     /// One attempt: connect, check the features, resume the queues, swap the connection.
     #[allow(clippy::type_complexity)]
     fn attempt(&self) -> Result<(UnixStream, Vec<(usize, u16)>), Attempt> {
-        let mut conn = Connection::connect_with_timeout(&self.path, Some(REPLY_TIMEOUT))
-            .map_err(Attempt::Retry)?;
+        let mut conn =
+            Connection::connect_with(&self.path, Some(REPLY_TIMEOUT), self.backend_faults.clone())
+                .map_err(|e| match e {
+                    VhostUserError::NoPagefault(path) => {
+                        Attempt::Fatal(ReconnectError::PagefaultLost(path))
+                    }
+                    e => Attempt::Retry(e),
+                })?;
         let wanted = features_to_ack(self.acked_features);
         let missing = wanted & !conn.backend_features();
         if missing != 0 {

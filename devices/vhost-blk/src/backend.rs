@@ -145,10 +145,15 @@ impl VhostUserBackend for BlkBackend {
         self.config.features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
+    /// CONFIG, MQ and REPLY_ACK; and PAGEFAULT: a frontend that pages guest RAM (legovmm
+    /// with its pager) gets this process's userfaultfd over guest RAM (vhost-user postcopy,
+    /// done by `vhost-user-backend`), so that a page the frontend has not filled is fetched
+    /// by it instead of read as zeros. A frontend that never sends POSTCOPY_* sees no change.
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::PAGEFAULT
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -253,7 +258,7 @@ mod tests {
         );
         assert!(b
             .protocol_features()
-            .contains(VhostUserProtocolFeatures::CONFIG));
+            .contains(VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::PAGEFAULT));
         assert_eq!(b.get_config(0, 8), 2048u64.to_le_bytes().to_vec());
         assert!(b.exit_event(0).is_some());
         assert!(b.set_config(0, &[1]).is_err());

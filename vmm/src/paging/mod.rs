@@ -27,7 +27,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 use lego_devices::exit::{ExitNotifier, GuestExit};
+use lego_devices::vhost_user_frontend::{BackendFaults, BackendFaultsError, BackendRegion};
 use lego_devices::virtio::rings::RingRegistry;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use userfaultfd::UffdBuilder;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -225,6 +227,56 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Serves faults of another process's mapping of guest RAM from now on (a vhost-user
+    /// backend's); replaces the source of the same name (the backend restarted).
+    fn adopt(&self, name: &str, uffd: userfaultfd::Uffd, maps: Vec<Mapping>) {
+        {
+            let mut sources = self.sources.write().unwrap_or_else(|e| e.into_inner());
+            sources.retain(|s| s.name() != name);
+            sources.push(Arc::new(Source::new(name, uffd, maps)));
+        }
+        for w in &self.wakes {
+            let _ = w.write(1);
+        }
+        tracing::info!(
+            source = name,
+            "serving guest RAM faults of a vhost-user backend"
+        );
+    }
+}
+
+/// The pager's side of vhost-user postcopy: a backend's userfaultfd becomes a fault source.
+struct BackendSources(Arc<Shared>);
+
+impl BackendFaults for BackendSources {
+    fn adopt(
+        &self,
+        device: &str,
+        uffd: File,
+        regions: Vec<BackendRegion>,
+    ) -> Result<(), BackendFaultsError> {
+        if self.0.stopping() {
+            return Err(BackendFaultsError::Stopped {
+                device: device.to_string(),
+            });
+        }
+        // SAFETY: `uffd` is an open userfaultfd the backend created and handed over; the
+        // File is consumed, so the Uffd is its only owner.
+        let uffd = unsafe { userfaultfd::Uffd::from_raw_fd(uffd.into_raw_fd()) };
+        let maps = regions
+            .iter()
+            .map(|r| Mapping {
+                host: r.backend_addr,
+                len: r.len,
+                file_offset: r.file_offset,
+            })
+            .collect();
+        self.0.adopt(device, uffd, maps);
+        Ok(())
+    }
+}
+
 /// The running pager.
 pub struct Pager {
     shared: Arc<Shared>,
@@ -345,25 +397,9 @@ impl Pager {
         self.shared.notify();
     }
 
-    /// Serves faults of another process's mapping of guest RAM from now on (a vhost-user
-    /// backend's); replaces the source of the same name (the backend restarted).
-    pub fn adopt(&self, name: &str, uffd: userfaultfd::Uffd, maps: Vec<Mapping>) {
-        {
-            let mut sources = self
-                .shared
-                .sources
-                .write()
-                .unwrap_or_else(|e| e.into_inner());
-            sources.retain(|s| s.name() != name);
-            sources.push(Arc::new(Source::new(name, uffd, maps)));
-        }
-        for w in &self.shared.wakes {
-            let _ = w.write(1);
-        }
-        tracing::info!(
-            source = name,
-            "serving guest RAM faults of a vhost-user backend"
-        );
+    /// The handle vhost-user backends hand their userfaultfds to.
+    pub fn backend_faults(&self) -> Arc<dyn BackendFaults> {
+        Arc::new(BackendSources(self.shared.clone()))
     }
 
     /// Pages resident now and pages whose only copy is remote.

@@ -54,7 +54,11 @@ pub fn open_kvm(kvm_path: &Path) -> Result<Kvm, VmError> {
 pub fn start_remote_backends(
     config: &VmConfig,
 ) -> Result<(Cow<'_, VmConfig>, Option<RemoteDevices>), VmError> {
-    let Some(remote) = &config.remote else {
+    let Some(remote) = config
+        .remote
+        .as_ref()
+        .filter(|r| r.memory.is_some() || r.disk.is_some())
+    else {
         return Ok((Cow::Borrowed(config), None));
     };
     let devices = backends::start(remote)?;
@@ -136,15 +140,25 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
     Ok(())
 }
 
-/// Devices: creates every device of `config` and wires it into KVM.
+/// Devices: creates every device of `config` and wires it into KVM; with paged guest RAM the
+/// vhost-user backends hand `pager` their userfaultfds.
 pub fn create_devices(
     vm: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
     exit: &ExitNotifier,
     rings: &RingRegistry,
+    pager: Option<&Pager>,
 ) -> Result<Devices, VmError> {
-    Ok(device_manager::create(vm, mem, config, exit, rings)?)
+    let backend_faults = pager.map(|p| p.backend_faults());
+    Ok(device_manager::create(
+        vm,
+        mem,
+        config,
+        exit,
+        rings,
+        backend_faults,
+    )?)
 }
 
 /// Pager: with `--local-memory`, places the vNode's remote memory for guest RAM and starts

@@ -107,7 +107,14 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let exit = ExitNotifier::new().map_err(VmError::Thread)?;
     let rings = RingRegistry::new();
     let pager = build::start_pager(&config, &ram, &exit, &rings)?;
-    let devices = build::create_devices(&vm, &ram.mem, &config, &exit, &rings)?;
+    let devices = build::create_devices(
+        &vm,
+        &ram.mem,
+        &config,
+        &exit,
+        &rings,
+        pager.as_ref().map(|(p, _)| p),
+    )?;
     let rsdp_addr = build::write_acpi_tables(&ram.mem, &config, &devices)?;
     let entry = build::load_kernel(&ram.mem, &config, rsdp_addr)?;
     let gate = pager.as_ref().map(|(p, _)| p.gate());

@@ -1,9 +1,11 @@
-//! Shared by the integration tests: the daemon process, an in-process cluster, and the
-//! vhost-user test frontend of `lego-testkit` that drives it.
+//! Shared by the integration tests: the daemon process, an in-process cluster, the
+//! vhost-user test frontend of `lego-testkit` that drives it, and a test pager serving a
+//! backend's userfaultfd.
 
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod pager;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
