@@ -126,8 +126,12 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let outcome = running::wait_for_end(&exit);
     let all_stopped = running::tear_down(vcpus, devices, &outcome, started);
     if let Some((pager, remote)) = pager {
+        let failed = pager.failure().is_some();
         pager.stop();
-        remote.release();
+        // After a failure the monitors are what failed: freeing would only wait on them.
+        if !failed {
+            remote.release();
+        }
     }
     if !all_stopped {
         // A vCPU is blocked on a page of guest RAM that could not be had: unmapping guest
