@@ -37,8 +37,9 @@ struct Cli {
     runs: u32,
     /// The setups to run, in round order: local (legovmm, all-local RAM, no swap),
     /// qemu-local (QEMU, the same RAM and no swap: first touch against legovmm's), remote
-    /// (legovmm + remote memory as swap), nbd (QEMU + swap on NBD).
-    #[arg(long, value_delimiter = ',', default_value = "local,remote,nbd")]
+    /// (legovmm + remote memory as swap), nbd (QEMU + swap on NBD), paged (legovmm pages
+    /// guest RAM of the all-local size, keeping the swapping setups' RAM resident).
+    #[arg(long, value_delimiter = ',', default_value = "local,remote,nbd,paged")]
     setups: Vec<Setup>,
     /// Workload size in MiB (memtest --mib).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -130,7 +131,9 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     if setups.is_empty() {
         return Err(BenchError::Usage("no setup to run".into()));
     }
-    let all_local = setups.contains(&Setup::Local) || setups.contains(&Setup::QemuLocal);
+    let all_local = setups.contains(&Setup::Local)
+        || setups.contains(&Setup::QemuLocal)
+        || setups.contains(&Setup::Paged);
     if all_local && cli.local_memory_mib < cli.workload_mib + 64 {
         return Err(BenchError::Usage(format!(
             "the all-local guest needs RAM for the workload and the kernel: give \
@@ -158,7 +161,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         (guest.initramfs.clone(), files::INITRAMFS.to_string()),
         (timer.clone(), files::TIMER.to_string()),
     ];
-    if setups.contains(&Setup::Remote) {
+    if setups.contains(&Setup::Remote) || setups.contains(&Setup::Paged) {
         job_files.extend(assets::binaries_in(&bin_dir, &LEGO_PROGRAMS)?);
     }
     if setups.contains(&Setup::Nbd) {
@@ -253,9 +256,17 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
             "NBD swap (QEMU, {} MiB + {} MiB NBD disk)",
             plan.guest_memory_mib, plan.swap_mib
         ),
+        paged: format!(
+            "paged guest RAM (legovmm, {} MiB of which {} MiB resident)",
+            plan.local_memory_mib, plan.guest_memory_mib
+        ),
     };
     let mut md = String::new();
     md.push_str(&swap_report::table(&summaries, &titles));
+    if let Some(paged) = swap_report::paged_table(&summaries, &titles) {
+        md.push('\n');
+        md.push_str(&paged);
+    }
     if let Some(first_touch) = swap_report::first_touch_table(&summaries, &titles) {
         md.push('\n');
         md.push_str(&first_touch);
@@ -276,6 +287,13 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         plan.qemu_args(),
         loader = files::LOADER,
     ));
+    if setups.contains(&Setup::Paged) {
+        md.push_str(&format!(
+            "- paged: `$LEGOVMM {} '<cmdline>' {}` (fresh lego-manager and lego-memory-monitor per run on L1's loopback)\n",
+            plan.legovmm_args(Setup::Paged).unwrap_or_default(),
+            plan.paged_memory_args(),
+        ));
+    }
     if setups.contains(&Setup::QemuLocal) {
         md.push_str(&format!(
             "- qemu-local: `./{} --library-path $JOB_DIR ./{} {} '<cmdline>'` (QEMU's default RAM: private anonymous memory)\n",

@@ -7,6 +7,9 @@
 //!   of every page, compares legovmm's RAM with QEMU's (goal: legovmm ≤ 1.1× QEMU);
 //! - `remote`: legovmm with little RAM plus remote memory (`--remote-memory`: lego-vhost-blk
 //!   and a memory monitor, with a manager, on the compute host's loopback) as swap;
+//! - `paged`: legovmm with all the RAM the workload needs as guest RAM, of which it keeps only
+//!   the swapping setups' little RAM resident (`--local-memory`), paging the rest to a memory
+//!   monitor itself: no swap in the guest;
 //! - `nbd`: QEMU with the same little RAM and a virtio-blk disk whose backend is NBD
 //!   (`qemu-nbd` serving a raw file on a tmpfs of the compute host) as swap.
 //!
@@ -33,11 +36,20 @@ pub enum Setup {
     Remote,
     /// QEMU, little RAM plus swap on an NBD-backed virtio-blk disk.
     Nbd,
+    /// legovmm, all-local-sized guest RAM of which only the little RAM stays resident, the
+    /// rest paged to a memory monitor by legovmm (`--local-memory`).
+    Paged,
 }
 
 impl Setup {
     /// Every setup, in the order each round runs them (the two all-local ones side by side).
-    pub const ALL: [Setup; 4] = [Setup::Local, Setup::QemuLocal, Setup::Remote, Setup::Nbd];
+    pub const ALL: [Setup; 5] = [
+        Setup::Local,
+        Setup::QemuLocal,
+        Setup::Remote,
+        Setup::Nbd,
+        Setup::Paged,
+    ];
 
     /// The name in result lines and file names.
     pub fn name(self) -> &'static str {
@@ -46,6 +58,7 @@ impl Setup {
             Setup::QemuLocal => "qemu-local",
             Setup::Remote => "remote",
             Setup::Nbd => "nbd",
+            Setup::Paged => "paged",
         }
     }
 
@@ -95,6 +108,9 @@ mod tests {
         assert_eq!("qemu-local".parse::<Setup>().unwrap(), Setup::QemuLocal);
         assert_eq!(Setup::QemuLocal.shell_name(), "qemu_local");
         let err = "swap".parse::<Setup>().unwrap_err();
-        assert!(err.contains("local, qemu-local, remote, nbd"), "{err}");
+        assert!(
+            err.contains("local, qemu-local, remote, nbd, paged"),
+            "{err}"
+        );
     }
 }

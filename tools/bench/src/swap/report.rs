@@ -77,6 +77,8 @@ pub struct Summaries {
     pub remote: SetupSummary,
     /// NBD swap under QEMU.
     pub nbd: SetupSummary,
+    /// Guest RAM paged by legovmm.
+    pub paged: SetupSummary,
 }
 
 impl Summaries {
@@ -87,6 +89,7 @@ impl Summaries {
             qemu_local: summarize(tries, Setup::QemuLocal),
             remote: summarize(tries, Setup::Remote),
             nbd: summarize(tries, Setup::Nbd),
+            paged: summarize(tries, Setup::Paged),
         }
     }
 
@@ -97,6 +100,7 @@ impl Summaries {
             Setup::QemuLocal => &self.qemu_local,
             Setup::Remote => &self.remote,
             Setup::Nbd => &self.nbd,
+            Setup::Paged => &self.paged,
         }
     }
 
@@ -117,6 +121,8 @@ pub struct Titles {
     pub remote: String,
     /// NBD swap.
     pub nbd: String,
+    /// Guest RAM paged by legovmm.
+    pub paged: String,
 }
 
 /// Picks one measurement of a setup.
@@ -187,6 +193,54 @@ pub fn table(s: &Summaries, titles: &Titles) -> String {
         counts(n)
     ));
     out
+}
+
+/// The paged-memory goal: NBD swap's workload time at least this many times paged guest
+/// RAM's.
+pub const PAGED_GOAL: f64 = 2.0;
+
+/// Renders guest RAM paged by legovmm against the swapping setups and all-local RAM, medians
+/// (min–max) and ratios of the medians. `None` unless the paged setup has a clean try.
+pub fn paged_table(s: &Summaries, titles: &Titles) -> Option<String> {
+    let (p, r, n, l) = (&s.paged, &s.remote, &s.nbd, &s.local);
+    if p.clean == 0 {
+        return None;
+    }
+    let mut out = format!(
+        "Guest RAM paged by legovmm (no swap in the guest) against swap on remote memory, swap on NBD under QEMU and all-local RAM (goal: NBD / paged ≥ {PAGED_GOAL:.1} on the workload).\n\n\
+         | median (min–max) | {} | {} | {} | {} | NBD / paged | remote / paged | paged / local |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        titles.paged, titles.remote, titles.nbd, titles.local
+    );
+    let rows: [(&str, Field); 4] = [
+        ("workload: write + verify (ms)", |x| x.workload),
+        ("write pass (ms)", |x| x.write),
+        ("verify pass (ms)", |x| x.verify),
+        ("VMM start → exit: boot, workload, power-off (ms)", |x| {
+            x.wall
+        }),
+    ];
+    for (name, get) in rows {
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(get(p), 0),
+            cell(get(r), 0),
+            cell(get(n), 0),
+            cell(get(l), 0),
+            ratio_cell(get(n), get(p)),
+            ratio_cell(get(r), get(p)),
+            ratio_cell(get(p), get(l)),
+        ));
+    }
+    let counts = |x: &SetupSummary| format!("{} / {} / {}", x.clean, x.retries, x.failures);
+    out.push_str(&format!(
+        "| clean runs / hang retries / other failures | {} | {} | {} | {} | | | |\n",
+        counts(p),
+        counts(r),
+        counts(n),
+        counts(l)
+    ));
+    Some(out)
 }
 
 /// The first-touch goal: legovmm's write pass with all-local RAM at most this many times
@@ -269,6 +323,7 @@ mod tests {
             qemu_local: "qemu-local".into(),
             remote: "remote".into(),
             nbd: "nbd".into(),
+            paged: "paged".into(),
         }
     }
 
@@ -312,6 +367,30 @@ mod tests {
         let all = tries_table(&tries);
         assert_eq!(all.lines().count(), 2 + 11);
         assert!(all.contains("| 4 | remote | 1 | ok | no |"), "{all}");
+    }
+
+    #[test]
+    fn paged_guest_ram_is_compared_with_the_swapping_setups() {
+        let mut text = String::new();
+        for round in 1..=3 {
+            text.push_str(&line("local", round, 1000, 1000, 3000, 0));
+            text.push_str(&line("remote", round, 4000, 4000, 9000, 100));
+            text.push_str(&line("nbd", round, 8000, 8000, 17000, 120));
+            text.push_str(&line("paged", round, 2000, 2000, 5000, 0));
+        }
+        let s = Summaries::of(&parse(&text).unwrap());
+        assert!(s.complete(&[Setup::Local, Setup::Remote, Setup::Nbd, Setup::Paged]));
+        let t = paged_table(&s, &titles()).expect("the paged setup ran");
+        assert!(
+            t.contains("| workload: write + verify (ms) | 4000 (4000–4000) | 8000 (8000–8000) | 16000 (16000–16000) | 2000 (2000–2000) | 4.00 | 2.00 | 2.00 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 3 / 0 / 0 | 3 / 0 / 0 | 3 / 0 / 0 | 3 / 0 / 0 |"),
+            "{t}"
+        );
+        let without = Summaries::of(&parse(&line("local", 1, 10, 10, 50, 0)).unwrap());
+        assert!(paged_table(&without, &titles()).is_none());
     }
 
     #[test]

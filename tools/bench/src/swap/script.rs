@@ -95,6 +95,7 @@ impl SwapPlan {
         match setup {
             Setup::Local => Some(script::legovmm_run_args(self.local_memory_mib, self.vcpus)),
             Setup::Remote => Some(script::legovmm_run_args(self.guest_memory_mib, self.vcpus)),
+            Setup::Paged => Some(script::legovmm_run_args(self.local_memory_mib, self.vcpus)),
             Setup::QemuLocal | Setup::Nbd => None,
         }
     }
@@ -104,6 +105,15 @@ impl SwapPlan {
         format!(
             "--vnode 1 --manager {MANAGER} --remote-memory {}M",
             self.swap_mib
+        )
+    }
+
+    /// legovmm's paged guest RAM flags (after the command line): the swapping setups' guest
+    /// RAM is what stays resident.
+    pub fn paged_memory_args(&self) -> String {
+        format!(
+            "--vnode 1 --manager {MANAGER} --local-memory {}M",
+            self.guest_memory_mib
         )
     }
 
@@ -165,7 +175,7 @@ impl SwapPlan {
     /// The job files the script runs, besides `$LEGOVMM` (made executable).
     fn executables(&self) -> Vec<&'static str> {
         let mut v = vec![files::TIMER];
-        if self.uses(Setup::Remote) {
+        if self.uses(Setup::Remote) || self.uses(Setup::Paged) {
             v.extend(LEGO_PROGRAMS);
         }
         if self.setups.iter().any(|s| s.is_qemu()) {
@@ -193,7 +203,7 @@ impl SwapPlan {
             "# The daemons and qemu-nbd listen on loopback, which L1's init may leave down.\n\
              ip link set lo up 2> /dev/null || true\n",
         );
-        if self.uses(Setup::Remote) {
+        if self.uses(Setup::Remote) || self.uses(Setup::Paged) {
             s.push_str(
                 "export LEGO_VHOST_BLK_BIN=\"$JOB_DIR/lego-vhost-blk\"\n\
                  export LEGO_CLUSTER_KEY=$(./legoctl keygen)\n",
@@ -239,27 +249,21 @@ impl SwapPlan {
                 args = self.qemu_local_args()
             ));
         }
-        if let Some(args) = self
-            .legovmm_args(Setup::Remote)
-            .filter(|_| self.uses(Setup::Remote))
-        {
-            s.push_str(&format!(
-                "# A fresh manager and memory monitor per run, so every run starts empty.\n\
-                 boot_remote() {{\n    c=$1; l=$2; shift 2\n    \
-                 rm -rf remote-state; mkdir -p remote-state\n    \
-                 ./lego-manager --state-dir remote-state --listen {MANAGER} --heartbeat-ms 200 > \"$c.manager.log\" 2>&1 < /dev/null &\n    \
-                 m=$!\n    sleep 0.5\n    \
-                 ./lego-memory-monitor --listen {MEMORY_MONITOR} --capacity {cap}M --manager {MANAGER} --heartbeat-ms 200 > \"$c.monitor.log\" 2>&1 < /dev/null &\n    \
-                 mm=$!\n    n=0\n    \
-                 while [ \"$(./legoctl --manager {MANAGER} status 2> /dev/null | grep -c alive)\" -lt 1 ] && [ $n -lt 300 ]; do\n        \
-                 sleep 0.1; n=$((n + 1))\n    done\n    \
-                 $TIMER --label remote --console \"$c\" -- $LEGOVMM {args} \"$l\" {remote} \"$@\" 2> \"$c.err\"\n    \
-                 rc=$?\n    \
-                 ./legoctl --manager {MANAGER} monitor-stats --kind memory --addr {MEMORY_MONITOR} > \"$c.monitor-stats\" 2>&1\n    \
-                 kill $m $mm 2> /dev/null\n    wait $m $mm 2> /dev/null\n    return $rc\n}}\n",
-                cap = u64::from(self.swap_mib) * 2,
-                remote = self.remote_memory_args()
-            ));
+        for (setup, extra, cap) in [
+            (
+                Setup::Remote,
+                self.remote_memory_args(),
+                u64::from(self.swap_mib) * 2,
+            ),
+            (
+                Setup::Paged,
+                self.paged_memory_args(),
+                u64::from(self.local_memory_mib) * 2,
+            ),
+        ] {
+            if let Some(args) = self.legovmm_args(setup).filter(|_| self.uses(setup)) {
+                s.push_str(&cluster_boot_fn(setup, &args, &extra, cap));
+            }
         }
         if self.uses(Setup::Nbd) {
             s.push_str(&format!(
@@ -303,6 +307,29 @@ impl SwapPlan {
         s.push_str("echo LEGO_BENCH_DONE\n");
         s
     }
+}
+
+/// The boot function of a setup that needs the cluster on L1's loopback (a fresh manager
+/// and memory monitor of `cap` MiB per run, so every run starts empty): `$LEGOVMM args
+/// '<cmdline>' extra`.
+fn cluster_boot_fn(setup: Setup, args: &str, extra: &str, cap: u64) -> String {
+    format!(
+        "# A fresh manager and memory monitor per run, so every run starts empty.\n\
+         boot_{name}() {{\n    c=$1; l=$2; shift 2\n    \
+         rm -rf remote-state; mkdir -p remote-state\n    \
+         ./lego-manager --state-dir remote-state --listen {MANAGER} --heartbeat-ms 200 > \"$c.manager.log\" 2>&1 < /dev/null &\n    \
+         m=$!\n    sleep 0.5\n    \
+         ./lego-memory-monitor --listen {MEMORY_MONITOR} --capacity {cap}M --manager {MANAGER} --heartbeat-ms 200 > \"$c.monitor.log\" 2>&1 < /dev/null &\n    \
+         mm=$!\n    n=0\n    \
+         while [ \"$(./legoctl --manager {MANAGER} status 2> /dev/null | grep -c alive)\" -lt 1 ] && [ $n -lt 300 ]; do\n        \
+         sleep 0.1; n=$((n + 1))\n    done\n    \
+         $TIMER --label {label} --console \"$c\" -- $LEGOVMM {args} \"$l\" {extra} \"$@\" 2> \"$c.err\"\n    \
+         rc=$?\n    \
+         ./legoctl --manager {MANAGER} monitor-stats --kind memory --addr {MEMORY_MONITOR} > \"$c.monitor-stats\" 2>&1\n    \
+         kill $m $mm 2> /dev/null\n    wait $m $mm 2> /dev/null\n    return $rc\n}}\n",
+        name = setup.shell_name(),
+        label = setup.name(),
+    )
 }
 
 /// The script's `bench` function ([`bench_fn`]), calling the boot function of a setup by
