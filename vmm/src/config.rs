@@ -222,6 +222,11 @@ pub struct RemoteConfig {
     pub disk: Option<RemoteDisk>,
 }
 
+/// Pages fetched after the faulting one on a sequential fault, by default.
+pub const DEFAULT_PAGING_PREFETCH: u64 = 15;
+/// The most pages a sequential fault may prefetch (one fabric request).
+pub const MAX_PAGING_PREFETCH: u64 = 255;
+
 /// The manager address used when none is given.
 pub const DEFAULT_MANAGER: &str = "127.0.0.1:7300";
 
@@ -251,6 +256,8 @@ pub struct FileConfig {
     pub remote_memory: Option<SizeValue>,
     /// Guest RAM legovmm keeps resident, e.g. "512M"; the rest is paged to the monitors.
     pub local_memory: Option<SizeValue>,
+    /// Pages fetched after the faulting one on a sequential fault of paged guest RAM.
+    pub paging_prefetch: Option<u64>,
     /// Remote disk: "NAME" or "NAME,SIZE".
     pub remote_disk: Option<String>,
     /// The manager's address.
@@ -321,6 +328,8 @@ pub struct Overrides {
     pub remote_memory: Option<String>,
     /// `--local-memory`.
     pub local_memory: Option<String>,
+    /// `--paging-prefetch`.
+    pub paging_prefetch: Option<u64>,
     /// `--remote-disk`.
     pub remote_disk: Option<String>,
     /// `--manager`.
@@ -355,6 +364,8 @@ pub struct VmConfig {
     /// Bytes of guest RAM kept resident when legovmm pages guest RAM to the vNode's remote
     /// memory (`--local-memory`); `None` keeps all of it local.
     pub local_memory: Option<u64>,
+    /// Pages fetched after the faulting one on a sequential fault (`--paging-prefetch`).
+    pub paging_prefetch: u64,
     /// Serial output.
     pub serial: SerialOutput,
     /// How guest RAM is backed, as asked ([`MemoryBacking::Auto`] is decided when the
@@ -497,6 +508,11 @@ impl VmConfig {
             vhost_user_blk,
             remote,
             local_memory,
+            paging_prefetch: flags
+                .paging_prefetch
+                .or(file.paging_prefetch)
+                .unwrap_or(DEFAULT_PAGING_PREFETCH)
+                .min(MAX_PAGING_PREFETCH),
             serial,
             memory_backing,
         })

@@ -81,6 +81,9 @@ struct RunArgs {
     /// Page guest RAM to the vNode's remote memory, keeping at most SIZE of it resident on this host (e.g. 512M; needs --vnode and a manager): the guest sees all of --memory as ordinary RAM, legovmm fetches what it touches from the memory monitors and writes cold pages back. Needs a KVM that runs guests on userfaultfd-registered memory (any stock KVM; not PVM).
     #[arg(long, value_name = "SIZE")]
     local_memory: Option<String>,
+    /// With --local-memory: pages fetched after the faulting one when guest RAM is touched in order (0 turns prefetch off; at most 255) [default: 15].
+    #[arg(long, value_name = "PAGES")]
+    paging_prefetch: Option<u64>,
     /// A remote disk: a volume on a storage monitor (created with SIZE if it does not exist); the guest's init mounts it at /mnt/remote.
     #[arg(long, value_name = "NAME[,SIZE]")]
     remote_disk: Option<String>,
@@ -153,6 +156,7 @@ fn run(args: RunArgs) -> ExitCode {
         serial: args.serial,
         remote_memory: args.remote_memory,
         local_memory: args.local_memory,
+        paging_prefetch: args.paging_prefetch,
         remote_disk: args.remote_disk,
         manager: args.manager,
         vnode: args.vnode,

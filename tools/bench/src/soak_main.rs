@@ -180,6 +180,7 @@ fn plan(cli: &Cli, prepared: &Prepared, bin_dir: &Path) -> Result<Plan, BenchErr
                 guest_memory_mib: cli.guest_memory_mib,
                 local_memory_mib: cli.guest_memory_mib,
                 swap_mib: cli.swap_mib,
+                paged_prefetch: None,
                 cmdline: lego_testbed::vnode::guest_cmdline(
                     &guest_command(cli.workload_mib),
                     "quiet",

@@ -53,6 +53,9 @@ struct Cli {
     /// Size of the remote memory and of the NBD disk, MiB (the guest's swap).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=8192))]
     swap_mib: u32,
+    /// The paged setup's `--paging-prefetch` (legovmm's default when not given).
+    #[arg(long, value_name = "PAGES")]
+    paged_prefetch: Option<u32>,
     /// Guest vCPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     vcpus: u32,
@@ -196,6 +199,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         guest_memory_mib: cli.guest_memory_mib,
         local_memory_mib: cli.local_memory_mib,
         swap_mib: cli.swap_mib,
+        paged_prefetch: cli.paged_prefetch,
         cmdline: lego_testbed::vnode::guest_cmdline(&guest_command(cli.workload_mib), &extra)?,
         sample_ms: cli.sample_ms.max(1),
         qemu_machine: cli.common.qemu_machine.clone(),

@@ -179,7 +179,10 @@ pub fn start_pager(
         &ram.mem,
         memfd,
         store.clone(),
-        PagingConfig::new(limit),
+        PagingConfig {
+            prefetch: config.paging_prefetch,
+            ..PagingConfig::new(limit)
+        },
         exit.clone(),
         rings.clone(),
     )?;

@@ -64,6 +64,8 @@ pub struct SwapPlan {
     pub local_memory_mib: u32,
     /// Remote memory and NBD disk size, MiB.
     pub swap_mib: u32,
+    /// The paged setup's `--paging-prefetch`, if not legovmm's default.
+    pub paged_prefetch: Option<u32>,
     /// The guest kernel command line (the same for every setup).
     pub cmdline: String,
     /// Memory sampling period of the timer, ms.
@@ -111,8 +113,11 @@ impl SwapPlan {
     /// legovmm's paged guest RAM flags (after the command line): the swapping setups' guest
     /// RAM is what stays resident.
     pub fn paged_memory_args(&self) -> String {
+        let prefetch = self
+            .paged_prefetch
+            .map_or(String::new(), |p| format!(" --paging-prefetch {p}"));
         format!(
-            "--vnode 1 --manager {MANAGER} --local-memory {}M",
+            "--vnode 1 --manager {MANAGER} --local-memory {}M{prefetch}",
             self.guest_memory_mib
         )
     }
@@ -358,6 +363,7 @@ mod tests {
             guest_memory_mib: 128,
             local_memory_mib: 1024,
             swap_mib: 1024,
+            paged_prefetch: None,
             cmdline: lego_testbed::vnode::guest_cmdline(&guest_command(384), "quiet").unwrap(),
             sample_ms: 200,
             qemu_machine: script::DEFAULT_QEMU_MACHINE.into(),
