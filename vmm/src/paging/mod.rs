@@ -408,6 +408,11 @@ impl Pager {
         (t.resident(), t.remote())
     }
 
+    /// The pager's counters as they are now (faults by kind, evictions, fetch latency).
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
     /// Why the pager stopped the vNode, if it did.
     pub fn failure(&self) -> Option<String> {
         self.shared
