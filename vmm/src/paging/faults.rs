@@ -4,7 +4,7 @@
 //! fetches). A fault at the page after the previous fault's run is sequential: it takes a
 //! longer run (neighbours prefetched, or zero-filled) in one install.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,43 +17,94 @@ use super::stats::Stats;
 use super::table::{hash, FaultPlan, State, PAGE};
 use super::Shared;
 
-/// How long a poll waits before the thread looks at the sources again.
+/// How long a wait lasts before the thread looks at the sources again.
 const POLL_MS: i32 = 100;
 
 /// Runs one fault thread until the pager stops. `wake` is this thread's eventfd: written when
 /// the sources change or the pager stops.
+///
+/// Each thread has its own epoll set holding every source's userfaultfd with EPOLLEXCLUSIVE:
+/// a fault wakes one thread, not all of them (measured: with four threads polling one fd
+/// without it, every fault paid about 4 µs for waking the other three).
 pub fn run(shared: Arc<Shared>, wake: EventFd) {
-    let mut fds: Vec<libc::pollfd> = Vec::new();
+    // SAFETY: epoll_create1 has no memory preconditions; the fd is owned below.
+    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if raw < 0 {
+        shared.fail(format!(
+            "a pager thread cannot create its epoll set: {}",
+            std::io::Error::last_os_error()
+        ));
+        return;
+    }
+    // SAFETY: `raw` is a new epoll fd nothing else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+    let add = |fd: i32, token: u64, exclusive: bool| {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN as u32)
+                | if exclusive {
+                    libc::EPOLLEXCLUSIVE as u32
+                } else {
+                    0
+                },
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the call; both fds are open.
+        unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }
+    };
+    const WAKE: u64 = u64::MAX;
+    add(wake.as_raw_fd(), WAKE, false);
+    let mut watched: Vec<Arc<Source>> = Vec::new();
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
     while !shared.stopping() {
         let sources = shared.sources();
-        fds.clear();
-        fds.push(pollfd(wake.as_raw_fd()));
-        fds.extend(sources.iter().map(|s| pollfd(s.fd())));
-        // SAFETY: `fds` is a valid array of pollfd of the given length for the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) };
-        if n <= 0 {
-            continue;
+        if !same(&watched, &sources) {
+            for s in &watched {
+                // SAFETY: removing an fd from our epoll set; a closed fd is already gone.
+                unsafe {
+                    libc::epoll_ctl(
+                        epoll.as_raw_fd(),
+                        libc::EPOLL_CTL_DEL,
+                        s.fd(),
+                        std::ptr::null_mut(),
+                    )
+                };
+            }
+            for (i, s) in sources.iter().enumerate() {
+                add(s.fd(), i as u64, true);
+            }
+            watched = sources;
         }
-        if fds[0].revents != 0 {
-            let _ = wake.read();
-        }
-        for (fd, source) in fds[1..].iter().zip(&sources) {
-            if fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        // SAFETY: `events` is a valid buffer of the given length for the call.
+        let n = unsafe {
+            libc::epoll_wait(
+                epoll.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                POLL_MS,
+            )
+        };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let (token, flags) = (ev.u64, ev.events);
+            if token == WAKE {
+                let _ = wake.read();
+                continue;
+            }
+            let Some(source) = watched.get(token as usize) else {
+                continue;
+            };
+            if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
                 source.mark_dead();
             }
-            if fd.revents & libc::POLLIN != 0 {
+            if flags & libc::EPOLLIN as u32 != 0 {
                 drain(&shared, source);
             }
         }
     }
 }
 
-fn pollfd(fd: i32) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+/// True if `a` and `b` are the same sources in the same order.
+fn same(a: &[Arc<Source>], b: &[Arc<Source>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 /// Serves every fault message waiting on `source`.
