@@ -52,6 +52,11 @@ pub struct CommonArgs {
     /// with `lego.shmem_thp=advise` (a host tuned for VMs) must say so in its rows.
     #[arg(long, default_value = "")]
     pub l1_cmdline_extra: String,
+    /// vCPUs of the nested compute host. The tables so far were measured on 2 (and retry
+    /// what QEMU's SVM emulation loses with 2); 1 loses nothing (BENCHMARKS.md, testbed soak)
+    /// but is slower: a report says which it used.
+    #[arg(long, default_value_t = BENCH_L1_CPUS, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub l1_cpus: u32,
 }
 
 /// What [`CommonArgs::prepare`] gathered.
@@ -142,7 +147,7 @@ impl CommonArgs {
         config.qemu.extra_cmdline = self.l1_cmdline_extra.clone();
         // The benchmarks' tables were measured on a 2-vCPU compute host; they keep it, and
         // retry what the emulation loses (the testbed's default is 1 vCPU, for reliability).
-        config.qemu.cpus = BENCH_L1_CPUS;
+        config.qemu.cpus = self.l1_cpus;
         if let Some(mode) = self.mode {
             config.mode = mode;
         }
