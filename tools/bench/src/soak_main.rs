@@ -219,7 +219,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     let prepared = cli.common.prepare("soak", Some(&legovmm))?;
     let plan = plan(&cli, &prepared, &bin_dir)?;
     let mut config = prepared.config.clone();
-        config.qemu.memory_mib = cli.l1_memory_mib;
+    config.qemu.memory_mib = cli.l1_memory_mib;
     config.qemu.tcg_threads = cli.tcg_threads;
     config.qemu.cpu_model = cli.l1_cpu_model.clone();
     let testbed = Testbed::new(config)?;
