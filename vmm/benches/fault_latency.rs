@@ -37,6 +37,7 @@
 //! threads need no privilege, but the pager asks for a userfaultfd that also sees the kernel's
 //! faults, as KVM's are). Env `ITERS` sets the measured operations per row (default 10000, at
 //! most about 14000); `FAULT_THREADS` the pager's fault threads (default: legovmm's, 4);
+//! `FAULT_SPIN_US` how long a fault thread polls for the next fault (default: legovmm's);
 //! `RUST_LOG` turns on legovmm's log (the pager's summary at the end). Prints a markdown
 //! table. Nothing is pinned: `taskset -c 0 cargo bench ...` puts every thread and both
 //! daemons on one CPU, which on a VM host takes cross-CPU wake-ups out of the figures.
@@ -396,7 +397,14 @@ fn main() {
     {
         config.threads = n;
     }
+    if let Some(us) = std::env::var("FAULT_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.spin = Duration::from_micros(us);
+    }
     let (threads, batch, zero_run) = (config.threads, config.evict_batch as u64, config.zero_run);
+    let spin_us = config.spin.as_micros();
     let pager = Pager::start(
         &mem,
         memfd,
@@ -479,7 +487,12 @@ fn main() {
         .manager
         .issue_capability(PEER_VNODE, Rights::MEMORY, Duration::ZERO)
         .expect("capability");
-    let vm = VnodeMemory::connect(placement, key.clone(), &cap, client_config())
+    // The pager's client polls for its answer (MONITOR_SPIN); this row's does the same.
+    let pager_client = ClientConfig {
+        spin: legovmm::paging::remote::MONITOR_SPIN,
+        ..client_config()
+    };
+    let vm = VnodeMemory::connect(placement, key.clone(), &cap, pager_client)
         .expect("connect VnodeMemory");
     let mc = MemoryClient::connect(&cluster.monitor_addr, key.clone(), &cap, client_config())
         .expect("connect MemoryClient");
@@ -559,8 +572,9 @@ fn main() {
     println!(
         "Guest RAM {} MiB (shared memfd), local limit {} MiB, {} MiB written then evicted to one \
          lego-memory-monitor (lego-manager --copies 1); pager: prefetch 0, {threads} fault \
-         threads, evict batch {batch}. {iters} operations per row, interleaved in rounds of \
-         {ROUND} after {WARMUP} warm-up each; every page read checked against its pattern.\n",
+         threads polling {spin_us} µs after a fault, evict batch {batch}. {iters} operations \
+         per row, interleaved in rounds of {ROUND} after {WARMUP} warm-up each; every page \
+         read checked against its pattern.\n",
         GUEST >> 20,
         LIMIT >> 20,
         WRITTEN >> 20,
@@ -574,10 +588,13 @@ fn main() {
             &*raw_row,
         ),
         (
-            "fabric READ 4 KiB via VnodeMemory (the pager's call)",
+            "fabric READ 4 KiB via VnodeMemory (the pager's call and client: polls 50 µs)",
             &*vnode_row,
         ),
-        ("fabric READ 4 KiB via MemoryClient", &*client_row),
+        (
+            "fabric READ 4 KiB via MemoryClient (sleeps on the socket)",
+            &*client_row,
+        ),
         (
             "remote 4 KiB fault via userfaultfd (fetch + UFFDIO_COPY)",
             &*fetch_row,

@@ -83,6 +83,7 @@ pub fn run(shared: Arc<Shared>, wake: EventFd) {
                 POLL_MS,
             )
         };
+        let mut served = false;
         for ev in events.iter().take(n.max(0) as usize) {
             let (token, flags) = (ev.u64, ev.events);
             if token == WAKE {
@@ -95,9 +96,34 @@ pub fn run(shared: Arc<Shared>, wake: EventFd) {
             if flags & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
                 source.mark_dead();
             }
-            if flags & libc::EPOLLIN as u32 != 0 {
-                drain(&shared, source);
+            if flags & libc::EPOLLIN as u32 != 0 && drain(&shared, source) {
+                served = true;
             }
+        }
+        if served {
+            poll_for_more(&shared, &watched);
+        }
+    }
+}
+
+/// After a fault, keeps reading the sources for up to the configured spin (restarted by
+/// each fault served): the next fault of a guest that faults in a loop then finds this
+/// thread awake instead of waking one.
+fn poll_for_more(shared: &Shared, sources: &[Arc<Source>]) {
+    let spin = shared.config.spin;
+    if spin.is_zero() {
+        return;
+    }
+    let mut since = Instant::now();
+    while since.elapsed() < spin && !shared.stopping() {
+        let mut served = false;
+        for s in sources.iter().filter(|s| !s.is_dead()) {
+            served |= drain(shared, s);
+        }
+        if served {
+            since = Instant::now();
+        } else {
+            std::hint::spin_loop();
         }
     }
 }
@@ -107,23 +133,27 @@ fn same(a: &[Arc<Source>], b: &[Arc<Source>]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
-/// Serves every fault message waiting on `source`.
-fn drain(shared: &Shared, source: &Source) {
+/// Serves every fault message waiting on `source`; true if there was one.
+fn drain(shared: &Shared, source: &Source) -> bool {
+    let mut any = false;
     loop {
         match source.uffd().read_event() {
-            Ok(Some(Event::Pagefault { addr, .. })) => match source.page_of(addr as u64) {
-                Some(page) => serve(shared, source, page),
-                None => tracing::warn!(
-                    source = source.name(),
-                    "a fault at {addr:p} is outside guest RAM; left unserved"
-                ),
-            },
+            Ok(Some(Event::Pagefault { addr, .. })) => {
+                any = true;
+                match source.page_of(addr as u64) {
+                    Some(page) => serve(shared, source, page),
+                    None => tracing::warn!(
+                        source = source.name(),
+                        "a fault at {addr:p} is outside guest RAM; left unserved"
+                    ),
+                }
+            }
             Ok(Some(other)) => tracing::debug!(source = source.name(), "ignored {other:?}"),
-            Ok(None) => return,
+            Ok(None) => return any,
             Err(e) => {
                 tracing::debug!(source = source.name(), "cannot read a fault: {e}");
                 source.mark_dead();
-                return;
+                return any;
             }
         }
     }
@@ -193,6 +223,7 @@ fn serve(shared: &Shared, source: &Source, page: u64) {
             Ok(hashes) => {
                 let resident = shared.table().installed(start, count, hashes.as_deref());
                 stats.resident_now(resident);
+                shared.resident_changed(resident);
                 shared.next_expected.store(start + count, Ordering::Relaxed);
             }
             Err(e) => {

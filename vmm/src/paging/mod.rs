@@ -25,6 +25,7 @@ use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use lego_devices::exit::{ExitNotifier, GuestExit};
 use lego_devices::vhost_user_frontend::{BackendFaults, BackendFaultsError, BackendRegion};
@@ -77,6 +78,10 @@ pub struct PagingConfig {
     pub zero_run: u64,
     /// Pages evicted per round (per vCPU pause).
     pub evict_batch: usize,
+    /// How long a fault thread that just served a fault keeps polling for the next one
+    /// before it sleeps in epoll (zero: never; a fault that finds a polling thread skips a
+    /// thread wake-up, at the cost of a busy core for that long).
+    pub spin: Duration,
 }
 
 impl PagingConfig {
@@ -88,14 +93,28 @@ impl PagingConfig {
             prefetch: 15,
             zero_run: 64,
             evict_batch: 512,
+            spin: default_spin(),
         }
+    }
+}
+
+/// The default fault spin: 20 µs where more than one CPU can run legovmm's threads, none
+/// on a single CPU (where polling only delays the thread that would make the next fault).
+pub fn default_spin() -> Duration {
+    match std::thread::available_parallelism() {
+        Ok(n) if n.get() > 1 => Duration::from_micros(20),
+        _ => Duration::ZERO,
     }
 }
 
 /// What the fault threads and the evictor share.
 pub struct Shared {
     table: Mutex<Table>,
+    /// Signalled when a page's state changes (faults waiting for an install or for room).
     changed: Condvar,
+    /// Signalled when the evictor may have work (pressure began, armed, stopping, failed):
+    /// apart from `changed`, so that an install does not wake the evictor every time.
+    pressure: Condvar,
     store: Arc<dyn PageStore>,
     stats: Stats,
     gate: Arc<PauseGate>,
@@ -140,8 +159,28 @@ impl Shared {
         self.failed.load(Ordering::Acquire)
     }
 
+    /// Wakes the faults waiting on a page or for room.
     fn notify(&self) {
         self.changed.notify_all();
+    }
+
+    /// Wakes everything that waits: the faults and the evictor.
+    fn notify_everyone(&self) {
+        self.changed.notify_all();
+        self.pressure.notify_all();
+    }
+
+    /// True when `resident` pages leave less than one eviction batch under the limit.
+    fn under_pressure(&self, resident: u64) -> bool {
+        resident + self.config.evict_batch as u64 > self.limit_pages
+    }
+
+    /// Tells the evictor that `resident` pages are now resident: wakes it when that is
+    /// pressure (it checks again under the lock, so a spurious wake costs nothing).
+    fn resident_changed(&self, resident: u64) {
+        if self.armed.load(Ordering::Acquire) && self.under_pressure(resident) {
+            self.pressure.notify_one();
+        }
     }
 
     /// Stops the vNode: a page cannot be had. Nothing wrong is ever installed instead: the
@@ -152,7 +191,7 @@ impl Shared {
             *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
             self.exit.notify(GuestExit::VmmFailed(reason));
         }
-        self.notify();
+        self.notify_everyone();
     }
 
     /// Waits until `page` is no longer being installed by another thread.
@@ -179,7 +218,7 @@ impl Shared {
             && !self.failed()
             && !self.stopping()
         {
-            self.changed.notify_all();
+            self.pressure.notify_one();
             t = self
                 .changed
                 .wait_timeout(t, faults::WAIT_STEP)
@@ -190,17 +229,16 @@ impl Shared {
 
     /// The evictor's wait: true when the resident count is within one batch of the limit.
     fn wait_for_pressure(&self) -> bool {
-        let headroom = self.config.evict_batch as u64;
         let mut t = self.table();
         loop {
             if self.stopping() || self.failed() {
                 return false;
             }
-            if self.armed.load(Ordering::Acquire) && t.resident() + headroom > self.limit_pages {
+            if self.armed.load(Ordering::Acquire) && self.under_pressure(t.resident()) {
                 return true;
             }
             t = self
-                .changed
+                .pressure
                 .wait_timeout(t, std::time::Duration::from_millis(50))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
@@ -338,6 +376,7 @@ impl Pager {
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::new(pages)),
             changed: Condvar::new(),
+            pressure: Condvar::new(),
             store,
             stats: Stats::new(),
             gate: Arc::new(PauseGate::new()),
@@ -394,7 +433,7 @@ impl Pager {
     /// loader writes guest RAM outside any vCPU and must not lose a page to an eviction).
     pub fn arm(&self) {
         self.shared.armed.store(true, Ordering::Release);
-        self.shared.notify();
+        self.shared.notify_everyone();
     }
 
     /// The handle vhost-user backends hand their userfaultfds to.
@@ -428,7 +467,7 @@ impl Pager {
         for w in &self.shared.wakes {
             let _ = w.write(1);
         }
-        self.shared.notify();
+        self.shared.notify_everyone();
         for t in self.threads {
             let _ = t.join();
         }
