@@ -214,7 +214,17 @@ fn serve(shared: &Shared, source: &Source, page: u64) {
                 };
                 stats.fetch_took(t.elapsed());
                 Stats::count(&stats.fetched_pages, count);
-                let hashes = data.chunks(PAGE).map(hash).collect();
+                let hashes: Vec<u128> = data.chunks(PAGE).map(hash).collect();
+                let mismatch = shared.table().first_mismatch(start, &hashes);
+                if let Some(bad) = mismatch {
+                    shared.table().install_failed(start, count, State::Remote);
+                    shared.fail(format!(
+                        "page {bad} of guest RAM came back from the memory monitors different \
+                         from what legovmm wrote there (a stale or wrong copy); it was not \
+                         installed"
+                    ));
+                    return;
+                }
                 let r = source.copy(start, &data).map(|()| Some(hashes));
                 (start, count, r, State::Remote)
             }

@@ -282,6 +282,16 @@ impl Table {
     pub fn recorded_hash(&self, page: u64) -> u128 {
         self.hash[page as usize]
     }
+
+    /// Checks pages fetched from `start` (their `hashes`, in order) against the hashes of
+    /// what was last written to the monitors: the first page that came back different (a
+    /// stale or wrong copy, which must never be installed), if any.
+    pub fn first_mismatch(&self, start: u64, hashes: &[u128]) -> Option<u64> {
+        (start..)
+            .zip(hashes)
+            .find(|&(q, h)| self.hash[q as usize] != *h)
+            .map(|(q, _)| q)
+    }
 }
 
 /// The 128-bit hash that tells a page the monitors hold a current copy of: two different
@@ -373,6 +383,27 @@ mod tests {
         // Queue is now 1, 2, 0; page 0 is referenced, 1 and 2 are not.
         assert_eq!(t.candidates(3), vec![1, 2]);
         assert_eq!(t.candidates(3), vec![0]);
+    }
+
+    #[test]
+    fn a_fetched_page_must_be_the_one_written() {
+        let mut t = Table::new(3);
+        t.plan_fault(0, 3, 1);
+        t.installed(0, 3, None);
+        assert_eq!(t.candidates(3), vec![0, 1, 2]);
+        assert_eq!(t.evict(0, buf(4)), Verdict::Dirty);
+        assert_eq!(t.evict(1, buf(5)), Verdict::Dirty);
+        t.written(0);
+        t.written(1);
+        let FaultPlan::Fetch { start, count } = t.plan_fault(0, 1, 2) else {
+            panic!("expected a fetch")
+        };
+        assert_eq!((start, count), (0, 2));
+        let good = [hash(&buf(4)), hash(&buf(5))];
+        assert_eq!(t.first_mismatch(0, &good), None);
+        // An older copy of page 1 (zeros), or pages swapped: caught, never installed.
+        assert_eq!(t.first_mismatch(0, &[good[0], hash(&buf(0))]), Some(1));
+        assert_eq!(t.first_mismatch(0, &[good[1], good[0]]), Some(0));
     }
 
     #[test]
