@@ -94,9 +94,13 @@ struct Cli {
     /// The compute host's memory in MiB (nested mode).
     #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1024..=16384))]
     l1_memory_mib: u32,
-    /// Do not stream the compute host's console (the progress lines) to standard error.
-    #[arg(long)]
+    /// Print nothing while the runs go (by default: a line per phase and per result; the
+    /// whole console is in the output folder's `l1.console.log`).
+    #[arg(long, conflicts_with = "stream")]
     quiet: bool,
+    /// Stream the compute host's whole console to standard error instead of progress lines.
+    #[arg(long)]
+    stream: bool,
 }
 
 /// Removes the consoles and logs an earlier run left in `out_dir` (a try that did not run
@@ -214,7 +218,13 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         job = job.file(path, name);
     }
 
-    config.stream = if cli.quiet { Stream::Off } else { Stream::All };
+    config.stream = if cli.quiet {
+        Stream::Off
+    } else if cli.stream {
+        Stream::All
+    } else {
+        Stream::Progress
+    };
     config.qemu.memory_mib = cli.l1_memory_mib;
     let testbed = Testbed::new(config)?;
     eprintln!(

@@ -12,6 +12,10 @@ use std::time::Duration;
 pub const SAY: &str = "LEGO_SAY ";
 /// A job's live figure (e.g. pages swapped so far): printed as it is.
 pub const PROGRESS: &str = "LEGO_PROGRESS ";
+/// A benchmark job's phase line (`round R of N setup S`): printed as it is.
+pub const BENCH_PROGRESS: &str = "LEGO_BENCH_PROGRESS ";
+/// A benchmark job's result line: shown as the run, its exit and its main figures.
+pub const BENCH_RESULT: &str = "LEGO_BENCH_RESULT ";
 
 /// Returns the text to show a person for this console line, or `None` if the line is
 /// detail for the log only.
@@ -28,6 +32,28 @@ pub fn for_person(line: &str) -> Option<String> {
             .unwrap_or("?")
             .to_string()
     };
+    if let Some(at) = line.find(BENCH_PROGRESS) {
+        return Some(line[at + BENCH_PROGRESS.len()..].trim_end().to_string());
+    }
+    if line.contains(BENCH_RESULT) {
+        let mut text = format!(
+            "  {} round {} try {}: exit {}",
+            word("vmm="),
+            word("round="),
+            word("try="),
+            word("rc=")
+        );
+        for (key, label) in [
+            ("write_ms=", "write"),
+            ("verify_ms=", "verify"),
+            ("exit_ms=", "VMM start to exit"),
+        ] {
+            if line.contains(key) {
+                text.push_str(&format!(", {label} {} ms", word(key)));
+            }
+        }
+        return Some(text);
+    }
     if line.contains(crate::markers::L1_KVM_YES) {
         return Some("compute host up, with KVM".into());
     }
@@ -135,6 +161,21 @@ mod tests {
             for_person("[ 145.0] Kernel panic - not syncing: Fatal exception")
                 .unwrap()
                 .contains("Kernel panic")
+        );
+        assert_eq!(
+            for_person("LEGO_BENCH_PROGRESS round 1 of 3 setup paged uptime=3.6").as_deref(),
+            Some("round 1 of 3 setup paged uptime=3.6")
+        );
+        assert_eq!(
+            for_person(
+                "LEGO_BENCH_RESULT vmm=paged round=1 try=1 rc=0 LEGO_BOOT_TIMING vmm=paged \
+                 exit_ms=59031 LEGO_MEMTEST pages=65536 bad=0 write_ms=17785 verify_ms=29035"
+            )
+            .as_deref(),
+            Some(
+                "  paged round 1 try 1: exit 0, write 17785 ms, verify 29035 ms, \
+                 VMM start to exit 59031 ms"
+            )
         );
         assert_eq!(for_person("[    0.000000] Linux version 6.1"), None);
         assert_eq!(for_person("random detail"), None);
