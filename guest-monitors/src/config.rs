@@ -74,6 +74,8 @@ pub struct MonitorFileConfig {
     pub heartbeat_ms: Option<u64>,
     /// Worker threads for blocking requests.
     pub workers: Option<usize>,
+    /// Address of the Prometheus metrics endpoint (none when unset).
+    pub metrics: Option<String>,
     /// Storage monitor only: folder of volume files.
     pub data_dir: Option<PathBuf>,
 }
@@ -102,6 +104,8 @@ pub struct ManagerFileConfig {
     pub vnode_lease_secs: Option<u64>,
     /// Cluster key file.
     pub key_file: Option<PathBuf>,
+    /// Address of the Prometheus metrics endpoint (none when unset).
+    pub metrics: Option<String>,
 }
 
 #[cfg(test)]

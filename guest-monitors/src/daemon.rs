@@ -67,6 +67,9 @@ pub enum DaemonError {
     /// The manager could not load its state.
     #[error(transparent)]
     Manager(#[from] ManagerError),
+    /// The metrics endpoint could not be started.
+    #[error(transparent)]
+    Metrics(#[from] lego_metrics::MetricsError),
     /// The storage monitor's data folder cannot be used.
     #[error("the data folder is not usable")]
     DataDir(#[source] VolumeError),

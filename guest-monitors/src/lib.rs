@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod fsutil;
 pub mod manager;
 pub mod memory_service;
+pub mod metrics;
 pub mod monitor_main;
 pub mod pagestore;
 pub mod placement;

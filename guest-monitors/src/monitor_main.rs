@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lego_fabric::{ClusterKey, Handler, ServerConfig};
+use lego_metrics::prometheus_client::registry::Registry;
+use lego_metrics::MetricsServer;
 use lego_monitor_client::proto::manager::MonitorKind;
 use lego_report::error_chain;
 
@@ -38,6 +40,9 @@ pub struct MonitorFlags {
     /// Worker threads for blocking requests [default: 4].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Resolved settings every monitor needs.
@@ -56,6 +61,8 @@ pub struct MonitorSettings {
     pub key: ClusterKey,
     /// The incarnation to report (`None`: new with each process).
     pub incarnation: Option<u64>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<String>,
 }
 
 /// Loads the config file named by the flags and resolves the common settings (flags win).
@@ -82,21 +89,29 @@ pub fn resolve(
         workers: flags.workers.or(file.workers).unwrap_or(4).max(1),
         key,
         incarnation: None,
+        metrics: flags.metrics.or(file.metrics.clone()),
     };
     Ok((settings, file))
 }
 
-/// Serves `handler`, registers and heartbeats to the manager (if any) with `usage`, waits for
-/// SIGTERM/SIGINT and shuts down. `serving` is called once the address is bound, with the
-/// address and the server's incarnation.
+/// Serves `handler`, registers and heartbeats to the manager (if any) with `usage`, serves
+/// `metrics` if the settings name an address, waits for SIGTERM/SIGINT and shuts down.
+/// `serving` is called once the address is bound, with the address and the server's
+/// incarnation.
 pub fn serve_until_signal(
     settings: MonitorSettings,
     kind: MonitorKind,
     handler: Arc<dyn Handler>,
     usage: UsageFn,
+    metrics: Registry,
     serving: impl FnOnce(SocketAddr, u64),
 ) -> Result<(), DaemonError> {
     let mut signals = daemon::shutdown_signals()?;
+    let metrics_server = settings
+        .metrics
+        .as_deref()
+        .map(|addr| MetricsServer::start(addr, metrics))
+        .transpose()?;
     let server = daemon::serve(
         &settings.listen,
         settings.key.clone(),
@@ -129,6 +144,7 @@ pub fn serve_until_signal(
         a.stop();
     }
     server.shutdown();
+    drop(metrics_server);
     Ok(())
 }
 

@@ -18,11 +18,23 @@ fn help_lists_flags() {
     for (bin, flags) in [
         (
             MEMORY_BIN,
-            &["--capacity", "--config", "--listen", "--manager"][..],
+            &[
+                "--capacity",
+                "--config",
+                "--listen",
+                "--manager",
+                "--metrics",
+            ][..],
         ),
         (
             STORAGE_BIN,
-            &["--data-dir", "--config", "--listen", "--manager"][..],
+            &[
+                "--data-dir",
+                "--config",
+                "--listen",
+                "--manager",
+                "--metrics",
+            ][..],
         ),
         (
             MANAGER_BIN,

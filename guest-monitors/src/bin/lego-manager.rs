@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use clap::Parser;
 use lego_fabric::{ClusterKey, ServerConfig};
+use lego_metrics::MetricsServer;
 use lego_monitor_client::size::ByteSize;
 use lego_monitors::config::{self, ManagerFileConfig};
 use lego_monitors::daemon::{self, DaemonError};
 use lego_monitors::manager::service::ManagerService;
 use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings, VnodeLeases};
+use lego_monitors::metrics;
 
 /// Place vNodes' remote memory and volumes on monitors and watch the monitors' heartbeats.
 #[derive(Debug, Parser)]
@@ -58,6 +60,9 @@ struct Args {
     /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9101 [default: none].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn run(args: Args) -> Result<(), DaemonError> {
@@ -112,6 +117,11 @@ fn run(args: Args) -> Result<(), DaemonError> {
     let store = FileStateStore::open(&state_dir).map_err(DaemonError::StateDir)?;
     let interval = settings.heartbeat_interval;
     let manager = Arc::new(Manager::new(settings, key.clone(), Box::new(store))?);
+    let metrics = args
+        .metrics
+        .or(file.metrics)
+        .map(|addr| MetricsServer::start(&addr, metrics::manager_registry(manager.clone())))
+        .transpose()?;
     let server = daemon::serve(
         &listen,
         key,
@@ -143,6 +153,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
     drop(stop_tx);
     let _ = watcher.join();
     server.shutdown();
+    drop(metrics);
     tracing::info!("manager stopped");
     Ok(())
 }

@@ -9,6 +9,7 @@ use lego_monitor_client::size::ByteSize;
 use lego_monitors::config;
 use lego_monitors::daemon::DaemonError;
 use lego_monitors::memory_service::MemoryService;
+use lego_monitors::metrics::{self, UsageProbe};
 use lego_monitors::monitor_main::{self, MonitorFlags};
 use lego_monitors::pagestore::PageStore;
 
@@ -42,11 +43,16 @@ fn run(args: Args) -> Result<(), DaemonError> {
     }
     let store = Arc::new(PageStore::new(capacity));
     let usage_store = store.clone();
+    let usage: UsageProbe =
+        Arc::new(move || (usage_store.capacity_bytes(), usage_store.used_bytes()));
+    let mut registry = metrics::monitor_registry("memory", usage.clone());
+    metrics::register_page_store(&mut registry, store.clone());
     monitor_main::serve_until_signal(
         settings,
         MonitorKind::Memory,
         Arc::new(MemoryService::new(store.clone())),
-        Box::new(move || (usage_store.capacity_bytes(), usage_store.used_bytes())),
+        Box::new(move || usage()),
+        registry,
         |bound, incarnation| tracing::info!(listen = %bound, capacity = %ByteSize(capacity), incarnation = format_args!("{incarnation:#018x}"), "memory monitor serving (empty: a new incarnation)"),
     )?;
     tracing::info!(pages = store.stats().pages_stored, "memory monitor stopped");

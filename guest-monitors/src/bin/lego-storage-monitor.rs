@@ -9,6 +9,7 @@ use lego_monitor_client::proto::manager::MonitorKind;
 use lego_monitor_client::size::ByteSize;
 use lego_monitors::config;
 use lego_monitors::daemon::DaemonError;
+use lego_monitors::metrics::{self, UsageProbe};
 use lego_monitors::monitor_main::{self, MonitorFlags};
 use lego_monitors::storage_service::StorageService;
 use lego_monitors::volume::{filesystem_capacity, VolumeStore};
@@ -49,17 +50,20 @@ fn run(args: Args) -> Result<(), DaemonError> {
     };
     let service = Arc::new(StorageService::new(store, capacity));
     let usage_service = service.clone();
+    let usage: UsageProbe = Arc::new(move || {
+        let used = usage_service
+            .stats()
+            .map(|st| st.provisioned_bytes)
+            .unwrap_or(0);
+        (capacity, used)
+    });
+    let registry = metrics::monitor_registry("storage", usage.clone());
     monitor_main::serve_until_signal(
         settings,
         MonitorKind::Storage,
         service,
-        Box::new(move || {
-            let used = usage_service
-                .stats()
-                .map(|st| st.provisioned_bytes)
-                .unwrap_or(0);
-            (capacity, used)
-        }),
+        Box::new(move || usage()),
+        registry,
         |bound, incarnation| tracing::info!(listen = %bound, incarnation = format_args!("{incarnation:#018x}"), data_dir = %data_dir.display(), capacity = %ByteSize(capacity), "storage monitor serving"),
     )?;
     tracing::info!("storage monitor stopped");
