@@ -3,12 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use common::*;
 use lego_fabric::Rights;
 use lego_monitor_client::client::{ManagerClient, MemoryClient};
+use lego_testkit::metrics::{scrape, value, Scrape};
 use lego_testkit::net::free_loopback_addr;
 
 /// An address for a daemon's metrics endpoint on `host` (its namespace's address, another
@@ -23,35 +21,10 @@ fn metrics_addr(host: &Host) -> String {
     }
 }
 
-/// Scrapes `addr` and parses the answer as Prometheus text.
-fn scrape(addr: &str) -> prometheus_parse::Scrape {
-    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("the answer parses as Prometheus text")
-}
-
-/// The value of sample `name` (with label `label`=`value`, if given).
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let s = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
-    match s.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        ref other => panic!("{name} is {other:?}"),
-    }
+/// The value of sample `name` (with label `label`=`value`, if given); panics if absent.
+fn sample(scrape: &Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let labels: Vec<(&str, &str)> = label.into_iter().collect();
+    value(scrape, name, &labels).unwrap_or_else(|| panic!("no sample {name} {label:?}"))
 }
 
 #[test]
@@ -222,15 +195,8 @@ fn the_manager_exports_its_cluster_and_sees_a_monitor_die() {
 }
 
 /// The value of the sample `name` with all of `labels`, or 0 if there is none.
-fn sample_or_zero(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .map_or(0.0, |s| match s.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
+fn sample_or_zero(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(scrape, name, labels).unwrap_or(0.0)
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Helpers for collectors that report values read at scrape time (a daemon's own counters
 //! and gauges, kept as plain atomics or computed from its state).
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
@@ -47,4 +47,23 @@ pub fn gauge_family(
         ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Encodes a histogram `name` from per-bucket counts `(upper bound, count)` in increasing
+/// bound order (the last bound may be `f64::INFINITY`) and the sum of the observations.
+pub fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    sum: f64,
+    buckets: &[(f64, u64)],
+) -> Result<(), std::fmt::Error> {
+    let count = buckets.iter().map(|&(_, n)| n).sum();
+    let mut metric = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Histogram,
+    )?;
+    metric.encode_histogram::<NoLabelSet>(sum, count, buckets, None)
 }

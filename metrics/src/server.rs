@@ -31,7 +31,8 @@ pub enum MetricsError {
     Thread(#[source] std::io::Error),
 }
 
-/// A running metrics endpoint; dropping it stops it.
+/// A running metrics endpoint; dropping it stops its thread (tiny_http closes the listening
+/// socket from its accept thread just after).
 pub struct MetricsServer {
     addr: SocketAddr,
     server: Arc<Server>,

@@ -18,6 +18,13 @@ impl Collector for Held {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         collect::gauge(&mut e, "test_capacity_bytes", "Capacity.", 4096)?;
         collect::counter(&mut e, "test_pages_written", "Pages written.", 17)?;
+        collect::histogram(
+            &mut e,
+            "test_latency_seconds",
+            "Latency.",
+            0.5,
+            &[(0.001, 2), (0.01, 3), (f64::INFINITY, 1)],
+        )?;
         collect::gauge_family(
             &mut e,
             "test_vnode_pages",
@@ -77,6 +84,19 @@ fn a_scrape_carries_the_registry_and_bad_requests_get_errors() {
     assert_eq!(value(&scrape, "test_pages_written_total", None), 17.0);
     assert_eq!(value(&scrape, "test_vnode_pages", Some("1")), 5.0);
     assert_eq!(value(&scrape, "test_vnode_pages", Some("2")), 12.0);
+    let latency = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "test_latency_seconds")
+        .expect("the histogram");
+    let prometheus_parse::Value::Histogram(buckets) = &latency.value else {
+        panic!("test_latency_seconds is {:?}", latency.value)
+    };
+    let cumulative: Vec<(f64, f64)> = buckets.iter().map(|b| (b.less_than, b.count)).collect();
+    assert_eq!(
+        cumulative,
+        vec![(0.001, 2.0), (0.01, 5.0), (f64::INFINITY, 6.0)]
+    );
 
     // Live: a later scrape sees a later value.
     requests.inc();
@@ -90,11 +110,16 @@ fn a_scrape_carries_the_registry_and_bad_requests_get_errors() {
     assert_eq!(status, 405);
     assert!(body.contains("GET"), "{body}");
 
+    // tiny_http closes its listener from its accept thread just after the drop returns.
     drop(server);
-    assert!(
-        TcpStream::connect(addr).is_err(),
-        "the endpoint still listens after the server was dropped"
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while TcpStream::connect(addr).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the endpoint still listens 5 s after the server was dropped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]

@@ -102,6 +102,9 @@ pub struct Cli {
     /// Largest queue size offered to the frontend (a power of two up to 32768).
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9102 [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 impl Cli {

@@ -11,11 +11,13 @@
 //!   `RequestHandler`.
 //! * [`server`]: the socket, one frontend at a time, clean stop.
 //! * [`state`]: what remote memory must remember across the backend's own restarts.
+//! * [`metrics`]: the device's counters for its Prometheus endpoint (`--metrics`).
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod cli;
+pub mod metrics;
 pub mod open;
 pub mod server;
 pub mod state;

@@ -22,6 +22,8 @@ enum MainError {
     Signals(#[source] std::io::Error),
     #[error("cannot start the signal thread")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] lego_metrics::MetricsError),
 }
 
 fn run(cli: Cli) -> Result<(), MainError> {
@@ -31,6 +33,16 @@ fn run(cli: Cli) -> Result<(), MainError> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(MainError::Signals)?;
     let store = open_store(&spec, cli.key_file.as_deref())?;
     let server = Server::bind(&cli.socket, store, queues)?;
+    let _metrics = cli
+        .metrics
+        .as_deref()
+        .map(|addr| {
+            lego_metrics::MetricsServer::start(
+                addr,
+                lego_vhost_blk::metrics::registry(server.counters()),
+            )
+        })
+        .transpose()?;
     let stop = server.stop_handle();
     std::thread::Builder::new()
         .name("signals".into())

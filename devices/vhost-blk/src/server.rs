@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::BlkBackend;
 use crate::store::BlockStore;
+use lego_devices::virtio::block::request::counters::BlockCounters;
 use lego_devices::virtio::block::{DeviceConfig, RequestHandler};
 
 /// Errors from binding or serving the socket.
@@ -152,6 +153,11 @@ impl Server {
                 socket: socket.into(),
             })),
         })
+    }
+
+    /// What the device has served, for its metrics (kept across frontends).
+    pub fn counters(&self) -> Arc<BlockCounters> {
+        self.handler.counters()
     }
 
     /// A handle that stops [`Server::run`].

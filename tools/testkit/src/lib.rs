@@ -11,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod metrics;
 pub mod net;
 pub mod prerequisite;
 pub mod process;

@@ -8,10 +8,12 @@
 //! device-writable last descriptor, inside guest memory), and with no bytes written when it has
 //! none; such problems are logged at most once a second.
 
+pub mod counters;
 mod parse;
 pub mod run;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use lego_report::error_chain;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
@@ -20,6 +22,7 @@ use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap};
 
 use crate::rate_limit::RateLimiter;
 use crate::virtio::block::store::{BlockStore, StoreError, SECTOR_SIZE};
+use counters::BlockCounters;
 use parse::Parsed;
 
 /// The completion of a chain with no status byte: nothing written.
@@ -107,6 +110,7 @@ pub struct Completion {
 pub struct RequestHandler {
     store: Arc<dyn BlockStore>,
     discard: bool,
+    counters: Arc<BlockCounters>,
     guest_faults: RateLimiter,
     store_faults: RateLimiter,
 }
@@ -117,6 +121,7 @@ impl RequestHandler {
         Self {
             store,
             discard: true,
+            counters: Arc::default(),
             guest_faults: RateLimiter::default(),
             store_faults: RateLimiter::default(),
         }
@@ -129,6 +134,11 @@ impl RequestHandler {
             discard: false,
             ..Self::new(store)
         }
+    }
+
+    /// What this handler has served (requests, bytes, errors, batch latency).
+    pub fn counters(&self) -> Arc<BlockCounters> {
+        self.counters.clone()
     }
 
     /// The store served.
@@ -165,19 +175,30 @@ impl RequestHandler {
         T: std::ops::Deref + Clone,
         T::Target: GuestMemory + Sized,
     {
+        let start = Instant::now();
         let mut reqs: Vec<Parsed<'_>> = chains
             .into_iter()
             .map(|chain| parse::parse(self, mem, chain))
             .collect();
         run::run(self.store.as_ref(), &mut reqs);
-        reqs.into_iter()
+        let done = reqs
+            .into_iter()
             .map(|r| (r.head, self.complete(mem, r)))
-            .collect()
+            .collect();
+        self.counters.batch(start.elapsed());
+        done
     }
 
     /// Writes a finished request's status byte and says what the device wrote.
     fn complete(&self, mem: &GuestMemoryMmap, req: Parsed<'_>) -> Completion {
         let head = req.head;
+        self.counters.request(
+            req.data.as_ref().map_or(0, |w| w.bytes_written()),
+            req.reader
+                .as_ref()
+                .map_or(0, |r| r.bytes_read().saturating_sub(HEADER_LEN)),
+            req.error.is_some(),
+        );
         let Some(status_addr) = req.status else {
             return EMPTY;
         };
