@@ -163,6 +163,7 @@ fn drain(shared: &Shared, source: &Source) -> bool {
 /// access is sequential) or waits for the thread that is installing it.
 fn serve(shared: &Shared, source: &Source, page: u64) {
     let stats = &shared.stats;
+    let backend = !std::ptr::eq(source, &*shared.own);
     loop {
         let sequential = shared.next_expected.load(Ordering::Relaxed) == page;
         let (zero_run, fetch_run) = if sequential {
@@ -185,20 +186,20 @@ fn serve(shared: &Shared, source: &Source, page: u64) {
                 continue;
             }
             FaultPlan::Zero { start, count } => {
-                shared.wait_for_room(count);
+                shared.wait_for_room(count, backend);
                 Stats::count(&stats.zero_faults, 1);
                 Stats::count(&stats.zero_pages, count);
                 let r = source.zero(start, count).map(|()| None);
                 (start, count, r, State::Untouched)
             }
             FaultPlan::Buffer(buf) => {
-                shared.wait_for_room(1);
+                shared.wait_for_room(1, backend);
                 Stats::count(&stats.buffer_faults, 1);
                 let r = source.copy(page, &buf).map(|()| Some(vec![hash(&buf)]));
                 (page, 1, r, State::Evicted)
             }
             FaultPlan::Fetch { start, count } => {
-                shared.wait_for_room(count);
+                shared.wait_for_room(count, backend);
                 Stats::count(&stats.fetch_faults, 1);
                 let t = Instant::now();
                 let data = match shared.store.read(start, count) {
@@ -256,3 +257,8 @@ fn serve(shared: &Shared, source: &Source, page: u64) {
 
 /// How long a fault waits for another thread's install before looking again.
 pub const WAIT_STEP: Duration = Duration::from_millis(5);
+
+/// How long a backend's fault waits for room while an eviction round has the vCPUs paused
+/// (a round takes about 2 ms; one that takes longer lets the fault through rather than risk
+/// a stall).
+pub const PAUSED_WAIT: Duration = Duration::from_millis(50);

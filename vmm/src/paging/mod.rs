@@ -206,18 +206,22 @@ impl Shared {
         }
     }
 
-    /// Waits until `count` more resident pages fit under the limit (once armed; never while
-    /// the evictor is pausing the vCPUs, which may be waiting on this very fault).
-    fn wait_for_room(&self, count: u64) {
+    /// Waits until `count` more resident pages fit under the limit (once armed). While the
+    /// evictor pauses the vCPUs, a fault of legovmm's own mapping does not wait (a vCPU the
+    /// pause waits for may be blocked on it, and the evictor's own reads fault there); a
+    /// backend's fault waits up to [`faults::PAUSED_WAIT`] even then (nothing the pause needs
+    /// waits on a backend, so this bounds how far a backend busy during back-to-back rounds
+    /// takes guest RAM past the limit, without a deadlock if a round stalls).
+    fn wait_for_room(&self, count: u64, backend: bool) {
         if !self.armed.load(Ordering::Acquire) {
             return;
         }
+        let patience = std::time::Instant::now() + faults::PAUSED_WAIT;
         let mut t = self.table();
-        while t.resident() + count > self.limit_pages
-            && !self.gate.pausing()
-            && !self.failed()
-            && !self.stopping()
-        {
+        while t.resident() + count > self.limit_pages && !self.failed() && !self.stopping() {
+            if self.gate.pausing() && !(backend && std::time::Instant::now() < patience) {
+                return;
+            }
             self.pressure.notify_one();
             t = self
                 .changed
