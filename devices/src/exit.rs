@@ -14,6 +14,8 @@ pub enum GuestExit {
     Crashed(String),
     /// The VMM could not keep the guest running (its guest RAM could not be had), with why.
     VmmFailed(String),
+    /// An operator ended the vNode (`vm.shutdown` on the API socket).
+    Shutdown,
 }
 
 /// A shared, clonable signal: the first reported exit wins and wakes the VMM's event loop.

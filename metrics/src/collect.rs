@@ -49,6 +49,25 @@ pub fn gauge_family(
     Ok(())
 }
 
+/// Encodes a counter family `name` (the text format adds `_total`): one sample per label set.
+pub fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 /// Encodes a histogram `name` from per-bucket counts `(upper bound, count)` in increasing
 /// bound order (the last bound may be `f64::INFINITY`) and the sum of the observations.
 pub fn histogram(

@@ -405,6 +405,7 @@ fn main() {
     }
     let (threads, batch, zero_run) = (config.threads, config.evict_batch as u64, config.zero_run);
     let spin_us = config.spin.as_micros();
+    let gate = std::sync::Arc::new(legovmm::paging::pause::PauseGate::new());
     let pager = Pager::start(
         &mem,
         memfd,
@@ -412,6 +413,7 @@ fn main() {
         config,
         ExitNotifier::new().expect("exit eventfd"),
         RingRegistry::new(),
+        gate.clone(),
     )
     .unwrap_or_else(|e| {
         panic!(
@@ -425,7 +427,6 @@ fn main() {
     // Populate, as a vCPU would: a pause for an eviction waits for this thread's checkpoint,
     // so no store lands between the evictor's copy of a page and its removal.
     legovmm::kick::install();
-    let gate = pager.gate();
     gate.register();
     let mut buf = vec![0u8; PAGE];
     for page in 0..WRITTEN_PAGES {

@@ -268,6 +268,8 @@ pub struct FileConfig {
     pub key_file: Option<PathBuf>,
     /// How guest RAM is backed: "auto", "private", "shared" or "hugetlb".
     pub memory_backing: Option<MemoryBacking>,
+    /// The API socket's path.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// A size as it may appear in TOML: a string with a unit, or a bare number of MiB.
@@ -340,6 +342,8 @@ pub struct Overrides {
     pub key_file: Option<PathBuf>,
     /// `--memory-backing`.
     pub memory_backing: Option<MemoryBacking>,
+    /// `--api-socket`.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// A complete, validated vNode configuration.
@@ -371,6 +375,8 @@ pub struct VmConfig {
     /// How guest RAM is backed, as asked ([`MemoryBacking::Auto`] is decided when the
     /// devices are known: see [`VmConfig::memory_backing_used`]).
     pub memory_backing: MemoryBacking,
+    /// Where legovmm serves its API (`--api-socket`), if anywhere.
+    pub api_socket: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -515,6 +521,7 @@ impl VmConfig {
                 .min(MAX_PAGING_PREFETCH),
             serial,
             memory_backing,
+            api_socket: flags.api_socket.or(file.api_socket),
         })
     }
 }

@@ -98,6 +98,8 @@ pub struct Devices {
     pub mmio: Bus,
     /// The virtio-mmio windows, for the DSDT.
     pub virtio: Vec<MmioDevice>,
+    /// Each virtio device as the API shows it, in the same order.
+    pub live: Vec<crate::api::control::LiveDevice>,
 }
 
 /// The ports the ACPI tables announce, as the devices define them.
@@ -230,6 +232,7 @@ pub fn create(
         return Err(DeviceError::TooManyVirtio(layout::VIRTIO_GSIS.len()));
     }
     let mut virtio = Vec::new();
+    let mut live = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
         let block = Block::new(&disk.path, disk.readonly, &format!("lego-local-{i}")).map_err(
             |source| DeviceError::Disk {
@@ -242,15 +245,17 @@ pub fn create(
             disk.path.display(),
             if disk.readonly { " (read-only)" } else { "" }
         );
-        virtio.push(attach_virtio(
-            vm,
-            &mut mmio,
-            mem,
-            virtio.len(),
-            block,
-            &what,
-            rings,
-        )?);
+        let counters = block.counters();
+        let window = attach_virtio(vm, &mut mmio, mem, virtio.len(), block, &what, rings)?;
+        live.push(live_device(
+            live.len(),
+            "virtio-blk",
+            &disk.path,
+            disk.readonly,
+            &window,
+            Some(counters),
+        ));
+        virtio.push(window);
     }
     for dev in &config.vhost_user_blk {
         let blk = VhostUserBlk::connect_with_faults(&dev.socket, backend_faults.clone())?
@@ -258,15 +263,43 @@ pub fn create(
                 window: dev.reconnect.map(Duration::from_secs),
             });
         let what = format!("vhost-user-blk disk at {}", dev.socket.display());
-        virtio.push(attach_virtio(
-            vm,
-            &mut mmio,
-            mem,
-            virtio.len(),
-            blk,
-            &what,
-            rings,
-        )?);
+        let window = attach_virtio(vm, &mut mmio, mem, virtio.len(), blk, &what, rings)?;
+        live.push(live_device(
+            live.len(),
+            "vhost-user-blk",
+            &dev.socket,
+            false,
+            &window,
+            None,
+        ));
+        virtio.push(window);
     }
-    Ok(Devices { pio, mmio, virtio })
+    Ok(Devices {
+        pio,
+        mmio,
+        virtio,
+        live,
+    })
+}
+
+/// The API's view of the `index`th virtio device.
+fn live_device(
+    index: usize,
+    kind: &str,
+    backing: &std::path::Path,
+    read_only: bool,
+    window: &MmioDevice,
+    counters: Option<Arc<lego_devices::virtio::block::request::counters::BlockCounters>>,
+) -> crate::api::control::LiveDevice {
+    crate::api::control::LiveDevice {
+        info: crate::api::model::DeviceInfo {
+            id: format!("disk{index}"),
+            kind: kind.into(),
+            backing: backing.display().to_string(),
+            read_only,
+            mmio_base: window.base,
+            gsi: window.gsi,
+        },
+        counters,
+    }
 }

@@ -5,9 +5,11 @@
 //! The path from `legovmm run` to a running guest: [`config`] merges the TOML file and the
 //! flags; [`vm::run`] opens [`kvm`], creates guest RAM ([`memory`]), the devices
 //! ([`device_manager`]), the ACPI tables ([`acpi`]), loads the kernel ([`boot`]), configures
-//! the vCPUs ([`cpu`]) and runs them until the guest ends.
+//! the vCPUs ([`cpu`]) and runs them until the guest ends; [`api`] answers an operator's
+//! requests on the API socket meanwhile.
 
 pub mod acpi;
+pub mod api;
 pub mod backends;
 pub mod boot;
 pub mod config;

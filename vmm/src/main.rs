@@ -43,7 +43,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, memory_backing, vcpus, [[disks]], [[vhost_user_blk]], serial); flags override it.
+    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, memory_backing, vcpus, [[disks]], [[vhost_user_blk]], serial, api_socket, ...); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Kernel image: a bzImage or an ELF vmlinux (PVH entry used when present).
@@ -96,6 +96,9 @@ struct RunArgs {
     /// Cluster key file for the remote devices' backends [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// Serve the API (HTTP/1.1 REST: vm.info, vm.counters, vm.pause, vm.resume, vm.shutdown, vmm.ping, and Prometheus metrics at /metrics; see vmm/api/openapi.json) on the Unix socket PATH; e.g. `curl --unix-socket PATH http://localhost/api/v1/vm.info`.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
@@ -162,6 +165,7 @@ fn run(args: RunArgs) -> ExitCode {
         vnode: args.vnode,
         key_file: args.key_file,
         memory_backing: args.memory_backing,
+        api_socket: args.api_socket,
     };
     let config = match VmConfig::resolve(file, flags) {
         Ok(c) => c,
@@ -179,6 +183,10 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(Outcome::Guest(GuestExit::Crashed(reason))) => {
             eprintln!("legovmm: the guest crashed: {reason}");
             ExitCode::from(EXIT_GUEST_CRASHED)
+        }
+        Ok(Outcome::Guest(GuestExit::Shutdown)) => {
+            eprintln!("legovmm: the vNode was shut down through the API");
+            ExitCode::SUCCESS
         }
         Ok(Outcome::Guest(GuestExit::VmmFailed(reason))) => {
             eprintln!("legovmm: the vNode was stopped: {reason}");

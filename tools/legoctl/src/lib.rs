@@ -3,5 +3,6 @@
 
 #![warn(missing_docs)]
 
+pub mod api_client;
 pub mod render;
 pub mod table;

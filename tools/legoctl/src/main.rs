@@ -94,6 +94,42 @@ enum Cmd {
         #[arg(long)]
         vnode: u64,
     },
+    /// Talk to a running legovmm through its API socket (legovmm run --api-socket).
+    Vm {
+        /// legovmm's API socket.
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        #[command(subcommand)]
+        action: VmAction,
+    },
+}
+
+/// What to ask a running legovmm.
+#[derive(Debug, Subcommand)]
+enum VmAction {
+    /// Is it alive (version, pid).
+    Ping,
+    /// Its configuration, state, memory and devices (JSON).
+    Info,
+    /// Its devices' and pager's counters (JSON).
+    Counters,
+    /// Park its vCPUs.
+    Pause,
+    /// Let them run again.
+    Resume,
+    /// End the vNode.
+    Shutdown,
+    /// Its Prometheus metrics.
+    Metrics,
+    /// Any request: METHOD PATH [BODY]; prints the status line and the body.
+    Request {
+        /// GET, PUT, ...
+        method: String,
+        /// e.g. /api/v1/vm.info
+        path: String,
+        /// A JSON body.
+        body: Option<String>,
+    },
 }
 
 /// Why a command failed.
@@ -127,6 +163,9 @@ enum CtlError {
     /// An answer could not be printed as JSON.
     #[error("cannot print the answer as JSON")]
     Json(#[from] serde_json::Error),
+    /// legovmm's API failed or refused.
+    #[error(transparent)]
+    Api(#[from] legoctl::api_client::ApiClientError),
 }
 
 fn parse_rights(s: &str) -> Result<Rights, CtlError> {
@@ -157,6 +196,10 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             ClusterKey::generate().map_err(CtlError::Keygen)?.to_hex()
         ));
         return Ok(());
+    }
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    if let Cmd::Vm { api_socket, action } = &cli.cmd {
+        return vm(api_socket, action, timeout);
     }
     let key = ClusterKey::load(cli.key_file.as_deref()).map_err(CtlError::Key)?;
     let cc = ClientConfig {
@@ -190,7 +233,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
     })?;
     match cli.cmd {
-        Cmd::Keygen | Cmd::MonitorStats { .. } => {}
+        Cmd::Keygen | Cmd::MonitorStats { .. } | Cmd::Vm { .. } => {}
         Cmd::Status { json } => {
             let st = mgr.status()?;
             if json {
@@ -260,6 +303,38 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             mgr.release_vnode(vnode)?;
             out(&format!("vNode {vnode} released\n"));
         }
+    }
+    Ok(())
+}
+
+/// `legoctl vm`: one request to legovmm's API socket.
+fn vm(socket: &std::path::Path, action: &VmAction, timeout: Duration) -> Result<(), CtlError> {
+    use legoctl::api_client::{call, request};
+    let (method, path) = match action {
+        VmAction::Ping => ("GET", "/api/v1/vmm.ping"),
+        VmAction::Info => ("GET", "/api/v1/vm.info"),
+        VmAction::Counters => ("GET", "/api/v1/vm.counters"),
+        VmAction::Pause => ("PUT", "/api/v1/vm.pause"),
+        VmAction::Resume => ("PUT", "/api/v1/vm.resume"),
+        VmAction::Shutdown => ("PUT", "/api/v1/vm.shutdown"),
+        VmAction::Metrics => ("GET", "/metrics"),
+        VmAction::Request { method, path, body } => {
+            let a = request(socket, method, path, body.as_deref(), timeout)?;
+            out(&format!("HTTP {}\n{}\n", a.status, a.body.trim_end()));
+            return Ok(());
+        }
+    };
+    let body = call(socket, method, path, timeout)?;
+    if body.is_empty() {
+        out(&format!(
+            "{}: done\n",
+            path.rsplit('/').next().unwrap_or(path)
+        ));
+    } else if body.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        out(&format!("{}\n", serde_json::to_string_pretty(&v)?));
+    } else {
+        out(&body);
     }
     Ok(())
 }

@@ -57,7 +57,7 @@ pub struct Vcpu {
     pio: Bus,
     mmio: Bus,
     exit: ExitNotifier,
-    gate: Option<Arc<PauseGate>>,
+    gate: Arc<PauseGate>,
 }
 
 /// Everything shared by every vCPU.
@@ -78,8 +78,9 @@ pub struct VcpuShared<'a> {
     pub mmio: Bus,
     /// Where guest-ending exits are reported.
     pub exit: ExitNotifier,
-    /// The pager's pause gate, passed before each KVM_RUN (paged guest RAM only).
-    pub gate: Option<Arc<PauseGate>>,
+    /// The pause gate, passed before each KVM_RUN (the pager's evictions and an operator's
+    /// `vm.pause` park the vCPUs there).
+    pub gate: Arc<PauseGate>,
 }
 
 impl Vcpu {
@@ -139,13 +140,9 @@ impl Vcpu {
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let id = self.id;
         let mut crashed = false;
-        if let Some(g) = &self.gate {
-            g.register();
-        }
+        self.gate.register();
         while !stop.load(Ordering::Acquire) {
-            if let Some(g) = &self.gate {
-                g.checkpoint();
-            }
+            self.gate.checkpoint();
             let outcome = match self.fd.run() {
                 Ok(exit) => handle_exit(id, exit, &self.pio, &self.mmio),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
@@ -160,9 +157,7 @@ impl Vcpu {
                 break;
             }
         }
-        if let Some(g) = &self.gate {
-            g.unregister();
-        }
+        self.gate.unregister();
         self.log_state(crashed);
     }
 

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::source::{InstallError, Source};
 use super::stats::Stats;
 use super::table::{hash, FaultPlan, State, PAGE};
-use super::Shared;
+use super::{Room, Shared};
 
 /// How long a wait lasts before the thread looks at the sources again.
 const POLL_MS: i32 = 100;
@@ -166,11 +166,21 @@ fn serve(shared: &Shared, source: &Source, page: u64) {
     let backend = !std::ptr::eq(source, &*shared.own);
     loop {
         let sequential = shared.next_expected.load(Ordering::Relaxed) == page;
-        let (zero_run, fetch_run) = if sequential {
+        let (mut zero_run, mut fetch_run) = if sequential {
             (shared.config.zero_run, shared.config.prefetch + 1)
         } else {
             (1, 1)
         };
+        let run = match shared.table().state(page) {
+            State::Untouched => zero_run,
+            State::Remote => fetch_run,
+            State::Evicted => 1,
+            _ => 0, // resident or being installed: nothing new to make room for
+        };
+        if run > 0 && shared.wait_for_room(run, backend) == Room::OnePage {
+            (zero_run, fetch_run) = (1, 1);
+            Stats::count(&stats.over_limit_installs, 1);
+        }
         let plan = shared.table().plan_fault(page, zero_run, fetch_run);
         let (start, count, result, was) = match plan {
             FaultPlan::Wake => {
@@ -186,20 +196,17 @@ fn serve(shared: &Shared, source: &Source, page: u64) {
                 continue;
             }
             FaultPlan::Zero { start, count } => {
-                shared.wait_for_room(count, backend);
                 Stats::count(&stats.zero_faults, 1);
                 Stats::count(&stats.zero_pages, count);
                 let r = source.zero(start, count).map(|()| None);
                 (start, count, r, State::Untouched)
             }
             FaultPlan::Buffer(buf) => {
-                shared.wait_for_room(1, backend);
                 Stats::count(&stats.buffer_faults, 1);
                 let r = source.copy(page, &buf).map(|()| Some(vec![hash(&buf)]));
                 (page, 1, r, State::Evicted)
             }
             FaultPlan::Fetch { start, count } => {
-                shared.wait_for_room(count, backend);
                 Stats::count(&stats.fetch_faults, 1);
                 let t = Instant::now();
                 let data = match shared.store.read(start, count) {
@@ -258,7 +265,6 @@ fn serve(shared: &Shared, source: &Source, page: u64) {
 /// How long a fault waits for another thread's install before looking again.
 pub const WAIT_STEP: Duration = Duration::from_millis(5);
 
-/// How long a backend's fault waits for room while an eviction round has the vCPUs paused
-/// (a round takes about 2 ms; one that takes longer lets the fault through rather than risk
-/// a stall).
-pub const PAUSED_WAIT: Duration = Duration::from_millis(50);
+/// How long a backend's fault waits for room under the limit before it is installed past it
+/// (only an eviction round that can free nothing takes this long).
+pub const STALL_GUARD: Duration = Duration::from_secs(1);

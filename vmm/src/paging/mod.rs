@@ -42,6 +42,15 @@ use stats::Stats;
 use store::PageStore;
 use table::{Table, PAGE};
 
+/// What a fault may install, from [`Shared::wait_for_room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// The whole run fits under the limit.
+    Fits,
+    /// Only the faulting page, past the limit.
+    OnePage,
+}
+
 /// The smallest local memory accepted: the kernel, its page tables and the rings must fit.
 pub const MIN_LOCAL: u64 = 64 << 20;
 
@@ -206,21 +215,32 @@ impl Shared {
         }
     }
 
-    /// Waits until `count` more resident pages fit under the limit (once armed). While the
-    /// evictor pauses the vCPUs, a fault of legovmm's own mapping does not wait (a vCPU the
-    /// pause waits for may be blocked on it, and the evictor's own reads fault there); a
-    /// backend's fault waits up to [`faults::PAUSED_WAIT`] even then (nothing the pause needs
-    /// waits on a backend, so this bounds how far a backend busy during back-to-back rounds
-    /// takes guest RAM past the limit, without a deadlock if a round stalls).
-    fn wait_for_room(&self, count: u64, backend: bool) {
+    /// Waits until a run of `count` more resident pages fits under the limit (once armed);
+    /// returns [`Room::Fits`] then, or [`Room::OnePage`] when the fault must not wait and
+    /// installs only its own page past the limit:
+    /// - a fault of legovmm's own mapping while the evictor pauses the vCPUs (a vCPU the pause
+    ///   waits for may be blocked on it): at most one page per vCPU or device thread per
+    ///   round, so guest RAM passes the limit by a handful of pages, never by runs;
+    /// - a backend's fault waits even through a pause (nothing the pause needs waits on a
+    ///   backend), up to [`faults::STALL_GUARD`]: only a round that can free nothing takes it
+    ///   that long, and the fault then goes through (logged) rather than stall the device.
+    fn wait_for_room(&self, count: u64, backend: bool) -> Room {
         if !self.armed.load(Ordering::Acquire) {
-            return;
+            return Room::Fits;
         }
-        let patience = std::time::Instant::now() + faults::PAUSED_WAIT;
+        let guard = std::time::Instant::now() + faults::STALL_GUARD;
         let mut t = self.table();
         while t.resident() + count > self.limit_pages && !self.failed() && !self.stopping() {
-            if self.gate.pausing() && !(backend && std::time::Instant::now() < patience) {
-                return;
+            if !backend && self.gate.pausing() {
+                return Room::OnePage;
+            }
+            if backend && std::time::Instant::now() >= guard {
+                tracing::warn!(
+                    "a device's fault waited {:?} for room under the local memory limit; \
+                     installing its page past the limit",
+                    faults::STALL_GUARD
+                );
+                return Room::OnePage;
             }
             self.pressure.notify_one();
             t = self
@@ -229,6 +249,7 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        Room::Fits
     }
 
     /// The evictor's wait: true when the resident count is within one batch of the limit.
@@ -319,6 +340,28 @@ impl BackendFaults for BackendSources {
     }
 }
 
+/// A read-only view of a running pager's figures.
+#[derive(Clone)]
+pub struct PagerView(Arc<Shared>);
+
+impl PagerView {
+    /// Pages resident now and pages whose only copy is remote.
+    pub fn counts(&self) -> (u64, u64) {
+        let t = self.0.table();
+        (t.resident(), t.remote())
+    }
+
+    /// The most pages that may be resident.
+    pub fn limit_pages(&self) -> u64 {
+        self.0.limit_pages
+    }
+
+    /// The pager's counters as they are now.
+    pub fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+}
+
 /// The running pager.
 pub struct Pager {
     shared: Arc<Shared>,
@@ -327,8 +370,8 @@ pub struct Pager {
 
 impl Pager {
     /// Registers `mem` (backed by `memfd`) with a new userfaultfd and starts the fault threads
-    /// and the evictor. Nothing is evicted until [`Pager::arm`]; a failure to get a page
-    /// stops the vNode through `exit`.
+    /// and the evictor, which parks the vCPUs through `gate`. Nothing is evicted until
+    /// [`Pager::arm`]; a failure to get a page stops the vNode through `exit`.
     pub fn start(
         mem: &GuestMemory,
         memfd: Arc<File>,
@@ -336,6 +379,7 @@ impl Pager {
         config: PagingConfig,
         exit: ExitNotifier,
         rings: RingRegistry,
+        gate: Arc<PauseGate>,
     ) -> Result<Self, PagingError> {
         let uffd = UffdBuilder::new()
             .close_on_exec(true)
@@ -383,7 +427,7 @@ impl Pager {
             pressure: Condvar::new(),
             store,
             stats: Stats::new(),
-            gate: Arc::new(PauseGate::new()),
+            gate,
             limit_pages: config.limit / PAGE as u64,
             config,
             armed: AtomicBool::new(false),
@@ -428,9 +472,9 @@ impl Pager {
         Ok(Self { shared, threads })
     }
 
-    /// The gate every vCPU passes before KVM_RUN.
-    pub fn gate(&self) -> Arc<PauseGate> {
-        self.shared.gate.clone()
+    /// A handle that reads the pager's figures while it runs (for the API and metrics).
+    pub fn view(&self) -> PagerView {
+        PagerView(self.shared.clone())
     }
 
     /// Starts holding guest RAM to the limit (call once the vCPUs run: before that, the

@@ -5,8 +5,13 @@
 //! with the kick signal (again every 200 µs, so a kick that lands just before a thread enters
 //! KVM_RUN is not lost), and returns once every registered vCPU is parked; dropping the
 //! returned guard lets them run again. A vCPU blocked in a fault on guest RAM parks as soon
-//! as that fault is served: the fault threads never wait for a pause.
+//! as that fault is served: a vCPU's fault is never held up by a pause.
+//!
+//! The same gate carries an operator's pause (`vm.pause` on the API socket,
+//! [`PauseGate::hold`]): it parks the vCPUs until [`PauseGate::release`], and an eviction
+//! round that ends meanwhile leaves them parked.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,8 +20,10 @@ const KICK_EVERY: Duration = Duration::from_micros(200);
 
 #[derive(Debug, Default)]
 struct GateState {
-    /// A pause is wanted or in force.
+    /// An eviction's pause is wanted or in force.
     pausing: bool,
+    /// An operator's pause is in force.
+    held: bool,
     /// The registered vCPU threads.
     threads: Vec<libc::pthread_t>,
     /// How many of them are parked.
@@ -28,6 +35,16 @@ struct GateState {
 pub struct PauseGate {
     state: Mutex<GateState>,
     changed: Condvar,
+    /// `pausing || held`, read without the lock by every vCPU before KVM_RUN.
+    stopping: AtomicBool,
+}
+
+/// Errors of an operator's pause.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PauseError {
+    /// The vCPUs did not all park in time.
+    #[error("the vCPUs did not stop within {0:?} (one may be blocked on a page of guest RAM); the vNode keeps running")]
+    Timeout(Duration),
 }
 
 /// Holds the vCPUs parked; they run again when it is dropped.
@@ -37,7 +54,10 @@ pub struct Paused<'a> {
 
 impl Drop for Paused<'_> {
     fn drop(&mut self) {
-        self.gate.lock().pausing = false;
+        let mut s = self.gate.lock();
+        s.pausing = false;
+        self.gate.stopping.store(s.held, Ordering::Release);
+        drop(s);
         self.gate.changed.notify_all();
     }
 }
@@ -69,21 +89,66 @@ impl PauseGate {
 
     /// Called by a vCPU thread before each KVM_RUN: parks while a pause is in force.
     pub fn checkpoint(&self) {
+        if !self.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.lock();
-        if !s.pausing {
+        if !(s.pausing || s.held) {
             return;
         }
         s.parked += 1;
         self.changed.notify_all();
-        while s.pausing {
+        while s.pausing || s.held {
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         s.parked -= 1;
     }
 
-    /// True while a pause is wanted or in force (fault threads must not wait then).
+    /// True while an eviction's pause is wanted or in force (fault threads must not wait
+    /// then).
     pub fn pausing(&self) -> bool {
         self.lock().pausing
+    }
+
+    /// True while an operator's pause is in force.
+    pub fn held(&self) -> bool {
+        self.lock().held
+    }
+
+    /// An operator's pause: parks every vCPU (kicking them) and keeps them parked until
+    /// [`PauseGate::release`]. Fails, resuming them, if they do not all park within `patience`.
+    pub fn hold(&self, kick: i32, patience: Duration) -> Result<(), PauseError> {
+        let deadline = Instant::now() + patience;
+        let mut s = self.lock();
+        s.held = true;
+        self.stopping.store(true, Ordering::Release);
+        while s.parked < s.threads.len() {
+            if Instant::now() >= deadline {
+                drop(s);
+                self.release();
+                return Err(PauseError::Timeout(patience));
+            }
+            for &t in &s.threads {
+                // SAFETY: every registered id is a live vCPU thread: threads unregister (under
+                // this lock) before they end.
+                unsafe { libc::pthread_kill(t, kick) };
+            }
+            s = self
+                .changed
+                .wait_timeout(s, KICK_EVERY)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Ends an operator's pause (the vCPUs run again unless an eviction holds them).
+    pub fn release(&self) {
+        let mut s = self.lock();
+        s.held = false;
+        self.stopping.store(s.pausing, Ordering::Release);
+        drop(s);
+        self.changed.notify_all();
     }
 
     /// Parks every registered vCPU, kicking them with `kick` (the kick signal's number) until
@@ -93,6 +158,7 @@ impl PauseGate {
         let started = Instant::now();
         let mut s = self.lock();
         s.pausing = true;
+        self.stopping.store(true, Ordering::Release);
         let paused = Paused { gate: self };
         loop {
             if s.parked >= s.threads.len() {
@@ -162,6 +228,42 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn an_operator_hold_outlasts_an_eviction_pause() {
+        crate::kick::install();
+        let gate = Arc::new(PauseGate::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let steps = Arc::new(AtomicU64::new(0));
+        let vcpu = {
+            let (gate, stop, steps) = (gate.clone(), stop.clone(), steps.clone());
+            std::thread::spawn(move || {
+                gate.register();
+                while !stop.load(Ordering::Acquire) {
+                    gate.checkpoint();
+                    steps.fetch_add(1, Ordering::AcqRel);
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                gate.unregister();
+            })
+        };
+        while gate.lock().threads.is_empty() {
+            std::thread::yield_now();
+        }
+        let kick = crate::kick::signal_number();
+        gate.hold(kick, Duration::from_secs(5)).expect("held");
+        assert!(gate.held());
+        let (evicting, _) = gate.pause(kick, &|| false).expect("paused");
+        drop(evicting);
+        let before = steps.load(Ordering::Acquire);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(steps.load(Ordering::Acquire), before, "ran while held");
+        gate.release();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(steps.load(Ordering::Acquire) > before, "did not resume");
+        stop.store(true, Ordering::Release);
+        vcpu.join().unwrap();
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Stats {
     pub paused_us: AtomicU64,
     /// The most pages resident at once.
     pub max_resident: AtomicU64,
+    /// Faults installed past the limit (one page each): a vCPU's or device thread's fault
+    /// during an eviction pause, or a backend's that waited out the stall guard.
+    pub over_limit_installs: AtomicU64,
     fetch_us: [AtomicU64; BUCKETS],
 }
 
@@ -65,6 +68,7 @@ impl Stats {
             pauses: AtomicU64::new(0),
             paused_us: AtomicU64::new(0),
             max_resident: AtomicU64::new(0),
+            over_limit_installs: AtomicU64::new(0),
             fetch_us: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -109,6 +113,23 @@ impl Stats {
         None
     }
 
+    /// The fetch latency histogram: (upper bound in seconds, count) per bucket, the last
+    /// bound infinite.
+    pub fn fetch_buckets(&self) -> Vec<(f64, u64)> {
+        self.fetch_us
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let bound = if i + 1 < BUCKETS {
+                    (1u64 << i) as f64 / 1e6
+                } else {
+                    f64::INFINITY
+                };
+                (bound, c.load(Ordering::Relaxed))
+            })
+            .collect()
+    }
+
     /// One line for the log at exit: every figure, with faults per second over the run.
     pub fn summary(&self, resident: u64, remote: u64, limit_pages: u64) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -125,6 +146,7 @@ impl Stats {
             "faults={faults} faults_per_s={:.0} zero_faults={} zero_pages={} fetch_faults={} \
              fetched_pages={} buffer_faults={} woken_faults={} fetch_p50_us={} fetch_p99_us={} \
              resident_pages={resident} max_resident_pages={} limit_pages={limit_pages} \
+             over_limit_installs={} \
              remote_pages={remote} evicted_clean={} evicted_zero={} evicted_dirty={} \
              writeback_batches={} pauses={} paused_ms={}",
             faults as f64 / secs,
@@ -137,6 +159,7 @@ impl Stats {
             q(0.5),
             q(0.99),
             get(&self.max_resident),
+            get(&self.over_limit_installs),
             get(&self.evicted_clean),
             get(&self.evicted_zero),
             get(&self.evicted_dirty),

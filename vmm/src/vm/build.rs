@@ -3,6 +3,7 @@
 
 use super::VmError;
 use crate::acpi::{self, AcpiInputs};
+use crate::api::{ApiServer, LiveVm};
 use crate::backends::{self, RemoteDevices};
 use crate::boot::{self, BootEntry, BootSpec};
 use crate::config::VmConfig;
@@ -38,6 +39,9 @@ pub fn preflight(config: &VmConfig) -> Result<(), VmError> {
     memory::check_available(config.resident_memory())?;
     device_manager::check_disks(config)?;
     device_manager::check_vhost_user(config)?;
+    if let Some(path) = &config.api_socket {
+        crate::api::server::check_path(path)?;
+    }
     Ok(())
 }
 
@@ -169,6 +173,7 @@ pub fn start_pager(
     ram: &GuestRam,
     exit: &ExitNotifier,
     rings: &RingRegistry,
+    gate: &Arc<PauseGate>,
 ) -> Result<Option<(Pager, Arc<RemoteGuestRam>)>, VmError> {
     let (Some(limit), Some(remote)) = (config.local_memory, &config.remote) else {
         return Ok(None);
@@ -185,6 +190,7 @@ pub fn start_pager(
         },
         exit.clone(),
         rings.clone(),
+        gate.clone(),
     )?;
     Ok(Some((pager, store)))
 }
@@ -235,7 +241,7 @@ pub fn load_kernel(
 }
 
 /// vCPUs: creates and configures every vCPU (CPUID, registers, MSRs, LAPIC), ready to run;
-/// with paged guest RAM each passes the pager's `gate` before entering the guest.
+/// each passes `gate` before entering the guest.
 #[allow(clippy::too_many_arguments)]
 pub fn create_vcpus(
     kvm: &Kvm,
@@ -245,7 +251,7 @@ pub fn create_vcpus(
     devices: &Devices,
     exit: &ExitNotifier,
     entry: BootEntry,
-    gate: Option<Arc<PauseGate>>,
+    gate: Arc<PauseGate>,
 ) -> Result<Vec<Vcpu>, VmError> {
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -267,4 +273,26 @@ pub fn create_vcpus(
     Ok((0..config.vcpus)
         .map(|id| Vcpu::new(id, &shared))
         .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// API: serves `--api-socket` (if given) over the running vNode's devices, pause gate,
+/// exit notifier and pager; dropping the server stops it and removes the socket.
+pub fn start_api(
+    config: &VmConfig,
+    devices: &Devices,
+    gate: &Arc<PauseGate>,
+    exit: &ExitNotifier,
+    pager: Option<&(Pager, Arc<RemoteGuestRam>)>,
+) -> Result<Option<ApiServer>, VmError> {
+    let Some(path) = &config.api_socket else {
+        return Ok(None);
+    };
+    let vm = LiveVm::new(
+        config,
+        devices.live.clone(),
+        gate.clone(),
+        exit.clone(),
+        pager.map(|(p, _)| p.view()),
+    );
+    Ok(Some(ApiServer::start(path, Arc::new(vm))?))
 }

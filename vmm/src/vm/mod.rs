@@ -8,8 +8,9 @@
 //! 5. devices: create them and wire them into KVM ([`build::create_devices`]);
 //! 6. ACPI tables and kernel: write the tables, load kernel, initrd and command line
 //!    ([`build::write_acpi_tables`], [`build::load_kernel`]);
-//! 7. start the vCPUs: configure each one, then run it on its own thread
-//!    ([`build::create_vcpus`], [`running::start_vcpus`]);
+//! 7. start the vCPUs: configure each one, serve the API socket if asked
+//!    ([`build::start_api`]), then run each vCPU on its own thread ([`build::create_vcpus`],
+//!    [`running::start_vcpus`]);
 //! 8. wait for the guest (or a signal) to end the vNode ([`running::wait_for_end`]);
 //! 9. tear down: stop and join the vCPUs, then drop devices, memory, VM and backends in that
 //!    order ([`running::tear_down`]).
@@ -24,9 +25,11 @@ use crate::config::VmConfig;
 use crate::device_manager;
 use crate::kvm;
 use crate::memory;
+use crate::paging::pause::PauseGate;
 use lego_devices::exit::{ExitNotifier, GuestExit};
 use lego_devices::virtio::rings::RingRegistry;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How the vNode ended.
@@ -90,6 +93,9 @@ pub enum VmError {
     /// The vNode's remote memory for paged guest RAM could not be opened.
     #[error(transparent)]
     Remote(#[from] crate::paging::remote::RemoteError),
+    /// The API socket could not be served.
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
 }
 
 /// Boots `config` on the KVM at `kvm_path` and runs it to the end.
@@ -106,7 +112,8 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let ram = build::guest_memory(&vm, &config)?;
     let exit = ExitNotifier::new().map_err(VmError::Thread)?;
     let rings = RingRegistry::new();
-    let pager = build::start_pager(&config, &ram, &exit, &rings)?;
+    let gate = Arc::new(PauseGate::new());
+    let pager = build::start_pager(&config, &ram, &exit, &rings, &gate)?;
     let devices = build::create_devices(
         &vm,
         &ram.mem,
@@ -117,13 +124,23 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     )?;
     let rsdp_addr = build::write_acpi_tables(&ram.mem, &config, &devices)?;
     let entry = build::load_kernel(&ram.mem, &config, rsdp_addr)?;
-    let gate = pager.as_ref().map(|(p, _)| p.gate());
-    let vcpus = build::create_vcpus(&kvm, &vm, &ram.mem, &config, &devices, &exit, entry, gate)?;
+    let vcpus = build::create_vcpus(
+        &kvm,
+        &vm,
+        &ram.mem,
+        &config,
+        &devices,
+        &exit,
+        entry,
+        gate.clone(),
+    )?;
+    let api = build::start_api(&config, &devices, &gate, &exit, pager.as_ref())?;
     let vcpus = running::start_vcpus(vcpus, &exit, started)?;
     if let Some((p, _)) = &pager {
         p.arm();
     }
     let outcome = running::wait_for_end(&exit);
+    drop(api);
     let all_stopped = running::tear_down(vcpus, devices, &outcome, started);
     if let Some((pager, remote)) = pager {
         let failed = pager.failure().is_some();

@@ -121,6 +121,11 @@ impl Block {
         self.config.read_only
     }
 
+    /// The device's request counters (they keep counting once the device is attached).
+    pub fn counters(&self) -> Arc<request::counters::BlockCounters> {
+        self.handler.counters()
+    }
+
     /// Whether a worker thread is serving the queue.
     pub fn is_active(&self) -> bool {
         self.worker.is_some()

@@ -1,0 +1,205 @@
+//! legovmm's API socket, nested: a vNode boots with `--api-socket` and a local disk its guest
+//! writes in a loop; `legoctl vm` (the API's client) then asks for `vm.info` (it must match
+//! the command line), reads `vm.counters` twice (they must grow with the workload), sends bad
+//! requests (JSON errors, nothing changes), tries a second legovmm on the same socket (refused
+//! before any VM is built), pauses the vNode (the guest's ticks stop) and resumes it, scrapes
+//! `/metrics`, and ends it with `vm.shutdown` (legovmm exits 0).
+
+use lego_testbed::JobOutput;
+use lego_tests::{marker, JobFiles};
+use serde_json::Value;
+use std::time::Duration;
+
+const SCRIPT: &str = r#"
+. "$LEGO_TESTBED_LIB"
+ctl() { ./legoctl vm --api-socket api.sock "$@"; }
+ticks() { t=$(grep -c LEGO_TICK= api.console 2> /dev/null); echo "${t:-0}"; }
+# wait_ticks N: waits (up to 120 s) until the guest has printed more than N ticks.
+wait_ticks() {
+    n=0
+    while [ "$(ticks)" -le "$1" ] && [ "$n" -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
+}
+lego_vnode api 1 200 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 256M \
+    --vcpus 1 --disk data.img --api-socket api.sock \
+    --cmdline 'console=ttyS0 quiet lego.run="i=0; while true; do dd if=/dev/urandom of=/dev/vda bs=64k count=16 oflag=direct 2> /dev/null; echo LEGO_TICK=$i; i=$((i + 1)); sleep 0.3; done"' &
+vnode=$!
+wait_ticks 2
+ctl ping > ping.json 2>&1; echo "LEGO_PING_RC=$?"
+ctl info > info.json 2>&1
+ctl counters > counters1.json 2>&1
+wait_ticks $(( $(ticks) + 4 ))
+ctl counters > counters2.json 2>&1
+ctl request GET /api/v1/vm.nothing > bad_path.txt 2>&1
+ctl request PUT /api/v1/vm.pause '{not json' > bad_json.txt 2>&1
+ctl request GET /api/v1/vm.shutdown > bad_method.txt 2>&1
+ctl resume > resume_unpaused.txt 2>&1; echo "LEGO_RESUME_UNPAUSED_RC=$?"
+$LEGOVMM run --kernel vmlinuz --memory 128M --api-socket api.sock > second.txt 2>&1; echo "LEGO_SECOND_RC=$?"
+ctl pause > pause.txt 2>&1; echo "LEGO_PAUSE_RC=$?"
+ctl info > paused.json 2>&1
+sleep 0.5; before=$(ticks); sleep 4; after=$(ticks)
+echo "LEGO_PAUSED_TICKS before=$before after=$after"
+ctl resume > resume.txt 2>&1; echo "LEGO_RESUME_RC=$?"
+wait_ticks "$after"
+echo "LEGO_RESUMED_TICKS=$(ticks)"
+ctl metrics > metrics.txt 2>&1
+ctl shutdown > shutdown.txt 2>&1; echo "LEGO_SHUTDOWN_RC=$?"
+wait $vnode
+echo "LEGO_SOCKET_LEFT=$([ -e api.sock ] && echo yes || echo no)"
+exit 0
+"#;
+
+struct Results {
+    out: JobOutput,
+    _dir: tempfile::TempDir,
+}
+
+lego_tests::shared_results!(fn results() -> Results = run_job);
+
+fn run_job() -> Results {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("data.img");
+    std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();
+    let job = lego_tests::guest_job("api", SCRIPT, Duration::from_secs(900))
+        .file(&disk, "data.img")
+        .file(lego_tests::release_binary("legoctl"), "legoctl");
+    let testbed = lego_tests::testbed("api", false);
+    let out = lego_tests::run_job(&testbed, &job, "api");
+    Results { out, _dir: dir }
+}
+
+fn json(r: &Results, name: &str) -> Value {
+    let text = r.out.text(name);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON ({e}):\n{text}"))
+}
+
+fn console(r: &Results) -> String {
+    r.out.console.clone()
+}
+
+#[test]
+fn info_matches_the_command_line() {
+    let r = results();
+    let ping = json(r, "ping.json");
+    let info = json(r, "info.json");
+    assert_eq!(
+        info["pid"], ping["pid"],
+        "ping and info come from one legovmm"
+    );
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["config"]["vcpus"], 1);
+    assert_eq!(info["config"]["kernel"], "vmlinuz");
+    assert!(info["config"]["cmdline"]
+        .as_str()
+        .unwrap()
+        .contains("LEGO_TICK"));
+    assert_eq!(info["memory"]["total_bytes"], 256u64 << 20);
+    assert!(info["memory"]["local_limit_bytes"].is_null());
+    let devices = info["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{info}");
+    assert_eq!(devices[0]["id"], "disk0");
+    assert_eq!(devices[0]["kind"], "virtio-blk");
+    assert_eq!(devices[0]["backing"], "data.img");
+}
+
+#[test]
+fn counters_grow_with_the_workload() {
+    let r = results();
+    let written = |name: &str| {
+        json(r, name)["devices"]["disk0"]["written_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no disk0 counters in {name}"))
+    };
+    let (a, b) = (written("counters1.json"), written("counters2.json"));
+    // Each tick writes 1 MiB with O_DIRECT; at least four ticks passed between the reads.
+    assert!(a >= 2 << 20, "the first read saw {a} bytes written");
+    assert!(b >= a + (4 << 20), "{a} then {b} bytes written");
+    let requests = json(r, "counters2.json")["devices"]["disk0"]["requests"]
+        .as_u64()
+        .unwrap();
+    assert!(requests > 0);
+    let metrics = r.out.text("metrics.txt");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("lego_blk_written_bytes_total{device=\"disk0\"}"))
+        .unwrap_or_else(|| panic!("no disk0 bytes in the metrics:\n{metrics}"));
+    let scraped: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(scraped >= b, "{line} after {b}");
+}
+
+#[test]
+fn pause_stops_the_guest_and_resume_lets_it_run() {
+    let r = results();
+    let all = console(r);
+    assert_eq!(marker(&all, "LEGO_PAUSE_RC"), Some("0"), "{all}");
+    assert_eq!(json(r, "paused.json")["state"], "paused");
+    let line = all
+        .lines()
+        .find(|l| l.contains("LEGO_PAUSED_TICKS"))
+        .unwrap_or_else(|| panic!("no pause record:\n{all}"));
+    assert_eq!(
+        marker(line, "before"),
+        marker(line, "after"),
+        "the guest ran while paused: {line}"
+    );
+    assert_eq!(marker(&all, "LEGO_RESUME_RC"), Some("0"), "{all}");
+    let after: u64 = marker(line, "after").unwrap().parse().unwrap();
+    let resumed: u64 = marker(&all, "LEGO_RESUMED_TICKS").unwrap().parse().unwrap();
+    assert!(
+        resumed > after,
+        "the guest did not run again: {resumed} ticks"
+    );
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_vnode_keeps_running() {
+    let r = results();
+    let bad = |name: &str, status: &str, words: &str| {
+        let text = r.out.text(name);
+        assert!(
+            text.starts_with(&format!("HTTP {status}")),
+            "{name}: {text}"
+        );
+        let body: Value = serde_json::from_str(text.lines().nth(1).unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{name}: not a JSON error ({e}): {text}"));
+        assert!(
+            body["error"].as_str().unwrap_or("").contains(words),
+            "{name}: {text}"
+        );
+    };
+    bad("bad_path.txt", "404", "no endpoint at /api/v1/vm.nothing");
+    bad("bad_json.txt", "400", "not valid JSON");
+    bad("bad_method.txt", "405", "answers PUT, not GET");
+    let all = console(r);
+    assert_eq!(marker(&all, "LEGO_RESUME_UNPAUSED_RC"), Some("1"), "{all}");
+    assert!(r
+        .out
+        .text("resume_unpaused.txt")
+        .contains("the API answered 409: The vNode is not paused."));
+    // The malformed pause did not pause: the paused state only came from the real one.
+    assert_eq!(json(r, "info.json")["state"], "running");
+}
+
+#[test]
+fn a_second_legovmm_cannot_take_the_socket() {
+    let r = results();
+    let all = console(r);
+    assert_eq!(marker(&all, "LEGO_SECOND_RC"), Some("1"), "{all}");
+    let second = r.out.text("second.txt");
+    assert!(
+        second.contains("the API socket api.sock is in use by another process"),
+        "{second}"
+    );
+}
+
+#[test]
+fn shutdown_ends_the_vnode_with_status_zero_and_removes_the_socket() {
+    let r = results();
+    let all = console(r);
+    assert_eq!(marker(&all, "LEGO_SHUTDOWN_RC"), Some("0"), "{all}");
+    r.out.assert_vnode_exit("api", 0);
+    assert!(r
+        .out
+        .text("api.err")
+        .contains("the vNode was shut down through the API"));
+    assert_eq!(marker(&all, "LEGO_SOCKET_LEFT"), Some("no"), "{all}");
+}

@@ -1,0 +1,253 @@
+//! One API request in, one answer out: the method and path pick an action on the
+//! [`VmControl`]; every error is a JSON body whose `error` reads as a sentence.
+
+use super::control::{ControlError, VmControl};
+use super::model::{ErrorBody, Ping};
+
+/// The endpoints: method and path. `vmm/api/openapi.json` documents exactly these.
+pub const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET", "/api/v1/vmm.ping"),
+    ("GET", "/api/v1/vm.info"),
+    ("GET", "/api/v1/vm.counters"),
+    ("PUT", "/api/v1/vm.pause"),
+    ("PUT", "/api/v1/vm.resume"),
+    ("PUT", "/api/v1/vm.shutdown"),
+    ("GET", "/metrics"),
+];
+
+/// The answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body (empty for 204).
+    pub body: String,
+    /// Its content type.
+    pub content_type: &'static str,
+}
+
+const JSON: &str = "application/json";
+
+/// The Prometheus text format's content type.
+pub const PROMETHEUS: &str = lego_metrics::server::CONTENT_TYPE;
+
+fn json<T: serde::Serialize>(status: u16, value: &T) -> Answer {
+    Answer {
+        status,
+        body: serde_json::to_string(value).unwrap_or_else(|_| "{}".into()),
+        content_type: JSON,
+    }
+}
+
+fn error(status: u16, message: String) -> Answer {
+    json(status, &ErrorBody { error: message })
+}
+
+fn no_content() -> Answer {
+    Answer {
+        status: 204,
+        body: String::new(),
+        content_type: JSON,
+    }
+}
+
+/// Answers `method` on `path` (query string ignored) with body `body`.
+pub fn answer(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Answer {
+    let path = path.split('?').next().unwrap_or("");
+    let method = if method == "HEAD" { "GET" } else { method };
+    if !ENDPOINTS.iter().any(|&(_, p)| p == path) {
+        return error(
+            404,
+            format!(
+                "There is no endpoint at {path}; the API's endpoints are {}.",
+                ENDPOINTS
+                    .iter()
+                    .map(|(m, p)| format!("{m} {p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    if !ENDPOINTS.contains(&(method, path)) {
+        let allowed: Vec<&str> = ENDPOINTS
+            .iter()
+            .filter(|&&(_, p)| p == path)
+            .map(|&(m, _)| m)
+            .collect();
+        return error(
+            405,
+            format!("{path} answers {}, not {method}.", allowed.join(" or ")),
+        );
+    }
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        if let Err(e) = serde_json::from_slice::<serde_json::Value>(body) {
+            return error(400, format!("The request body is not valid JSON: {e}."));
+        }
+    }
+    match path {
+        "/api/v1/vmm.ping" => json(
+            200,
+            &Ping {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+            },
+        ),
+        "/api/v1/vm.info" => json(200, &vm.info()),
+        "/api/v1/vm.counters" => json(200, &vm.counters()),
+        "/api/v1/vm.pause" => acted(vm.pause()),
+        "/api/v1/vm.resume" => acted(vm.resume()),
+        "/api/v1/vm.shutdown" => {
+            vm.shutdown();
+            no_content()
+        }
+        "/metrics" => Answer {
+            status: 200,
+            body: vm.metrics(),
+            content_type: PROMETHEUS,
+        },
+        _ => error(500, format!("{path} is listed but has no handler.")),
+    }
+}
+
+fn acted(result: Result<(), ControlError>) -> Answer {
+    match result {
+        Ok(()) => no_content(),
+        Err(e @ (ControlError::AlreadyPaused | ControlError::NotPaused)) => {
+            error(409, format!("{}.", capitalized(&e.to_string())))
+        }
+        Err(e) => error(500, format!("{}.", capitalized(&e.to_string()))),
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::model::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// A vNode that records what it was asked to do (the layer under the routes).
+    #[derive(Default)]
+    struct Fake {
+        paused: Mutex<bool>,
+        shut_down: Mutex<bool>,
+    }
+
+    impl VmControl for Fake {
+        fn info(&self) -> VmInfo {
+            VmInfo {
+                state: if *self.paused.lock().unwrap() {
+                    VmState::Paused
+                } else {
+                    VmState::Running
+                },
+                pid: 1,
+                uptime_ms: 2,
+                config: ConfigInfo {
+                    kernel: "k".into(),
+                    initrd: None,
+                    cmdline: "c".into(),
+                    vcpus: 3,
+                    vnode: Some(4),
+                    manager: None,
+                },
+                memory: MemoryInfo {
+                    total_bytes: 5,
+                    local_limit_bytes: None,
+                    resident_bytes: None,
+                    remote_bytes: None,
+                },
+                devices: vec![],
+            }
+        }
+        fn counters(&self) -> Counters {
+            Counters {
+                devices: BTreeMap::new(),
+                paging: None,
+            }
+        }
+        fn pause(&self) -> Result<(), ControlError> {
+            let mut p = self.paused.lock().unwrap();
+            if *p {
+                return Err(ControlError::AlreadyPaused);
+            }
+            *p = true;
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), ControlError> {
+            let mut p = self.paused.lock().unwrap();
+            if !*p {
+                return Err(ControlError::NotPaused);
+            }
+            *p = false;
+            Ok(())
+        }
+        fn shutdown(&self) {
+            *self.shut_down.lock().unwrap() = true;
+        }
+        fn metrics(&self) -> String {
+            "lego_vm_paused 0\n".into()
+        }
+    }
+
+    fn error_of(a: &Answer) -> String {
+        serde_json::from_str::<ErrorBody>(&a.body)
+            .unwrap_or_else(|e| panic!("not an error body ({e}): {}", a.body))
+            .error
+    }
+
+    #[test]
+    fn info_and_ping_answer_json() {
+        let vm = Fake::default();
+        let a = answer("GET", "/api/v1/vm.info", b"", &vm);
+        assert_eq!((a.status, a.content_type), (200, JSON));
+        let info: VmInfo = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(info, vm.info());
+        let a = answer("GET", "/api/v1/vmm.ping?x=1", b"", &vm);
+        let ping: Ping = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(ping.pid, std::process::id());
+    }
+
+    #[test]
+    fn pause_resume_and_shutdown_act_once_each() {
+        let vm = Fake::default();
+        assert_eq!(answer("PUT", "/api/v1/vm.pause", b"", &vm).status, 204);
+        let again = answer("PUT", "/api/v1/vm.pause", b"", &vm);
+        assert_eq!(again.status, 409);
+        assert_eq!(error_of(&again), "The vNode is already paused.");
+        assert_eq!(answer("PUT", "/api/v1/vm.resume", b"{}", &vm).status, 204);
+        assert_eq!(answer("PUT", "/api/v1/vm.resume", b"", &vm).status, 409);
+        assert!(!*vm.shut_down.lock().unwrap());
+        assert_eq!(answer("PUT", "/api/v1/vm.shutdown", b"", &vm).status, 204);
+        assert!(*vm.shut_down.lock().unwrap());
+    }
+
+    #[test]
+    fn bad_requests_are_json_errors_and_change_nothing() {
+        let vm = Fake::default();
+        let a = answer("GET", "/api/v1/vm.nothing", b"", &vm);
+        assert_eq!(a.status, 404);
+        assert!(error_of(&a).contains("no endpoint at /api/v1/vm.nothing"));
+        let a = answer("GET", "/api/v1/vm.shutdown", b"", &vm);
+        assert_eq!(a.status, 405);
+        assert_eq!(error_of(&a), "/api/v1/vm.shutdown answers PUT, not GET.");
+        let a = answer("PUT", "/api/v1/vm.shutdown", b"{not json", &vm);
+        assert_eq!(a.status, 400);
+        assert!(error_of(&a).starts_with("The request body is not valid JSON"));
+        assert!(!*vm.shut_down.lock().unwrap(), "a bad request acted");
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let a = answer("GET", "/metrics", b"", &Fake::default());
+        assert_eq!((a.status, a.content_type), (200, PROMETHEUS));
+    }
+}
