@@ -3,7 +3,12 @@
 //! the command line), reads `vm.counters` twice (they must grow with the workload), sends bad
 //! requests (JSON errors, nothing changes), tries a second legovmm on the same socket (refused
 //! before any VM is built), pauses the vNode (the guest's ticks stop) and resumes it, scrapes
-//! `/metrics`, and ends it with `vm.shutdown` (legovmm exits 0).
+//! `/metrics`, and ends it with `legoctl vnode stop` (a `vm.shutdown` through the socket the
+//! manager lists; legovmm exits 0).
+//!
+//! A manager runs beside it: the vNode (`--vnode 5`) is in `legoctl vnode list` while it runs
+//! and gone once it stopped; a second vNode whose legovmm is killed with SIGKILL (it cannot
+//! say it stopped) is forgotten by the manager within a few heartbeat intervals.
 
 use lego_testbed::JobOutput;
 use lego_tests::{marker, JobFiles};
@@ -13,6 +18,22 @@ use std::time::Duration;
 const SCRIPT: &str = r#"
 . "$LEGO_TESTBED_LIB"
 ctl() { ./legoctl vm --api-socket api.sock "$@"; }
+ip link set lo up 2> /dev/null || true
+MANAGER=127.0.0.1:7300
+mkdir -p state
+./lego-manager --state-dir state --listen $MANAGER --heartbeat-ms 200 > manager.log 2>&1 &
+manager=$!
+vnodes() { ./legoctl --manager $MANAGER vnode list --json 2> /dev/null; }
+# wait_listed VNODE yes|no: waits (up to 60 s) until VNODE is (or is not) listed running.
+wait_listed() {
+    n=0
+    while [ "$n" -lt 600 ]; do
+        if vnodes | grep -q "\"vnode\": $1,"; then l=yes; else l=no; fi
+        [ "$l" = "$2" ] && return 0
+        sleep 0.1; n=$((n + 1))
+    done
+    return 1
+}
 ticks() { t=$(grep -c LEGO_TICK= api.console 2> /dev/null); echo "${t:-0}"; }
 # wait_ticks N: waits (up to 120 s) until the guest has printed more than N ticks.
 wait_ticks() {
@@ -20,12 +41,19 @@ wait_ticks() {
     while [ "$(ticks)" -le "$1" ] && [ "$n" -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
 }
 lego_vnode api 1 200 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 256M \
-    --vcpus 1 --disk data.img --api-socket api.sock \
+    --vcpus 1 --disk data.img --api-socket api.sock --vnode 5 --manager $MANAGER \
     --cmdline 'console=ttyS0 quiet lego.run="i=0; while true; do dd if=/dev/urandom of=/dev/vda bs=64k count=16 oflag=direct 2> /dev/null; echo LEGO_TICK=$i; i=$((i + 1)); sleep 0.3; done"' &
 vnode=$!
 wait_ticks 2
 ctl ping > ping.json 2>&1; echo "LEGO_PING_RC=$?"
 ctl info > info.json 2>&1
+if wait_listed 5 yes; then echo "LEGO_LISTED_RC=0"; else
+    echo "LEGO_LISTED_RC=1"
+    tail -20 manager.log; ./legoctl --manager $MANAGER vnode list --json; grep -iE "announce|manager" api.err
+fi
+vnodes > vnodes_running.json
+./legoctl --manager $MANAGER vnode list > vnodes_running.txt 2>&1
+./legoctl --manager $MANAGER status > status.txt 2>&1
 ctl counters > counters1.json 2>&1
 wait_ticks $(( $(ticks) + 4 ))
 ctl counters > counters2.json 2>&1
@@ -42,9 +70,22 @@ ctl resume > resume.txt 2>&1; echo "LEGO_RESUME_RC=$?"
 wait_ticks "$after"
 echo "LEGO_RESUMED_TICKS=$(ticks)"
 ctl metrics > metrics.txt 2>&1
-ctl shutdown > shutdown.txt 2>&1; echo "LEGO_SHUTDOWN_RC=$?"
+./legoctl --manager $MANAGER vnode stop --vnode 5 > shutdown.txt 2>&1; echo "LEGO_SHUTDOWN_RC=$?"
+# Never leave the vNode running when the stop through the manager failed (the test fails).
+sleep 2; [ -e api.sock ] && ctl shutdown
 wait $vnode
 echo "LEGO_SOCKET_LEFT=$([ -e api.sock ] && echo yes || echo no)"
+vnodes > vnodes_after.json
+lego_vnode killme 1 200 --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vcpus 1 \
+    --vnode 6 --manager $MANAGER --cmdline 'console=ttyS0 quiet lego.run="sleep 600"' > /dev/null &
+killme=$!
+wait_listed 6 yes; echo "LEGO_KILLME_LISTED_RC=$?"
+kill -9 "$(cat killme.pid 2> /dev/null)" 2> /dev/null
+start=$(date +%s)
+wait_listed 6 no; echo "LEGO_KILLME_FORGOTTEN_RC=$? after=$(( $(date +%s) - start ))s"
+kill $manager 2> /dev/null
+kill -9 "$(cat killme.pid 2> /dev/null)" 2> /dev/null
+wait $killme
 exit 0
 "#;
 
@@ -59,9 +100,14 @@ fn run_job() -> Results {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("data.img");
     std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();
-    let job = lego_tests::guest_job("api", SCRIPT, Duration::from_secs(900))
+    let script = format!(
+        "export LEGO_CLUSTER_KEY={}\n{SCRIPT}",
+        lego_tests::cluster_key_hex()
+    );
+    let job = lego_tests::guest_job("api", script, Duration::from_secs(900))
         .file(&disk, "data.img")
-        .file(lego_tests::release_binary("legoctl"), "legoctl");
+        .file(lego_tests::release_binary("legoctl"), "legoctl")
+        .file(lego_tests::release_binary("lego-manager"), "lego-manager");
     let testbed = lego_tests::testbed("api", false);
     let out = lego_tests::run_job(&testbed, &job, "api");
     Results { out, _dir: dir }
@@ -192,10 +238,54 @@ fn a_second_legovmm_cannot_take_the_socket() {
 }
 
 #[test]
+fn the_manager_lists_the_running_vnode_and_forgets_it_when_it_stops() {
+    let r = results();
+    let all = console(r);
+    assert_eq!(marker(&all, "LEGO_LISTED_RC"), Some("0"), "{all}");
+    let running = json(r, "vnodes_running.json");
+    let listed = running.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{running}");
+    let info = json(r, "info.json");
+    assert_eq!(listed[0]["vnode"], 5);
+    assert_eq!(
+        listed[0]["pid"], info["pid"],
+        "the listed legovmm is the one started"
+    );
+    assert!(listed[0]["api_socket"]
+        .as_str()
+        .unwrap()
+        .ends_with("/api.sock"));
+    assert_eq!(listed[0]["devices"][0], "disk0: virtio-blk data.img");
+    let table = r.out.text("vnodes_running.txt");
+    assert!(
+        table.contains("API SOCKET") && table.contains("api.sock"),
+        "{table}"
+    );
+    let status = r.out.text("status.txt");
+    assert!(status.contains("RUNNING VNODES"), "{status}");
+    // It said it stopped: gone at once, not after a timeout.
+    assert_eq!(json(r, "vnodes_after.json"), serde_json::json!([]));
+}
+
+#[test]
+fn a_vnode_whose_legovmm_is_killed_is_forgotten() {
+    let r = results();
+    let all = console(r);
+    assert_eq!(marker(&all, "LEGO_KILLME_LISTED_RC"), Some("0"), "{all}");
+    assert_eq!(marker(&all, "LEGO_KILLME_FORGOTTEN_RC"), Some("0"), "{all}");
+    let manager = r.out.text("manager.log");
+    assert!(
+        manager.contains("forgot vNode 6: its legovmm"),
+        "the manager did not say why:\n{manager}"
+    );
+}
+
+#[test]
 fn shutdown_ends_the_vnode_with_status_zero_and_removes_the_socket() {
     let r = results();
     let all = console(r);
     assert_eq!(marker(&all, "LEGO_SHUTDOWN_RC"), Some("0"), "{all}");
+    assert!(r.out.text("shutdown.txt").contains("vNode 5 (pid"));
     r.out.assert_vnode_exit("api", 0);
     assert!(r
         .out

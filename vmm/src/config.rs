@@ -206,7 +206,8 @@ impl std::str::FromStr for RemoteDisk {
     }
 }
 
-/// The vNode's devices that live on the cluster: served by `lego-vhost-blk` backends that
+/// The vNode's place in the cluster: its id and manager (legovmm announces the running vNode
+/// there), and its devices that live on the cluster, served by `lego-vhost-blk` backends that
 /// legovmm starts, placed by the manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteConfig {
@@ -220,6 +221,14 @@ pub struct RemoteConfig {
     pub memory: Option<u64>,
     /// The remote disk.
     pub disk: Option<RemoteDisk>,
+}
+
+impl RemoteConfig {
+    /// True when the vNode has remote memory or a remote disk (served by backends that map
+    /// guest RAM), not only an id to be announced under.
+    pub fn has_devices(&self) -> bool {
+        self.memory.is_some() || self.disk.is_some()
+    }
 }
 
 /// Pages fetched after the faulting one on a sequential fault, by default.
@@ -383,8 +392,11 @@ impl VmConfig {
     /// The backing guest RAM gets: shared when a vhost-user device (local or remote) must
     /// map it, else private, unless the configuration names one.
     pub fn memory_backing_used(&self) -> MemoryBacking {
-        self.memory_backing
-            .resolve(!self.vhost_user_blk.is_empty() || self.remote.is_some())
+        self.memory_backing.resolve(
+            !self.vhost_user_blk.is_empty()
+                || self.remote.as_ref().is_some_and(RemoteConfig::has_devices)
+                || self.local_memory.is_some(),
+        )
     }
 
     /// The guest RAM that must be resident on this host: the local limit when paged.
@@ -459,7 +471,12 @@ impl VmConfig {
                 ));
             }
         }
-        let remote = if remote_memory.is_some() || remote_disk.is_some() || local_memory.is_some() {
+        let vnode_given = flags.vnode.or(file.vnode).is_some();
+        let remote = if remote_memory.is_some()
+            || remote_disk.is_some()
+            || local_memory.is_some()
+            || vnode_given
+        {
             let vnode = flags
                 .vnode
                 .or(file.vnode)
@@ -482,7 +499,9 @@ impl VmConfig {
             .memory_backing
             .or(file.memory_backing)
             .unwrap_or_default();
-        let shared_needed = !vhost_user_blk.is_empty() || remote.is_some();
+        let shared_needed = !vhost_user_blk.is_empty()
+            || remote.as_ref().is_some_and(RemoteConfig::has_devices)
+            || local_memory.is_some();
         if local_memory.is_some()
             && matches!(
                 memory_backing,

@@ -9,6 +9,7 @@
 //! requests on the API socket meanwhile.
 
 pub mod acpi;
+pub mod announce;
 pub mod api;
 pub mod backends;
 pub mod boot;

@@ -90,7 +90,7 @@ struct RunArgs {
     /// The manager placing remote devices [default: 127.0.0.1:7300].
     #[arg(long, value_name = "ADDR", env = "LEGO_MANAGER")]
     manager: Option<String>,
-    /// The vNode id owning the remote devices (needed with --remote-memory/--remote-disk).
+    /// The vNode id owning the remote devices (needed with --remote-memory/--remote-disk/--local-memory). With an id, legovmm also announces the running vNode to the manager (host, pid, API socket, devices: `legoctl vnode list`) and says when it stops.
     #[arg(long, value_name = "N")]
     vnode: Option<u64>,
     /// Cluster key file for the remote devices' backends [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].

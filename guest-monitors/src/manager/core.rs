@@ -638,6 +638,7 @@ impl Manager {
             heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
             monitors,
             vnodes,
+            running: Vec::new(),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The global manager (LegoOS GMM/GSM): membership, heartbeats, placement, capabilities,
-//! vNode leases.
+//! vNode leases, the running vNodes.
 
 pub mod core;
 pub mod lease;
 pub mod repair;
+pub mod running;
 pub mod service;
 pub mod state;
 
 pub use self::core::{Manager, ManagerError, ManagerSettings};
 pub use lease::VnodeLeases;
+pub use running::RunningVnodes;
 pub use state::{ClusterState, FileStateStore, MemoryStateStore, StateError, StateStore};

@@ -7,6 +7,7 @@ use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestCon
 
 use super::core::{Manager, ManagerError};
 use super::lease::VnodeLeases;
+use super::running::RunningVnodes;
 use crate::placement::PlacementError;
 use lego_monitor_client::proto::manager::{self as m, Registered};
 use lego_monitor_client::proto::{from_json, to_json, ProtoError};
@@ -35,15 +36,27 @@ impl From<ManagerError> for RemoteError {
 pub struct ManagerService {
     manager: Arc<Manager>,
     leases: Arc<VnodeLeases>,
+    running: Arc<RunningVnodes>,
 }
 
 impl ManagerService {
     /// A handler around `manager`, with leases of the default length.
     pub fn new(manager: Arc<Manager>) -> Self {
+        let settings = manager.settings();
+        let running = Arc::new(RunningVnodes::new(
+            settings.heartbeat_interval,
+            settings.missed_heartbeats,
+        ));
         Self {
             manager,
             leases: Arc::default(),
+            running,
         }
+    }
+
+    /// The running vNodes this handler records (for the manager's metrics).
+    pub fn running(&self) -> Arc<RunningVnodes> {
+        self.running.clone()
     }
 
     /// The same handler renewing the vNode leases in `leases` (which the caller reclaims).
@@ -66,7 +79,28 @@ impl ManagerService {
                 mg.heartbeat(&from_json::<m::Heartbeat>(body)?)?;
                 Vec::new()
             }
-            m::STATUS => to_json(&mg.status()),
+            m::STATUS => {
+                let mut status = mg.status();
+                status.running = self.running.list();
+                to_json(&status)
+            }
+            m::VNODE_UP => {
+                let up: m::VnodeUp = from_json(body)?;
+                if up.vnode == 0 {
+                    return Err(RemoteError::new(
+                        ErrorCode::InvalidArgument,
+                        "vNode 0 is the cluster, not a vNode",
+                    ));
+                }
+                let interval = self.running.up(up);
+                to_json(&m::VnodeUpAck {
+                    interval_ms: interval.as_millis() as u64,
+                })
+            }
+            m::VNODE_DOWN => {
+                self.running.down(&from_json::<m::VnodeDown>(body)?);
+                Vec::new()
+            }
             m::PLACE_MEMORY => {
                 let p: m::PlaceMemory = from_json(body)?;
                 to_json(&mg.place_memory_copies(p.vnode, p.bytes, p.copies)?)
@@ -119,9 +153,12 @@ impl Handler for ManagerService {
     fn dispatch(&self, req: &Request) -> Dispatch {
         // Anything that may persist state (fsync) runs on the worker pool.
         match req.opcode {
-            m::STATUS | m::ISSUE_CAPABILITY | m::MEMORY_PLACEMENT | m::RENEW_LEASE => {
-                Dispatch::Inline
-            }
+            m::STATUS
+            | m::ISSUE_CAPABILITY
+            | m::MEMORY_PLACEMENT
+            | m::RENEW_LEASE
+            | m::VNODE_UP
+            | m::VNODE_DOWN => Dispatch::Inline,
             _ => Dispatch::Worker,
         }
     }

@@ -94,6 +94,11 @@ enum Cmd {
         #[arg(long)]
         vnode: u64,
     },
+    /// The running vNodes, as their legovmm announce them to the manager.
+    Vnode {
+        #[command(subcommand)]
+        action: VnodeAction,
+    },
     /// Talk to a running legovmm through its API socket (legovmm run --api-socket).
     Vm {
         /// legovmm's API socket.
@@ -101,6 +106,29 @@ enum Cmd {
         api_socket: PathBuf,
         #[command(subcommand)]
         action: VmAction,
+    },
+}
+
+/// What to do with the running vNodes.
+#[derive(Debug, Subcommand)]
+enum VnodeAction {
+    /// Every running vNode: host, pid, vCPUs, memory, uptime, API socket, devices.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One running vNode, as JSON.
+    Info {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
+    },
+    /// Shut a running vNode down through its API socket (on its compute host).
+    Stop {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
     },
 }
 
@@ -163,6 +191,14 @@ enum CtlError {
     /// An answer could not be printed as JSON.
     #[error("cannot print the answer as JSON")]
     Json(#[from] serde_json::Error),
+    /// The vNode is not running.
+    #[error("vNode {0} is not running (legoctl vnode list shows the running ones)")]
+    NotRunning(u64),
+    /// The vNode serves no API socket.
+    #[error(
+        "vNode {0} runs without an API socket (legovmm run --api-socket); stop it on its host"
+    )]
+    NoApi(u64),
     /// legovmm's API failed or refused.
     #[error(transparent)]
     Api(#[from] legoctl::api_client::ApiClientError),
@@ -302,6 +338,36 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         Cmd::Release { vnode } => {
             mgr.release_vnode(vnode)?;
             out(&format!("vNode {vnode} released\n"));
+        }
+        Cmd::Vnode { action } => {
+            let running = mgr.status()?.running;
+            match action {
+                VnodeAction::List { json: true } => {
+                    out(&format!("{}\n", serde_json::to_string_pretty(&running)?))
+                }
+                VnodeAction::List { json: false } => out(&legoctl::render::running(&running)),
+                VnodeAction::Info { vnode } | VnodeAction::Stop { vnode } => {
+                    let r = running
+                        .iter()
+                        .find(|r| r.up.vnode == vnode)
+                        .ok_or(CtlError::NotRunning(vnode))?;
+                    if let VnodeAction::Info { .. } = action {
+                        out(&format!("{}\n", serde_json::to_string_pretty(r)?));
+                    } else {
+                        let socket = r.up.api_socket.as_ref().ok_or(CtlError::NoApi(vnode))?;
+                        legoctl::api_client::call(
+                            std::path::Path::new(socket),
+                            "PUT",
+                            "/api/v1/vm.shutdown",
+                            timeout,
+                        )?;
+                        out(&format!(
+                            "vNode {vnode} (pid {} on {}) is shutting down\n",
+                            r.up.pid, r.up.host
+                        ));
+                    }
+                }
+            }
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! Human-readable rendering of the manager's [`ClusterStatus`].
 
 use lego_monitor_client::proto::manager::{
-    ClusterStatus, MemoryPlacement, MonitorState, RegionHealth, RegionPlacement,
+    ClusterStatus, MemoryPlacement, MonitorState, RegionHealth, RegionPlacement, RunningVnode,
 };
 use lego_monitor_client::size::human;
 
@@ -213,6 +213,9 @@ pub fn status(st: &ClusterStatus) -> String {
         h.render()
     });
 
+    out.push_str("\nRUNNING VNODES\n");
+    out.push_str(&running(&st.running));
+
     out.push_str("\nVOLUMES\n");
     let mut t = Table::new(&["VNODE", "NAME", "SIZE", "MONITOR"]);
     for vn in &st.vnodes {
@@ -231,6 +234,49 @@ pub fn status(st: &ClusterStatus) -> String {
         t.render()
     });
     out
+}
+
+/// The running vNodes as a table (`legoctl vnode list`, and a section of `legoctl status`).
+pub fn running(list: &[RunningVnode]) -> String {
+    let mut t = Table::new(&[
+        "VNODE",
+        "HOST",
+        "PID",
+        "VCPUS",
+        "MEMORY",
+        "UP",
+        "API SOCKET",
+        "DEVICES",
+    ]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    for r in list {
+        let up = &r.up;
+        t.row(vec![
+            up.vnode.to_string(),
+            up.host.clone(),
+            up.pid.to_string(),
+            up.vcpus.to_string(),
+            human(up.memory_bytes),
+            format!(
+                "{:.0} s",
+                now_ms.saturating_sub(up.started_unix_ms) as f64 / 1000.0
+            ),
+            up.api_socket.clone().unwrap_or_else(|| "-".into()),
+            if up.devices.is_empty() {
+                "-".into()
+            } else {
+                up.devices.join("; ")
+            },
+        ]);
+    }
+    if t.is_empty() {
+        "(none running)\n".to_string()
+    } else {
+        t.render()
+    }
 }
 
 /// Compacts sorted indexes into ranges: `[0, 1, 2, 5]` becomes `"0-2,5"`.
@@ -316,6 +362,19 @@ mod tests {
                     monitor: "s".into(),
                 }],
             }],
+            running: vec![RunningVnode {
+                up: VnodeUp {
+                    vnode: 7,
+                    host: "compute1".into(),
+                    pid: 4242,
+                    api_socket: Some("/run/v7.sock".into()),
+                    vcpus: 2,
+                    memory_bytes: 1 << 30,
+                    devices: vec!["disk0: virtio-blk d.img".into()],
+                    started_unix_ms: 0,
+                },
+                last_seen_ms: 10,
+            }],
         };
         let s = status(&st);
         assert!(s.contains("dead"), "{s}");
@@ -331,6 +390,8 @@ mod tests {
             "b holds a copy of region 0 and region 2: {s}"
         );
         assert!(s.contains("root"), "{s}");
+        assert!(s.contains("compute1"), "{s}");
+        assert!(s.contains("/run/v7.sock"), "{s}");
         assert!(s.contains("3.0 GiB"), "{s}");
         // As a newer manager reports it: region 1 repairing with progress.
         let mut st = st;

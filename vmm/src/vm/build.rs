@@ -296,3 +296,11 @@ pub fn start_api(
     );
     Ok(Some(ApiServer::start(path, Arc::new(vm))?))
 }
+
+/// Announce: tells the manager the vNode runs (again every interval, and that it stopped when
+/// the returned announcer drops), when the vNode has an id.
+pub fn announce(config: &VmConfig, devices: &Devices) -> Option<crate::announce::Announcer> {
+    let remote = config.remote.as_ref()?;
+    let up = crate::announce::describe(config, remote.vnode, &devices.live);
+    crate::announce::Announcer::start(remote, up)
+}

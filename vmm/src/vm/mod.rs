@@ -10,10 +10,11 @@
 //!    ([`build::write_acpi_tables`], [`build::load_kernel`]);
 //! 7. start the vCPUs: configure each one, serve the API socket if asked
 //!    ([`build::start_api`]), then run each vCPU on its own thread ([`build::create_vcpus`],
-//!    [`running::start_vcpus`]);
+//!    [`running::start_vcpus`]), and announce the vNode to the manager when it has an id
+//!    ([`build::announce`]);
 //! 8. wait for the guest (or a signal) to end the vNode ([`running::wait_for_end`]);
 //! 9. tear down: stop and join the vCPUs, then drop devices, memory, VM and backends in that
-//!    order ([`running::tear_down`]).
+//!    order ([`running::tear_down`]); tell the manager the vNode stopped.
 
 pub mod build;
 pub mod running;
@@ -136,12 +137,14 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     )?;
     let api = build::start_api(&config, &devices, &gate, &exit, pager.as_ref())?;
     let vcpus = running::start_vcpus(vcpus, &exit, started)?;
+    let announcer = build::announce(&config, &devices);
     if let Some((p, _)) = &pager {
         p.arm();
     }
     let outcome = running::wait_for_end(&exit);
     drop(api);
     let all_stopped = running::tear_down(vcpus, devices, &outcome, started);
+    drop(announcer);
     if let Some((pager, remote)) = pager {
         let failed = pager.failure().is_some();
         pager.stop();

@@ -127,6 +127,17 @@ impl ManagerClient {
         Ok(Duration::from_millis(granted.lease_ms))
     }
 
+    /// Announces a running vNode; returns how often to announce it again.
+    pub fn vnode_up(&self, up: &m::VnodeUp) -> Result<Duration, CallError> {
+        let ack: m::VnodeUpAck = from_json(&self.call(m::VNODE_UP, up)?)?;
+        Ok(Duration::from_millis(ack.interval_ms))
+    }
+
+    /// Says a vNode stopped.
+    pub fn vnode_down(&self, down: &m::VnodeDown) -> Result<(), CallError> {
+        self.call(m::VNODE_DOWN, down).map(|_| ())
+    }
+
     /// Forgets a vNode's placements.
     pub fn release_vnode(&self, vnode: u64) -> Result<(), CallError> {
         self.call(m::RELEASE_VNODE, &m::ReleaseVnode { vnode })

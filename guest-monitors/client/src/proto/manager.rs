@@ -13,6 +13,8 @@
 //! | `MEMORY_PLACEMENT` 0x0308 | [`GetMemoryPlacement`] | [`MemoryPlacement`] (changes nothing) |
 //! | `REPAIR_PROGRESS` 0x0309 | [`RepairProgress`] | [`RepairAck`] |
 //! | `RENEW_LEASE` 0x030A | [`RenewLease`] | [`LeaseGranted`] |
+//! | `VNODE_UP` 0x030B | [`VnodeUp`] | [`VnodeUpAck`] (a running vNode, every interval) |
+//! | `VNODE_DOWN` 0x030C | [`VnodeDown`] | empty (the vNode stopped) |
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +42,65 @@ pub const REPAIR_PROGRESS: u16 = 0x0309;
 /// Renew a vNode's lease: its compute host is alive (a manager that sees no renewal for
 /// longer than the lease reclaims the vNode's remote memory).
 pub const RENEW_LEASE: u16 = 0x030A;
+
+/// A running vNode announces itself (again every interval: the manager forgets one it has
+/// not heard from for a few intervals).
+pub const VNODE_UP: u16 = 0x030B;
+/// A vNode stopped.
+pub const VNODE_DOWN: u16 = 0x030C;
+
+/// Body of `VNODE_UP`: what runs where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VnodeUp {
+    /// The vNode (not 0).
+    pub vnode: u64,
+    /// The compute host's name.
+    pub host: String,
+    /// legovmm's process id there.
+    pub pid: u32,
+    /// legovmm's API socket there, if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_socket: Option<String>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM in bytes.
+    pub memory_bytes: u64,
+    /// Its devices (`disk0: virtio-blk data.img`, ...).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// When it started, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+}
+
+/// Answer to `VNODE_UP`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VnodeUpAck {
+    /// How often to announce the vNode again, in milliseconds.
+    pub interval_ms: u64,
+}
+
+/// Body of `VNODE_DOWN`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VnodeDown {
+    /// The vNode.
+    pub vnode: u64,
+    /// The pid that announced it (a newer instance of the vNode is not forgotten).
+    pub pid: u32,
+    /// Its host.
+    pub host: String,
+}
+
+/// A running vNode in [`ClusterStatus`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunningVnode {
+    /// What it announced.
+    #[serde(flatten)]
+    pub up: VnodeUp,
+    /// Milliseconds since it last announced itself.
+    pub last_seen_ms: u64,
+}
 
 /// Kind of monitor.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -291,6 +352,9 @@ pub struct ClusterStatus {
     pub monitors: Vec<MonitorStatus>,
     /// vNodes, by id.
     pub vnodes: Vec<VnodeStatus>,
+    /// vNodes running now (announced by their legovmm), by id.
+    #[serde(default)]
+    pub running: Vec<RunningVnode>,
 }
 
 /// Body of `PLACE_MEMORY`: make sure the vNode has at least `bytes` of remote memory placed.

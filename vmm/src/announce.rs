@@ -1,0 +1,167 @@
+//! Announcing the running vNode to the manager (`VNODE_UP`, again every interval the manager
+//! asks for; `VNODE_DOWN` at exit), so that the cluster knows what runs where: `legoctl
+//! vnode list`. A vNode whose legovmm stops announcing it (killed, or its host died) is
+//! forgotten by the manager after a few intervals. An unreachable manager is logged and
+//! retried; it never stops the vNode.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lego_fabric::{ClientConfig, ClusterKey};
+use lego_monitor_client::client::ManagerClient;
+use lego_monitor_client::proto::manager::{VnodeDown, VnodeUp};
+
+use crate::api::control::LiveDevice;
+use crate::config::{RemoteConfig, VmConfig};
+
+/// How long to wait before trying an unreachable manager again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The announcing thread; dropping it says the vNode stopped.
+pub struct Announcer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// This host's name (`/proc/sys/kernel/hostname`).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// What the manager is told about the vNode of `config` with `devices`.
+pub fn describe(config: &VmConfig, vnode: u64, devices: &[LiveDevice]) -> VnodeUp {
+    VnodeUp {
+        vnode,
+        host: host_name(),
+        pid: std::process::id(),
+        api_socket: config.api_socket.as_ref().map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string()
+        }),
+        vcpus: u32::from(config.vcpus),
+        memory_bytes: config.memory,
+        devices: devices
+            .iter()
+            .map(|d| format!("{}: {} {}", d.info.id, d.info.kind, d.info.backing))
+            .collect(),
+        started_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    }
+}
+
+impl Announcer {
+    /// Starts announcing `up` to the manager of `remote`; `None` (logged) when the cluster
+    /// key cannot be loaded.
+    pub fn start(remote: &RemoteConfig, up: VnodeUp) -> Option<Self> {
+        let key = match ClusterKey::load(remote.key_file.as_deref()) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(
+                    "vNode {} is not announced to the manager: {}",
+                    up.vnode,
+                    lego_report::error_chain(&e)
+                );
+                return None;
+            }
+        };
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let manager = remote.manager.clone();
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("announce".into())
+            .spawn(move || run(&manager, key, &up, &s))
+            .map_err(|e| tracing::warn!("cannot start the thread announcing the vNode: {e}"))
+            .ok()?;
+        Some(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        *self.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.stop.1.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits up to `d` or until stopped; true when stopped.
+fn wait(stop: &(Mutex<bool>, Condvar), d: Duration) -> bool {
+    let guard = stop.0.lock().unwrap_or_else(|e| e.into_inner());
+    let (guard, _) = stop
+        .1
+        .wait_timeout_while(guard, d, |stopped| !*stopped)
+        .unwrap_or_else(|e| e.into_inner());
+    *guard
+}
+
+fn run(manager: &str, key: ClusterKey, up: &VnodeUp, stop: &(Mutex<bool>, Condvar)) {
+    let config = ClientConfig {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+        ..ClientConfig::default()
+    };
+    let mut client: Option<ManagerClient> = None;
+    let mut reachable = true;
+    loop {
+        if client.is_none() {
+            client = ManagerClient::connect(manager, key.clone(), config.clone()).ok();
+        }
+        let next = match client.as_ref().map(|c| c.vnode_up(up)) {
+            Some(Ok(interval)) => {
+                if !reachable {
+                    tracing::info!(
+                        vnode = up.vnode,
+                        "the manager at {manager} hears from this vNode again"
+                    );
+                }
+                reachable = true;
+                interval.clamp(Duration::from_millis(50), Duration::from_secs(60))
+            }
+            failed => {
+                if reachable {
+                    let why = match failed {
+                        Some(Err(e)) => lego_report::error_chain(&e),
+                        _ => "cannot connect".into(),
+                    };
+                    tracing::warn!(
+                        vnode = up.vnode,
+                        "cannot announce the vNode to the manager at {manager} ({why}); retrying"
+                    );
+                }
+                reachable = false;
+                client = None;
+                RETRY
+            }
+        };
+        if wait(stop, next) {
+            break;
+        }
+    }
+    if let Some(c) = client {
+        let down = VnodeDown {
+            vnode: up.vnode,
+            pid: up.pid,
+            host: up.host.clone(),
+        };
+        if let Err(e) = c.vnode_down(&down) {
+            tracing::debug!(
+                "cannot tell the manager the vNode stopped: {}",
+                lego_report::error_chain(&e)
+            );
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! legovmm's announcer against a real `lego-manager` process on loopback: a running vNode is
+//! listed with what it announced, forgotten at once when the announcer says it stopped, and
+//! forgotten after a few heartbeat intervals when it falls silent (a killed legovmm).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lego_fabric::{ClientConfig, ClusterKey};
+use lego_monitor_client::client::ManagerClient;
+use lego_monitor_client::proto::manager::VnodeUp;
+use lego_testkit::net::free_port;
+use lego_testkit::process::ChildGuard;
+use legovmm::announce::Announcer;
+use legovmm::config::RemoteConfig;
+
+/// The workspace's `lego-manager`, built beside this test's executable.
+fn manager_bin() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("lego-manager");
+    p.is_file().then_some(p)
+}
+
+fn up(vnode: u64) -> VnodeUp {
+    VnodeUp {
+        vnode,
+        host: legovmm::announce::host_name(),
+        pid: std::process::id(),
+        api_socket: Some("/run/lego/v.sock".into()),
+        vcpus: 2,
+        memory_bytes: 1 << 30,
+        devices: vec!["disk0: virtio-blk data.img".into()],
+        started_unix_ms: 1,
+    }
+}
+
+#[test]
+fn the_manager_lists_an_announced_vnode_until_it_stops() {
+    let Some(bin) = manager_bin() else {
+        assert!(
+            !lego_testkit::prerequisite::under_ci(),
+            "lego-manager is not built beside the tests (cargo build --workspace first)"
+        );
+        eprintln!("skipped: lego-manager is not built");
+        return;
+    };
+    let key = ClusterKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut manager = ChildGuard::spawn(
+        "lego-manager",
+        Command::new(bin)
+            .args(["--listen", &addr, "--heartbeat-ms", "100", "--state-dir"])
+            .arg(dir.path())
+            .env("LEGO_CLUSTER_KEY", key.to_hex())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let client = lego_testkit::wait::until(
+        "the manager",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            manager.check_alive();
+            ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).ok()
+        },
+    );
+    let running = |c: &ManagerClient| c.status().expect("status").running;
+    assert!(running(&client).is_empty());
+
+    std::env::set_var("LEGO_CLUSTER_KEY", key.to_hex());
+    let remote = RemoteConfig {
+        manager: addr.clone(),
+        vnode: 7,
+        key_file: None,
+        memory: None,
+        disk: None,
+    };
+    let announcer = Announcer::start(&remote, up(7)).expect("announcing");
+    let listed = lego_testkit::wait::until(
+        "vNode 7 listed",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let r = running(&client);
+            (!r.is_empty()).then_some(r)
+        },
+    );
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].up, up(7));
+    // Still listed several intervals later: it is announced again.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        running(&client).len(),
+        1,
+        "an announced vNode was forgotten"
+    );
+    drop(announcer);
+    assert!(
+        running(&client).is_empty(),
+        "a stopped vNode is still listed"
+    );
+
+    // A vNode that falls silent (its legovmm killed: no VNODE_DOWN) is forgotten.
+    client.vnode_up(&up(8)).expect("announce 8");
+    assert_eq!(running(&client).len(), 1);
+    lego_testkit::wait::until(
+        "vNode 8 forgotten",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || running(&client).is_empty().then_some(()),
+    );
+}
