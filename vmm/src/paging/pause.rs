@@ -122,24 +122,11 @@ impl PauseGate {
         let mut s = self.lock();
         s.held = true;
         self.stopping.store(true, Ordering::Release);
-        while s.parked < s.threads.len() {
-            if Instant::now() >= deadline {
-                drop(s);
-                self.release();
-                return Err(PauseError::Timeout(patience));
-            }
-            for &t in &s.threads {
-                // SAFETY: every registered id is a live vCPU thread: threads unregister (under
-                // this lock) before they end.
-                unsafe { libc::pthread_kill(t, kick) };
-            }
-            s = self
-                .changed
-                .wait_timeout(s, KICK_EVERY)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        if self.kick_until_parked(s, kick, &|| Instant::now() >= deadline) {
+            return Ok(());
         }
-        Ok(())
+        self.release();
+        Err(PauseError::Timeout(patience))
     }
 
     /// Ends an operator's pause (the vCPUs run again unless an eviction holds them).
@@ -160,13 +147,27 @@ impl PauseGate {
         s.pausing = true;
         self.stopping.store(true, Ordering::Release);
         let paused = Paused { gate: self };
+        if self.kick_until_parked(s, kick, give_up) {
+            Some((paused, started.elapsed()))
+        } else {
+            None // `paused` drops here and resumes them
+        }
+    }
+
+    /// Kicks the registered vCPUs out of KVM_RUN with `kick` every [`KICK_EVERY`] until all
+    /// are parked (true), or until `give_up` says so (false). Called with the state locked.
+    fn kick_until_parked(
+        &self,
+        mut s: MutexGuard<'_, GateState>,
+        kick: i32,
+        give_up: &dyn Fn() -> bool,
+    ) -> bool {
         loop {
             if s.parked >= s.threads.len() {
-                return Some((paused, started.elapsed()));
+                return true;
             }
             if give_up() {
-                drop(s);
-                return None; // `paused` drops here and resumes them
+                return false;
             }
             for &t in &s.threads {
                 // SAFETY: every registered id is a live vCPU thread: threads unregister (under
