@@ -589,6 +589,29 @@ impl Manager {
         Ok(())
     }
 
+    /// Forgets vNode `vnode`'s volume `name` (its data must already be deleted from its
+    /// storage monitor); an unknown volume is an error, so a typo is not taken for success.
+    pub fn forget_volume(&self, vnode: u64, name: &str) -> Result<(), ManagerError> {
+        let mut inner = self.lock();
+        let known = inner
+            .state
+            .vnodes
+            .get(&vnode)
+            .is_some_and(|r| r.volumes.contains_key(name));
+        if !known {
+            return Err(ManagerError::Invalid(format!(
+                "vNode {vnode} has no volume '{name}'"
+            )));
+        }
+        let mut new = inner.state.clone();
+        if let Some(r) = new.vnodes.get_mut(&vnode) {
+            r.volumes.remove(name);
+        }
+        self.commit(&mut inner, new)?;
+        tracing::info!(vnode, volume = name, "volume forgotten");
+        Ok(())
+    }
+
     /// The cluster as the manager sees it.
     pub fn status(&self) -> ClusterStatus {
         let inner = self.lock();

@@ -97,6 +97,11 @@ impl ManagerService {
                     interval_ms: interval.as_millis() as u64,
                 })
             }
+            m::FORGET_VOLUME => {
+                let f: m::ForgetVolume = from_json(body)?;
+                mg.forget_volume(f.vnode, &f.name)?;
+                Vec::new()
+            }
             m::VNODE_DOWN => {
                 self.running.down(&from_json::<m::VnodeDown>(body)?);
                 Vec::new()

@@ -94,6 +94,11 @@ enum Cmd {
         #[arg(long)]
         vnode: u64,
     },
+    /// The volumes the manager has placed.
+    Volume {
+        #[command(subcommand)]
+        action: VolumeAction,
+    },
     /// The running vNodes, as their legovmm announce them to the manager.
     Vnode {
         #[command(subcommand)]
@@ -106,6 +111,23 @@ enum Cmd {
         api_socket: PathBuf,
         #[command(subcommand)]
         action: VmAction,
+    },
+}
+
+/// What to do with volumes.
+#[derive(Debug, Subcommand)]
+enum VolumeAction {
+    /// Every volume: vNode, name, size, storage monitor.
+    List,
+    /// Delete a volume's data from its storage monitor, then forget its placement (refused
+    /// while the vNode runs).
+    Delete {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
+        /// The volume.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -191,6 +213,24 @@ enum CtlError {
     /// An answer could not be printed as JSON.
     #[error("cannot print the answer as JSON")]
     Json(#[from] serde_json::Error),
+    /// The volume is not placed.
+    #[error("vNode {vnode} has no volume '{name}' (legoctl volume list shows them)")]
+    NoVolume {
+        /// The vNode.
+        vnode: u64,
+        /// The volume.
+        name: String,
+    },
+    /// The vNode runs: its disk is in use.
+    #[error("vNode {vnode} is running (pid {pid} on {host}); stop it before deleting its volume")]
+    VnodeRunning {
+        /// The vNode.
+        vnode: u64,
+        /// Its legovmm.
+        pid: u32,
+        /// Its host.
+        host: String,
+    },
     /// The vNode is not running.
     #[error("vNode {0} is not running (legoctl vnode list shows the running ones)")]
     NotRunning(u64),
@@ -338,6 +378,50 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         Cmd::Release { vnode } => {
             mgr.release_vnode(vnode)?;
             out(&format!("vNode {vnode} released\n"));
+        }
+        Cmd::Volume {
+            action: VolumeAction::List,
+        } => out(&legoctl::render::volumes(&mgr.status()?)),
+        Cmd::Volume {
+            action: VolumeAction::Delete { vnode, name },
+        } => {
+            let st = mgr.status()?;
+            if let Some(r) = st.running.iter().find(|r| r.up.vnode == vnode) {
+                return Err(CtlError::VnodeRunning {
+                    vnode,
+                    pid: r.up.pid,
+                    host: r.up.host.clone(),
+                });
+            }
+            let placed = st
+                .vnodes
+                .iter()
+                .filter(|v| v.vnode == vnode)
+                .flat_map(|v| v.volumes.iter())
+                .find(|v| v.name == name)
+                .ok_or_else(|| CtlError::NoVolume {
+                    vnode,
+                    name: name.clone(),
+                })?;
+            let cap = mgr.issue_capability(vnode, Rights::STORAGE, Duration::from_secs(300))?;
+            let sc = StorageClient::connect(&placed.monitor, key, &cap, cc).map_err(|source| {
+                CtlError::Reach {
+                    what: "storage monitor",
+                    addr: placed.monitor.clone(),
+                    source,
+                }
+            })?;
+            match sc.delete(&name) {
+                Ok(()) => {}
+                // Deleted before, but the manager was not told: forget it now.
+                Err(e) if e.remote_code() == Some(lego_fabric::ErrorCode::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+            mgr.forget_volume(vnode, &name)?;
+            out(&format!(
+                "volume '{name}' of vNode {vnode} deleted from {}\n",
+                placed.monitor
+            ));
         }
         Cmd::Vnode { action } => {
             let running = mgr.status()?.running;

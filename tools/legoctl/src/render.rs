@@ -217,23 +217,36 @@ pub fn status(st: &ClusterStatus) -> String {
     out.push_str(&running(&st.running));
 
     out.push_str("\nVOLUMES\n");
+    out.push_str(&volumes(st));
+    out
+}
+
+/// The placed volumes as a table (`legoctl volume list`, and a section of `legoctl status`).
+pub fn volumes(st: &ClusterStatus) -> String {
     let mut t = Table::new(&["VNODE", "NAME", "SIZE", "MONITOR"]);
     for vn in &st.vnodes {
         for vol in &vn.volumes {
+            let dead = st
+                .monitors
+                .iter()
+                .any(|m| m.addr == vol.monitor && m.state == MonitorState::Dead);
             t.row(vec![
                 vn.vnode.to_string(),
                 vol.name.clone(),
                 human(vol.size),
-                vol.monitor.clone(),
+                if dead {
+                    format!("{} (dead)", vol.monitor)
+                } else {
+                    vol.monitor.clone()
+                },
             ]);
         }
     }
-    out.push_str(&if t.is_empty() {
+    if t.is_empty() {
         "(none placed)\n".to_string()
     } else {
         t.render()
-    });
-    out
+    }
 }
 
 /// The running vNodes as a table (`legoctl vnode list`, and a section of `legoctl status`).

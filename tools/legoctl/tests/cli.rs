@@ -151,3 +151,112 @@ fn status_place_and_capability() {
     let (ok, _, err) = legoctl(&key, &["--manager", &addr, "--timeout", "2", "status"]);
     assert!(!ok && err.contains("cannot reach the manager"), "{err}");
 }
+
+#[test]
+fn volumes_are_listed_and_deleted_but_not_under_a_running_vnode() {
+    let key = ClusterKey::from_bytes([5; 32]);
+    let manager = Arc::new(
+        Manager::new(
+            ManagerSettings::default(),
+            key.clone(),
+            Box::new(MemoryStateStore::default()),
+        )
+        .expect("manager"),
+    );
+    let server = Server::bind(
+        "127.0.0.1:0",
+        key.clone(),
+        Arc::new(ManagerService::new(manager)),
+        ServerConfig::default(),
+    )
+    .expect("bind")
+    .spawn();
+    let addr = server.local_addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let volumes = Arc::new(lego_monitors::volume::VolumeStore::open(dir.path()).expect("store"));
+    let storage = Server::bind(
+        "127.0.0.1:0",
+        key.clone(),
+        Arc::new(lego_monitors::storage_service::StorageService::new(
+            volumes.clone(),
+            64 << 20,
+        )),
+        ServerConfig::default(),
+    )
+    .expect("bind storage")
+    .spawn();
+    let saddr = storage.local_addr().to_string();
+    let mc = ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).expect("connect");
+    mc.register(&RegisterMonitor {
+        kind: MonitorKind::Storage,
+        addr: saddr.clone(),
+        capacity_bytes: 64 << 20,
+        used_bytes: 0,
+        incarnation: None,
+    })
+    .expect("register");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--manager", addr.as_str()];
+        all.extend_from_slice(args);
+        legoctl(&key, &all)
+    };
+    let (ok, _, err) = ctl(&[
+        "create-volume",
+        "--vnode",
+        "3",
+        "--name",
+        "data",
+        "--size",
+        "4M",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = ctl(&["volume", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("data") && out.contains(&saddr), "{out}");
+
+    // While vNode 3 runs, its volume is not deleted.
+    mc.vnode_up(&lego_monitor_client::proto::manager::VnodeUp {
+        vnode: 3,
+        host: "compute1".into(),
+        pid: 77,
+        api_socket: None,
+        vcpus: 1,
+        memory_bytes: 1 << 28,
+        devices: vec![],
+        started_unix_ms: 0,
+    })
+    .expect("vnode up");
+    let (ok, out, err) = ctl(&["vnode", "list"]);
+    assert!(
+        ok && out.contains("compute1") && out.contains("77"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = ctl(&["volume", "delete", "--vnode", "3", "--name", "data"]);
+    assert!(!ok, "deleted under a running vNode");
+    assert!(
+        err.contains("vNode 3 is running (pid 77 on compute1)"),
+        "{err}"
+    );
+    let (ok, _, err) = ctl(&["vnode", "stop", "--vnode", "3"]);
+    assert!(!ok && err.contains("runs without an API socket"), "{err}");
+    mc.vnode_down(&lego_monitor_client::proto::manager::VnodeDown {
+        vnode: 3,
+        pid: 77,
+        host: "compute1".into(),
+    })
+    .expect("vnode down");
+
+    let (ok, out, err) = ctl(&["volume", "delete", "--vnode", "3", "--name", "data"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+    assert!(
+        volumes.list(3).expect("list").is_empty(),
+        "the data is still on the monitor"
+    );
+    let (ok, out, _) = ctl(&["volume", "list"]);
+    assert!(ok && out.contains("(none placed)"), "{out}");
+    let (ok, _, err) = ctl(&["volume", "delete", "--vnode", "3", "--name", "data"]);
+    assert!(!ok && err.contains("vNode 3 has no volume 'data'"), "{err}");
+    storage.shutdown();
+    server.shutdown();
+}

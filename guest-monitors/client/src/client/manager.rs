@@ -138,6 +138,15 @@ impl ManagerClient {
         self.call(m::VNODE_DOWN, down).map(|_| ())
     }
 
+    /// Forgets a volume's placement (delete its data from its storage monitor first).
+    pub fn forget_volume(&self, vnode: u64, name: &str) -> Result<(), CallError> {
+        let body = m::ForgetVolume {
+            vnode,
+            name: name.into(),
+        };
+        self.call(m::FORGET_VOLUME, &body).map(|_| ())
+    }
+
     /// Forgets a vNode's placements.
     pub fn release_vnode(&self, vnode: u64) -> Result<(), CallError> {
         self.call(m::RELEASE_VNODE, &m::ReleaseVnode { vnode })

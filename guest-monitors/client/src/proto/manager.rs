@@ -15,6 +15,7 @@
 //! | `RENEW_LEASE` 0x030A | [`RenewLease`] | [`LeaseGranted`] |
 //! | `VNODE_UP` 0x030B | [`VnodeUp`] | [`VnodeUpAck`] (a running vNode, every interval) |
 //! | `VNODE_DOWN` 0x030C | [`VnodeDown`] | empty (the vNode stopped) |
+//! | `FORGET_VOLUME` 0x030D | [`ForgetVolume`] | empty (after its data was deleted) |
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,6 +49,19 @@ pub const RENEW_LEASE: u16 = 0x030A;
 pub const VNODE_UP: u16 = 0x030B;
 /// A vNode stopped.
 pub const VNODE_DOWN: u16 = 0x030C;
+
+/// Forget a volume's placement (its data was deleted from its storage monitor).
+pub const FORGET_VOLUME: u16 = 0x030D;
+
+/// Body of `FORGET_VOLUME`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetVolume {
+    /// The vNode.
+    pub vnode: u64,
+    /// The volume.
+    pub name: String,
+}
 
 /// Body of `VNODE_UP`: what runs where.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
