@@ -612,6 +612,36 @@ impl Manager {
         Ok(())
     }
 
+    /// Forgets the monitor at `addr`, which must be dead and hold no placement (no vRegion
+    /// copy, repair target or volume: those must be repaired, released or deleted first, or
+    /// the manager would lose track of data).
+    pub fn forget_monitor(&self, addr: &str) -> Result<(), ManagerError> {
+        let mut inner = self.lock();
+        if !inner.state.monitors.contains_key(addr) {
+            return Err(ManagerError::UnknownMonitor(addr.into()));
+        }
+        if !inner.dead.contains(addr) {
+            return Err(ManagerError::Invalid(format!(
+                "the monitor {addr} is alive (it heartbeats); stop it first, and forget it once \
+                 the manager counts it dead"
+            )));
+        }
+        let reserved = inner.state.reserved_on(addr);
+        if reserved > 0 {
+            return Err(ManagerError::Invalid(format!(
+                "the dead monitor {addr} still holds {reserved} bytes of placements (vRegion \
+                 copies or volumes); wait for their repair, or release or delete them, first"
+            )));
+        }
+        let mut new = inner.state.clone();
+        new.monitors.remove(addr);
+        self.commit(&mut inner, new)?;
+        inner.dead.remove(addr);
+        inner.last_seen.remove(addr);
+        tracing::info!(monitor = addr, "monitor forgotten");
+        Ok(())
+    }
+
     /// The cluster as the manager sees it.
     pub fn status(&self) -> ClusterStatus {
         let inner = self.lock();

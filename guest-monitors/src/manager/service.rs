@@ -97,6 +97,11 @@ impl ManagerService {
                     interval_ms: interval.as_millis() as u64,
                 })
             }
+            m::FORGET_MONITOR => {
+                let f: m::ForgetMonitor = from_json(body)?;
+                mg.forget_monitor(&f.addr)?;
+                Vec::new()
+            }
             m::FORGET_VOLUME => {
                 let f: m::ForgetVolume = from_json(body)?;
                 mg.forget_volume(f.vnode, &f.name)?;

@@ -94,6 +94,11 @@ enum Cmd {
         #[arg(long)]
         vnode: u64,
     },
+    /// The monitors the manager knows.
+    Monitor {
+        #[command(subcommand)]
+        action: MonitorAction,
+    },
     /// The volumes the manager has placed.
     Volume {
         #[command(subcommand)]
@@ -111,6 +116,17 @@ enum Cmd {
         api_socket: PathBuf,
         #[command(subcommand)]
         action: VmAction,
+    },
+}
+
+/// What to do with monitors.
+#[derive(Debug, Subcommand)]
+enum MonitorAction {
+    /// Forget a dead monitor that holds no placement (e.g. a host retired for good).
+    Forget {
+        /// The monitor's registered fabric address.
+        #[arg(long)]
+        addr: String,
     },
 }
 
@@ -378,6 +394,12 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         Cmd::Release { vnode } => {
             mgr.release_vnode(vnode)?;
             out(&format!("vNode {vnode} released\n"));
+        }
+        Cmd::Monitor {
+            action: MonitorAction::Forget { addr },
+        } => {
+            mgr.forget_monitor(&addr)?;
+            out(&format!("monitor {addr} forgotten\n"));
         }
         Cmd::Volume {
             action: VolumeAction::List,

@@ -260,3 +260,69 @@ fn volumes_are_listed_and_deleted_but_not_under_a_running_vnode() {
     storage.shutdown();
     server.shutdown();
 }
+
+#[test]
+fn only_a_dead_monitor_holding_nothing_is_forgotten() {
+    let key = ClusterKey::from_bytes([6; 32]);
+    let settings = ManagerSettings {
+        region_size: 1 << 20,
+        heartbeat_interval: std::time::Duration::from_millis(20),
+        missed_heartbeats: 2,
+        copies: Some(1),
+        ..Default::default()
+    };
+    let manager = Arc::new(
+        Manager::new(settings, key.clone(), Box::new(MemoryStateStore::default()))
+            .expect("manager"),
+    );
+    let server = Server::bind(
+        "127.0.0.1:0",
+        key.clone(),
+        Arc::new(ManagerService::new(manager.clone())),
+        ServerConfig::default(),
+    )
+    .expect("bind")
+    .spawn();
+    let addr = server.local_addr().to_string();
+    let mc = ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).expect("connect");
+    for m in ["10.0.0.1:7100", "10.0.0.2:7100"] {
+        mc.register(&RegisterMonitor {
+            kind: MonitorKind::Memory,
+            addr: m.into(),
+            capacity_bytes: 1 << 20,
+            used_bytes: 0,
+            incarnation: None,
+        })
+        .expect("register");
+    }
+    // One region, on one of the two (each has room for exactly one).
+    mc.place_memory(9, 1 << 20).expect("place");
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--manager", addr.as_str()];
+        all.extend_from_slice(args);
+        legoctl(&key, &all)
+    };
+    let (ok, _, err) = ctl(&["monitor", "forget", "--addr", "10.0.0.1:7100"]);
+    assert!(!ok && err.contains("is alive"), "{err}");
+    let (ok, _, err) = ctl(&["monitor", "forget", "--addr", "10.9.9.9:1"]);
+    assert!(!ok && err.contains("not registered"), "{err}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    manager.check_liveness();
+    let st = mc.status().expect("status");
+    let holder = st.vnodes[0].memory.regions[0].monitor.clone();
+    let empty = st
+        .monitors
+        .iter()
+        .map(|m| m.addr.clone())
+        .find(|a| *a != holder)
+        .unwrap();
+    let (ok, _, err) = ctl(&["monitor", "forget", "--addr", &holder]);
+    assert!(!ok && err.contains("still holds"), "{err}");
+    let (ok, out, err) = ctl(&["monitor", "forget", "--addr", &empty]);
+    assert!(ok, "{err}");
+    assert!(out.contains("forgotten"), "{out}");
+    let st = mc.status().expect("status");
+    assert_eq!(st.monitors.len(), 1);
+    assert_eq!(st.monitors[0].addr, holder);
+    server.shutdown();
+}

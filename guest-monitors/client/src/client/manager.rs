@@ -138,6 +138,12 @@ impl ManagerClient {
         self.call(m::VNODE_DOWN, down).map(|_| ())
     }
 
+    /// Forgets a dead monitor that holds no placement.
+    pub fn forget_monitor(&self, addr: &str) -> Result<(), CallError> {
+        let body = m::ForgetMonitor { addr: addr.into() };
+        self.call(m::FORGET_MONITOR, &body).map(|_| ())
+    }
+
     /// Forgets a volume's placement (delete its data from its storage monitor first).
     pub fn forget_volume(&self, vnode: u64, name: &str) -> Result<(), CallError> {
         let body = m::ForgetVolume {

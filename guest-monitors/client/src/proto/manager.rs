@@ -16,6 +16,7 @@
 //! | `VNODE_UP` 0x030B | [`VnodeUp`] | [`VnodeUpAck`] (a running vNode, every interval) |
 //! | `VNODE_DOWN` 0x030C | [`VnodeDown`] | empty (the vNode stopped) |
 //! | `FORGET_VOLUME` 0x030D | [`ForgetVolume`] | empty (after its data was deleted) |
+//! | `FORGET_MONITOR` 0x030E | [`ForgetMonitor`] | empty (a dead monitor holding nothing) |
 
 use std::fmt;
 use std::str::FromStr;
@@ -52,6 +53,17 @@ pub const VNODE_DOWN: u16 = 0x030C;
 
 /// Forget a volume's placement (its data was deleted from its storage monitor).
 pub const FORGET_VOLUME: u16 = 0x030D;
+
+/// Forget a dead monitor that holds no placement.
+pub const FORGET_MONITOR: u16 = 0x030E;
+
+/// Body of `FORGET_MONITOR`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetMonitor {
+    /// The monitor's registered address.
+    pub addr: String,
+}
 
 /// Body of `FORGET_VOLUME`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
