@@ -22,13 +22,12 @@ fn legoctl(key: &ClusterKey, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn status_place_and_capability() {
-    let key = ClusterKey::from_bytes([3; 32]);
-    let settings = ManagerSettings {
-        region_size: 1 << 20,
-        ..Default::default()
-    };
+/// An in-process manager with `settings` on a loopback port: the manager, its server and its
+/// address.
+fn start_manager(
+    key: &ClusterKey,
+    settings: ManagerSettings,
+) -> (Arc<Manager>, lego_fabric::ServerHandle, String) {
     let manager = Arc::new(
         Manager::new(settings, key.clone(), Box::new(MemoryStateStore::default()))
             .expect("manager"),
@@ -36,12 +35,23 @@ fn status_place_and_capability() {
     let server = Server::bind(
         "127.0.0.1:0",
         key.clone(),
-        Arc::new(ManagerService::new(manager)),
+        Arc::new(ManagerService::new(manager.clone())),
         ServerConfig::default(),
     )
     .expect("bind")
     .spawn();
     let addr = server.local_addr().to_string();
+    (manager, server, addr)
+}
+
+#[test]
+fn status_place_and_capability() {
+    let key = ClusterKey::from_bytes([3; 32]);
+    let settings = ManagerSettings {
+        region_size: 1 << 20,
+        ..Default::default()
+    };
+    let (_manager, server, addr) = start_manager(&key, settings);
     let mc = ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).expect("connect");
     mc.register(&RegisterMonitor {
         kind: MonitorKind::Memory,
@@ -155,23 +165,7 @@ fn status_place_and_capability() {
 #[test]
 fn volumes_are_listed_and_deleted_but_not_under_a_running_vnode() {
     let key = ClusterKey::from_bytes([5; 32]);
-    let manager = Arc::new(
-        Manager::new(
-            ManagerSettings::default(),
-            key.clone(),
-            Box::new(MemoryStateStore::default()),
-        )
-        .expect("manager"),
-    );
-    let server = Server::bind(
-        "127.0.0.1:0",
-        key.clone(),
-        Arc::new(ManagerService::new(manager)),
-        ServerConfig::default(),
-    )
-    .expect("bind")
-    .spawn();
-    let addr = server.local_addr().to_string();
+    let (_manager, server, addr) = start_manager(&key, ManagerSettings::default());
     let dir = tempfile::tempdir().unwrap();
     let volumes = Arc::new(lego_monitors::volume::VolumeStore::open(dir.path()).expect("store"));
     let storage = Server::bind(
@@ -271,19 +265,7 @@ fn only_a_dead_monitor_holding_nothing_is_forgotten() {
         copies: Some(1),
         ..Default::default()
     };
-    let manager = Arc::new(
-        Manager::new(settings, key.clone(), Box::new(MemoryStateStore::default()))
-            .expect("manager"),
-    );
-    let server = Server::bind(
-        "127.0.0.1:0",
-        key.clone(),
-        Arc::new(ManagerService::new(manager.clone())),
-        ServerConfig::default(),
-    )
-    .expect("bind")
-    .spawn();
-    let addr = server.local_addr().to_string();
+    let (manager, server, addr) = start_manager(&key, settings);
     let mc = ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).expect("connect");
     for m in ["10.0.0.1:7100", "10.0.0.2:7100"] {
         mc.register(&RegisterMonitor {

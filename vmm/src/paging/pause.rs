@@ -189,29 +189,58 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
+    /// Threads that pass a gate in a loop as vCPUs do, counting their steps.
+    struct FakeVcpus {
+        gate: Arc<PauseGate>,
+        steps: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+    }
+
+    impl FakeVcpus {
+        /// Starts `n` of them on a new gate, once all are registered.
+        fn start(n: usize) -> Self {
+            crate::kick::install();
+            let gate = Arc::new(PauseGate::new());
+            let stop = Arc::new(AtomicBool::new(false));
+            let steps = Arc::new(AtomicU64::new(0));
+            let threads = (0..n)
+                .map(|_| {
+                    let (gate, stop, steps) = (gate.clone(), stop.clone(), steps.clone());
+                    std::thread::spawn(move || {
+                        gate.register();
+                        while !stop.load(Ordering::Acquire) {
+                            gate.checkpoint();
+                            steps.fetch_add(1, Ordering::AcqRel);
+                            std::thread::sleep(Duration::from_micros(50));
+                        }
+                        gate.unregister();
+                    })
+                })
+                .collect();
+            while gate.lock().threads.len() < n {
+                std::thread::yield_now();
+            }
+            Self {
+                gate,
+                steps,
+                stop,
+                threads,
+            }
+        }
+
+        fn stop(self) {
+            self.stop.store(true, Ordering::Release);
+            for t in self.threads {
+                t.join().unwrap();
+            }
+        }
+    }
+
     #[test]
     fn a_pause_holds_every_vcpu_until_it_is_dropped() {
-        crate::kick::install();
-        let gate = Arc::new(PauseGate::new());
-        let stop = Arc::new(AtomicBool::new(false));
-        let steps = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let (gate, stop, steps) = (gate.clone(), stop.clone(), steps.clone());
-                std::thread::spawn(move || {
-                    gate.register();
-                    while !stop.load(Ordering::Acquire) {
-                        gate.checkpoint();
-                        steps.fetch_add(1, Ordering::AcqRel);
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
-                    gate.unregister();
-                })
-            })
-            .collect();
-        while gate.lock().threads.len() < 2 {
-            std::thread::yield_now();
-        }
+        let vcpus = FakeVcpus::start(2);
+        let (gate, steps) = (&vcpus.gate, &vcpus.steps);
         let (held, _) = gate
             .pause(crate::kick::signal_number(), &|| false)
             .expect("paused");
@@ -225,33 +254,13 @@ mod tests {
         drop(held);
         std::thread::sleep(Duration::from_millis(20));
         assert!(steps.load(Ordering::Acquire) > before);
-        stop.store(true, Ordering::Release);
-        for t in threads {
-            t.join().unwrap();
-        }
+        vcpus.stop();
     }
 
     #[test]
     fn an_operator_hold_outlasts_an_eviction_pause() {
-        crate::kick::install();
-        let gate = Arc::new(PauseGate::new());
-        let stop = Arc::new(AtomicBool::new(false));
-        let steps = Arc::new(AtomicU64::new(0));
-        let vcpu = {
-            let (gate, stop, steps) = (gate.clone(), stop.clone(), steps.clone());
-            std::thread::spawn(move || {
-                gate.register();
-                while !stop.load(Ordering::Acquire) {
-                    gate.checkpoint();
-                    steps.fetch_add(1, Ordering::AcqRel);
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-                gate.unregister();
-            })
-        };
-        while gate.lock().threads.is_empty() {
-            std::thread::yield_now();
-        }
+        let vcpus = FakeVcpus::start(1);
+        let (gate, steps) = (&vcpus.gate, &vcpus.steps);
         let kick = crate::kick::signal_number();
         gate.hold(kick, Duration::from_secs(5)).expect("held");
         assert!(gate.held());
@@ -263,8 +272,7 @@ mod tests {
         gate.release();
         std::thread::sleep(Duration::from_millis(20));
         assert!(steps.load(Ordering::Acquire) > before, "did not resume");
-        stop.store(true, Ordering::Release);
-        vcpu.join().unwrap();
+        vcpus.stop();
     }
 
     #[test]
