@@ -167,6 +167,12 @@ mod tests {
         assert!(e.to_string().contains("in use by another process"), "{e}");
         drop(live); // the file stays: a stale socket
         assert!(sock.exists());
+        // Another test of this process may fork a child between our bind and drop; the child
+        // holds the listener until its exec closes it (CLOEXEC), so wait for that window.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while UnixStream::connect(&sock).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         clear_stale(&sock).unwrap();
         assert!(!sock.exists());
         assert!(check_path(&sock).is_ok());
