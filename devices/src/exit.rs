@@ -16,6 +16,8 @@ pub enum GuestExit {
     VmmFailed(String),
     /// An operator ended the vNode (`vm.shutdown` on the API socket).
     Shutdown,
+    /// The operator quit from legovmm's terminal (Ctrl-A x).
+    Quit,
 }
 
 /// A shared, clonable signal: the first reported exit wins and wakes the VMM's event loop.

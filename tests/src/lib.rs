@@ -58,6 +58,10 @@ pub fn marker<'a>(text: &'a str, key: &str) -> Option<&'a str> {
 pub trait JobFiles {
     /// The text of the job file `name`; panics with the job's summary when it is missing.
     fn text(&self, name: &str) -> String;
+    /// The job file `name` read as one JSON document; panics with its text when it is not.
+    fn json(&self, name: &str) -> serde_json::Value;
+    /// The job file `name` read as JSON lines (legovmm's `--events` log), oldest first.
+    fn events(&self, name: &str) -> Vec<serde_json::Value>;
     /// Every console of the vNode `name`, oldest first: the consoles `lego_vnode` kept of
     /// launches it restarted after a triple fault (`<name>.tryN.console`), then the last
     /// (`<name>.console`). What a guest did only on its first launch (formatting a fresh
@@ -85,6 +89,21 @@ impl JobFiles for lego_testbed::JobOutput {
             )
         });
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    fn json(&self, name: &str) -> serde_json::Value {
+        let text = self.text(name);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON ({e}):\n{text}"))
+    }
+
+    fn events(&self, name: &str) -> Vec<serde_json::Value> {
+        self.text(name)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{name} holds a line that is not JSON ({e}): {l}"))
+            })
+            .collect()
     }
 
     fn consoles(&self, name: &str) -> String {

@@ -6,6 +6,9 @@
 //! `/metrics`, and ends it with `legoctl vnode stop` (a `vm.shutdown` through the socket the
 //! manager lists; legovmm exits 0).
 //!
+//! A third vNode has its console on a socket and runs the image's shell: a command typed
+//! through `legoctl console` runs in the guest and its answer comes back.
+//!
 //! A manager runs beside it: the vNode (`--vnode 5`) is in `legoctl vnode list` while it runs
 //! and gone once it stopped; a second vNode whose legovmm is killed with SIGKILL (it cannot
 //! say it stopped) is forgotten by the manager within a few heartbeat intervals.
@@ -41,7 +44,7 @@ wait_ticks() {
     while [ "$(ticks)" -le "$1" ] && [ "$n" -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
 }
 lego_vnode api 1 200 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 256M \
-    --vcpus 1 --disk data.img --api-socket api.sock --vnode 5 --manager $MANAGER \
+    --vcpus 1 --disk data.img --api-socket api.sock --vnode 5 --manager $MANAGER --events events.jsonl \
     --cmdline 'console=ttyS0 quiet lego.run="i=0; while true; do dd if=/dev/urandom of=/dev/vda bs=64k count=16 oflag=direct 2> /dev/null; echo LEGO_TICK=$i; i=$((i + 1)); sleep 0.3; done"' &
 vnode=$!
 wait_ticks 2
@@ -86,6 +89,27 @@ wait_listed 6 no; echo "LEGO_KILLME_FORGOTTEN_RC=$? after=$(( $(date +%s) - star
 kill $manager 2> /dev/null
 kill -9 "$(cat killme.pid 2> /dev/null)" 2> /dev/null
 wait $killme
+# Console input: a vNode whose console is a socket and whose guest runs the image's shell (no
+# lego.run). A line typed through `legoctl console` must run there: its answer is computed
+# by the guest's shell, so the echo of the typed line cannot pass for it.
+$LEGOVMM run --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vcpus 1 \
+    --serial socket:console.sock --api-socket console-api.sock --cmdline 'console=ttyS0 quiet' \
+    2> console-vnode.err &
+console_vnode=$!
+n=0
+while [ "$n" -lt 60 ]; do
+    n=$((n + 1))
+    if [ -S console.sock ]; then
+        printf 'echo LEGO_TYPED=$((6 * 7))\n' \
+            | ./legoctl console --socket console.sock --linger 3 >> typed.txt 2>&1
+    else
+        sleep 1
+    fi
+    grep -q "LEGO_TYPED=42" typed.txt 2> /dev/null && break
+done
+echo "LEGO_TYPED_TRIES=$n"
+./legoctl vm --api-socket console-api.sock shutdown > /dev/null 2>&1 || kill $console_vnode
+wait $console_vnode; echo "LEGO_CONSOLE_VNODE_RC=$?"
 exit 0
 "#;
 
@@ -113,11 +137,6 @@ fn run_job() -> Results {
     Results { out, _dir: dir }
 }
 
-fn json(r: &Results, name: &str) -> Value {
-    let text = r.out.text(name);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not JSON ({e}):\n{text}"))
-}
-
 fn console(r: &Results) -> String {
     r.out.console.clone()
 }
@@ -125,8 +144,8 @@ fn console(r: &Results) -> String {
 #[test]
 fn info_matches_the_command_line() {
     let r = results();
-    let ping = json(r, "ping.json");
-    let info = json(r, "info.json");
+    let ping = r.out.json("ping.json");
+    let info = r.out.json("info.json");
     assert_eq!(
         info["pid"], ping["pid"],
         "ping and info come from one legovmm"
@@ -151,7 +170,7 @@ fn info_matches_the_command_line() {
 fn counters_grow_with_the_workload() {
     let r = results();
     let written = |name: &str| {
-        json(r, name)["devices"]["disk0"]["written_bytes"]
+        r.out.json(name)["devices"]["disk0"]["written_bytes"]
             .as_u64()
             .unwrap_or_else(|| panic!("no disk0 counters in {name}"))
     };
@@ -159,7 +178,7 @@ fn counters_grow_with_the_workload() {
     // Each tick writes 1 MiB with O_DIRECT; at least four ticks passed between the reads.
     assert!(a >= 2 << 20, "the first read saw {a} bytes written");
     assert!(b >= a + (4 << 20), "{a} then {b} bytes written");
-    let requests = json(r, "counters2.json")["devices"]["disk0"]["requests"]
+    let requests = r.out.json("counters2.json")["devices"]["disk0"]["requests"]
         .as_u64()
         .unwrap();
     assert!(requests > 0);
@@ -177,7 +196,7 @@ fn pause_stops_the_guest_and_resume_lets_it_run() {
     let r = results();
     let all = console(r);
     assert_eq!(marker(&all, "LEGO_PAUSE_RC"), Some("0"), "{all}");
-    assert_eq!(json(r, "paused.json")["state"], "paused");
+    assert_eq!(r.out.json("paused.json")["state"], "paused");
     let line = all
         .lines()
         .find(|l| l.contains("LEGO_PAUSED_TICKS"))
@@ -222,7 +241,7 @@ fn bad_requests_get_json_errors_and_the_vnode_keeps_running() {
         .text("resume_unpaused.txt")
         .contains("the API answered 409: The vNode is not paused."));
     // The malformed pause did not pause: the paused state only came from the real one.
-    assert_eq!(json(r, "info.json")["state"], "running");
+    assert_eq!(r.out.json("info.json")["state"], "running");
 }
 
 #[test]
@@ -242,10 +261,10 @@ fn the_manager_lists_the_running_vnode_and_forgets_it_when_it_stops() {
     let r = results();
     let all = console(r);
     assert_eq!(marker(&all, "LEGO_LISTED_RC"), Some("0"), "{all}");
-    let running = json(r, "vnodes_running.json");
+    let running = r.out.json("vnodes_running.json");
     let listed = running.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{running}");
-    let info = json(r, "info.json");
+    let info = r.out.json("info.json");
     assert_eq!(listed[0]["vnode"], 5);
     assert_eq!(
         listed[0]["pid"], info["pid"],
@@ -264,7 +283,7 @@ fn the_manager_lists_the_running_vnode_and_forgets_it_when_it_stops() {
     let status = r.out.text("status.txt");
     assert!(status.contains("RUNNING VNODES"), "{status}");
     // It said it stopped: gone at once, not after a timeout.
-    assert_eq!(json(r, "vnodes_after.json"), serde_json::json!([]));
+    assert_eq!(r.out.json("vnodes_after.json"), serde_json::json!([]));
 }
 
 #[test]
@@ -292,4 +311,52 @@ fn shutdown_ends_the_vnode_with_status_zero_and_removes_the_socket() {
         .text("api.err")
         .contains("the vNode was shut down through the API"));
     assert_eq!(marker(&all, "LEGO_SOCKET_LEFT"), Some("no"), "{all}");
+}
+
+#[test]
+fn a_command_typed_on_the_serial_socket_runs_in_the_guest() {
+    let r = results();
+    let all = console(r);
+    let typed = r.out.text("typed.txt");
+    assert!(
+        typed.lines().any(|l| l.trim_end() == "LEGO_TYPED=42"),
+        "the guest's shell never answered the typed line ({:?} tries):\n{typed}\n{}",
+        marker(&all, "LEGO_TYPED_TRIES"),
+        r.out.text("console-vnode.err")
+    );
+    assert_eq!(
+        marker(&all, "LEGO_CONSOLE_VNODE_RC"),
+        Some("0"),
+        "{}",
+        r.out.text("console-vnode.err")
+    );
+}
+
+#[test]
+fn lifecycle_events_are_json_lines_in_order() {
+    let r = results();
+    let text = r.out.text("events.jsonl");
+    let events = r.out.events("events.jsonl");
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    // lego_vnode may have launched the vNode more than once; the last launch is what counts.
+    let first = names
+        .iter()
+        .rposition(|n| *n == "device_added")
+        .unwrap_or_else(|| {
+            panic!("no device_added event:\n{text}");
+        });
+    assert_eq!(
+        &names[first..],
+        ["device_added", "started", "paused", "resumed", "stopped"],
+        "{text}"
+    );
+    assert_eq!(events[first]["id"], "disk0");
+    assert_eq!(events[first + 1]["pid"], r.out.json("ping.json")["pid"]);
+    assert_eq!(events[first + 1]["vnode"], 5);
+    assert_eq!(events[first + 4]["reason"], "shutdown");
+    let times: Vec<u64> = events[first..]
+        .iter()
+        .map(|e| e["time_ms"].as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
 }

@@ -78,7 +78,7 @@ backend_pid() {
 watcher=$!
 
 lego_vnode first 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory GUEST_RAMM --vcpus 1 \
-    --vnode 1 --manager $MANAGER --remote-memory 512M \
+    --vnode 1 --manager $MANAGER --remote-memory 512M --events events.jsonl \
     --cmdline "console=ttyS0 quiet lego.run=\"lego-guest-tools memtest --mib WORKLOAD_MIB\""
 wait $watcher
 cp first.err legovmm.log 2> /dev/null
@@ -132,6 +132,30 @@ fn a_killed_backend_is_restarted_and_the_guest_sees_no_error_and_no_bad_page() {
         );
     }
     r.out.assert_vnode_ran_clean("first");
+}
+
+#[test]
+fn the_event_log_tells_the_backend_was_lost_then_reconnected() {
+    let r = results();
+    let text = r.out.text("events.jsonl");
+    let events = r.out.events("events.jsonl");
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    let lost = names
+        .iter()
+        .rposition(|n| *n == "backend_lost")
+        .unwrap_or_else(|| panic!("no backend_lost event:\n{text}"));
+    assert_eq!(
+        names.get(lost + 1),
+        Some(&"backend_reconnected"),
+        "the lost backend was not reconnected next:\n{text}"
+    );
+    assert_eq!(events[lost]["device"], events[lost + 1]["device"]);
+    assert!(events[lost]["socket"]
+        .as_str()
+        .is_some_and(|s| s.contains("remote-memory")));
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "stopped", "{text}");
+    assert_eq!(last["reason"], "poweroff", "{text}");
 }
 
 #[test]

@@ -57,6 +57,35 @@ pub struct AcpiInputs {
     pub virtio: Vec<MmioDevice>,
     /// Platform ports.
     pub ports: PlatformPorts,
+    /// The hotplug slots and their controller, if the vNode has any.
+    pub hotplug: Option<HotplugAml>,
+}
+
+/// What the DSDT says about hotplug: the slots (empty virtio-mmio windows), the controller's
+/// registers and the Generic Event Device's interrupt.
+///
+/// The slots live in a container device (`\_SB.HPC0`, `ACPI0004`), each slot a container
+/// (`S0n_`) holding one `LNRO0005` window. A slot is present when its bit in the controller's
+/// PRES register is set. On the GED's interrupt, `_EVT` sends the whole container a bus check
+/// (Linux then enumerates the slots that became present, and virtio-mmio probes them) and an
+/// eject request to each slot whose bit is set in EJRQ (read-to-clear), which Linux hands to
+/// user space as a uevent (see [`crate::hotplug`]).
+#[derive(Debug, Clone)]
+pub struct HotplugAml {
+    /// The slots' windows, slot 0 first.
+    pub slots: Vec<MmioDevice>,
+    /// The registers' base address.
+    pub registers: u64,
+    /// The GED's GSI.
+    pub ged_gsi: u32,
+}
+
+/// The offsets of the hotplug controller's 32-bit registers.
+pub mod hotplug_regs {
+    /// Bit n set: slot n holds a device (read).
+    pub const PRESENT: u64 = 0;
+    /// Bit n set: the VMM asks the guest to let go of slot n (read, and cleared by the read).
+    pub const EJECT_REQUEST: u64 = 4;
 }
 
 /// The built tables and where each goes.
@@ -163,8 +192,167 @@ pub fn dsdt(inputs: &AcpiInputs) -> Vec<u8> {
     let mut body = Vec::new();
     s5.to_aml_bytes(&mut body);
     sb.to_aml_bytes(&mut body);
+    if let Some(h) = &inputs.hotplug {
+        hotplug_aml(h, &mut body);
+    }
     table.append_slice(&body);
     table.as_slice().to_vec()
+}
+
+/// Appends `Scope(\_SB)` with the hotplug container `HPC0` and the Generic Event Device
+/// `GED0` (see [`HotplugAml`]).
+fn hotplug_aml(h: &HotplugAml, body: &mut Vec<u8>) {
+    use aml::{FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, OpRegionSpace};
+    let present = aml::Name::new("_STA".into(), &0x0fu8);
+    let container_hid = aml::Name::new("_HID".into(), &"ACPI0004");
+    let base = h.registers;
+    let len = 8u32;
+    let region = aml::OpRegion::new("HPR_".into(), OpRegionSpace::SystemMemory, &base, &len);
+    let field = aml::Field::new(
+        "HPR_".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::Preserve,
+        vec![
+            FieldEntry::Named(*b"PRES", 32),
+            FieldEntry::Named(*b"EJRQ", 32),
+        ],
+    );
+
+    struct SlotAml {
+        slot: String,
+        window: String,
+        bit: u32,
+        number: u32,
+        uid: u32,
+        mem: aml::Memory32Fixed,
+        irq: aml::Interrupt,
+    }
+    let slots: Vec<SlotAml> = h
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(n, d)| SlotAml {
+            slot: format!("S{n:02X}_"),
+            window: format!("H{n:03X}"),
+            bit: 1 << n,
+            number: n as u32,
+            uid: 0x100 + n as u32,
+            mem: aml::Memory32Fixed::new(true, d.base as u32, d.size as u32),
+            irq: aml::Interrupt::new(true, true, false, false, d.gsi),
+        })
+        .collect();
+    let pres: aml::Path = "PRES".into();
+    let local0 = aml::Local(0);
+    let crs: Vec<_> = slots
+        .iter()
+        .map(|s| aml::ResourceTemplate::new(vec![&s.mem, &s.irq]))
+        .collect();
+    let window_names: Vec<_> = slots
+        .iter()
+        .zip(&crs)
+        .map(|(s, crs)| {
+            [
+                aml::Name::new("_HID".into(), &"LNRO0005"),
+                aml::Name::new("_UID".into(), &s.uid),
+                aml::Name::new("_CRS".into(), crs),
+            ]
+        })
+        .collect();
+    let windows: Vec<_> = slots
+        .iter()
+        .zip(&window_names)
+        .map(|(s, names)| {
+            aml::Device::new(
+                s.window.as_str().into(),
+                names.iter().map(|n| n as &dyn Aml).collect(),
+            )
+        })
+        .collect();
+    let slot_and: Vec<_> = slots
+        .iter()
+        .map(|s| aml::And::new(&local0, &pres, &s.bit))
+        .collect();
+    let sta_checks: Vec<_> = slot_and
+        .iter()
+        .map(|a| (a, aml::NotEqual::new(&local0, &aml::ZERO)))
+        .collect();
+    let ret_present = aml::Return::new(&0x0fu8);
+    let ret_absent = aml::Return::new(&aml::ZERO);
+    let sta_ifs: Vec<_> = sta_checks
+        .iter()
+        .map(|(_, ne)| aml::If::new(ne, vec![&ret_present]))
+        .collect();
+    let sta_methods: Vec<_> = sta_checks
+        .iter()
+        .zip(&sta_ifs)
+        .map(|((and, _), ifp)| {
+            aml::Method::new(
+                "_STA".into(),
+                0,
+                false,
+                vec![*and as &dyn Aml, ifp, &ret_absent],
+            )
+        })
+        .collect();
+    let slot_uids: Vec<u32> = slots.iter().map(|s| s.number + 1).collect();
+    let slot_uid_names: Vec<_> = slot_uids
+        .iter()
+        .map(|u| aml::Name::new("_UID".into(), u))
+        .collect();
+    let slot_devices: Vec<_> = (0..slots.len())
+        .map(|i| {
+            aml::Device::new(
+                slots[i].slot.as_str().into(),
+                vec![
+                    &container_hid as &dyn Aml,
+                    &slot_uid_names[i],
+                    &sta_methods[i],
+                    &windows[i],
+                ],
+            )
+        })
+        .collect();
+    let hpc_uid = aml::Name::new("_UID".into(), &0u32);
+    let mut hpc_children: Vec<&dyn Aml> = vec![&container_hid, &hpc_uid, &present, &region, &field];
+    hpc_children.extend(slot_devices.iter().map(|d| d as &dyn Aml));
+    let hpc = aml::Device::new("HPC0".into(), hpc_children);
+
+    // The GED: _EVT takes the eject requests, bus-checks the container, and asks each
+    // requested slot to eject.
+    let ejrq: aml::Path = "\\_SB_.HPC0.EJRQ".into();
+    let take_requests = aml::Store::new(&local0, &ejrq);
+    let hpc_path: aml::Path = "\\_SB_.HPC0".into();
+    let bus_check = aml::Notify::new(&hpc_path, &aml::ZERO);
+    let slot_paths: Vec<aml::Path> = slots
+        .iter()
+        .map(|s| format!("\\_SB_.HPC0.{}", s.slot).as_str().into())
+        .collect();
+    let eject_value = 3u8;
+    let requested: Vec<_> = slots
+        .iter()
+        .map(|s| aml::And::new(&aml::ZERO, &local0, &s.bit))
+        .collect();
+    let notifies: Vec<_> = slot_paths
+        .iter()
+        .map(|p| aml::Notify::new(p, &eject_value))
+        .collect();
+    let eject_ifs: Vec<_> = requested
+        .iter()
+        .zip(&notifies)
+        .map(|(r, n)| aml::If::new(r, vec![n as &dyn Aml]))
+        .collect();
+    let mut evt_body: Vec<&dyn Aml> = vec![&take_requests, &bus_check];
+    evt_body.extend(eject_ifs.iter().map(|i| i as &dyn Aml));
+    let evt = aml::Method::new("_EVT".into(), 1, true, evt_body);
+    let ged_irq = aml::Interrupt::new(true, true, false, false, h.ged_gsi);
+    let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq]);
+    let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let ged_uid = aml::Name::new("_UID".into(), &0u32);
+    let ged_crs = aml::Name::new("_CRS".into(), &ged_crs);
+    let ged = aml::Device::new("GED0".into(), vec![&ged_hid, &ged_uid, &ged_crs, &evt]);
+
+    aml::Scope::new("_SB_".into(), vec![&hpc, &ged]).to_aml_bytes(body);
 }
 
 /// Builds the MADT: one enabled local APIC per vCPU and the I/O APIC.
@@ -271,6 +459,7 @@ mod tests {
                 pvpanic: 0x505,
                 serial: (0x3f8, 4),
             },
+            hotplug: None,
         }
     }
 
@@ -344,6 +533,35 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn dsdt_describes_the_hotplug_slots_their_controller_and_the_ged() {
+        let mut i = inputs(2);
+        i.hotplug = Some(HotplugAml {
+            slots: (2..6)
+                .map(|n| MmioDevice {
+                    base: layout::VIRTIO_MMIO_START + n * 0x1000,
+                    size: 0x1000,
+                    gsi: layout::VIRTIO_GSIS[n as usize],
+                })
+                .collect(),
+            registers: layout::HOTPLUG_REGS_START,
+            ged_gsi: layout::GED_GSI,
+        });
+        let d = dsdt(&i);
+        let count = |needle: &[u8]| d.windows(needle.len()).filter(|w| *w == needle).count();
+        assert_eq!(count(b"LNRO0005"), 2 + 4, "boot windows and slot windows");
+        assert_eq!(count(b"ACPI0004"), 1 + 4, "the container and one per slot");
+        assert_eq!(count(b"ACPI0013"), 1);
+        assert_eq!(count(b"_STA"), 1 + 4, "the container's and one per slot");
+        assert_eq!(count(b"_EVT"), 1);
+        for name in [b"S00_", b"S03_", b"H003", b"PRES", b"EJRQ"] {
+            assert!(count(name) >= 1, "{}", String::from_utf8_lossy(name));
+        }
+        let regs = (layout::HOTPLUG_REGS_START as u32).to_le_bytes();
+        assert_eq!(count(&regs), 1);
+        assert!(sums_to_zero(&d));
     }
 
     #[test]

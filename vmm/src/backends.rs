@@ -141,8 +141,15 @@ pub fn backend_args(
 
 /// Starts a backend per remote device and waits until each serves its socket.
 pub fn start(remote: &RemoteConfig) -> Result<RemoteDevices, BackendError> {
+    start_in(
+        remote,
+        std::env::temp_dir().join(format!("legovmm-{}", std::process::id())),
+    )
+}
+
+/// [`start`], with the runtime folder `dir` (removed when the devices stop).
+pub fn start_in(remote: &RemoteConfig, dir: PathBuf) -> Result<RemoteDevices, BackendError> {
     let binary = backend_binary()?;
-    let dir = std::env::temp_dir().join(format!("legovmm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|source| BackendError::RuntimeDir {
         path: dir.clone(),
         source,

@@ -279,6 +279,8 @@ pub struct FileConfig {
     pub memory_backing: Option<MemoryBacking>,
     /// The API socket's path.
     pub api_socket: Option<PathBuf>,
+    /// Where lifecycle events go (a file or a FIFO), as JSON lines.
+    pub events: Option<PathBuf>,
 }
 
 /// A size as it may appear in TOML: a string with a unit, or a bare number of MiB.
@@ -353,6 +355,8 @@ pub struct Overrides {
     pub memory_backing: Option<MemoryBacking>,
     /// `--api-socket`.
     pub api_socket: Option<PathBuf>,
+    /// `--events`.
+    pub events: Option<PathBuf>,
 }
 
 /// A complete, validated vNode configuration.
@@ -386,6 +390,8 @@ pub struct VmConfig {
     pub memory_backing: MemoryBacking,
     /// Where legovmm serves its API (`--api-socket`), if anywhere.
     pub api_socket: Option<PathBuf>,
+    /// Where legovmm writes lifecycle events (`--events`), if anywhere.
+    pub events: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -541,6 +547,7 @@ impl VmConfig {
             serial,
             memory_backing,
             api_socket: flags.api_socket.or(file.api_socket),
+            events: flags.events.or(file.events),
         })
     }
 }

@@ -4,19 +4,27 @@
 use crate::acpi::{MmioDevice, PlatformPorts};
 use crate::config::VmConfig;
 use crate::console::{Console, ConsoleError};
+use crate::console_input::{self, InputError};
+use crate::events::EventLog;
+use crate::hotplug::registers::{HotplugRegisters, SlotBits};
+use crate::hotplug::slot::Slot;
+use crate::hotplug::HotplugBoard;
 use crate::layout;
 use crate::memory::GuestMemory;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use lego_devices::bus::{Bus, BusError, SharedDevice};
 use lego_devices::exit::ExitNotifier;
 use lego_devices::legacy::{acpi_pm, cmos, i8042, pvpanic, serial};
-use lego_devices::vhost_user_frontend::{BackendFaults, ReconnectPolicy, VhostUserBlk};
+use lego_devices::vhost_user_frontend::{
+    BackendEvent, BackendFaults, BackendWatcher, ReconnectPolicy, VhostUserBlk,
+};
 use lego_devices::virtio::block::{Block, BlockError};
 use lego_devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
 use lego_devices::virtio::rings::RingRegistry;
 use lego_devices::virtio::VirtioDevice;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Errors creating devices.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +32,9 @@ pub enum DeviceError {
     /// The console output could not be opened.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// Console input could not be wired.
+    #[error(transparent)]
+    ConsoleInput(#[from] InputError),
     /// The serial device could not be created.
     #[error("cannot create the serial port")]
     Serial(#[source] serial::SerialError),
@@ -74,6 +85,14 @@ pub enum DeviceError {
         /// Why.
         source: MmioError,
     },
+    /// An eventfd could not be duplicated.
+    #[error("cannot duplicate an eventfd of {what}")]
+    EventFd {
+        /// The device.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Too many virtio devices for the interrupt lines we have.
     #[error("at most {0} virtio devices are supported")]
     TooManyVirtio(usize),
@@ -100,6 +119,9 @@ pub struct Devices {
     pub virtio: Vec<MmioDevice>,
     /// Each virtio device as the API shows it, in the same order.
     pub live: Vec<crate::api::control::LiveDevice>,
+    /// The empty slots for devices added while the vNode runs (none when the boot devices
+    /// took every window).
+    pub hotplug: Option<HotplugBoard>,
 }
 
 /// The ports the ACPI tables announce, as the devices define them.
@@ -154,8 +176,88 @@ pub fn check_vhost_user(config: &VmConfig) -> Result<(), DeviceError> {
     Ok(())
 }
 
-/// Places `device` behind a virtio-mmio window in slot `slot` and wires its queue
+/// The `slot`th virtio-mmio window: its base, size and interrupt line.
+pub fn virtio_window(slot: usize) -> MmioDevice {
+    MmioDevice {
+        base: layout::VIRTIO_MMIO_START + slot as u64 * layout::VIRTIO_MMIO_SIZE,
+        size: layout::VIRTIO_MMIO_SIZE,
+        gsi: layout::VIRTIO_GSIS[slot],
+    }
+}
+
+/// A virtio device behind its transport, wired into KVM: what must be unregistered to take
+/// it out again.
+pub struct WiredVirtio {
+    /// The transport, for a bus.
+    pub device: SharedDevice,
+    /// Where it is.
+    pub window: MmioDevice,
+    /// Its queue-notify eventfds (KVM ioeventfds), queue 0 first.
+    pub queue_events: Vec<EventFd>,
+    /// Its interrupt eventfd (a KVM irqfd).
+    pub interrupt: EventFd,
+}
+
+/// Puts `device` behind a virtio-mmio transport for `window` and wires its queue
 /// notifications (ioeventfds) and interrupt (irqfd) into KVM.
+pub fn wire_virtio<D: VirtioDevice + 'static>(
+    vm: &VmFd,
+    mem: &GuestMemory,
+    window: MmioDevice,
+    device: D,
+    what: &str,
+    rings: &RingRegistry,
+) -> Result<WiredVirtio, DeviceError> {
+    let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
+    let transport = MmioTransport::new(device, mem.clone())
+        .map_err(|source| DeviceError::Transport {
+            what: what.into(),
+            source,
+        })?
+        .with_ring_registry(rings);
+    let clone_err = |source| DeviceError::EventFd {
+        what: what.into(),
+        source,
+    };
+    let mut queue_events = Vec::new();
+    for (q, evt) in transport.queue_events().iter().enumerate() {
+        vm.register_ioevent(
+            evt,
+            &IoEventAddress::Mmio(window.base + NOTIFY_OFFSET),
+            q as u32,
+        )
+        .map_err(kvm_err(format!("queue {q} notifications of {what}")))?;
+        queue_events.push(evt.try_clone().map_err(clone_err)?);
+    }
+    vm.register_irqfd(transport.interrupt_event(), window.gsi)
+        .map_err(kvm_err(format!("the interrupt of {what}")))?;
+    let interrupt = transport.interrupt_event().try_clone().map_err(clone_err)?;
+    tracing::info!(
+        base = format_args!("{:#x}", window.base),
+        gsi = window.gsi,
+        "attached {what}"
+    );
+    Ok(WiredVirtio {
+        device: shared(transport),
+        window,
+        queue_events,
+        interrupt,
+    })
+}
+
+/// Takes a wired device out of KVM: its queue notifications and its interrupt.
+pub fn unwire_virtio(vm: &VmFd, wired: &WiredVirtio) -> Result<(), DeviceError> {
+    let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
+    let notify = IoEventAddress::Mmio(wired.window.base + NOTIFY_OFFSET);
+    for (q, evt) in wired.queue_events.iter().enumerate() {
+        vm.unregister_ioevent(evt, &notify, q as u32)
+            .map_err(kvm_err(format!("queue {q} notifications (removing them)")))?;
+    }
+    vm.unregister_irqfd(&wired.interrupt, wired.window.gsi)
+        .map_err(kvm_err("the interrupt (removing it)".into()))
+}
+
+/// Places `device` behind the virtio-mmio window `slot` on the MMIO bus, wired into KVM.
 fn attach_virtio<D: VirtioDevice + 'static>(
     vm: &VmFd,
     mmio: &mut Bus,
@@ -165,29 +267,9 @@ fn attach_virtio<D: VirtioDevice + 'static>(
     what: &str,
     rings: &RingRegistry,
 ) -> Result<MmioDevice, DeviceError> {
-    let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
-    let transport = MmioTransport::new(device, mem.clone())
-        .map_err(|source| DeviceError::Transport {
-            what: what.into(),
-            source,
-        })?
-        .with_ring_registry(rings);
-    let base = layout::VIRTIO_MMIO_START + slot as u64 * layout::VIRTIO_MMIO_SIZE;
-    let gsi = layout::VIRTIO_GSIS[slot];
-    for (q, evt) in transport.queue_events().iter().enumerate() {
-        vm.register_ioevent(evt, &IoEventAddress::Mmio(base + NOTIFY_OFFSET), q as u32)
-            .map_err(kvm_err(format!("queue {q} notifications of {what}")))?;
-    }
-    vm.register_irqfd(transport.interrupt_event(), gsi)
-        .map_err(kvm_err(format!("the interrupt of {what}")))?;
-    let dev: SharedDevice = shared(transport);
-    mmio.insert(dev, base, MMIO_LEN)?;
-    tracing::info!(base = format_args!("{base:#x}"), gsi, "attached {what}");
-    Ok(MmioDevice {
-        base,
-        size: layout::VIRTIO_MMIO_SIZE,
-        gsi,
-    })
+    let wired = wire_virtio(vm, mem, virtio_window(slot), device, what, rings)?;
+    mmio.insert(wired.device, wired.window.base, MMIO_LEN)?;
+    Ok(wired.window)
 }
 
 /// Creates every device of `config`; each virtio device records its live queues in `rings`
@@ -201,16 +283,23 @@ pub fn create(
     exit: &ExitNotifier,
     rings: &RingRegistry,
     backend_faults: Option<Arc<dyn BackendFaults>>,
+    events: &Arc<EventLog>,
 ) -> Result<Devices, DeviceError> {
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let kvm_err = |what: String| move |source| DeviceError::Kvm { what, source };
 
-    let console = Console::open(&config.serial, exit.clone())?;
+    let (input, typed) = console_input::queue();
+    let console = Console::open(&config.serial, exit.clone(), input.clone())?;
     let uart = serial::SerialDevice::new(Box::new(console)).map_err(DeviceError::Serial)?;
     vm.register_irqfd(uart.interrupt_event(), layout::SERIAL_GSI)
         .map_err(kvm_err("the serial interrupt".into()))?;
-    pio.insert(shared(uart), u64::from(serial::PORT), serial::LEN)?;
+    let uart = shared(uart);
+    console_input::start_pump(typed, uart.clone())?;
+    if crate::console::reads_stdin(&config.serial) {
+        console_input::start_stdin(input, exit.clone())?;
+    }
+    pio.insert(uart, u64::from(serial::PORT), serial::LEN)?;
     pio.insert(shared(cmos::Cmos::new()), u64::from(cmos::PORT), cmos::LEN)?;
     pio.insert(
         shared(i8042::I8042::new(exit.clone())),
@@ -261,7 +350,11 @@ pub fn create(
         let blk = VhostUserBlk::connect_with_faults(&dev.socket, backend_faults.clone())?
             .with_reconnect(ReconnectPolicy {
                 window: dev.reconnect.map(Duration::from_secs),
-            });
+            })
+            .with_watcher(backend_watcher(
+                events.clone(),
+                format!("disk{}", live.len()),
+            ));
         let what = format!("vhost-user-blk disk at {}", dev.socket.display());
         let window = attach_virtio(vm, &mut mmio, mem, virtio.len(), blk, &what, rings)?;
         live.push(live_device(
@@ -274,11 +367,64 @@ pub fn create(
         ));
         virtio.push(window);
     }
+    let hotplug = hotplug_board(vm, &mut mmio, virtio.len())?;
     Ok(Devices {
         pio,
         mmio,
         virtio,
         live,
+        hotplug,
+    })
+}
+
+/// Puts the empty hotplug slots after the `used` boot windows on the MMIO bus, with the
+/// controller's registers and the GED's interrupt.
+fn hotplug_board(
+    vm: &VmFd,
+    mmio: &mut Bus,
+    used: usize,
+) -> Result<Option<HotplugBoard>, DeviceError> {
+    let count = layout::HOTPLUG_SLOTS.min(layout::VIRTIO_GSIS.len() - used);
+    if count == 0 {
+        return Ok(None);
+    }
+    let bits = Arc::new(SlotBits::default());
+    let mut slots = Vec::with_capacity(count);
+    for i in 0..count {
+        let window = virtio_window(used + i);
+        let slot = Arc::new(Mutex::new(Slot::new(i, bits.clone())));
+        mmio.insert(slot.clone(), window.base, MMIO_LEN)?;
+        slots.push((window, slot));
+    }
+    mmio.insert(
+        shared(HotplugRegisters::new(bits.clone())),
+        layout::HOTPLUG_REGS_START,
+        layout::HOTPLUG_REGS_LEN,
+    )?;
+    let ged = EventFd::new(EFD_NONBLOCK).map_err(|source| DeviceError::EventFd {
+        what: "the hotplug interrupt".into(),
+        source,
+    })?;
+    vm.register_irqfd(&ged, layout::GED_GSI)
+        .map_err(|source| DeviceError::Kvm {
+            what: "the hotplug interrupt".into(),
+            source,
+        })?;
+    Ok(Some(HotplugBoard { slots, bits, ged }))
+}
+
+/// Writes a vhost-user device's backend events to the event log.
+pub fn backend_watcher(events: Arc<EventLog>, id: String) -> BackendWatcher {
+    Arc::new(move |socket: &str, event: &BackendEvent| {
+        let (name, detail) = match event {
+            BackendEvent::Lost => ("backend_lost", None),
+            BackendEvent::Reconnected => ("backend_reconnected", None),
+            BackendEvent::Failed(why) => ("backend_failed", Some(why.as_str())),
+        };
+        events.emit(
+            name,
+            serde_json::json!({ "device": id, "socket": socket, "detail": detail }),
+        );
     })
 }
 

@@ -42,6 +42,15 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 pub const VIRTIO_GSIS: [u32; 14] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
 /// The serial port's GSI.
 pub const SERIAL_GSI: u32 = 4;
+/// Virtio windows kept empty at boot for devices added while the vNode runs (taken from the
+/// windows and GSIs the boot devices leave free).
+pub const HOTPLUG_SLOTS: usize = 4;
+/// The hotplug controller's registers (present slots, eject requests, eject done).
+pub const HOTPLUG_REGS_START: u64 = 0xd010_0000;
+/// Their size.
+pub const HOTPLUG_REGS_LEN: u64 = 0x10;
+/// The GSI of the Generic Event Device that tells the guest about hotplug events.
+pub const GED_GSI: u32 = 20;
 
 // The fixed boot areas must not overlap: checked when the crate compiles.
 const _: () = {
@@ -50,7 +59,8 @@ const _: () = {
     assert!(PDE_START + 4096 <= CMDLINE_START);
     assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     assert!(VIRTIO_MMIO_START >= MMIO_HOLE_START);
-    assert!(VIRTIO_MMIO_START + VIRTIO_GSIS.len() as u64 * VIRTIO_MMIO_SIZE <= IOAPIC_START);
+    assert!(VIRTIO_MMIO_START + VIRTIO_GSIS.len() as u64 * VIRTIO_MMIO_SIZE <= HOTPLUG_REGS_START);
+    assert!(HOTPLUG_REGS_START + HOTPLUG_REGS_LEN <= IOAPIC_START);
 };
 
 /// The guest RAM ranges `(start, len)` for `mem_size` bytes: one below the MMIO hole and, for

@@ -6,7 +6,8 @@
 //! flags; [`vm::run`] opens [`kvm`], creates guest RAM ([`memory`]), the devices
 //! ([`device_manager`]), the ACPI tables ([`acpi`]), loads the kernel ([`boot`]), configures
 //! the vCPUs ([`cpu`]) and runs them until the guest ends; [`api`] answers an operator's
-//! requests on the API socket meanwhile.
+//! requests on the API socket meanwhile, adding and removing devices through [`hotplug`];
+//! [`console_input`] types into the serial console and [`events`] logs the vNode's lifecycle.
 
 pub mod acpi;
 pub mod announce;
@@ -15,8 +16,11 @@ pub mod backends;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod console_input;
 pub mod cpu;
 pub mod device_manager;
+pub mod events;
+pub mod hotplug;
 pub mod kick;
 pub mod kvm;
 pub mod layout;

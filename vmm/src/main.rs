@@ -4,8 +4,10 @@ use clap::{Args, Parser, Subcommand};
 use lego_devices::exit::GuestExit;
 use lego_report::error_chain;
 use legovmm::config::{FileConfig, Overrides, VmConfig};
+use legovmm::console_input::RawTerminal;
 use legovmm::memory::MemoryBacking;
 use legovmm::vm::{self, Outcome};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,7 +45,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, memory_backing, vcpus, [[disks]], [[vhost_user_blk]], serial, api_socket, ...); flags override it.
+    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, memory_backing, vcpus, [[disks]], [[vhost_user_blk]], serial, api_socket, events, ...); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Kernel image: a bzImage or an ELF vmlinux (PVH entry used when present).
@@ -72,7 +74,7 @@ struct RunArgs {
     /// A virtio-blk disk served by a vhost-user-blk backend (e.g. lego-vhost-blk) listening on the Unix socket PATH; repeat for more. The guest sees them after the --disk disks. When the backend hangs up (it crashed or restarts), legovmm reconnects to the same path with backoff and re-submits the requests that were in flight, so the guest sees a delay, no error; reconnect=SECS fails the device after that many seconds instead of waiting for as long as it takes (the default). Backends legovmm starts itself (--remote-memory, --remote-disk) are restarted when they die.
     #[arg(long = "vhost-user-blk", value_name = "socket=PATH[,reconnect=SECS]")]
     vhost_user_blk: Vec<String>,
-    /// Where the serial console goes: stdout, none, file:PATH or socket:PATH (listen) [default: stdout].
+    /// Where the serial console goes: stdout, none, file:PATH or socket:PATH (listen; its clients also type into the guest) [default: stdout]. On stdout with a terminal on stdin, the terminal types into the guest in raw mode; Ctrl-A x quits.
     #[arg(long, value_name = "OUTPUT")]
     serial: Option<String>,
     /// Remote memory for the vNode, e.g. 1G: placed by the manager on memory monitors, served by a lego-vhost-blk that legovmm starts; the guest's init makes it swap.
@@ -99,6 +101,9 @@ struct RunArgs {
     /// Serve the API (HTTP/1.1 REST: vm.info, vm.counters, vm.pause, vm.resume, vm.shutdown, vmm.ping, and Prometheus metrics at /metrics; see vmm/api/openapi.json) on the Unix socket PATH; e.g. `curl --unix-socket PATH http://localhost/api/v1/vm.info`.
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Write lifecycle events (started, device_added, device_removed, paused, resumed, backend_lost, backend_reconnected, backend_failed, guest_panic, stopped) as JSON lines to PATH: a file (appended to) or a FIFO that already has a reader.
+    #[arg(long, value_name = "PATH")]
+    events: Option<PathBuf>,
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
@@ -166,9 +171,15 @@ fn run(args: RunArgs) -> ExitCode {
         key_file: args.key_file,
         memory_backing: args.memory_backing,
         api_socket: args.api_socket,
+        events: args.events,
     };
     let config = match VmConfig::resolve(file, flags) {
         Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    // The guest's console is this terminal: raw mode while it runs, restored on every return.
+    let _terminal = match console_on_terminal(&config) {
+        Ok(t) => t,
         Err(e) => return fail(&e),
     };
     match vm::run(&config, &args.kvm_device) {
@@ -188,6 +199,10 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("legovmm: the vNode was shut down through the API");
             ExitCode::SUCCESS
         }
+        Ok(Outcome::Guest(GuestExit::Quit)) => {
+            eprintln!("legovmm: quit from the console (Ctrl-A x)");
+            ExitCode::SUCCESS
+        }
         Ok(Outcome::Guest(GuestExit::VmmFailed(reason))) => {
             eprintln!("legovmm: the vNode was stopped: {reason}");
             ExitCode::from(EXIT_VMM_ERROR)
@@ -198,6 +213,19 @@ fn run(args: RunArgs) -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// Switches standard input to raw mode when it is a terminal and the console is on stdout;
+/// the serial port then reads it (see `console_input`).
+fn console_on_terminal(
+    config: &legovmm::config::VmConfig,
+) -> Result<Option<RawTerminal>, legovmm::console_input::InputError> {
+    if !legovmm::console::reads_stdin(&config.serial) {
+        return Ok(None);
+    }
+    let raw = RawTerminal::enter(std::io::stdin().as_raw_fd())?;
+    eprintln!("legovmm: the guest's console is on this terminal; Ctrl-A x quits");
+    Ok(Some(raw))
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

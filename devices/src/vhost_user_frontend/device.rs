@@ -11,7 +11,7 @@ use super::connection::{Connection, Started};
 use super::features;
 use super::postcopy::BackendFaults;
 use super::reconnect::{copy_queue, lock, ReconnectPolicy, Reconnector, ResumeQueue};
-use super::relay::Relay;
+use super::relay::{BackendWatcher, Relay};
 use super::VhostUserError;
 use crate::virtio::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
 
@@ -38,6 +38,7 @@ pub struct VhostUserDevice<K: DeviceKind> {
     connection: Arc<Mutex<Connection>>,
     path: String,
     reconnect: ReconnectPolicy,
+    watcher: Option<BackendWatcher>,
     avail_features: u64,
     config: Vec<u8>,
     queue_sizes: Vec<u16>,
@@ -82,6 +83,7 @@ impl<K: DeviceKind> VhostUserDevice<K> {
             path: connection.path().to_string(),
             connection: Arc::new(Mutex::new(connection)),
             reconnect: ReconnectPolicy::default(),
+            watcher: None,
             avail_features,
             config,
             queue_sizes: vec![QUEUE_MAX_SIZE; queues],
@@ -102,6 +104,12 @@ impl<K: DeviceKind> VhostUserDevice<K> {
         self
     }
 
+    /// Tells `watcher` when the backend's connection is lost, back or given up on.
+    pub fn with_watcher(mut self, watcher: BackendWatcher) -> Self {
+        self.watcher = Some(watcher);
+        self
+    }
+
     /// Hands the backend the features, memory and rings, then starts the relay.
     fn start(&mut self, ctx: ActivateContext) -> Result<Active, VhostUserError> {
         let Started { queues, calls } = lock(&self.connection).start(&ctx)?;
@@ -110,7 +118,8 @@ impl<K: DeviceKind> VhostUserDevice<K> {
             .reconnector(&ctx, &queues, &calls)
             .and_then(|reconnect| {
                 let socket = lock(&self.connection).watch()?;
-                Relay::start(calls, socket, ctx.interrupt, path, Some(reconnect))
+                let watcher = self.watcher.clone();
+                Relay::start(calls, socket, ctx.interrupt, path, Some(reconnect), watcher)
             });
         match relay {
             Ok(relay) => Ok(Active { queues, relay }),

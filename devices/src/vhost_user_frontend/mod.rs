@@ -33,6 +33,7 @@ pub use blk::VhostUserBlk;
 pub use device::{DeviceKind, VhostUserDevice};
 pub use postcopy::{BackendFaults, BackendFaultsError, BackendRegion};
 pub use reconnect::ReconnectPolicy;
+pub use relay::{BackendEvent, BackendWatcher};
 
 /// Errors of a vhost-user frontend.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,6 +21,20 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::reconnect::{ReconnectError, Reconnector};
 use crate::rate_limit::RateLimiter;
 use crate::virtio::VirtioInterrupt;
+
+/// What happened to a backend's connection, as the relay tells its watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// The backend closed its connection (guest requests wait from here).
+    Lost,
+    /// The device reconnected and its queues run again.
+    Reconnected,
+    /// The device gave up on the backend, with why: the disk stops answering.
+    Failed(String),
+}
+
+/// Told the backend's socket path and each [`BackendEvent`] (e.g. legovmm's event log).
+pub type BackendWatcher = Arc<dyn Fn(&str, &BackendEvent) + Send + Sync>;
 
 /// A running relay thread; stopped (and joined) by [`Relay::stop`] or on drop.
 pub struct Relay {
@@ -35,18 +50,20 @@ struct Watched {
     interrupt: VirtioInterrupt,
     path: String,
     reconnect: Option<Reconnector>,
+    watcher: Option<BackendWatcher>,
 }
 
 impl Relay {
     /// Starts relaying `calls` (one per queue) to `interrupt`, and watching `socket` (a
     /// clone of the backend connection) for a hang-up of the backend at `path`, after which
-    /// `reconnect` (when given) brings the device back.
+    /// `reconnect` (when given) brings the device back; `watcher` (when given) is told.
     pub fn start(
         calls: Vec<EventFd>,
         socket: UnixStream,
         interrupt: VirtioInterrupt,
         path: String,
         reconnect: Option<Reconnector>,
+        watcher: Option<BackendWatcher>,
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let watched = Watched {
@@ -56,6 +73,7 @@ impl Relay {
             interrupt,
             path,
             reconnect,
+            watcher,
         };
         let epoll = watched.register()?;
         let thread = std::thread::Builder::new()
@@ -140,11 +158,15 @@ impl Watched {
         ) {
             tracing::warn!("could not stop watching the backend socket: {e}");
         }
+        self.tell(&BackendEvent::Lost);
         let Some(reconnect) = self.reconnect.take() else {
             tracing::error!(
                 "the vhost-user backend at {} closed its connection; the disk stops answering",
                 self.path
             );
+            self.tell(&BackendEvent::Failed(
+                "the device does not reconnect".into(),
+            ));
             return true;
         };
         match reconnect.run(|d| self.stopped_within(d)) {
@@ -162,13 +184,23 @@ impl Watched {
                 }
                 self.socket = socket;
                 self.reconnect = Some(reconnect);
+                self.tell(&BackendEvent::Reconnected);
                 true
             }
             Err(ReconnectError::Stopped) => false,
             Err(e) => {
-                tracing::error!("{}; the disk stops answering", lego_report::error_chain(&e));
+                let why = lego_report::error_chain(&e);
+                tracing::error!("{why}; the disk stops answering");
+                self.tell(&BackendEvent::Failed(why));
                 true
             }
+        }
+    }
+
+    /// Tells the watcher, if any, what happened to the backend.
+    fn tell(&self, event: &BackendEvent) {
+        if let Some(w) = &self.watcher {
+            w(&self.path, event);
         }
     }
 
@@ -250,16 +282,36 @@ mod tests {
         let backend_calls: Vec<EventFd> = calls.iter().map(|c| c.try_clone().unwrap()).collect();
         let (ours, theirs) = UnixStream::pair().unwrap();
         let irq = VirtioInterrupt::new().unwrap();
-        let mut relay = Relay::start(calls, ours, irq.clone(), "test.sock".into(), None).unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let told = seen.clone();
+        let watcher: BackendWatcher = Arc::new(move |path: &str, e: &BackendEvent| {
+            told.lock().unwrap().push((path.to_string(), e.clone()));
+        });
+        let mut relay = Relay::start(
+            calls,
+            ours,
+            irq.clone(),
+            "test.sock".into(),
+            None,
+            Some(watcher),
+        )
+        .unwrap();
 
         backend_calls[1].write(1).unwrap();
         wait_for("the interrupt", || irq.status() & INT_USED_RING != 0);
         assert!(irq.event().read().unwrap() >= 1);
         irq.ack(INT_USED_RING);
 
-        // The backend dies: the relay logs it and keeps going.
+        // The backend dies: the relay logs it, tells the watcher and keeps going.
+        assert!(seen.lock().unwrap().is_empty());
         drop(theirs);
-        std::thread::sleep(Duration::from_millis(50));
+        wait_for("the watcher told", || seen.lock().unwrap().len() == 2);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen[0], ("test.sock".to_string(), BackendEvent::Lost));
+        assert!(
+            matches!(&seen[1].1, BackendEvent::Failed(why) if why.contains("does not reconnect")),
+            "{seen:?}"
+        );
         backend_calls[0].write(1).unwrap();
         wait_for("the interrupt after the hang-up", || {
             irq.status() & INT_USED_RING != 0

@@ -9,6 +9,7 @@
 
 pub mod boot_timer;
 pub mod disk;
+pub mod hotplug;
 pub mod linescan;
 pub mod memtest;
 pub mod pattern;

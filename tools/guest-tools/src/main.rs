@@ -21,6 +21,9 @@ struct Cli {
 enum Cmd {
     /// Print LEGO_CPUS=<online cpus> and LEGO_MEM_TOTAL_KB=<MemTotal>.
     Sysinfo,
+    /// Run forever: let go of each hot-added device legovmm asks back (unmount, offline its
+    /// ACPI slot, eject it), as udev rules would on a full distribution.
+    Hotplugd,
     /// Write the pattern of blocks 0..K under a seed to DEV, then fsync.
     DiskWrite {
         /// Block device or file.
@@ -119,6 +122,10 @@ fn fail(e: impl std::error::Error) -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Cmd::Hotplugd => match lego_guest_tools::hotplug::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Cmd::Sysinfo => match (sysinfo::online_cpus(), sysinfo::mem_total_kb()) {
             (Ok(cpus), Ok(kb)) => {
                 println!("LEGO_CPUS={cpus}");

@@ -6,6 +6,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 lego_load_modules /etc/lego/modules
+# Lets go of hot-added devices when legovmm asks for them back (vm.remove-device).
+lego-guest-tools hotplugd &
 echo LEGO_GUEST_READY
 # Remote memory becomes swap, the remote disk is mounted at /mnt/remote.
 lego_attach_devices

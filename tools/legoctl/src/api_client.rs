@@ -86,9 +86,10 @@ pub fn call(
     socket: &Path,
     method: &str,
     path: &str,
+    body: Option<&str>,
     timeout: Duration,
 ) -> Result<String, ApiClientError> {
-    let a = request(socket, method, path, None, timeout)?;
+    let a = request(socket, method, path, body, timeout)?;
     if a.status >= 400 {
         return Err(ApiClientError::Status {
             status: a.status,

@@ -4,5 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod api_client;
+pub mod console;
 pub mod render;
 pub mod table;

@@ -109,6 +109,17 @@ enum Cmd {
         #[command(subcommand)]
         action: VnodeAction,
     },
+    /// Type into a vNode's serial console (legovmm run --serial socket:PATH): standard input
+    /// goes to the guest, its console output to standard output. Line by line, for scripts;
+    /// for an interactive session use e.g. `socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:PATH`.
+    Console {
+        /// The vNode's serial socket.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Seconds to keep printing the console after standard input ends.
+        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+        linger: f64,
+    },
     /// Talk to a running legovmm through its API socket (legovmm run --api-socket).
     Vm {
         /// legovmm's API socket.
@@ -187,6 +198,30 @@ enum VmAction {
     Shutdown,
     /// Its Prometheus metrics.
     Metrics,
+    /// Attach a disk (a file on legovmm's host) to the running vNode; prints the new device.
+    AddDisk {
+        /// The backing file or block device.
+        #[arg(long, value_name = "FILE")]
+        path: String,
+        /// The guest may only read it.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Attach one of the vNode's remote volumes (created with --size, else it must exist).
+    AddRemoteDisk {
+        /// The volume's name.
+        #[arg(long)]
+        volume: String,
+        /// Create it with this size, e.g. 1G.
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// Detach a device added with add-disk or add-remote-disk, once the guest has let go of it.
+    RemoveDevice {
+        /// The device's id (vm info lists them), e.g. disk1.
+        #[arg(long)]
+        id: String,
+    },
     /// Any request: METHOD PATH [BODY]; prints the status line and the body.
     Request {
         /// GET, PUT, ...
@@ -258,6 +293,12 @@ enum CtlError {
     /// legovmm's API failed or refused.
     #[error(transparent)]
     Api(#[from] legoctl::api_client::ApiClientError),
+    /// The serial console failed.
+    #[error(transparent)]
+    Console(#[from] legoctl::console::ConsoleError),
+    /// --linger is not a duration.
+    #[error("--linger {0} is not a number of seconds")]
+    BadLinger(f64),
 }
 
 fn parse_rights(s: &str) -> Result<Rights, CtlError> {
@@ -293,6 +334,16 @@ fn run(cli: Cli) -> Result<(), CtlError> {
     if let Cmd::Vm { api_socket, action } = &cli.cmd {
         return vm(api_socket, action, timeout);
     }
+    if let Cmd::Console { socket, linger } = &cli.cmd {
+        let linger =
+            Duration::try_from_secs_f64(*linger).map_err(|_| CtlError::BadLinger(*linger))?;
+        let ended =
+            legoctl::console::attach(socket, std::io::stdin(), &mut std::io::stdout(), linger)?;
+        if ended == legoctl::console::Ended::VnodeGone {
+            eprintln!("legoctl: the vNode closed its console");
+        }
+        return Ok(());
+    }
     let key = ClusterKey::load(cli.key_file.as_deref()).map_err(CtlError::Key)?;
     let cc = ClientConfig {
         timeout: Duration::from_secs(cli.timeout.max(1)),
@@ -325,7 +376,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
     })?;
     match cli.cmd {
-        Cmd::Keygen | Cmd::MonitorStats { .. } | Cmd::Vm { .. } => {}
+        Cmd::Keygen | Cmd::MonitorStats { .. } | Cmd::Vm { .. } | Cmd::Console { .. } => {}
         Cmd::Status { json } => {
             let st = mgr.status()?;
             if json {
@@ -465,6 +516,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                             std::path::Path::new(socket),
                             "PUT",
                             "/api/v1/vm.shutdown",
+                            None,
                             timeout,
                         )?;
                         out(&format!(
@@ -480,8 +532,9 @@ fn run(cli: Cli) -> Result<(), CtlError> {
 }
 
 /// `legoctl vm`: one request to legovmm's API socket.
-fn vm(socket: &std::path::Path, action: &VmAction, timeout: Duration) -> Result<(), CtlError> {
+fn vm(socket: &std::path::Path, action: &VmAction, mut timeout: Duration) -> Result<(), CtlError> {
     use legoctl::api_client::{call, request};
+    let mut body = None;
     let (method, path) = match action {
         VmAction::Ping => ("GET", "/api/v1/vmm.ping"),
         VmAction::Info => ("GET", "/api/v1/vm.info"),
@@ -490,13 +543,29 @@ fn vm(socket: &std::path::Path, action: &VmAction, timeout: Duration) -> Result<
         VmAction::Resume => ("PUT", "/api/v1/vm.resume"),
         VmAction::Shutdown => ("PUT", "/api/v1/vm.shutdown"),
         VmAction::Metrics => ("GET", "/metrics"),
+        VmAction::AddDisk { path, read_only } => {
+            body = Some(serde_json::json!({ "path": path, "read_only": read_only }).to_string());
+            ("PUT", "/api/v1/vm.add-disk")
+        }
+        VmAction::AddRemoteDisk { volume, size } => {
+            body = Some(serde_json::json!({ "volume": volume, "size": size }).to_string());
+            // The backend places the volume through the manager first.
+            timeout = timeout.max(Duration::from_secs(90));
+            ("PUT", "/api/v1/vm.add-remote-disk")
+        }
+        VmAction::RemoveDevice { id } => {
+            body = Some(serde_json::json!({ "id": id }).to_string());
+            // The guest must let go first: wait longer than legovmm does.
+            timeout = timeout.max(Duration::from_secs(30));
+            ("PUT", "/api/v1/vm.remove-device")
+        }
         VmAction::Request { method, path, body } => {
             let a = request(socket, method, path, body.as_deref(), timeout)?;
             out(&format!("HTTP {}\n{}\n", a.status, a.body.trim_end()));
             return Ok(());
         }
     };
-    let body = call(socket, method, path, timeout)?;
+    let body = call(socket, method, path, body.as_deref(), timeout)?;
     if body.is_empty() {
         out(&format!(
             "{}: done\n",

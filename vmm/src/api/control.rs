@@ -10,8 +10,10 @@ use lego_devices::exit::{ExitNotifier, GuestExit};
 use lego_devices::virtio::block::request::counters::BlockCounters;
 
 use super::model::{
-    ConfigInfo, Counters, DeviceCounters, DeviceInfo, MemoryInfo, PagingCounters, VmInfo, VmState,
+    AddDisk, AddRemoteDisk, ConfigInfo, Counters, DeviceCounters, DeviceInfo, MemoryInfo,
+    PagingCounters, VmInfo, VmState,
 };
+use crate::hotplug::{DeviceList, Hotplug, HotplugError, NewDisk};
 use crate::paging::pause::{PauseError, PauseGate};
 use crate::paging::table::PAGE;
 use crate::paging::PagerView;
@@ -31,6 +33,64 @@ pub enum ControlError {
     /// The vCPUs did not park.
     #[error(transparent)]
     Pause(#[from] PauseError),
+    /// A device could not be added or removed.
+    #[error(transparent)]
+    Hotplug(#[from] HotplugErrorText),
+    /// A size could not be read.
+    #[error("{0}")]
+    BadSize(String),
+    /// The vNode has no hotplug slots.
+    #[error("this vNode has no hotplug slots (its boot devices took every virtio window)")]
+    NoHotplug,
+}
+
+/// A hotplug error as the API reports it: its kind (for the HTTP status) and its sentence.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct HotplugErrorText {
+    /// What kind of failure.
+    pub kind: HotplugFailure,
+    /// The error chain, as text.
+    pub message: String,
+}
+
+/// The kinds of hotplug failure the API tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HotplugFailure {
+    /// The request names something that does not exist or cannot be used (400).
+    BadRequest,
+    /// No such device (404).
+    NotFound,
+    /// The vNode's state refuses it: no free slot, a boot device (409).
+    Conflict,
+    /// The guest did not let go in time (504).
+    GuestTimeout,
+    /// The cluster could not provide the device: its backend did not come up (502).
+    Upstream,
+    /// legovmm failed (500).
+    Internal,
+}
+
+impl From<HotplugError> for HotplugErrorText {
+    fn from(e: HotplugError) -> Self {
+        let kind = match &e {
+            HotplugError::BadDisk { .. } | HotplugError::Disk { .. } => HotplugFailure::BadRequest,
+            HotplugError::UnknownDevice(_) => HotplugFailure::NotFound,
+            HotplugError::NoFreeSlot(_)
+            | HotplugError::NotHotplugged(_)
+            | HotplugError::NoCluster
+            | HotplugError::PrivateRam => HotplugFailure::Conflict,
+            HotplugError::Backend { .. } | HotplugError::VhostUser { .. } => {
+                HotplugFailure::Upstream
+            }
+            HotplugError::GuestKeeps { .. } => HotplugFailure::GuestTimeout,
+            HotplugError::Wiring(_) | HotplugError::Interrupt(_) => HotplugFailure::Internal,
+        };
+        Self {
+            kind,
+            message: lego_report::error_chain(&e),
+        }
+    }
 }
 
 /// The actions and views the API offers on one vNode.
@@ -47,6 +107,12 @@ pub trait VmControl: Send + Sync {
     fn shutdown(&self);
     /// The figures in the Prometheus text format.
     fn metrics(&self) -> String;
+    /// Attaches a disk to the running vNode.
+    fn add_disk(&self, disk: &AddDisk) -> Result<DeviceInfo, ControlError>;
+    /// Attaches the vNode's remote volume (created when a size is given).
+    fn add_remote_disk(&self, disk: &AddRemoteDisk) -> Result<DeviceInfo, ControlError>;
+    /// Detaches a device added through the API, once the guest has let go of it.
+    fn remove_device(&self, id: &str) -> Result<(), ControlError>;
 }
 
 /// A device of the running vNode, as the API shows it.
@@ -69,21 +135,36 @@ pub(super) struct Inner {
     pub(super) config: ConfigInfo,
     pub(super) total_bytes: u64,
     pub(super) local_limit: Option<u64>,
-    pub(super) devices: Vec<LiveDevice>,
+    pub(super) devices: DeviceList,
+    pub(super) hotplug: Option<Arc<Hotplug>>,
     pub(super) gate: Arc<PauseGate>,
     pub(super) exit: ExitNotifier,
     pub(super) pager: Option<PagerView>,
+    pub(super) events: Arc<crate::events::EventLog>,
+}
+
+impl Inner {
+    /// The devices now attached.
+    pub(super) fn device_list(&self) -> Vec<LiveDevice> {
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl LiveVm {
     /// The view of a vNode configured by `config` with `devices`, paused through `gate`,
     /// stopped through `exit`, its guest RAM paged by `pager` if any.
+    /// `devices` lists the devices (the hotplug controller, when there is one, adds to it).
     pub fn new(
         config: &crate::config::VmConfig,
-        devices: Vec<LiveDevice>,
+        devices: DeviceList,
         gate: Arc<PauseGate>,
         exit: ExitNotifier,
         pager: Option<PagerView>,
+        events: Arc<crate::events::EventLog>,
+        hotplug: Option<Arc<Hotplug>>,
     ) -> Self {
         let remote = config.remote.as_ref();
         Self {
@@ -103,6 +184,8 @@ impl LiveVm {
                 gate,
                 exit,
                 pager,
+                events,
+                hotplug,
             }),
         }
     }
@@ -127,7 +210,7 @@ impl VmControl for LiveVm {
                 resident_bytes: counts.map(|(r, _)| r * PAGE as u64),
                 remote_bytes: counts.map(|(_, r)| r * PAGE as u64),
             },
-            devices: i.devices.iter().map(|d| d.info.clone()).collect(),
+            devices: i.device_list().into_iter().map(|d| d.info).collect(),
         }
     }
 
@@ -135,7 +218,7 @@ impl VmControl for LiveVm {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let devices = self
             .inner
-            .devices
+            .device_list()
             .iter()
             .filter_map(|d| {
                 let c = d.counters.as_ref()?;
@@ -177,6 +260,7 @@ impl VmControl for LiveVm {
             .gate
             .hold(crate::kick::signal_number(), PAUSE_PATIENCE)?;
         tracing::info!("vNode paused through the API");
+        self.inner.events.emit("paused", serde_json::json!({}));
         Ok(())
     }
 
@@ -186,6 +270,7 @@ impl VmControl for LiveVm {
         }
         self.inner.gate.release();
         tracing::info!("vNode resumed through the API");
+        self.inner.events.emit("resumed", serde_json::json!({}));
         Ok(())
     }
 
@@ -197,5 +282,38 @@ impl VmControl for LiveVm {
 
     fn metrics(&self) -> String {
         super::metrics::encode(self)
+    }
+
+    fn add_disk(&self, disk: &AddDisk) -> Result<DeviceInfo, ControlError> {
+        let hotplug = self.inner.hotplug.as_ref().ok_or(ControlError::NoHotplug)?;
+        let new = NewDisk {
+            path: disk.path.clone().into(),
+            read_only: disk.read_only,
+        };
+        let info = hotplug.add_disk(&new).map_err(HotplugErrorText::from)?;
+        tracing::info!(device = %info.id, path = %disk.path, "disk added through the API");
+        Ok(info)
+    }
+
+    fn add_remote_disk(&self, disk: &AddRemoteDisk) -> Result<DeviceInfo, ControlError> {
+        let hotplug = self.inner.hotplug.as_ref().ok_or(ControlError::NoHotplug)?;
+        let size = match &disk.size {
+            Some(s) => Some(
+                crate::config::parse_size(s).map_err(|e| ControlError::BadSize(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let info = hotplug
+            .add_remote_disk(&disk.volume, size)
+            .map_err(HotplugErrorText::from)?;
+        tracing::info!(device = %info.id, volume = %disk.volume, "remote disk added through the API");
+        Ok(info)
+    }
+
+    fn remove_device(&self, id: &str) -> Result<(), ControlError> {
+        let hotplug = self.inner.hotplug.as_ref().ok_or(ControlError::NoHotplug)?;
+        hotplug.remove(id).map_err(HotplugErrorText::from)?;
+        tracing::info!(device = %id, "device removed through the API");
+        Ok(())
     }
 }

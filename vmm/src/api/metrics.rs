@@ -59,9 +59,8 @@ impl Collector for VmCollector {
             "Guest RAM the guest sees.",
             info.memory.total_bytes as i64,
         )?;
-        let devices: Vec<(&str, &BlockCounters)> = vm
-            .inner
-            .devices
+        let list = vm.inner.device_list();
+        let devices: Vec<(&str, &BlockCounters)> = list
             .iter()
             .filter_map(|d| Some((d.info.id.as_str(), d.counters.as_deref()?)))
             .collect();

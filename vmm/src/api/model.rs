@@ -145,6 +145,36 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// `vm.add-disk`: a disk to attach to the running vNode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDisk {
+    /// The backing file or block device, on legovmm's host.
+    pub path: String,
+    /// Whether the guest may only read it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `vm.add-remote-disk`: one of the vNode's volumes to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRemoteDisk {
+    /// The volume's name.
+    pub volume: String,
+    /// Its size when it must be created (e.g. "1G"); absent, the volume must exist.
+    #[serde(default)]
+    pub size: Option<String>,
+}
+
+/// `vm.remove-device`: the device to detach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveDevice {
+    /// Its id (`vm.info` lists them).
+    pub id: String,
+}
+
 #[cfg(test)]
 mod tests {
     //! The OpenAPI document and the code agree: the same endpoints, and every body's fields
@@ -278,6 +308,27 @@ mod tests {
             }),
         };
         check(&doc, "Counters", &serde_json::to_value(counters).unwrap());
+        let add = AddDisk {
+            path: "/d.img".into(),
+            read_only: true,
+        };
+        // A request body: `read_only` may be left out (it defaults to false).
+        let add = serde_json::to_value(add).unwrap();
+        let schema = &doc["components"]["schemas"]["AddDisk"];
+        assert_eq!(keys(&add), keys(&schema["properties"]));
+        assert_eq!(schema["required"], serde_json::json!(["path"]));
+        let parsed: AddDisk = serde_json::from_str(r#"{"path": "/d.img"}"#).unwrap();
+        assert!(!parsed.read_only);
+        let remote = AddRemoteDisk {
+            volume: "data".into(),
+            size: Some("1G".into()),
+        };
+        let remote = serde_json::to_value(remote).unwrap();
+        let schema = &doc["components"]["schemas"]["AddRemoteDisk"];
+        assert_eq!(keys(&remote), keys(&schema["properties"]));
+        assert_eq!(schema["required"], serde_json::json!(["volume"]));
+        let remove = RemoveDevice { id: "disk1".into() };
+        check(&doc, "RemoveDevice", &serde_json::to_value(remove).unwrap());
         let ping = Ping {
             version: "0".into(),
             pid: 1,

@@ -1,8 +1,8 @@
 //! One API request in, one answer out: the method and path pick an action on the
 //! [`VmControl`]; every error is a JSON body whose `error` reads as a sentence.
 
-use super::control::{ControlError, VmControl};
-use super::model::{ErrorBody, Ping};
+use super::control::{ControlError, HotplugFailure, VmControl};
+use super::model::{AddDisk, AddRemoteDisk, ErrorBody, Ping, RemoveDevice};
 
 /// The endpoints: method and path. `vmm/api/openapi.json` documents exactly these.
 pub const ENDPOINTS: &[(&str, &str)] = &[
@@ -12,6 +12,9 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/api/v1/vm.pause"),
     ("PUT", "/api/v1/vm.resume"),
     ("PUT", "/api/v1/vm.shutdown"),
+    ("PUT", "/api/v1/vm.add-disk"),
+    ("PUT", "/api/v1/vm.add-remote-disk"),
+    ("PUT", "/api/v1/vm.remove-device"),
     ("GET", "/metrics"),
 ];
 
@@ -100,6 +103,27 @@ pub fn answer(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Answ
             vm.shutdown();
             no_content()
         }
+        "/api/v1/vm.add-disk" => match parse::<AddDisk>(body, "vm.add-disk") {
+            Ok(disk) => match vm.add_disk(&disk) {
+                Ok(info) => json(200, &info),
+                Err(e) => failed(e),
+            },
+            Err(a) => a,
+        },
+        "/api/v1/vm.add-remote-disk" => match parse::<AddRemoteDisk>(body, "vm.add-remote-disk") {
+            Ok(disk) => match vm.add_remote_disk(&disk) {
+                Ok(info) => json(200, &info),
+                Err(e) => failed(e),
+            },
+            Err(a) => a,
+        },
+        "/api/v1/vm.remove-device" => match parse::<RemoveDevice>(body, "vm.remove-device") {
+            Ok(r) => match vm.remove_device(&r.id) {
+                Ok(()) => no_content(),
+                Err(e) => failed(e),
+            },
+            Err(a) => a,
+        },
         "/metrics" => Answer {
             status: 200,
             body: vm.metrics(),
@@ -109,14 +133,37 @@ pub fn answer(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Answ
     }
 }
 
+/// Reads a request body as `T`, or answers 400 saying what is wrong with it.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Answer> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(400, format!("The body is not a {what} request: {e}.")))
+}
+
 fn acted(result: Result<(), ControlError>) -> Answer {
     match result {
         Ok(()) => no_content(),
-        Err(e @ (ControlError::AlreadyPaused | ControlError::NotPaused)) => {
-            error(409, format!("{}.", capitalized(&e.to_string())))
-        }
-        Err(e) => error(500, format!("{}.", capitalized(&e.to_string()))),
+        Err(e) => failed(e),
     }
+}
+
+/// The answer for a failed action: its status from the kind of failure, its sentence.
+fn failed(e: ControlError) -> Answer {
+    let status = match &e {
+        ControlError::AlreadyPaused | ControlError::NotPaused | ControlError::NoHotplug => 409,
+        ControlError::BadSize(_) => 400,
+        ControlError::Hotplug(h) => match h.kind {
+            HotplugFailure::BadRequest => 400,
+            HotplugFailure::NotFound => 404,
+            HotplugFailure::Conflict => 409,
+            HotplugFailure::GuestTimeout => 504,
+            HotplugFailure::Upstream => 502,
+            HotplugFailure::Internal => 500,
+        },
+        ControlError::Pause(_) => 500,
+    };
+    let text = e.to_string();
+    let text = text.trim_end_matches('.');
+    error(status, format!("{}.", capitalized(text)))
 }
 
 fn capitalized(s: &str) -> String {
@@ -130,6 +177,7 @@ fn capitalized(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::control::HotplugErrorText;
     use crate::api::model::*;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
@@ -139,6 +187,7 @@ mod tests {
     struct Fake {
         paused: Mutex<bool>,
         shut_down: Mutex<bool>,
+        disks: Mutex<Vec<String>>,
     }
 
     impl VmControl for Fake {
@@ -196,6 +245,42 @@ mod tests {
         fn metrics(&self) -> String {
             "lego_vm_paused 0\n".into()
         }
+        fn add_disk(&self, disk: &AddDisk) -> Result<DeviceInfo, ControlError> {
+            if disk.path == "/missing" {
+                return Err(ControlError::Hotplug(HotplugErrorText {
+                    kind: HotplugFailure::BadRequest,
+                    message: "cannot add the disk /missing: no such file or directory".into(),
+                }));
+            }
+            let mut disks = self.disks.lock().unwrap();
+            disks.push(disk.path.clone());
+            Ok(DeviceInfo {
+                id: format!("disk{}", disks.len()),
+                kind: "virtio-blk".into(),
+                backing: disk.path.clone(),
+                read_only: disk.read_only,
+                mmio_base: 0xd000_1000,
+                gsi: 6,
+            })
+        }
+        fn add_remote_disk(&self, disk: &AddRemoteDisk) -> Result<DeviceInfo, ControlError> {
+            Err(ControlError::Hotplug(HotplugErrorText {
+                kind: HotplugFailure::Conflict,
+                message: format!("volume {} cannot be attached by this fake", disk.volume),
+            }))
+        }
+        fn remove_device(&self, id: &str) -> Result<(), ControlError> {
+            let mut disks = self.disks.lock().unwrap();
+            let n: usize = id.trim_start_matches("disk").parse().unwrap_or(0);
+            if n == 0 || n > disks.len() {
+                return Err(ControlError::Hotplug(HotplugErrorText {
+                    kind: HotplugFailure::NotFound,
+                    message: format!("there is no device {id} (vm.info lists the devices)"),
+                }));
+            }
+            disks.remove(n - 1);
+            Ok(())
+        }
     }
 
     fn error_of(a: &Answer) -> String {
@@ -243,6 +328,75 @@ mod tests {
         assert_eq!(a.status, 400);
         assert!(error_of(&a).starts_with("The request body is not valid JSON"));
         assert!(!*vm.shut_down.lock().unwrap(), "a bad request acted");
+    }
+
+    #[test]
+    fn disks_are_added_and_removed_and_bad_ones_get_sentences() {
+        let vm = Fake::default();
+        let a = answer(
+            "PUT",
+            "/api/v1/vm.add-disk",
+            br#"{"path": "/d.img", "read_only": true}"#,
+            &vm,
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+        let info: DeviceInfo = serde_json::from_str(&a.body).unwrap();
+        assert_eq!((info.id.as_str(), info.read_only), ("disk1", true));
+        let a = answer(
+            "PUT",
+            "/api/v1/vm.add-disk",
+            br#"{"path": "/missing"}"#,
+            &vm,
+        );
+        assert_eq!(a.status, 400);
+        assert_eq!(
+            error_of(&a),
+            "Cannot add the disk /missing: no such file or directory."
+        );
+        let a = answer("PUT", "/api/v1/vm.add-disk", br#"{"file": "/d.img"}"#, &vm);
+        assert_eq!(a.status, 400);
+        assert!(
+            error_of(&a).starts_with("The body is not a vm.add-disk request: unknown field `file`"),
+            "{}",
+            a.body
+        );
+        let a = answer("PUT", "/api/v1/vm.add-disk", b"", &vm);
+        assert_eq!(a.status, 400, "an empty body names no disk");
+        assert_eq!(
+            vm.disks.lock().unwrap().len(),
+            1,
+            "bad requests added nothing"
+        );
+        let a = answer(
+            "PUT",
+            "/api/v1/vm.add-remote-disk",
+            br#"{"volume": "v"}"#,
+            &vm,
+        );
+        assert_eq!(a.status, 409);
+        let a = answer(
+            "PUT",
+            "/api/v1/vm.add-remote-disk",
+            br#"{"size": "1G"}"#,
+            &vm,
+        );
+        assert_eq!(a.status, 400, "a volume is required");
+        let a = answer(
+            "PUT",
+            "/api/v1/vm.remove-device",
+            br#"{"id": "disk7"}"#,
+            &vm,
+        );
+        assert_eq!(a.status, 404);
+        assert!(error_of(&a).starts_with("There is no device disk7"));
+        let a = answer(
+            "PUT",
+            "/api/v1/vm.remove-device",
+            br#"{"id": "disk1"}"#,
+            &vm,
+        );
+        assert_eq!(a.status, 204);
+        assert!(vm.disks.lock().unwrap().is_empty());
     }
 
     #[test]

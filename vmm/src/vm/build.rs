@@ -9,6 +9,8 @@ use crate::boot::{self, BootEntry, BootSpec};
 use crate::config::VmConfig;
 use crate::cpu::vcpu::{Vcpu, VcpuShared};
 use crate::device_manager::{self, Devices};
+use crate::events::EventLog;
+use crate::hotplug::{DeviceList, Hotplug};
 use crate::kvm;
 use crate::layout;
 use crate::memory::{self, GuestMemory};
@@ -153,6 +155,7 @@ pub fn create_devices(
     exit: &ExitNotifier,
     rings: &RingRegistry,
     pager: Option<&Pager>,
+    events: &Arc<EventLog>,
 ) -> Result<Devices, VmError> {
     let backend_faults = pager.map(|p| p.backend_faults());
     Ok(device_manager::create(
@@ -162,6 +165,7 @@ pub fn create_devices(
         exit,
         rings,
         backend_faults,
+        events,
     )?)
 }
 
@@ -206,6 +210,7 @@ pub fn write_acpi_tables(
         vcpus: config.vcpus,
         virtio: devices.virtio.clone(),
         ports: device_manager::platform_ports(),
+        hotplug: devices.hotplug.as_ref().map(|h| h.aml()),
     })?;
     for (addr, blob) in &tables.blobs {
         mem.write_slice(blob, GuestAddress(*addr))
@@ -279,22 +284,46 @@ pub fn create_vcpus(
 /// exit notifier and pager; dropping the server stops it and removes the socket.
 pub fn start_api(
     config: &VmConfig,
-    devices: &Devices,
+    devices: &DeviceList,
+    hotplug: Option<&Arc<Hotplug>>,
     gate: &Arc<PauseGate>,
     exit: &ExitNotifier,
     pager: Option<&(Pager, Arc<RemoteGuestRam>)>,
+    events: &Arc<EventLog>,
 ) -> Result<Option<ApiServer>, VmError> {
     let Some(path) = &config.api_socket else {
         return Ok(None);
     };
     let vm = LiveVm::new(
         config,
-        devices.live.clone(),
+        devices.clone(),
         gate.clone(),
         exit.clone(),
         pager.map(|(p, _)| p.view()),
+        events.clone(),
+        hotplug.cloned(),
     );
     Ok(Some(ApiServer::start(path, Arc::new(vm))?))
+}
+
+/// Tells the event log the vNode runs, with each device it started with.
+pub fn tell_started(events: &EventLog, config: &VmConfig, devices: &Devices) {
+    for d in &devices.live {
+        events.emit(
+            "device_added",
+            serde_json::to_value(&d.info).unwrap_or_default(),
+        );
+    }
+    events.emit(
+        "started",
+        serde_json::json!({
+            "pid": std::process::id(),
+            "vnode": config.remote.as_ref().map(|r| r.vnode),
+            "vcpus": config.vcpus,
+            "memory_bytes": config.memory,
+            "api_socket": config.api_socket,
+        }),
+    );
 }
 
 /// Announce: tells the manager the vNode runs (again every interval, and that it stopped when

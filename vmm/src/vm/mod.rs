@@ -24,13 +24,16 @@ use crate::backends;
 use crate::boot;
 use crate::config::VmConfig;
 use crate::device_manager;
+use crate::events::EventLog;
+use crate::hotplug::{DeviceList, Hotplug, RemoteSetup};
 use crate::kvm;
 use crate::memory;
+use crate::memory::MemoryBacking;
 use crate::paging::pause::PauseGate;
 use lego_devices::exit::{ExitNotifier, GuestExit};
 use lego_devices::virtio::rings::RingRegistry;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// How the vNode ended.
@@ -97,6 +100,9 @@ pub enum VmError {
     /// The API socket could not be served.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
+    /// The event log could not be opened.
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsError),
 }
 
 /// Boots `config` on the KVM at `kvm_path` and runs it to the end.
@@ -107,21 +113,23 @@ pub enum VmError {
 pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let started = Instant::now();
     build::preflight(config)?;
+    let events = Arc::new(EventLog::from_config(config.events.as_deref())?);
     let kvm = build::open_kvm(kvm_path)?;
     let (config, _remote) = build::start_remote_backends(config)?;
-    let vm = build::create_vm(&kvm)?;
+    let vm = Arc::new(build::create_vm(&kvm)?);
     let ram = build::guest_memory(&vm, &config)?;
     let exit = ExitNotifier::new().map_err(VmError::Thread)?;
     let rings = RingRegistry::new();
     let gate = Arc::new(PauseGate::new());
     let pager = build::start_pager(&config, &ram, &exit, &rings, &gate)?;
-    let devices = build::create_devices(
+    let mut devices = build::create_devices(
         &vm,
         &ram.mem,
         &config,
         &exit,
         &rings,
         pager.as_ref().map(|(p, _)| p),
+        &events,
     )?;
     let rsdp_addr = build::write_acpi_tables(&ram.mem, &config, &devices)?;
     let entry = build::load_kernel(&ram.mem, &config, rsdp_addr)?;
@@ -135,13 +143,41 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
         entry,
         gate.clone(),
     )?;
-    let api = build::start_api(&config, &devices, &gate, &exit, pager.as_ref())?;
+    let device_list: DeviceList = Arc::new(Mutex::new(devices.live.clone()));
+    let hotplug = devices.hotplug.take().map(|board| {
+        Arc::new(Hotplug::new(
+            vm.clone(),
+            ram.mem.clone(),
+            rings.clone(),
+            events.clone(),
+            board,
+            device_list.clone(),
+            RemoteSetup {
+                cluster: config.remote.clone(),
+                shared_ram: config.memory_backing_used() != MemoryBacking::Private,
+                backend_faults: pager.as_ref().map(|(p, _)| p.backend_faults()),
+            },
+        ))
+    });
+    let api = build::start_api(
+        &config,
+        &device_list,
+        hotplug.as_ref(),
+        &gate,
+        &exit,
+        pager.as_ref(),
+        &events,
+    )?;
     let vcpus = running::start_vcpus(vcpus, &exit, started)?;
+    build::tell_started(&events, &config, &devices);
     let announcer = build::announce(&config, &devices);
     if let Some((p, _)) = &pager {
         p.arm();
     }
     let outcome = running::wait_for_end(&exit);
+    if let Outcome::Guest(GuestExit::Crashed(why)) = &outcome {
+        events.emit("guest_panic", serde_json::json!({ "detail": why }));
+    }
     drop(api);
     let all_stopped = running::tear_down(vcpus, devices, &outcome, started);
     drop(announcer);
@@ -153,6 +189,7 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
             remote.release();
         }
     }
+    events.emit("stopped", crate::events::stopped_fields(&outcome));
     if !all_stopped {
         // A vCPU is blocked on a page of guest RAM that could not be had: unmapping guest
         // RAM or closing the VM under it is not safe; the process is about to exit.

@@ -1,0 +1,420 @@
+//! Devices added to and removed from a running vNode (`vm.add-disk`, `vm.remove-device`).
+//!
+//! The mechanism is ACPI hotplug of virtio-mmio windows, which a stock kernel handles by
+//! itself. At boot the DSDT declares [`layout::HOTPLUG_SLOTS`] empty slots (containers
+//! holding one `LNRO0005` window each, see [`crate::acpi::HotplugAml`]) and a Generic Event
+//! Device. Adding a device puts its transport in a free slot, wires it into KVM, marks the
+//! slot present and raises the GED's interrupt: the guest's `_EVT` bus-checks the slots,
+//! Linux enumerates the new one and virtio-mmio probes it. Removing sends the slot an eject
+//! request, which Linux's container driver turns into a uevent for user space; the guest
+//! image's `lego-guest-tools hotplugd` (a full distribution would use a udev rule) unmounts
+//! the disk and unbinds it from virtio-mmio, whose driver resets the device on the way out.
+//! That reset, after the request, is the guest letting go: only then does legovmm unwire and
+//! drop the device. The slot container itself is never ejected (Linux would orphan the
+//! window's platform device and never enumerate the slot again); a device put in the slot
+//! later is probed by `hotplugd` when the kernel says the slots' container is online.
+//!
+//! [`registers`] are the controller's registers; [`slot`] is one window.
+
+pub mod registers;
+pub mod slot;
+
+use crate::acpi::{HotplugAml, MmioDevice};
+use crate::api::control::LiveDevice;
+use crate::api::model::DeviceInfo;
+use crate::backends::RemoteDevices;
+use crate::config::{RemoteConfig, RemoteDisk};
+use crate::device_manager::{self, DeviceError, WiredVirtio};
+use crate::events::EventLog;
+use crate::layout;
+use crate::memory::GuestMemory;
+use kvm_ioctls::VmFd;
+use lego_devices::vhost_user_frontend::{BackendFaults, ReconnectPolicy, VhostUserBlk};
+use lego_devices::virtio::block::request::counters::BlockCounters;
+use lego_devices::virtio::block::{Block, BlockError};
+use lego_devices::virtio::rings::RingRegistry;
+use registers::SlotBits;
+use slot::Slot;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use vmm_sys_util::eventfd::EventFd;
+
+/// How long `vm.remove-device` waits for the guest to let go of a device.
+pub const REMOVE_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Errors adding or removing a device.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    /// The disk's backing file is missing or unusable.
+    #[error("cannot add the disk {path}: {reason}")]
+    BadDisk {
+        /// The file.
+        path: PathBuf,
+        /// Why, as a phrase.
+        reason: String,
+    },
+    /// The disk could not be opened.
+    #[error("cannot add the disk {path}")]
+    Disk {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: BlockError,
+    },
+    /// Every slot holds a device.
+    #[error("every hotplug slot ({0}) holds a device; remove one first")]
+    NoFreeSlot(usize),
+    /// No device has that id.
+    #[error("there is no device {0} (vm.info lists the devices)")]
+    UnknownDevice(String),
+    /// The device was there at boot: only hot-added devices can be removed.
+    #[error("{0} was attached at boot; only devices added through the API can be removed")]
+    NotHotplugged(String),
+    /// The guest did not let go of the device in time.
+    #[error("the guest did not let go of {id} within {secs} s (is it still mounted?); it stays attached")]
+    GuestKeeps {
+        /// The device.
+        id: String,
+        /// How long legovmm waited.
+        secs: u64,
+    },
+    /// The vNode has no id and manager to place a remote disk with.
+    #[error("this vNode has no --vnode and --manager, which a remote disk needs")]
+    NoCluster,
+    /// Guest RAM is private: no backend can map it.
+    #[error("a remote disk's backend must map guest RAM, which is private here; start the vNode with --memory-backing shared")]
+    PrivateRam,
+    /// The remote disk's backend did not come up.
+    #[error("cannot add the remote disk {volume}")]
+    Backend {
+        /// The volume.
+        volume: String,
+        /// Why.
+        #[source]
+        source: crate::backends::BackendError,
+    },
+    /// The backend came up but the device could not be set up.
+    #[error("cannot add the remote disk {volume}")]
+    VhostUser {
+        /// The volume.
+        volume: String,
+        /// Why.
+        #[source]
+        source: lego_devices::vhost_user_frontend::VhostUserError,
+    },
+    /// KVM refused to wire or unwire the device.
+    #[error(transparent)]
+    Wiring(#[from] DeviceError),
+    /// The GED interrupt could not be raised.
+    #[error("cannot raise the hotplug interrupt")]
+    Interrupt(#[source] std::io::Error),
+}
+
+/// The hotplug slots made at boot: their windows and bus devices, the controller's bits and
+/// the GED's interrupt.
+pub struct HotplugBoard {
+    /// Each slot's window and its device on the MMIO bus.
+    pub slots: Vec<(MmioDevice, Arc<Mutex<Slot>>)>,
+    /// The controller's registers' state.
+    pub bits: Arc<SlotBits>,
+    /// The GED's interrupt (a KVM irqfd on [`layout::GED_GSI`]).
+    pub ged: EventFd,
+}
+
+impl HotplugBoard {
+    /// What the DSDT must say about these slots.
+    pub fn aml(&self) -> HotplugAml {
+        HotplugAml {
+            slots: self.slots.iter().map(|(w, _)| *w).collect(),
+            registers: layout::HOTPLUG_REGS_START,
+            ged_gsi: layout::GED_GSI,
+        }
+    }
+}
+
+/// The devices of the running vNode, boot-time and hot-added, as the API lists them.
+pub type DeviceList = Arc<Mutex<Vec<LiveDevice>>>;
+
+/// What a hot-added device occupies.
+struct Occupant {
+    id: String,
+    wired: WiredVirtio,
+    /// The backend of a remote disk, stopped after the device is gone.
+    backend: Option<RemoteDevices>,
+}
+
+/// What a remote disk added at run time needs: the vNode's place in the cluster, guest RAM a
+/// backend can map, and (when legovmm pages guest RAM) where backends hand their faults.
+#[derive(Clone, Default)]
+pub struct RemoteSetup {
+    /// The vNode's id, manager and key (its devices are ignored).
+    pub cluster: Option<RemoteConfig>,
+    /// Whether guest RAM is a shared memfd.
+    pub shared_ram: bool,
+    /// The pager, when it pages guest RAM.
+    pub backend_faults: Option<Arc<dyn BackendFaults>>,
+}
+
+/// Adds and removes devices on the running vNode.
+pub struct Hotplug {
+    vm: Arc<VmFd>,
+    mem: GuestMemory,
+    rings: RingRegistry,
+    events: Arc<EventLog>,
+    board: HotplugBoard,
+    occupants: Mutex<Vec<Option<Occupant>>>,
+    devices: DeviceList,
+    next_id: Mutex<usize>,
+    remote: RemoteSetup,
+}
+
+/// A disk to add.
+#[derive(Debug, Clone)]
+pub struct NewDisk {
+    /// The backing file (or block device).
+    pub path: PathBuf,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+}
+
+impl Hotplug {
+    /// The hotplug controller of the vNode whose VM is `vm`; `devices` lists the boot
+    /// devices and gets the added ones.
+    pub fn new(
+        vm: Arc<VmFd>,
+        mem: GuestMemory,
+        rings: RingRegistry,
+        events: Arc<EventLog>,
+        board: HotplugBoard,
+        devices: DeviceList,
+        remote: RemoteSetup,
+    ) -> Self {
+        let next_id = lock(&devices).len();
+        let occupants = (0..board.slots.len()).map(|_| None).collect();
+        Self {
+            vm,
+            mem,
+            rings,
+            events,
+            board,
+            occupants: Mutex::new(occupants),
+            devices,
+            next_id: Mutex::new(next_id),
+            remote,
+        }
+    }
+
+    /// The devices as the API lists them.
+    pub fn devices(&self) -> Vec<LiveDevice> {
+        lock(&self.devices).clone()
+    }
+
+    /// Adds a virtio-blk disk backed by `disk.path`; the guest sees it at once.
+    pub fn add_disk(&self, disk: &NewDisk) -> Result<DeviceInfo, HotplugError> {
+        check_disk(&disk.path)?;
+        let mut occupants = lock(&self.occupants);
+        self.reap(&mut occupants);
+        let n = free_slot(&occupants)?;
+        let id = self.new_id();
+        let block = Block::new(&disk.path, disk.read_only, &format!("lego-hot-{id}")).map_err(
+            |source| HotplugError::Disk {
+                path: disk.path.clone(),
+                source,
+            },
+        )?;
+        let counters = block.counters();
+        let what = format!("hot-added virtio-blk disk {} as {id}", disk.path.display());
+        let window = self.board.slots[n].0;
+        let wired =
+            device_manager::wire_virtio(&self.vm, &self.mem, window, block, &what, &self.rings)?;
+        let info = DeviceInfo {
+            id,
+            kind: "virtio-blk".into(),
+            backing: disk.path.display().to_string(),
+            read_only: disk.read_only,
+            mmio_base: window.base,
+            gsi: window.gsi,
+        };
+        self.plug(&mut occupants, n, wired, None, info, Some(counters))
+    }
+
+    /// Adds a remote disk: starts a `lego-vhost-blk` backend for the vNode's volume `volume`
+    /// (created with `size` bytes when given, else it must exist), then attaches its socket.
+    pub fn add_remote_disk(
+        &self,
+        volume: &str,
+        size: Option<u64>,
+    ) -> Result<DeviceInfo, HotplugError> {
+        let cluster = self
+            .remote
+            .cluster
+            .as_ref()
+            .ok_or(HotplugError::NoCluster)?;
+        if !self.remote.shared_ram {
+            return Err(HotplugError::PrivateRam);
+        }
+        let mut occupants = lock(&self.occupants);
+        self.reap(&mut occupants);
+        let n = free_slot(&occupants)?;
+        let id = self.new_id();
+        let config = RemoteConfig {
+            memory: None,
+            disk: Some(RemoteDisk {
+                name: volume.into(),
+                size,
+            }),
+            ..cluster.clone()
+        };
+        let dir = std::env::temp_dir().join(format!("legovmm-{}-{id}", std::process::id()));
+        let backend =
+            crate::backends::start_in(&config, dir).map_err(|source| HotplugError::Backend {
+                volume: volume.into(),
+                source,
+            })?;
+        let vhost_err = |source| HotplugError::VhostUser {
+            volume: volume.into(),
+            source,
+        };
+        let socket = backend.sockets[0].socket.clone();
+        let blk = VhostUserBlk::connect_with_faults(&socket, self.remote.backend_faults.clone())
+            .map_err(vhost_err)?
+            .with_reconnect(ReconnectPolicy::default())
+            .with_watcher(device_manager::backend_watcher(
+                self.events.clone(),
+                id.clone(),
+            ));
+        let what = format!("hot-added remote disk {volume} as {id}");
+        let window = self.board.slots[n].0;
+        let wired =
+            device_manager::wire_virtio(&self.vm, &self.mem, window, blk, &what, &self.rings)?;
+        let info = DeviceInfo {
+            id,
+            kind: "vhost-user-blk".into(),
+            backing: format!("remote volume {volume}"),
+            read_only: false,
+            mmio_base: window.base,
+            gsi: window.gsi,
+        };
+        self.plug(&mut occupants, n, wired, Some(backend), info, None)
+    }
+
+    /// A new device id (never reused while the vNode runs).
+    fn new_id(&self) -> String {
+        let mut next = lock(&self.next_id);
+        *next += 1;
+        format!("disk{}", *next - 1)
+    }
+
+    /// Puts a wired device in slot `n`, lists it and tells the guest.
+    fn plug(
+        &self,
+        occupants: &mut [Option<Occupant>],
+        n: usize,
+        wired: WiredVirtio,
+        backend: Option<RemoteDevices>,
+        info: DeviceInfo,
+        counters: Option<Arc<BlockCounters>>,
+    ) -> Result<DeviceInfo, HotplugError> {
+        lock(&self.board.slots[n].1).fill(wired.device.clone());
+        self.board.bits.set_present(n);
+        occupants[n] = Some(Occupant {
+            id: info.id.clone(),
+            wired,
+            backend,
+        });
+        lock(&self.devices).push(LiveDevice {
+            info: info.clone(),
+            counters,
+        });
+        self.board.ged.write(1).map_err(HotplugError::Interrupt)?;
+        self.events.emit(
+            "device_added",
+            serde_json::to_value(&info).unwrap_or_default(),
+        );
+        Ok(info)
+    }
+
+    /// Asks the guest to let go of the hot-added device `id`, waits until it has (up to
+    /// [`REMOVE_PATIENCE`]), then takes the device out.
+    pub fn remove(&self, id: &str) -> Result<(), HotplugError> {
+        let n = {
+            let mut occupants = lock(&self.occupants);
+            self.reap(&mut occupants);
+            let found = occupants
+                .iter()
+                .position(|o| o.as_ref().is_some_and(|o| o.id == id));
+            match found {
+                Some(n) => n,
+                None if lock(&self.devices).iter().any(|d| d.info.id == id) => {
+                    return Err(HotplugError::NotHotplugged(id.into()))
+                }
+                None => return Err(HotplugError::UnknownDevice(id.into())),
+            }
+        };
+        self.board.bits.request_eject(n);
+        self.board.ged.write(1).map_err(HotplugError::Interrupt)?;
+        if !self.board.bits.wait_released(n, REMOVE_PATIENCE) {
+            return Err(HotplugError::GuestKeeps {
+                id: id.into(),
+                secs: REMOVE_PATIENCE.as_secs(),
+            });
+        }
+        let mut occupants = lock(&self.occupants);
+        self.reap(&mut occupants);
+        Ok(())
+    }
+
+    /// Takes out every device the guest let go of.
+    fn reap(&self, occupants: &mut [Option<Occupant>]) {
+        let released = self.board.bits.take_released();
+        for (n, occupant) in occupants.iter_mut().enumerate() {
+            if released & (1 << n) == 0 {
+                continue;
+            }
+            let Some(o) = occupant.take() else {
+                continue;
+            };
+            lock(&self.board.slots[n].1).empty();
+            if let Err(e) = device_manager::unwire_virtio(&self.vm, &o.wired) {
+                tracing::warn!("{}", lego_report::error_chain(&e));
+            }
+            let Occupant { id, wired, backend } = o;
+            // The device goes before its backend: a remote disk's backend stops last.
+            drop(wired);
+            drop(backend);
+            lock(&self.devices).retain(|d| d.info.id != id);
+            tracing::info!(device = %id, slot = n, "removed a hot-added device");
+            self.events
+                .emit("device_removed", serde_json::json!({ "id": id }));
+        }
+    }
+}
+
+/// Checks that a disk's backing file exists and is a regular file or a block device.
+fn check_disk(path: &Path) -> Result<(), HotplugError> {
+    use std::os::unix::fs::FileTypeExt;
+    let bad = |reason: String| HotplugError::BadDisk {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string().to_lowercase()))?;
+    if meta.is_file() || meta.file_type().is_block_device() {
+        Ok(())
+    } else {
+        Err(bad("it is neither a regular file nor a block device".into()))
+    }
+}
+
+/// The first empty slot.
+fn free_slot(occupants: &[Option<Occupant>]) -> Result<usize, HotplugError> {
+    occupants
+        .iter()
+        .position(Option::is_none)
+        .ok_or(HotplugError::NoFreeSlot(occupants.len()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
