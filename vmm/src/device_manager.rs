@@ -38,19 +38,13 @@ pub enum DeviceError {
     /// The serial device could not be created.
     #[error("cannot create the serial port")]
     Serial(#[source] serial::SerialError),
-    /// A disk's backing file cannot be examined.
+    /// A disk's backing file cannot be used.
     #[error("cannot attach disk {path}")]
     DiskFile {
         /// The backing file.
         path: String,
         /// Why.
-        source: std::io::Error,
-    },
-    /// A disk's backing file is neither a regular file nor a block device.
-    #[error("cannot attach disk {path}: it is neither a regular file nor a block device")]
-    DiskKind {
-        /// The backing file.
-        path: String,
+        source: DiskFileError,
     },
     /// A disk could not be opened.
     #[error("cannot attach disk {path}")]
@@ -141,19 +135,36 @@ fn shared<D: lego_devices::bus::BusDevice + 'static>(d: D) -> Arc<Mutex<D>> {
     Arc::new(Mutex::new(d))
 }
 
-/// Checks that every disk's backing file exists and is a regular file (or a block device),
-/// before any VM is built.
-pub fn check_disks(config: &VmConfig) -> Result<(), DeviceError> {
+/// Why a disk's backing file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskFileError {
+    /// It cannot be examined (missing, no permission).
+    #[error(transparent)]
+    Unreadable(#[from] std::io::Error),
+    /// It is neither a regular file nor a block device.
+    #[error("it is neither a regular file nor a block device")]
+    Kind,
+}
+
+/// Checks that a disk's backing file exists and is a regular file or a block device (at boot
+/// and for a disk added to a running vNode).
+pub fn check_disk_file(path: &std::path::Path) -> Result<(), DiskFileError> {
     use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path)?;
+    if meta.is_file() || meta.file_type().is_block_device() {
+        Ok(())
+    } else {
+        Err(DiskFileError::Kind)
+    }
+}
+
+/// Checks every disk's backing file ([`check_disk_file`]) before any VM is built.
+pub fn check_disks(config: &VmConfig) -> Result<(), DeviceError> {
     for disk in &config.disks {
-        let path = || disk.path.display().to_string();
-        let meta = std::fs::metadata(&disk.path).map_err(|source| DeviceError::DiskFile {
-            path: path(),
+        check_disk_file(&disk.path).map_err(|source| DeviceError::DiskFile {
+            path: disk.path.display().to_string(),
             source,
         })?;
-        if !(meta.is_file() || meta.file_type().is_block_device()) {
-            return Err(DeviceError::DiskKind { path: path() });
-        }
     }
     Ok(())
 }

@@ -103,27 +103,17 @@ pub fn answer(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Answ
             vm.shutdown();
             no_content()
         }
-        "/api/v1/vm.add-disk" => match parse::<AddDisk>(body, "vm.add-disk") {
-            Ok(disk) => match vm.add_disk(&disk) {
-                Ok(info) => json(200, &info),
-                Err(e) => failed(e),
-            },
-            Err(a) => a,
-        },
-        "/api/v1/vm.add-remote-disk" => match parse::<AddRemoteDisk>(body, "vm.add-remote-disk") {
-            Ok(disk) => match vm.add_remote_disk(&disk) {
-                Ok(info) => json(200, &info),
-                Err(e) => failed(e),
-            },
-            Err(a) => a,
-        },
-        "/api/v1/vm.remove-device" => match parse::<RemoveDevice>(body, "vm.remove-device") {
-            Ok(r) => match vm.remove_device(&r.id) {
-                Ok(()) => no_content(),
-                Err(e) => failed(e),
-            },
-            Err(a) => a,
-        },
+        "/api/v1/vm.add-disk" => with_body(body, "vm.add-disk", |d: AddDisk| {
+            vm.add_disk(&d).map(|info| json(200, &info))
+        }),
+        "/api/v1/vm.add-remote-disk" => {
+            with_body(body, "vm.add-remote-disk", |d: AddRemoteDisk| {
+                vm.add_remote_disk(&d).map(|info| json(200, &info))
+            })
+        }
+        "/api/v1/vm.remove-device" => with_body(body, "vm.remove-device", |r: RemoveDevice| {
+            vm.remove_device(&r.id).map(|()| no_content())
+        }),
         "/metrics" => Answer {
             status: 200,
             body: vm.metrics(),
@@ -133,10 +123,17 @@ pub fn answer(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Answ
     }
 }
 
-/// Reads a request body as `T`, or answers 400 saying what is wrong with it.
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Answer> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(400, format!("The body is not a {what} request: {e}.")))
+/// Reads a request body as `T` and acts on it; a body that is not a `what` request gets 400
+/// saying what is wrong with it, a failed action its status and sentence.
+fn with_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+    act: impl FnOnce(T) -> Result<Answer, ControlError>,
+) -> Answer {
+    match serde_json::from_slice(body) {
+        Ok(request) => act(request).unwrap_or_else(failed),
+        Err(e) => error(400, format!("The body is not a {what} request: {e}.")),
+    }
 }
 
 fn acted(result: Result<(), ControlError>) -> Answer {

@@ -35,7 +35,7 @@ use lego_devices::virtio::block::{Block, BlockError};
 use lego_devices::virtio::rings::RingRegistry;
 use registers::SlotBits;
 use slot::Slot;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
@@ -47,12 +47,13 @@ pub const REMOVE_PATIENCE: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum HotplugError {
     /// The disk's backing file is missing or unusable.
-    #[error("cannot add the disk {path}: {reason}")]
+    #[error("cannot add the disk {path}")]
     BadDisk {
         /// The file.
         path: PathBuf,
-        /// Why, as a phrase.
-        reason: String,
+        /// Why.
+        #[source]
+        source: device_manager::DiskFileError,
     },
     /// The disk could not be opened.
     #[error("cannot add the disk {path}")]
@@ -206,14 +207,12 @@ impl Hotplug {
         }
     }
 
-    /// The devices as the API lists them.
-    pub fn devices(&self) -> Vec<LiveDevice> {
-        lock(&self.devices).clone()
-    }
-
     /// Adds a virtio-blk disk backed by `disk.path`; the guest sees it at once.
     pub fn add_disk(&self, disk: &NewDisk) -> Result<DeviceInfo, HotplugError> {
-        check_disk(&disk.path)?;
+        device_manager::check_disk_file(&disk.path).map_err(|source| HotplugError::BadDisk {
+            path: disk.path.clone(),
+            source,
+        })?;
         let mut occupants = lock(&self.occupants);
         self.reap(&mut occupants);
         let n = free_slot(&occupants)?;
@@ -389,21 +388,6 @@ impl Hotplug {
             self.events
                 .emit("device_removed", serde_json::json!({ "id": id }));
         }
-    }
-}
-
-/// Checks that a disk's backing file exists and is a regular file or a block device.
-fn check_disk(path: &Path) -> Result<(), HotplugError> {
-    use std::os::unix::fs::FileTypeExt;
-    let bad = |reason: String| HotplugError::BadDisk {
-        path: path.to_owned(),
-        reason,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string().to_lowercase()))?;
-    if meta.is_file() || meta.file_type().is_block_device() {
-        Ok(())
-    } else {
-        Err(bad("it is neither a regular file nor a block device".into()))
     }
 }
 
