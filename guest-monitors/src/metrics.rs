@@ -10,6 +10,7 @@ use lego_metrics::prometheus_client::registry::Registry;
 
 use lego_monitor_client::proto::manager::MonitorStatus;
 
+use crate::manager::running::RunningVnodes;
 use crate::manager::Manager;
 use crate::pagestore::PageStore;
 
@@ -133,13 +134,13 @@ impl Collector for PageStoreCollector {
 
 /// A registry with the manager's view of the cluster: monitors by kind and state, each
 /// monitor's capacity, use, reservations and heartbeat age, vNodes, and vRegions by health.
-pub fn manager_registry(manager: Arc<Manager>) -> Registry {
+pub fn manager_registry(manager: Arc<Manager>, running: Arc<RunningVnodes>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(ManagerCollector(manager)));
+    registry.register_collector(Box::new(ManagerCollector(manager, running)));
     registry
 }
 
-struct ManagerCollector(Arc<Manager>);
+struct ManagerCollector(Arc<Manager>, Arc<RunningVnodes>);
 
 impl std::fmt::Debug for ManagerCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,6 +200,18 @@ impl Collector for ManagerCollector {
             "lego_manager_vnodes",
             "vNodes with memory or volumes placed.",
             status.vnodes.len() as i64,
+        )?;
+        let mut by_host: std::collections::BTreeMap<String, i64> = Default::default();
+        for r in self.1.list() {
+            *by_host.entry(r.up.host).or_default() += 1;
+        }
+        gauge_family(
+            &mut e,
+            "lego_manager_running_vnodes",
+            "vNodes their legovmm announces as running, by compute host.",
+            by_host
+                .into_iter()
+                .map(|(host, n)| (vec![("host", host)], n)),
         )?;
         let mut by_health: std::collections::BTreeMap<String, i64> = Default::default();
         for v in &status.vnodes {

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use lego_fabric::Rights;
 use lego_monitor_client::client::{ManagerClient, MemoryClient};
+use lego_monitor_client::proto::manager::VnodeUp;
 use lego_testkit::metrics::{scrape, value, Scrape};
 use lego_testkit::net::free_loopback_addr;
 
@@ -168,6 +169,27 @@ fn the_manager_exports_its_cluster_and_sees_a_monitor_die() {
     mc.place_memory(3, 100 << 20).expect("place");
     let s = scrape(&maddr);
     assert_eq!(sample(&s, "lego_manager_vnodes", None), 1.0);
+    assert_eq!(sample_or_zero(&s, "lego_manager_running_vnodes", &[]), 0.0);
+    mc.vnode_up(&VnodeUp {
+        vnode: 3,
+        host: "compute7".into(),
+        pid: 42,
+        api_socket: None,
+        vcpus: 1,
+        memory_bytes: 1 << 30,
+        devices: vec![],
+        started_unix_ms: 1,
+    })
+    .expect("announce");
+    let s = scrape(&maddr);
+    assert_eq!(
+        sample(
+            &s,
+            "lego_manager_running_vnodes",
+            Some(("host", "compute7"))
+        ),
+        1.0
+    );
     assert_eq!(
         sample(&s, "lego_manager_regions", Some(("health", "healthy"))),
         2.0

@@ -73,9 +73,13 @@ ctl resume > resume.txt 2>&1; echo "LEGO_RESUME_RC=$?"
 wait_ticks "$after"
 echo "LEGO_RESUMED_TICKS=$(ticks)"
 ctl metrics > metrics.txt 2>&1
+start=$(date +%s)
 ./legoctl --manager $MANAGER vnode stop --vnode 5 > shutdown.txt 2>&1; echo "LEGO_SHUTDOWN_RC=$?"
-# Never leave the vNode running when the stop through the manager failed (the test fails).
-sleep 2; [ -e api.sock ] && ctl shutdown
+# The guest powers off by itself (its power button); never leave the vNode running when it
+# does not (the test fails).
+n=0; while [ -e api.sock ] && [ "$n" -lt 900 ]; do sleep 0.1; n=$((n + 1)); done
+echo "LEGO_GRACEFUL_STOP_S=$(( $(date +%s) - start ))"
+[ -e api.sock ] && ctl shutdown --grace 0
 wait $vnode
 echo "LEGO_SOCKET_LEFT=$([ -e api.sock ] && echo yes || echo no)"
 vnodes > vnodes_after.json
@@ -108,7 +112,7 @@ while [ "$n" -lt 60 ]; do
     grep -q "LEGO_TYPED=42" typed.txt 2> /dev/null && break
 done
 echo "LEGO_TYPED_TRIES=$n"
-./legoctl vm --api-socket console-api.sock shutdown > /dev/null 2>&1 || kill $console_vnode
+./legoctl vm --api-socket console-api.sock shutdown --grace 0 > forced.json 2>&1 || kill $console_vnode
 wait $console_vnode; echo "LEGO_CONSOLE_VNODE_RC=$?"
 exit 0
 "#;
@@ -304,13 +308,45 @@ fn shutdown_ends_the_vnode_with_status_zero_and_removes_the_socket() {
     let r = results();
     let all = console(r);
     assert_eq!(marker(&all, "LEGO_SHUTDOWN_RC"), Some("0"), "{all}");
-    assert!(r.out.text("shutdown.txt").contains("vNode 5 (pid"));
+    let said = r.out.text("shutdown.txt");
+    assert!(
+        said.contains("vNode 5 (pid") && said.contains("30 s to power off"),
+        "{said}"
+    );
     r.out.assert_vnode_exit("api", 0);
+    // The guest acted on the power button: its workload was stopped, /init went on to
+    // unmount and power off, and legovmm never had to force it.
+    let guest = r.out.consoles("api");
+    assert!(
+        guest.contains("lego-power: power button pressed")
+            && guest.contains("LEGO_POWER_BUTTON_STOP"),
+        "the guest did not act on the power button:\n{guest}"
+    );
+    let err = r.out.text("api.err");
+    assert!(
+        err.contains("power button pressed through the API"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("did not power off"),
+        "legovmm had to force it:\n{err}"
+    );
+    assert!(err.contains("legovmm: the guest powered off"), "{err}");
+    assert_eq!(marker(&all, "LEGO_SOCKET_LEFT"), Some("no"), "{all}");
+}
+
+#[test]
+fn a_shutdown_without_grace_stops_the_vnode_at_once() {
+    let r = results();
+    let all = console(r);
+    let forced = r.out.json("forced.json");
+    assert_eq!(forced["power_button"], false, "{forced}");
+    assert_eq!(forced["grace_s"], 0, "{forced}");
+    assert_eq!(marker(&all, "LEGO_CONSOLE_VNODE_RC"), Some("0"), "{all}");
     assert!(r
         .out
-        .text("api.err")
+        .text("console-vnode.err")
         .contains("the vNode was shut down through the API"));
-    assert_eq!(marker(&all, "LEGO_SOCKET_LEFT"), Some("no"), "{all}");
 }
 
 #[test]
@@ -347,13 +383,25 @@ fn lifecycle_events_are_json_lines_in_order() {
         });
     assert_eq!(
         &names[first..],
-        ["device_added", "started", "paused", "resumed", "stopped"],
+        [
+            "device_added",
+            "started",
+            "paused",
+            "resumed",
+            "power_button",
+            "stopped"
+        ],
         "{text}"
     );
     assert_eq!(events[first]["id"], "disk0");
     assert_eq!(events[first + 1]["pid"], r.out.json("ping.json")["pid"]);
     assert_eq!(events[first + 1]["vnode"], 5);
-    assert_eq!(events[first + 4]["reason"], "shutdown");
+    assert_eq!(events[first + 4]["grace_s"], 30);
+    assert_eq!(
+        events[first + 5]["reason"],
+        "poweroff",
+        "the guest powered off by itself"
+    );
     let times: Vec<u64> = events[first..]
         .iter()
         .map(|e| e["time_ms"].as_u64().unwrap())

@@ -33,17 +33,8 @@ while [ "$(./legoctl --manager $MANAGER status 2> /dev/null | grep -c alive)" -l
     sleep 0.1; n=$((n + 1))
 done
 
-# The remote memory backend's pid, from /proc (no pidof needed).
-backend_pid() {
-    for d in /proc/[0-9]*; do
-        if grep -qa "remote-memory.sock" "$d/cmdline" 2> /dev/null \
-            && grep -qa "lego-vhost-blk" "$d/cmdline" 2> /dev/null; then
-            echo "${d#/proc/}"
-            return 0
-        fi
-    done
-    return 1
-}
+# The remote memory backend's pid.
+backend_pid() { lego_pid_with remote-memory.sock lego-vhost-blk; }
 
 # The watcher: once the monitors took KILL_AFTER_PAGES pages, kill -9 the backend.
 (

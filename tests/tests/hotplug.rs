@@ -11,6 +11,11 @@
 //! volumes attached at run time (`add-remote-disk`: legovmm starts its backend, which places
 //! the new volume); the guest makes a file system on it and writes a file, which a relaunch of
 //! the vNode with that volume as its remote disk reads back.
+//!
+//! Last, remote memory: a vNode with 128 MiB of RAM gets 256 MiB of remote memory at run time
+//! (`add-remote-memory`); the image swaps on it by itself, a 192 MiB workload that checks
+//! every page runs through it while the device's backend is killed with SIGKILL, and removing
+//! the device turns the swap off first.
 
 use lego_testbed::JobOutput;
 use lego_tests::{marker, JobFiles};
@@ -87,7 +92,64 @@ wait $remote
 lego_vnode remote_back 1 200 --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vcpus 1 \
     --vnode 12 --manager $MANAGER --remote-disk hotvol \
     --cmdline 'console=ttyS0 quiet lego.run="cat /mnt/remote/record"'
-kill $manager $storage 2> /dev/null
+
+# Remote memory added at run time: a memory monitor joins; a vNode with 128 MiB of RAM and no
+# remote memory gets 256 MiB of it through the API. The image swaps on it by itself
+# (hotplugd), a workload larger than RAM runs through it, and the hot-added device's backend
+# is killed with SIGKILL midway (legovmm's supervisor restarts it, the device reconnects).
+# Removing the device turns the swap off first.
+./lego-memory-monitor --listen 127.0.0.1:7101 --capacity 1G --manager $MANAGER \
+    --heartbeat-ms 200 > memory-monitor.log 2>&1 &
+memmon=$!
+n=0
+while [ "$(./legoctl --manager $MANAGER status 2> /dev/null | grep -c alive)" -lt 2 ] && [ "$n" -lt 300 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+MEMORY="n=0; while ! grep -q /dev/vda /proc/swaps && [ \$n -lt 1200 ]; do sleep 0.1; n=\$((n + 1)); done; \
+echo LEGO_HOT_SWAP=\$(grep -c /dev/vda /proc/swaps); lego-guest-tools memtest --mib 192; \
+n=0; while grep -q /dev/vda /proc/swaps && [ \$n -lt 1200 ]; do sleep 0.1; n=\$((n + 1)); done; \
+echo LEGO_HOT_SWAP_GONE=\$(grep -c /dev/vda /proc/swaps)"
+lego_vnode memory 1 200 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory 128M \
+    --vcpus 1 --vnode 13 --manager $MANAGER --memory-backing shared --api-socket memory.sock \
+    --events memory-events.jsonl --cmdline "console=ttyS0 quiet lego.run=\"$MEMORY\"" &
+memvnode=$!
+n=0
+while ! grep -q LEGO_GUEST_READY memory.console 2> /dev/null && [ "$n" -lt 1200 ]; do sleep 0.1; n=$((n + 1)); done
+mctl() { ./legoctl vm --api-socket memory.sock "$@"; }
+mctl add-remote-memory --size 1000k > memory_bad_size.txt 2>&1; echo "LEGO_ADD_MEMORY_BAD_SIZE_RC=$?"
+mctl add-remote-memory --size 256M > memory_added.json 2>&1; echo "LEGO_ADD_MEMORY_RC=$?"
+mctl add-remote-memory --size 64M > memory_again.txt 2>&1; echo "LEGO_ADD_MEMORY_AGAIN_RC=$?"
+# The manager lists the hot-added device with the running vNode (announced every interval).
+n=0
+while ! ./legoctl --manager $MANAGER vnode list 2> /dev/null | grep -q "remote memory, 256 MiB" && [ "$n" -lt 100 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+./legoctl --manager $MANAGER vnode list > memory_vnodes.txt 2>&1
+# The remote memory backend's pid.
+backend_pid() { lego_pid_with remote-memory.sock lego-vhost-blk; }
+n=0
+: > memory_killed.txt
+while [ "$n" -lt 3000 ]; do
+    w=$(./legoctl --manager $MANAGER monitor-stats --kind memory --addr 127.0.0.1:7101 2> /dev/null \
+        | grep -m1 '"pages_written":' | sed 's/[^0-9]//g')
+    if [ "${w:-0}" -ge 4096 ] && pid=$(backend_pid); then
+        kill -9 "$pid"
+        echo "pid=$pid pages_written=$w" > memory_killed.txt
+        m=0
+        while [ "$m" -lt 300 ]; do
+            if new=$(backend_pid) && [ "$new" != "$pid" ]; then echo "restarted=$new" >> memory_killed.txt; break; fi
+            sleep 0.1; m=$((m + 1))
+        done
+        break
+    fi
+    sleep 0.1; n=$((n + 1))
+done
+n=0
+while ! grep -q LEGO_MEMTEST memory.console 2> /dev/null && [ "$n" -lt 3000 ]; do sleep 0.1; n=$((n + 1)); done
+./legoctl --manager $MANAGER monitor-stats --kind memory --addr 127.0.0.1:7101 > memory_stats.json 2>&1
+mctl remove-device --id disk0 > memory_removed.txt 2>&1; echo "LEGO_REMOVE_MEMORY_RC=$?"
+wait $memvnode
+kill $manager $storage $memmon 2> /dev/null
 exit 0
 "#;
 
@@ -116,6 +178,10 @@ fn run_job() -> Results {
         .file(
             lego_tests::release_binary("lego-storage-monitor"),
             "lego-storage-monitor",
+        )
+        .file(
+            lego_tests::release_binary("lego-memory-monitor"),
+            "lego-memory-monitor",
         )
         .file(
             lego_tests::release_binary("lego-vhost-blk"),
@@ -284,4 +350,88 @@ fn a_remote_disk_added_at_run_time_keeps_what_was_written() {
         "{nosuch}"
     );
     assert!(nosuch.contains("has no volume 'nosuch'"), "{nosuch}");
+}
+
+#[test]
+fn remote_memory_added_at_run_time_becomes_swap_and_survives_its_backend_being_killed() {
+    let r = results();
+    let all = r.out.console.clone();
+    let err = r.out.text("memory.err");
+    assert_eq!(
+        marker(&all, "LEGO_ADD_MEMORY_RC"),
+        Some("0"),
+        "{}\n{err}",
+        r.out.text("memory_added.json")
+    );
+    let added = r.out.json("memory_added.json");
+    assert_eq!(added["id"], "disk0", "{added}");
+    assert_eq!(added["backing"], "remote memory, 256 MiB", "{added}");
+    let listed = r.out.text("memory_vnodes.txt");
+    assert!(
+        listed.contains("disk0: vhost-user-blk remote memory, 256 MiB"),
+        "the manager does not list the hot-added device:\n{listed}"
+    );
+    let guest = r.out.consoles("memory");
+    assert!(
+        guest.contains("lego-hotplug: swap on /dev/vda (hot-added remote memory)"),
+        "the image did not swap on the added memory:\n{guest}"
+    );
+    assert_eq!(marker(&guest, "LEGO_HOT_SWAP"), Some("1"), "{guest}");
+    // The workload (larger than RAM) went through the remote memory and every page was right,
+    // across the backend's SIGKILL.
+    let memtest = guest
+        .lines()
+        .find(|l| l.starts_with("LEGO_MEMTEST "))
+        .unwrap_or_else(|| panic!("no memtest result:\n{guest}"));
+    assert!(memtest.contains("bad=0"), "{memtest}");
+    let killed = r.out.text("memory_killed.txt");
+    assert!(
+        killed.contains("pid=") && killed.contains("restarted="),
+        "the backend was not killed and restarted: {killed:?}"
+    );
+    assert!(!guest.contains("I/O error"), "{guest}");
+    let stats = r.out.text("memory_stats.json");
+    let written: u64 = stats
+        .lines()
+        .find(|l| l.contains("\"pages_written\""))
+        .and_then(|l| {
+            l.trim()
+                .trim_end_matches(',')
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no pages_written:\n{stats}"));
+    assert!(
+        written >= 4096,
+        "the monitor took {written} pages:\n{stats}"
+    );
+    // Removal: the guest turned the swap off, then the device went.
+    assert_eq!(
+        marker(&all, "LEGO_REMOVE_MEMORY_RC"),
+        Some("0"),
+        "{}",
+        r.out.text("memory_removed.txt")
+    );
+    assert_eq!(marker(&guest, "LEGO_HOT_SWAP_GONE"), Some("0"), "{guest}");
+    r.out.assert_vnode_ran_clean("memory");
+}
+
+#[test]
+fn remote_memory_is_added_once_and_in_whole_mib() {
+    let r = results();
+    let all = r.out.console.clone();
+    assert_eq!(marker(&all, "LEGO_ADD_MEMORY_BAD_SIZE_RC"), Some("1"));
+    let bad = r.out.text("memory_bad_size.txt");
+    assert!(
+        bad.contains("Remote memory comes in whole MiB, not 1000k"),
+        "{bad}"
+    );
+    assert_eq!(marker(&all, "LEGO_ADD_MEMORY_AGAIN_RC"), Some("1"));
+    let again = r.out.text("memory_again.txt");
+    assert!(
+        again.contains("The vNode's remote memory is already in use by device disk0"),
+        "{again}"
+    );
 }

@@ -86,6 +86,10 @@ pub mod hotplug_regs {
     pub const PRESENT: u64 = 0;
     /// Bit n set: the VMM asks the guest to let go of slot n (read, and cleared by the read).
     pub const EJECT_REQUEST: u64 = 4;
+    /// Platform events for the GED (read, and cleared by the read): see [`POWER_BUTTON`].
+    pub const EVENTS: u64 = 8;
+    /// The bit in [`EVENTS`] that says the power button was pressed.
+    pub const POWER_BUTTON: u32 = 1;
 }
 
 /// The built tables and where each goes.
@@ -206,7 +210,7 @@ fn hotplug_aml(h: &HotplugAml, body: &mut Vec<u8>) {
     let present = aml::Name::new("_STA".into(), &0x0fu8);
     let container_hid = aml::Name::new("_HID".into(), &"ACPI0004");
     let base = h.registers;
-    let len = 8u32;
+    let len = 12u32;
     let region = aml::OpRegion::new("HPR_".into(), OpRegionSpace::SystemMemory, &base, &len);
     let field = aml::Field::new(
         "HPR_".into(),
@@ -216,6 +220,7 @@ fn hotplug_aml(h: &HotplugAml, body: &mut Vec<u8>) {
         vec![
             FieldEntry::Named(*b"PRES", 32),
             FieldEntry::Named(*b"EJRQ", 32),
+            FieldEntry::Named(*b"EVNT", 32),
         ],
     );
 
@@ -344,6 +349,18 @@ fn hotplug_aml(h: &HotplugAml, body: &mut Vec<u8>) {
         .collect();
     let mut evt_body: Vec<&dyn Aml> = vec![&take_requests, &bus_check];
     evt_body.extend(eject_ifs.iter().map(|i| i as &dyn Aml));
+    // The power button: a notify 0x80 ("status change") on a PNP0C0C device is a press.
+    let local1 = aml::Local(1);
+    let evnt: aml::Path = "\\_SB_.HPC0.EVNT".into();
+    let take_events = aml::Store::new(&local1, &evnt);
+    let power_bit = hotplug_regs::POWER_BUTTON;
+    let pressed = aml::And::new(&aml::ZERO, &local1, &power_bit);
+    let pwrb_path: aml::Path = "\\_SB_.PWRB".into();
+    let press_value = 0x80u8;
+    let press = aml::Notify::new(&pwrb_path, &press_value);
+    let if_pressed = aml::If::new(&pressed, vec![&press]);
+    evt_body.push(&take_events);
+    evt_body.push(&if_pressed);
     let evt = aml::Method::new("_EVT".into(), 1, true, evt_body);
     let ged_irq = aml::Interrupt::new(true, true, false, false, h.ged_gsi);
     let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq]);
@@ -352,7 +369,11 @@ fn hotplug_aml(h: &HotplugAml, body: &mut Vec<u8>) {
     let ged_crs = aml::Name::new("_CRS".into(), &ged_crs);
     let ged = aml::Device::new("GED0".into(), vec![&ged_hid, &ged_uid, &ged_crs, &evt]);
 
-    aml::Scope::new("_SB_".into(), vec![&hpc, &ged]).to_aml_bytes(body);
+    let pwrb_hid = aml::Name::new("_HID".into(), &"PNP0C0C");
+    let pwrb_uid = aml::Name::new("_UID".into(), &0u32);
+    let pwrb = aml::Device::new("PWRB".into(), vec![&pwrb_hid, &pwrb_uid]);
+
+    aml::Scope::new("_SB_".into(), vec![&hpc, &ged, &pwrb]).to_aml_bytes(body);
 }
 
 /// Builds the MADT: one enabled local APIC per vCPU and the I/O APIC.
@@ -536,7 +557,7 @@ mod tests {
     }
 
     #[test]
-    fn dsdt_describes_the_hotplug_slots_their_controller_and_the_ged() {
+    fn dsdt_describes_the_hotplug_slots_their_controller_the_ged_and_the_power_button() {
         let mut i = inputs(2);
         i.hotplug = Some(HotplugAml {
             slots: (2..6)
@@ -556,7 +577,10 @@ mod tests {
         assert_eq!(count(b"ACPI0013"), 1);
         assert_eq!(count(b"_STA"), 1 + 4, "the container's and one per slot");
         assert_eq!(count(b"_EVT"), 1);
-        for name in [b"S00_", b"S03_", b"H003", b"PRES", b"EJRQ"] {
+        assert_eq!(count(b"PNP0C0C"), 1, "the power button");
+        for name in [
+            b"S00_", b"S03_", b"H003", b"PRES", b"EJRQ", b"EVNT", b"PWRB",
+        ] {
             assert!(count(name) >= 1, "{}", String::from_utf8_lossy(name));
         }
         let regs = (layout::HOTPLUG_REGS_START as u32).to_le_bytes();

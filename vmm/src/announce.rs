@@ -14,6 +14,7 @@ use lego_monitor_client::proto::manager::{VnodeDown, VnodeUp};
 
 use crate::api::control::LiveDevice;
 use crate::config::{RemoteConfig, VmConfig};
+use crate::hotplug::DeviceList;
 
 /// How long to wait before trying an unreachable manager again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -47,10 +48,7 @@ pub fn describe(config: &VmConfig, vnode: u64, devices: &[LiveDevice]) -> VnodeU
         }),
         vcpus: u32::from(config.vcpus),
         memory_bytes: config.memory,
-        devices: devices
-            .iter()
-            .map(|d| format!("{}: {} {}", d.info.id, d.info.kind, d.info.backing))
-            .collect(),
+        devices: device_lines(devices),
         started_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -58,10 +56,19 @@ pub fn describe(config: &VmConfig, vnode: u64, devices: &[LiveDevice]) -> VnodeU
     }
 }
 
+/// How the manager lists each device: `id: kind backing`.
+fn device_lines(devices: &[LiveDevice]) -> Vec<String> {
+    devices
+        .iter()
+        .map(|d| format!("{}: {} {}", d.info.id, d.info.kind, d.info.backing))
+        .collect()
+}
+
 impl Announcer {
-    /// Starts announcing `up` to the manager of `remote`; `None` (logged) when the cluster
-    /// key cannot be loaded.
-    pub fn start(remote: &RemoteConfig, up: VnodeUp) -> Option<Self> {
+    /// Starts announcing `up` to the manager of `remote`, its devices as `devices` lists them
+    /// at each announcement (hot-added ones too); `None` (logged) when the cluster key cannot
+    /// be loaded.
+    pub fn start(remote: &RemoteConfig, up: VnodeUp, devices: DeviceList) -> Option<Self> {
         let key = match ClusterKey::load(remote.key_file.as_deref()) {
             Ok(k) => k,
             Err(e) => {
@@ -78,7 +85,7 @@ impl Announcer {
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("announce".into())
-            .spawn(move || run(&manager, key, &up, &s))
+            .spawn(move || run(&manager, key, up, &devices, &s))
             .map_err(|e| tracing::warn!("cannot start the thread announcing the vNode: {e}"))
             .ok()?;
         Some(Self {
@@ -108,7 +115,13 @@ fn wait(stop: &(Mutex<bool>, Condvar), d: Duration) -> bool {
     *guard
 }
 
-fn run(manager: &str, key: ClusterKey, up: &VnodeUp, stop: &(Mutex<bool>, Condvar)) {
+fn run(
+    manager: &str,
+    key: ClusterKey,
+    mut up: VnodeUp,
+    devices: &DeviceList,
+    stop: &(Mutex<bool>, Condvar),
+) {
     let config = ClientConfig {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(2),
@@ -120,7 +133,8 @@ fn run(manager: &str, key: ClusterKey, up: &VnodeUp, stop: &(Mutex<bool>, Condva
         if client.is_none() {
             client = ManagerClient::connect(manager, key.clone(), config.clone()).ok();
         }
-        let next = match client.as_ref().map(|c| c.vnode_up(up)) {
+        up.devices = device_lines(&devices.lock().unwrap_or_else(|e| e.into_inner()));
+        let next = match client.as_ref().map(|c| c.vnode_up(&up)) {
             Some(Ok(interval)) => {
                 if !reachable {
                     tracing::info!(

@@ -1,6 +1,7 @@
 //! legovmm's announcer against a real `lego-manager` process on loopback: a running vNode is
 //! listed with what it announced, forgotten at once when the announcer says it stopped, and
-//! forgotten after a few heartbeat intervals when it falls silent (a killed legovmm).
+//! forgotten after a few heartbeat intervals when it falls silent (a killed legovmm). A device
+//! added while it runs shows in the listing at the next announcement.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,7 +12,10 @@ use lego_monitor_client::proto::manager::VnodeUp;
 use lego_testkit::net::free_port;
 use lego_testkit::process::ChildGuard;
 use legovmm::announce::Announcer;
+use legovmm::api::control::LiveDevice;
+use legovmm::api::model::DeviceInfo;
 use legovmm::config::RemoteConfig;
+use std::sync::{Arc, Mutex};
 
 /// The workspace's `lego-manager`, built beside this test's executable.
 fn manager_bin() -> Option<std::path::PathBuf> {
@@ -30,6 +34,20 @@ fn up(vnode: u64) -> VnodeUp {
         memory_bytes: 1 << 30,
         devices: vec!["disk0: virtio-blk data.img".into()],
         started_unix_ms: 1,
+    }
+}
+
+fn device(id: &str, kind: &str, backing: &str) -> LiveDevice {
+    LiveDevice {
+        info: DeviceInfo {
+            id: id.into(),
+            kind: kind.into(),
+            backing: backing.into(),
+            read_only: false,
+            mmio_base: 0xd000_0000,
+            gsi: 5,
+        },
+        counters: None,
     }
 }
 
@@ -75,7 +93,8 @@ fn the_manager_lists_an_announced_vnode_until_it_stops() {
         memory: None,
         disk: None,
     };
-    let announcer = Announcer::start(&remote, up(7)).expect("announcing");
+    let devices = Arc::new(Mutex::new(vec![device("disk0", "virtio-blk", "data.img")]));
+    let announcer = Announcer::start(&remote, up(7), devices.clone()).expect("announcing");
     let listed = lego_testkit::wait::until(
         "vNode 7 listed",
         Duration::from_secs(10),
@@ -93,6 +112,27 @@ fn the_manager_lists_an_announced_vnode_until_it_stops() {
         running(&client).len(),
         1,
         "an announced vNode was forgotten"
+    );
+    // A hot-added device is listed at the next announcement.
+    devices
+        .lock()
+        .unwrap()
+        .push(device("disk1", "vhost-user-blk", "remote memory, 256 MiB"));
+    let listed = lego_testkit::wait::until(
+        "the added device listed",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let r = running(&client);
+            (r.first()?.up.devices.len() == 2).then_some(r)
+        },
+    );
+    assert_eq!(
+        listed[0].up.devices,
+        [
+            "disk0: virtio-blk data.img",
+            "disk1: vhost-user-blk remote memory, 256 MiB"
+        ]
     );
     drop(announcer);
     assert!(

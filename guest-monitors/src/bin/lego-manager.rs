@@ -117,17 +117,16 @@ fn run(args: Args) -> Result<(), DaemonError> {
     let store = FileStateStore::open(&state_dir).map_err(DaemonError::StateDir)?;
     let interval = settings.heartbeat_interval;
     let manager = Arc::new(Manager::new(settings, key.clone(), Box::new(store))?);
+    let service = ManagerService::new(manager.clone()).with_leases(leases.clone());
     let metrics = args
         .metrics
         .or(file.metrics)
-        .map(|addr| MetricsServer::start(&addr, metrics::manager_registry(manager.clone())))
+        .map(|addr| {
+            let registry = metrics::manager_registry(manager.clone(), service.running());
+            MetricsServer::start(&addr, registry)
+        })
         .transpose()?;
-    let server = daemon::serve(
-        &listen,
-        key,
-        Arc::new(ManagerService::new(manager.clone()).with_leases(leases.clone())),
-        ServerConfig::default(),
-    )?;
+    let server = daemon::serve(&listen, key, Arc::new(service), ServerConfig::default())?;
     tracing::info!(listen = %server.local_addr(), state_dir = %state_dir.display(),
         region_size = %ByteSize(manager.settings().region_size),
         vnode_lease_secs = lease.as_secs(), "manager serving");

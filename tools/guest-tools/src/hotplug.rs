@@ -67,6 +67,16 @@ impl Uevent {
         self.action == "online" && self.is_container()
     }
 
+    /// The kernel name (e.g. `vdb`) of a whole disk that appeared.
+    pub fn disk_added(&self) -> Option<&str> {
+        let var = |k: &str| self.vars.get(k).map(String::as_str);
+        (self.action == "add"
+            && var("SUBSYSTEM") == Some("block")
+            && var("DEVTYPE") == Some("disk"))
+        .then(|| var("DEVNAME"))
+        .flatten()
+    }
+
     fn is_container(&self) -> bool {
         self.vars.get("SUBSYSTEM").map(String::as_str) == Some("container")
     }
@@ -100,6 +110,16 @@ pub fn run() -> Result<(), HotplugError> {
                 }
                 Ok(_) => {}
                 Err(e) => println!("lego-hotplug: cannot probe {}: {e}", event.devpath),
+            }
+        }
+        if let Some(name) = event.disk_added() {
+            if is_hot_remote_memory(sys, &event.devpath, name) {
+                match swap_on(name) {
+                    Ok(()) => {
+                        println!("lego-hotplug: swap on /dev/{name} (hot-added remote memory)")
+                    }
+                    Err(e) => println!("lego-hotplug: cannot swap on /dev/{name}: {e}"),
+                }
             }
         }
         if event.wants_container_offline() {
@@ -282,6 +302,52 @@ fn dir_entries(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Whether the disk `name` at `devpath` (under `sys`) is remote memory (its virtio serial)
+/// in a hotplug slot (an ancestor's ACPI node sits in a container). Remote memory attached at
+/// boot is `/init`'s to swap on, not this daemon's.
+pub fn is_hot_remote_memory(sys: &Path, devpath: &str, name: &str) -> bool {
+    let serial = std::fs::read_to_string(sys.join("block").join(name).join("serial"));
+    if serial.map(|s| s.trim_end().to_string()).ok().as_deref() != Some(REMOTE_MEMORY_SERIAL) {
+        return false;
+    }
+    let mut dir = sys.join(devpath.trim_start_matches('/'));
+    while dir.starts_with(sys) && dir != sys {
+        if let Ok(node) = std::fs::canonicalize(dir.join("firmware_node")) {
+            return node
+                .components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with("ACPI0004:"));
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    false
+}
+
+/// The serial `lego-vhost-blk` gives remote memory devices.
+const REMOTE_MEMORY_SERIAL: &str = "lego-remote-memory";
+
+/// Formats `/dev/<name>` as swap and turns it on (waiting up to 2 s for the node).
+fn swap_on(name: &str) -> io::Result<()> {
+    let dev = format!("/dev/{name}");
+    for _ in 0..20 {
+        if Path::new(&dev).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for (tool, args) in [("mkswap", [dev.as_str()]), ("swapon", [dev.as_str()])] {
+        let out = std::process::Command::new(tool).args(args).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "{tool} {dev}: {}",
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Unmounts every file system on `/dev/<name>` (and its partitions) and turns off swap on it.
 fn release(name: &str) {
     let dev = format!("/dev/{name}");
@@ -377,5 +443,46 @@ DEVPATH=/devices/system/container/ACPI0004:01\0SUBSYSTEM=container\0EVENT=offlin
         std::fs::write(firmware.join("status"), "15\n").unwrap();
         assert_eq!(probe_unbound(s, hpc_path).unwrap(), ["LNRO0005:01"]);
         assert_eq!(read(s.join("bus/platform/drivers_probe")), "LNRO0005:01");
+    }
+
+    #[test]
+    fn only_remote_memory_in_a_slot_is_hot_remote_memory() {
+        let sys = tempfile::tempdir().unwrap();
+        let s = sys.path();
+        let acpi = s.join("devices/LNXSYSTM:00/ACPI0004:00/ACPI0004:01/LNRO0005:04");
+        let boot_acpi = s.join("devices/LNXSYSTM:00/LNRO0005:00");
+        std::fs::create_dir_all(&acpi).unwrap();
+        std::fs::create_dir_all(&boot_acpi).unwrap();
+        let disk = |platform: &str, firmware: &Path, name: &str, serial: &str| {
+            let pdev = s.join("devices/platform").join(platform);
+            std::fs::create_dir_all(pdev.join("virtio1/block").join(name)).unwrap();
+            std::os::unix::fs::symlink(firmware, pdev.join("firmware_node")).unwrap();
+            let b = s.join("block").join(name);
+            std::fs::create_dir_all(&b).unwrap();
+            std::fs::write(b.join("serial"), serial).unwrap();
+            format!("/devices/platform/{platform}/virtio1/block/{name}")
+        };
+        let hot = disk("LNRO0005:04", &acpi, "vdb", "lego-remote-memory\n");
+        let boot = disk("LNRO0005:00", &boot_acpi, "vda", "lego-remote-memory");
+        let hot_disk = disk("LNRO0005:05", &acpi, "vdc", "lego-vol-data");
+        assert!(is_hot_remote_memory(s, &hot, "vdb"));
+        assert!(
+            !is_hot_remote_memory(s, &boot, "vda"),
+            "boot-time memory is /init's"
+        );
+        assert!(
+            !is_hot_remote_memory(s, &hot_disk, "vdc"),
+            "a disk is not memory"
+        );
+        let add = Uevent::parse(
+            b"add@/devices/x/block/vdb\0ACTION=add\0SUBSYSTEM=block\0DEVTYPE=disk\0DEVNAME=vdb\0",
+        )
+        .unwrap();
+        assert_eq!(add.disk_added(), Some("vdb"));
+        let part = Uevent::parse(
+            b"add@/devices/x/block/vdb/vdb1\0ACTION=add\0SUBSYSTEM=block\0DEVTYPE=partition\0DEVNAME=vdb1\0",
+        )
+        .unwrap();
+        assert_eq!(part.disk_added(), None);
     }
 }

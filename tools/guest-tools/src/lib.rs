@@ -13,5 +13,6 @@ pub mod hotplug;
 pub mod linescan;
 pub mod memtest;
 pub mod pattern;
+pub mod power_button;
 pub mod procstatus;
 pub mod sysinfo;

@@ -24,6 +24,9 @@ enum Cmd {
     /// Run forever: let go of each hot-added device legovmm asks back (unmount, offline its
     /// ACPI slot, eject it), as udev rules would on a full distribution.
     Hotplugd,
+    /// Wait for the ACPI power button (vm.shutdown); on a press, stop every process so /init
+    /// unmounts the disks and powers off.
+    Powerd,
     /// Write the pattern of blocks 0..K under a seed to DEV, then fsync.
     DiskWrite {
         /// Block device or file.
@@ -123,6 +126,10 @@ fn fail(e: impl std::error::Error) -> ExitCode {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Hotplugd => match lego_guest_tools::hotplug::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Cmd::Powerd => match lego_guest_tools::power_button::run() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },

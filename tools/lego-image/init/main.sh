@@ -8,11 +8,16 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 lego_load_modules /etc/lego/modules
 # Lets go of hot-added devices when legovmm asks for them back (vm.remove-device).
 lego-guest-tools hotplugd &
+# Stops the workload when legovmm presses the power button (vm.shutdown).
+lego-guest-tools powerd &
 echo LEGO_GUEST_READY
 # Remote memory becomes swap, the remote disk is mounted at /mnt/remote.
 lego_attach_devices
 if ! lego_run "$(cat /proc/cmdline)"; then
     setsid cttyhack sh -l
+fi
+if [ -e /run/lego-power-button ]; then
+    echo "LEGO_POWER_BUTTON_STOP"
 fi
 # Unmount the remote disk cleanly (and turn swap off) so what was written there lasts.
 lego_detach_devices

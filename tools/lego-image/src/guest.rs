@@ -32,6 +32,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_blk",
     "pvpanic",
     "pvpanic-mmio",
+    // The ACPI power button and its input device, for `lego-guest-tools powerd`.
+    "button",
+    "evdev",
     "crc32c_generic",
     "ext4",
 ];
@@ -406,6 +409,9 @@ mod tests {
             "virtio_pci",
             "virtio_blk",
             "pvpanic-mmio",
+            // The ACPI power button and its input device, for `lego-guest-tools powerd`.
+            "button",
+            "evdev",
             "ext4",
         ] {
             assert!(o.modules.iter().any(|x| x == m), "{m}");

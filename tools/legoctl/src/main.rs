@@ -173,11 +173,15 @@ enum VnodeAction {
         #[arg(long)]
         vnode: u64,
     },
-    /// Shut a running vNode down through its API socket (on its compute host).
+    /// Shut a running vNode down through its API socket (on its compute host): the guest
+    /// gets the power button and --grace seconds to power off by itself.
     Stop {
         /// The vNode.
         #[arg(long)]
         vnode: u64,
+        /// Seconds the guest has to power off by itself before legovmm stops it (0: at once).
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        grace: u32,
     },
 }
 
@@ -194,8 +198,13 @@ enum VmAction {
     Pause,
     /// Let them run again.
     Resume,
-    /// End the vNode.
-    Shutdown,
+    /// End the vNode: the guest gets the power button and --grace seconds to power off by
+    /// itself, then legovmm stops it.
+    Shutdown {
+        /// Seconds the guest has to power off by itself (0: stop it at once).
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        grace: u32,
+    },
     /// Its Prometheus metrics.
     Metrics,
     /// Attach a disk (a file on legovmm's host) to the running vNode; prints the new device.
@@ -206,6 +215,13 @@ enum VmAction {
         /// The guest may only read it.
         #[arg(long)]
         read_only: bool,
+    },
+    /// Attach remote memory to the running vNode (the guest image swaps on it); prints the
+    /// new device.
+    AddRemoteMemory {
+        /// How much, e.g. 512M or 1G (whole MiB).
+        #[arg(long)]
+        size: String,
     },
     /// Attach one of the vNode's remote volumes (created with --size, else it must exist).
     AddRemoteDisk {
@@ -503,26 +519,32 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                     out(&format!("{}\n", serde_json::to_string_pretty(&running)?))
                 }
                 VnodeAction::List { json: false } => out(&legoctl::render::running(&running)),
-                VnodeAction::Info { vnode } | VnodeAction::Stop { vnode } => {
+                VnodeAction::Info { vnode } | VnodeAction::Stop { vnode, .. } => {
                     let r = running
                         .iter()
                         .find(|r| r.up.vnode == vnode)
                         .ok_or(CtlError::NotRunning(vnode))?;
-                    if let VnodeAction::Info { .. } = action {
-                        out(&format!("{}\n", serde_json::to_string_pretty(r)?));
-                    } else {
+                    if let VnodeAction::Stop { grace, .. } = action {
                         let socket = r.up.api_socket.as_ref().ok_or(CtlError::NoApi(vnode))?;
+                        let body = serde_json::json!({ "grace_s": grace }).to_string();
                         legoctl::api_client::call(
                             std::path::Path::new(socket),
                             "PUT",
                             "/api/v1/vm.shutdown",
-                            None,
+                            Some(&body),
                             timeout,
                         )?;
+                        let how = if grace == 0 {
+                            "is being stopped".to_string()
+                        } else {
+                            format!("has {grace} s to power off after its power button")
+                        };
                         out(&format!(
-                            "vNode {vnode} (pid {} on {}) is shutting down\n",
+                            "vNode {vnode} (pid {} on {}) {how}\n",
                             r.up.pid, r.up.host
                         ));
+                    } else {
+                        out(&format!("{}\n", serde_json::to_string_pretty(r)?));
                     }
                 }
             }
@@ -541,7 +563,10 @@ fn vm(socket: &std::path::Path, action: &VmAction, mut timeout: Duration) -> Res
         VmAction::Counters => ("GET", "/api/v1/vm.counters"),
         VmAction::Pause => ("PUT", "/api/v1/vm.pause"),
         VmAction::Resume => ("PUT", "/api/v1/vm.resume"),
-        VmAction::Shutdown => ("PUT", "/api/v1/vm.shutdown"),
+        VmAction::Shutdown { grace } => {
+            body = Some(serde_json::json!({ "grace_s": grace }).to_string());
+            ("PUT", "/api/v1/vm.shutdown")
+        }
         VmAction::Metrics => ("GET", "/metrics"),
         VmAction::AddDisk { path, read_only } => {
             body = Some(serde_json::json!({ "path": path, "read_only": read_only }).to_string());
@@ -552,6 +577,12 @@ fn vm(socket: &std::path::Path, action: &VmAction, mut timeout: Duration) -> Res
             // The backend places the volume through the manager first.
             timeout = timeout.max(Duration::from_secs(90));
             ("PUT", "/api/v1/vm.add-remote-disk")
+        }
+        VmAction::AddRemoteMemory { size } => {
+            body = Some(serde_json::json!({ "size": size }).to_string());
+            // The backend places the memory through the manager first.
+            timeout = timeout.max(Duration::from_secs(90));
+            ("PUT", "/api/v1/vm.add-remote-memory")
         }
         VmAction::RemoveDevice { id } => {
             body = Some(serde_json::json!({ "id": id }).to_string());

@@ -1,6 +1,22 @@
 # Shell functions for testbed jobs (busybox sh and bash). Jobs load them with
 #   . "$LEGO_TESTBED_LIB"
 
+# lego_pid_with WORD...: prints the pid of the first process whose command line holds every
+# WORD (from /proc; no pidof needed); returns 1 when there is none.
+lego_pid_with() {
+    for _pw_d in /proc/[0-9]*; do
+        _pw_all=yes
+        for _pw_w in "$@"; do
+            grep -qa -- "$_pw_w" "$_pw_d/cmdline" 2> /dev/null || { _pw_all=no; break; }
+        done
+        if [ "$_pw_all" = yes ]; then
+            echo "${_pw_d#/proc/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
 # lego_vnode NAME TRIES READY_SECS LEGOVMM_RUN_ARGS...
 # Runs `$LEGOVMM run LEGOVMM_RUN_ARGS...` with the guest console copied live to standard
 # output and to NAME.console, and legovmm's own messages in NAME.err (printed after each

@@ -10,8 +10,8 @@ use lego_devices::exit::{ExitNotifier, GuestExit};
 use lego_devices::virtio::block::request::counters::BlockCounters;
 
 use super::model::{
-    AddDisk, AddRemoteDisk, ConfigInfo, Counters, DeviceCounters, DeviceInfo, MemoryInfo,
-    PagingCounters, VmInfo, VmState,
+    AddDisk, AddRemoteDisk, AddRemoteMemory, ConfigInfo, Counters, DeviceCounters, DeviceInfo,
+    MemoryInfo, PagingCounters, ShutdownStarted, VmInfo, VmState,
 };
 use crate::hotplug::{DeviceList, Hotplug, HotplugError, NewDisk};
 use crate::paging::pause::{PauseError, PauseGate};
@@ -79,6 +79,7 @@ impl From<HotplugError> for HotplugErrorText {
             HotplugError::NoFreeSlot(_)
             | HotplugError::NotHotplugged(_)
             | HotplugError::NoCluster
+            | HotplugError::RemoteMemoryTaken(_)
             | HotplugError::PrivateRam => HotplugFailure::Conflict,
             HotplugError::Backend { .. } | HotplugError::VhostUser { .. } => {
                 HotplugFailure::Upstream
@@ -103,14 +104,17 @@ pub trait VmControl: Send + Sync {
     fn pause(&self) -> Result<(), ControlError>;
     /// Lets paused vCPUs run again.
     fn resume(&self) -> Result<(), ControlError>;
-    /// Ends the vNode (legovmm then exits with status 0).
-    fn shutdown(&self);
+    /// Ends the vNode (legovmm then exits with status 0): presses the power button and
+    /// stops the guest after `grace` unless it powers off first; a zero grace stops it now.
+    fn shutdown(&self, grace: Duration) -> ShutdownStarted;
     /// The figures in the Prometheus text format.
     fn metrics(&self) -> String;
     /// Attaches a disk to the running vNode.
     fn add_disk(&self, disk: &AddDisk) -> Result<DeviceInfo, ControlError>;
     /// Attaches the vNode's remote volume (created when a size is given).
     fn add_remote_disk(&self, disk: &AddRemoteDisk) -> Result<DeviceInfo, ControlError>;
+    /// Attaches `size` of the vNode's remote memory (swap in the guest image).
+    fn add_remote_memory(&self, memory: &AddRemoteMemory) -> Result<DeviceInfo, ControlError>;
     /// Detaches a device added through the API, once the guest has let go of it.
     fn remove_device(&self, id: &str) -> Result<(), ControlError>;
 }
@@ -187,6 +191,18 @@ impl LiveVm {
                 events,
                 hotplug,
             }),
+        }
+    }
+}
+
+impl LiveVm {
+    /// Ends the vNode now (`GuestExit::Shutdown`), waking vCPUs parked by a pause.
+    fn stop_now(&self, power_button: bool) -> ShutdownStarted {
+        self.inner.exit.notify(GuestExit::Shutdown);
+        self.inner.gate.release();
+        ShutdownStarted {
+            power_button,
+            grace_s: 0,
         }
     }
 }
@@ -274,10 +290,43 @@ impl VmControl for LiveVm {
         Ok(())
     }
 
-    fn shutdown(&self) {
-        tracing::info!("vNode shut down through the API");
-        self.inner.exit.notify(GuestExit::Shutdown);
-        self.inner.gate.release();
+    fn shutdown(&self, grace: Duration) -> ShutdownStarted {
+        let i = &self.inner;
+        // A paused guest cannot act on the button: it is stopped at once.
+        let pressed = !grace.is_zero()
+            && !i.gate.held()
+            && match &i.hotplug {
+                Some(h) => h
+                    .press_power_button()
+                    .map_err(|e| tracing::warn!("cannot press the power button: {e}"))
+                    .is_ok(),
+                None => false,
+            };
+        if !pressed {
+            tracing::info!("vNode shut down through the API");
+            return self.stop_now(false);
+        }
+        let secs = grace.as_secs() as u32;
+        tracing::info!("power button pressed through the API; the guest has {secs} s to power off");
+        i.events
+            .emit("power_button", serde_json::json!({ "grace_s": secs }));
+        let (exit, gate) = (i.exit.clone(), i.gate.clone());
+        let timer = std::thread::Builder::new()
+            .name("shutdown-grace".into())
+            .spawn(move || {
+                std::thread::sleep(grace);
+                tracing::info!("the guest did not power off within {secs} s; stopping it");
+                exit.notify(GuestExit::Shutdown);
+                gate.release();
+            });
+        if let Err(e) = timer {
+            tracing::warn!("cannot start the shutdown timer ({e}); stopping the vNode now");
+            return self.stop_now(true);
+        }
+        ShutdownStarted {
+            power_button: true,
+            grace_s: secs,
+        }
     }
 
     fn metrics(&self) -> String {
@@ -307,6 +356,23 @@ impl VmControl for LiveVm {
             .add_remote_disk(&disk.volume, size)
             .map_err(HotplugErrorText::from)?;
         tracing::info!(device = %info.id, volume = %disk.volume, "remote disk added through the API");
+        Ok(info)
+    }
+
+    fn add_remote_memory(&self, memory: &AddRemoteMemory) -> Result<DeviceInfo, ControlError> {
+        let hotplug = self.inner.hotplug.as_ref().ok_or(ControlError::NoHotplug)?;
+        let size = crate::config::parse_size(&memory.size)
+            .map_err(|e| ControlError::BadSize(e.to_string()))?;
+        if size == 0 || size % (1 << 20) != 0 {
+            return Err(ControlError::BadSize(format!(
+                "remote memory comes in whole MiB, not {} ({size} bytes)",
+                memory.size
+            )));
+        }
+        let info = hotplug
+            .add_remote_memory(size)
+            .map_err(HotplugErrorText::from)?;
+        tracing::info!(device = %info.id, size, "remote memory added through the API");
         Ok(info)
     }
 

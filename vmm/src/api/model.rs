@@ -167,6 +167,49 @@ pub struct AddRemoteDisk {
     pub size: Option<String>,
 }
 
+/// `vm.add-remote-memory`: how much of the vNode's remote memory to attach.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRemoteMemory {
+    /// Its size in whole MiB (e.g. "512M", "1G").
+    pub size: String,
+}
+
+/// How long `vm.shutdown` lets the guest power off by itself unless the request says.
+pub const DEFAULT_SHUTDOWN_GRACE_S: u32 = 30;
+
+/// `vm.shutdown`: the body is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    /// Seconds the guest has to power off by itself after the ACPI power button is pressed
+    /// before legovmm stops it; 0 stops it at once.
+    #[serde(default = "default_grace")]
+    pub grace_s: u32,
+}
+
+fn default_grace() -> u32 {
+    DEFAULT_SHUTDOWN_GRACE_S
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            grace_s: DEFAULT_SHUTDOWN_GRACE_S,
+        }
+    }
+}
+
+/// `vm.shutdown`'s answer: how the vNode is being ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownStarted {
+    /// Whether the guest was asked first (the power button); false when legovmm stops it at
+    /// once (a zero grace, a paused vNode, or no power button).
+    pub power_button: bool,
+    /// Seconds before legovmm stops the guest itself (0: now).
+    pub grace_s: u32,
+}
+
 /// `vm.remove-device`: the device to detach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -327,6 +370,25 @@ mod tests {
         let schema = &doc["components"]["schemas"]["AddRemoteDisk"];
         assert_eq!(keys(&remote), keys(&schema["properties"]));
         assert_eq!(schema["required"], serde_json::json!(["volume"]));
+        let memory = AddRemoteMemory { size: "1G".into() };
+        check(
+            &doc,
+            "AddRemoteMemory",
+            &serde_json::to_value(memory).unwrap(),
+        );
+        let shutdown = serde_json::to_value(Shutdown::default()).unwrap();
+        let schema = &doc["components"]["schemas"]["Shutdown"];
+        assert_eq!(keys(&shutdown), keys(&schema["properties"]));
+        assert_eq!(schema["required"], serde_json::json!([]));
+        let started = ShutdownStarted {
+            power_button: true,
+            grace_s: 30,
+        };
+        check(
+            &doc,
+            "ShutdownStarted",
+            &serde_json::to_value(started).unwrap(),
+        );
         let remove = RemoveDevice { id: "disk1".into() };
         check(&doc, "RemoveDevice", &serde_json::to_value(remove).unwrap());
         let ping = Ping {

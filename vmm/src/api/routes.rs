@@ -2,7 +2,9 @@
 //! [`VmControl`]; every error is a JSON body whose `error` reads as a sentence.
 
 use super::control::{ControlError, HotplugFailure, VmControl};
-use super::model::{AddDisk, AddRemoteDisk, ErrorBody, Ping, RemoveDevice};
+use super::model::{
+    AddDisk, AddRemoteDisk, AddRemoteMemory, ErrorBody, Ping, RemoveDevice, Shutdown,
+};
 
 /// The endpoints: method and path. `vmm/api/openapi.json` documents exactly these.
 pub const ENDPOINTS: &[(&str, &str)] = &[
@@ -14,6 +16,7 @@ pub const ENDPOINTS: &[(&str, &str)] = &[
     ("PUT", "/api/v1/vm.shutdown"),
     ("PUT", "/api/v1/vm.add-disk"),
     ("PUT", "/api/v1/vm.add-remote-disk"),
+    ("PUT", "/api/v1/vm.add-remote-memory"),
     ("PUT", "/api/v1/vm.remove-device"),
     ("GET", "/metrics"),
 ];
@@ -100,8 +103,16 @@ pub fn answer(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Answ
         "/api/v1/vm.pause" => acted(vm.pause()),
         "/api/v1/vm.resume" => acted(vm.resume()),
         "/api/v1/vm.shutdown" => {
-            vm.shutdown();
-            no_content()
+            let empty = body.iter().all(u8::is_ascii_whitespace);
+            let act = |s: Shutdown| {
+                let grace = std::time::Duration::from_secs(s.grace_s.into());
+                Ok(json(202, &vm.shutdown(grace)))
+            };
+            if empty {
+                act(Shutdown::default()).unwrap_or_else(failed)
+            } else {
+                with_body(body, "vm.shutdown", act)
+            }
         }
         "/api/v1/vm.add-disk" => with_body(body, "vm.add-disk", |d: AddDisk| {
             vm.add_disk(&d).map(|info| json(200, &info))
@@ -109,6 +120,11 @@ pub fn answer(method: &str, path: &str, body: &[u8], vm: &dyn VmControl) -> Answ
         "/api/v1/vm.add-remote-disk" => {
             with_body(body, "vm.add-remote-disk", |d: AddRemoteDisk| {
                 vm.add_remote_disk(&d).map(|info| json(200, &info))
+            })
+        }
+        "/api/v1/vm.add-remote-memory" => {
+            with_body(body, "vm.add-remote-memory", |m: AddRemoteMemory| {
+                vm.add_remote_memory(&m).map(|info| json(200, &info))
             })
         }
         "/api/v1/vm.remove-device" => with_body(body, "vm.remove-device", |r: RemoveDevice| {
@@ -178,6 +194,7 @@ mod tests {
     use crate::api::model::*;
     use std::collections::BTreeMap;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// A vNode that records what it was asked to do (the layer under the routes).
     #[derive(Default)]
@@ -236,8 +253,12 @@ mod tests {
             *p = false;
             Ok(())
         }
-        fn shutdown(&self) {
+        fn shutdown(&self, grace: Duration) -> ShutdownStarted {
             *self.shut_down.lock().unwrap() = true;
+            ShutdownStarted {
+                power_button: !grace.is_zero(),
+                grace_s: grace.as_secs() as u32,
+            }
         }
         fn metrics(&self) -> String {
             "lego_vm_paused 0\n".into()
@@ -264,6 +285,15 @@ mod tests {
             Err(ControlError::Hotplug(HotplugErrorText {
                 kind: HotplugFailure::Conflict,
                 message: format!("volume {} cannot be attached by this fake", disk.volume),
+            }))
+        }
+        fn add_remote_memory(&self, m: &AddRemoteMemory) -> Result<DeviceInfo, ControlError> {
+            Err(ControlError::Hotplug(HotplugErrorText {
+                kind: HotplugFailure::Conflict,
+                message: format!(
+                    "{} of remote memory cannot be attached by this fake",
+                    m.size
+                ),
             }))
         }
         fn remove_device(&self, id: &str) -> Result<(), ControlError> {
@@ -308,8 +338,20 @@ mod tests {
         assert_eq!(answer("PUT", "/api/v1/vm.resume", b"{}", &vm).status, 204);
         assert_eq!(answer("PUT", "/api/v1/vm.resume", b"", &vm).status, 409);
         assert!(!*vm.shut_down.lock().unwrap());
-        assert_eq!(answer("PUT", "/api/v1/vm.shutdown", b"", &vm).status, 204);
+        let a = answer("PUT", "/api/v1/vm.shutdown", b"", &vm);
+        assert_eq!(a.status, 202);
+        let started: ShutdownStarted = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(
+            started.grace_s, DEFAULT_SHUTDOWN_GRACE_S,
+            "the default grace"
+        );
         assert!(*vm.shut_down.lock().unwrap());
+        let a = answer("PUT", "/api/v1/vm.shutdown", br#"{"grace_s": 0}"#, &vm);
+        let started: ShutdownStarted = serde_json::from_str(&a.body).unwrap();
+        assert!(
+            !started.power_button,
+            "a zero grace stops the vNode at once"
+        );
     }
 
     #[test]
@@ -321,6 +363,9 @@ mod tests {
         let a = answer("GET", "/api/v1/vm.shutdown", b"", &vm);
         assert_eq!(a.status, 405);
         assert_eq!(error_of(&a), "/api/v1/vm.shutdown answers PUT, not GET.");
+        let a = answer("PUT", "/api/v1/vm.shutdown", br#"{"grace": 5}"#, &vm);
+        assert_eq!(a.status, 400);
+        assert!(error_of(&a).starts_with("The body is not a vm.shutdown request"));
         let a = answer("PUT", "/api/v1/vm.shutdown", b"{not json", &vm);
         assert_eq!(a.status, 400);
         assert!(error_of(&a).starts_with("The request body is not valid JSON"));

@@ -81,26 +81,29 @@ pub enum HotplugError {
         /// How long legovmm waited.
         secs: u64,
     },
-    /// The vNode has no id and manager to place a remote disk with.
-    #[error("this vNode has no --vnode and --manager, which a remote disk needs")]
+    /// The vNode has no id and manager to place a remote device with.
+    #[error("this vNode has no --vnode and --manager, which remote disks and remote memory need")]
     NoCluster,
     /// Guest RAM is private: no backend can map it.
-    #[error("a remote disk's backend must map guest RAM, which is private here; start the vNode with --memory-backing shared")]
+    #[error("a remote device's backend must map guest RAM, which is private here; start the vNode with --memory-backing shared")]
     PrivateRam,
-    /// The remote disk's backend did not come up.
-    #[error("cannot add the remote disk {volume}")]
+    /// The vNode's remote memory already has a user.
+    #[error("the vNode's remote memory is already in use by {0}; a vNode has one remote memory space, so it can be added only once and only when the vNode has no other")]
+    RemoteMemoryTaken(String),
+    /// A remote device's backend did not come up.
+    #[error("cannot add {what}")]
     Backend {
-        /// The volume.
-        volume: String,
+        /// The device ("the remote disk NAME", "remote memory").
+        what: String,
         /// Why.
         #[source]
         source: crate::backends::BackendError,
     },
     /// The backend came up but the device could not be set up.
-    #[error("cannot add the remote disk {volume}")]
+    #[error("cannot add {what}")]
     VhostUser {
-        /// The volume.
-        volume: String,
+        /// The device.
+        what: String,
         /// Why.
         #[source]
         source: lego_devices::vhost_user_frontend::VhostUserError,
@@ -142,8 +145,25 @@ pub type DeviceList = Arc<Mutex<Vec<LiveDevice>>>;
 struct Occupant {
     id: String,
     wired: WiredVirtio,
-    /// The backend of a remote disk, stopped after the device is gone.
+    /// The backend of a remote device, stopped after the device is gone.
     backend: Option<RemoteDevices>,
+    /// Whether it is the vNode's remote memory.
+    remote_memory: bool,
+}
+
+/// What serves a hot-added device besides legovmm: a remote device's backend.
+#[derive(Default)]
+struct Placed {
+    backend: Option<RemoteDevices>,
+    remote_memory: bool,
+}
+
+/// A remote device to add.
+enum RemoteKind {
+    /// The vNode's remote memory, this many bytes.
+    Memory(u64),
+    /// One of its volumes.
+    Disk(RemoteDisk),
 }
 
 /// What a remote disk added at run time needs: the vNode's place in the cluster, guest RAM a
@@ -236,7 +256,14 @@ impl Hotplug {
             mmio_base: window.base,
             gsi: window.gsi,
         };
-        self.plug(&mut occupants, n, wired, None, info, Some(counters))
+        self.plug(
+            &mut occupants,
+            n,
+            wired,
+            Placed::default(),
+            info,
+            Some(counters),
+        )
     }
 
     /// Adds a remote disk: starts a `lego-vhost-blk` backend for the vNode's volume `volume`
@@ -245,6 +272,51 @@ impl Hotplug {
         &self,
         volume: &str,
         size: Option<u64>,
+    ) -> Result<DeviceInfo, HotplugError> {
+        let disk = RemoteDisk {
+            name: volume.into(),
+            size,
+        };
+        self.add_remote(
+            RemoteKind::Disk(disk),
+            format!("the remote disk {volume}"),
+            format!("remote volume {volume}"),
+        )
+    }
+
+    /// Adds `size` bytes of the vNode's remote memory, placed by the manager, as a block
+    /// device the guest image swaps on (as on boot with `--remote-memory`). Only a vNode
+    /// whose remote memory has no other user can: it is one page space per vNode.
+    pub fn add_remote_memory(&self, size: u64) -> Result<DeviceInfo, HotplugError> {
+        let cluster = self
+            .remote
+            .cluster
+            .as_ref()
+            .ok_or(HotplugError::NoCluster)?;
+        if cluster.memory.is_some() {
+            return Err(HotplugError::RemoteMemoryTaken(
+                "its boot-time swap (--remote-memory)".into(),
+            ));
+        }
+        if self.remote.backend_faults.is_some() {
+            return Err(HotplugError::RemoteMemoryTaken(
+                "legovmm's paging of guest RAM (--local-memory)".into(),
+            ));
+        }
+        let mib = size >> 20;
+        self.add_remote(
+            RemoteKind::Memory(size),
+            format!("{mib} MiB of remote memory"),
+            format!("remote memory, {mib} MiB"),
+        )
+    }
+
+    /// Starts the backend of a remote device and hot-adds its vhost-user-blk device.
+    fn add_remote(
+        &self,
+        kind: RemoteKind,
+        what: String,
+        backing: String,
     ) -> Result<DeviceInfo, HotplugError> {
         let cluster = self
             .remote
@@ -256,24 +328,31 @@ impl Hotplug {
         }
         let mut occupants = lock(&self.occupants);
         self.reap(&mut occupants);
+        let is_memory = matches!(kind, RemoteKind::Memory(_));
+        if is_memory {
+            if let Some(o) = occupants.iter().flatten().find(|o| o.remote_memory) {
+                return Err(HotplugError::RemoteMemoryTaken(format!("device {}", o.id)));
+            }
+        }
         let n = free_slot(&occupants)?;
         let id = self.new_id();
+        let (memory, disk) = match kind {
+            RemoteKind::Memory(size) => (Some(size), None),
+            RemoteKind::Disk(d) => (None, Some(d)),
+        };
         let config = RemoteConfig {
-            memory: None,
-            disk: Some(RemoteDisk {
-                name: volume.into(),
-                size,
-            }),
+            memory,
+            disk,
             ..cluster.clone()
         };
         let dir = std::env::temp_dir().join(format!("legovmm-{}-{id}", std::process::id()));
         let backend =
             crate::backends::start_in(&config, dir).map_err(|source| HotplugError::Backend {
-                volume: volume.into(),
+                what: what.clone(),
                 source,
             })?;
         let vhost_err = |source| HotplugError::VhostUser {
-            volume: volume.into(),
+            what: what.clone(),
             source,
         };
         let socket = backend.sockets[0].socket.clone();
@@ -284,19 +363,23 @@ impl Hotplug {
                 self.events.clone(),
                 id.clone(),
             ));
-        let what = format!("hot-added remote disk {volume} as {id}");
+        let wiring = format!("hot-added {what} as {id}");
         let window = self.board.slots[n].0;
         let wired =
-            device_manager::wire_virtio(&self.vm, &self.mem, window, blk, &what, &self.rings)?;
+            device_manager::wire_virtio(&self.vm, &self.mem, window, blk, &wiring, &self.rings)?;
         let info = DeviceInfo {
             id,
             kind: "vhost-user-blk".into(),
-            backing: format!("remote volume {volume}"),
+            backing,
             read_only: false,
             mmio_base: window.base,
             gsi: window.gsi,
         };
-        self.plug(&mut occupants, n, wired, Some(backend), info, None)
+        let placed = Placed {
+            backend: Some(backend),
+            remote_memory: is_memory,
+        };
+        self.plug(&mut occupants, n, wired, placed, info, None)
     }
 
     /// A new device id (never reused while the vNode runs).
@@ -312,7 +395,7 @@ impl Hotplug {
         occupants: &mut [Option<Occupant>],
         n: usize,
         wired: WiredVirtio,
-        backend: Option<RemoteDevices>,
+        placed: Placed,
         info: DeviceInfo,
         counters: Option<Arc<BlockCounters>>,
     ) -> Result<DeviceInfo, HotplugError> {
@@ -321,7 +404,8 @@ impl Hotplug {
         occupants[n] = Some(Occupant {
             id: info.id.clone(),
             wired,
-            backend,
+            backend: placed.backend,
+            remote_memory: placed.remote_memory,
         });
         lock(&self.devices).push(LiveDevice {
             info: info.clone(),
@@ -333,6 +417,12 @@ impl Hotplug {
             serde_json::to_value(&info).unwrap_or_default(),
         );
         Ok(info)
+    }
+
+    /// Presses the vNode's ACPI power button: a guest that acts on it powers off by itself.
+    pub fn press_power_button(&self) -> Result<(), HotplugError> {
+        self.board.bits.press_power_button();
+        self.board.ged.write(1).map_err(HotplugError::Interrupt)
     }
 
     /// Asks the guest to let go of the hot-added device `id`, waits until it has (up to
@@ -379,7 +469,9 @@ impl Hotplug {
             if let Err(e) = device_manager::unwire_virtio(&self.vm, &o.wired) {
                 tracing::warn!("{}", lego_report::error_chain(&e));
             }
-            let Occupant { id, wired, backend } = o;
+            let Occupant {
+                id, wired, backend, ..
+            } = o;
             // The device goes before its backend: a remote disk's backend stops last.
             drop(wired);
             drop(backend);

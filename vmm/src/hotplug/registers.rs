@@ -1,8 +1,8 @@
 //! The hotplug controller's registers, which the DSDT's AML reads (see
 //! [`crate::acpi::HotplugAml`]): which slots are present, and which the VMM asks the guest to
-//! let go of. Whether the guest has let go is seen on the slot itself ([`super::slot`]).
+//! let go of, and whether the power button was pressed. Whether the guest has let go is seen on the slot itself ([`super::slot`]).
 
-use crate::acpi::hotplug_regs::{EJECT_REQUEST, PRESENT};
+use crate::acpi::hotplug_regs::{EJECT_REQUEST, EVENTS, POWER_BUTTON, PRESENT};
 use lego_devices::bus::BusDevice;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,6 +25,8 @@ struct Bits {
     awaiting: u32,
     /// Slots whose device the guest let go of, not yet taken out.
     released: u32,
+    /// Platform events the guest's `_EVT` has not read yet (the power button).
+    events: u32,
 }
 
 impl SlotBits {
@@ -77,6 +79,11 @@ impl SlotBits {
         true
     }
 
+    /// Presses the power button (the GED interrupt must follow).
+    pub fn press_power_button(&self) {
+        self.lock().events |= POWER_BUTTON;
+    }
+
     /// The slots the guest let go of that still hold a device, cleared as they are taken.
     pub fn take_released(&self) -> u32 {
         std::mem::take(&mut self.lock().released)
@@ -104,6 +111,7 @@ impl BusDevice for HotplugRegisters {
         let value = match offset {
             PRESENT => self.bits.lock().present,
             EJECT_REQUEST => std::mem::take(&mut self.bits.lock().eject_request),
+            EVENTS => std::mem::take(&mut self.bits.lock().events),
             _ => 0,
         };
         data.copy_from_slice(&value.to_le_bytes());
@@ -148,5 +156,16 @@ mod tests {
         let mut wide = [0u8; 8];
         r.read(PRESENT, &mut wide);
         assert_eq!(wide, [0; 8]);
+    }
+
+    #[test]
+    fn a_power_button_press_is_read_once() {
+        let bits = Arc::new(SlotBits::default());
+        let mut r = HotplugRegisters::new(bits.clone());
+        assert_eq!(read(&mut r, EVENTS), 0);
+        bits.press_power_button();
+        assert_eq!(read(&mut r, EVENTS), POWER_BUTTON);
+        assert_eq!(read(&mut r, EVENTS), 0, "read-to-clear");
+        assert_eq!(read(&mut r, PRESENT), 0, "a press puts nothing in a slot");
     }
 }

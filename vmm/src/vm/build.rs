@@ -326,10 +326,11 @@ pub fn tell_started(events: &EventLog, config: &VmConfig, devices: &Devices) {
     );
 }
 
-/// Announce: tells the manager the vNode runs (again every interval, and that it stopped when
-/// the returned announcer drops), when the vNode has an id.
-pub fn announce(config: &VmConfig, devices: &Devices) -> Option<crate::announce::Announcer> {
+/// Announce: tells the manager the vNode runs with the devices `devices` lists (again every
+/// interval, and that it stopped when the returned announcer drops), when the vNode has an id.
+pub fn announce(config: &VmConfig, devices: &DeviceList) -> Option<crate::announce::Announcer> {
     let remote = config.remote.as_ref()?;
-    let up = crate::announce::describe(config, remote.vnode, &devices.live);
-    crate::announce::Announcer::start(remote, up)
+    let list = devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let up = crate::announce::describe(config, remote.vnode, &list);
+    crate::announce::Announcer::start(remote, up, devices.clone())
 }

@@ -170,7 +170,7 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     )?;
     let vcpus = running::start_vcpus(vcpus, &exit, started)?;
     build::tell_started(&events, &config, &devices);
-    let announcer = build::announce(&config, &devices);
+    let announcer = build::announce(&config, &device_list);
     if let Some((p, _)) = &pager {
         p.arm();
     }
