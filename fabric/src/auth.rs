@@ -35,7 +35,7 @@ pub const KEY_ENV: &str = "LEGO_CLUSTER_KEY";
 pub const KEY_FILE_ENV: &str = "LEGO_CLUSTER_KEY_FILE";
 /// Length of a cluster key in bytes.
 pub const KEY_LEN: usize = 32;
-const NONCE_LEN: usize = 32;
+pub(crate) const NONCE_LEN: usize = 32;
 const INCARNATION_LEN: usize = 8;
 const PROOF_LEN: usize = 32;
 const SERVER_LABEL: &[u8] = b"lego-fabric/v1 server";
@@ -73,6 +73,9 @@ pub enum AuthError {
     /// The peer's proof of the cluster key was wrong.
     #[error("the peer failed to prove it holds the cluster key")]
     PeerFailedProof,
+    /// The server turned an authenticated peer away: it serves as many connections as it may.
+    #[error("the server has too many connections")]
+    TooManyConnections,
     /// The peer broke the handshake protocol.
     #[error("the peer broke the handshake protocol: {0}")]
     Protocol(String),
@@ -252,7 +255,7 @@ pub fn client_handshake<S: Read + Write>(
 ) -> Result<u64, AuthError> {
     let cn = nonce()?;
     write_frame(stream, &Header::new(opcode::HELLO, 0, 0, cn.len()), &cn)?;
-    let reply = read_frame_unbuffered(stream)?;
+    let reply = read_frame_unbuffered(stream, SERVER_REPLY_MAX_PAYLOAD)?;
     expect_reply(&reply, opcode::HELLO)?;
     let expected = NONCE_LEN + INCARNATION_LEN + PROOF_LEN;
     if reply.payload.len() != expected {
@@ -277,39 +280,58 @@ pub fn client_handshake<S: Read + Write>(
         &Header::new(opcode::AUTH, 1, 0, proof.len()),
         &proof,
     )?;
-    let done = read_frame_unbuffered(stream)?;
+    let done = read_frame_unbuffered(stream, SERVER_REPLY_MAX_PAYLOAD)?;
     expect_reply(&done, opcode::AUTH)?;
     let mut b = [0u8; INCARNATION_LEN];
     b.copy_from_slice(inc);
     Ok(u64::from_le_bytes(b))
 }
 
-/// Runs the server side of the handshake for a server of `incarnation`; on failure it has
-/// already sent the error frame (the caller closes the connection).
-pub fn server_handshake<S: Read + Write>(
-    stream: &mut S,
+/// The most payload a handshake frame may carry: a nonce, or the server's hello (nonce,
+/// incarnation, proof). A peer that announces more before it has authenticated is refused
+/// before anything is allocated for it.
+pub const HANDSHAKE_MAX_PAYLOAD: usize = 128;
+
+/// The most payload a client reads from a server during the handshake (its hello, or an
+/// error frame's sentence).
+const SERVER_REPLY_MAX_PAYLOAD: usize = 4096;
+
+/// The server refusing a handshake: why, and the error frame to send the peer first (none
+/// when the peer sent its own error).
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// Why.
+    pub error: AuthError,
+    /// The error frame to send before closing.
+    pub reply: Option<(ErrorCode, String)>,
+}
+
+impl Refusal {
+    fn new(error: AuthError, code: ErrorCode, message: &str) -> Self {
+        Self {
+            error,
+            reply: Some((code, message.into())),
+        }
+    }
+}
+
+/// The server's first step: its answer to the client's HELLO (header and payload to send)
+/// and the server nonce the client's proof must cover.
+pub(crate) fn answer_hello(
     key: &ClusterKey,
     incarnation: u64,
-) -> Result<(), AuthError> {
-    let refuse = |stream: &mut S, code: ErrorCode, msg: &str| {
-        let _ = write_connection_error(stream, code, msg);
-    };
-    let hello = match read_frame_unbuffered(stream) {
-        Ok(f) => f,
-        Err(e) => {
-            if !matches!(e, FrameError::Closed | FrameError::Io(_)) {
-                refuse(stream, crate::io::frame_error_code(&e), &error_chain(&e));
-            }
-            return Err(e.into());
-        }
-    };
+    hello: &crate::frame::Frame,
+) -> Result<(Header, Vec<u8>, [u8; NONCE_LEN]), Refusal> {
     if hello.header.opcode != opcode::HELLO || hello.payload.len() != NONCE_LEN {
         let msg = "the connection must start with a fabric HELLO carrying a 32-byte nonce";
-        refuse(stream, ErrorCode::Unauthenticated, msg);
-        return Err(AuthError::Protocol(msg.into()));
+        return Err(Refusal::new(
+            AuthError::Protocol(msg.into()),
+            ErrorCode::Unauthenticated,
+            msg,
+        ));
     }
     let cn = &hello.payload;
-    let sn = nonce()?;
+    let sn = nonce().map_err(|error| Refusal { error, reply: None })?;
     let inc = incarnation.to_le_bytes();
     let proof = key.mac(&[SERVER_LABEL, cn, &sn, &inc]);
     let mut body = Vec::with_capacity(NONCE_LEN + INCARNATION_LEN + PROOF_LEN);
@@ -318,37 +340,75 @@ pub fn server_handshake<S: Read + Write>(
     body.extend_from_slice(&proof);
     let mut h = Header::new(opcode::HELLO, hello.header.request_id, 0, body.len());
     h.flags = FLAG_RESPONSE;
-    write_frame(stream, &h, &body)?;
+    Ok((h, body, sn))
+}
 
-    let auth = match read_frame_unbuffered(stream) {
-        Ok(f) => f,
-        Err(e) => {
-            if !matches!(e, FrameError::Closed | FrameError::Io(_)) {
-                refuse(stream, crate::io::frame_error_code(&e), &error_chain(&e));
-            }
-            return Err(e.into());
-        }
-    };
+/// The server's second step: checks the client's AUTH (its proof over the client nonce `cn`
+/// and the server nonce `sn`); the header of the empty frame that tells the client it is in.
+pub(crate) fn check_auth(
+    key: &ClusterKey,
+    cn: &[u8],
+    sn: &[u8],
+    auth: &crate::frame::Frame,
+) -> Result<Header, Refusal> {
     if auth.header.opcode == opcode::ERROR {
-        return Err(AuthError::Rejected(RemoteError::from_wire(
-            auth.header.status,
-            &auth.payload,
-        )));
+        return Err(Refusal {
+            error: AuthError::Rejected(RemoteError::from_wire(auth.header.status, &auth.payload)),
+            reply: None,
+        });
     }
-    if auth.header.opcode != opcode::AUTH
-        || !key.verify_mac(&[CLIENT_LABEL, cn, &sn], &auth.payload)
+    if auth.header.opcode != opcode::AUTH || !key.verify_mac(&[CLIENT_LABEL, cn, sn], &auth.payload)
     {
-        refuse(
-            stream,
+        return Err(Refusal::new(
+            AuthError::PeerFailedProof,
             ErrorCode::Unauthenticated,
             "the client failed to prove it holds the cluster key",
-        );
-        return Err(AuthError::PeerFailedProof);
+        ));
     }
     let mut h = Header::new(opcode::AUTH, auth.header.request_id, 0, 0);
     h.flags = FLAG_RESPONSE;
-    write_frame(stream, &h, &[])?;
-    Ok(())
+    Ok(h)
+}
+
+/// The refusal for a handshake frame that could not be read: an error frame unless the peer
+/// is gone.
+pub(crate) fn refuse_frame(e: FrameError) -> Refusal {
+    let reply = (!matches!(e, FrameError::Closed | FrameError::Io(_)))
+        .then(|| (crate::io::frame_error_code(&e), error_chain(&e)));
+    Refusal {
+        error: e.into(),
+        reply,
+    }
+}
+
+/// Runs the server side of the handshake for a server of `incarnation` on a blocking
+/// stream (the fabric server drives the same steps without blocking); on failure it has
+/// already sent the error frame (the caller closes the connection).
+pub fn server_handshake<S: Read + Write>(
+    stream: &mut S,
+    key: &ClusterKey,
+    incarnation: u64,
+) -> Result<(), AuthError> {
+    let steps = |stream: &mut S| -> Result<(), Refusal> {
+        let hello = read_frame_unbuffered(stream, HANDSHAKE_MAX_PAYLOAD).map_err(refuse_frame)?;
+        let (h, body, sn) = answer_hello(key, incarnation, &hello)?;
+        write_frame(stream, &h, &body).map_err(|e| Refusal {
+            error: e.into(),
+            reply: None,
+        })?;
+        let auth = read_frame_unbuffered(stream, HANDSHAKE_MAX_PAYLOAD).map_err(refuse_frame)?;
+        let done = check_auth(key, &hello.payload, &sn, &auth)?;
+        write_frame(stream, &done, &[]).map_err(|e| Refusal {
+            error: e.into(),
+            reply: None,
+        })
+    };
+    steps(stream).map_err(|r| {
+        if let Some((code, msg)) = &r.reply {
+            let _ = write_connection_error(stream, *code, msg);
+        }
+        r.error
+    })
 }
 
 #[cfg(test)]
@@ -383,11 +443,12 @@ mod tests {
         // A man in the middle relays the real server's hello with another incarnation.
         let k2 = key.clone();
         let t = std::thread::spawn(move || {
-            let hello = read_frame_unbuffered(&mut b).expect("client hello");
+            let hello = read_frame_unbuffered(&mut b, HANDSHAKE_MAX_PAYLOAD).expect("client hello");
             let (mut c, mut d) = UnixStream::pair().expect("socketpair");
             let server = std::thread::spawn(move || server_handshake(&mut d, &k2, 5));
             write_frame(&mut c, &hello.header, &hello.payload).expect("relay hello");
-            let mut reply = read_frame_unbuffered(&mut c).expect("server hello");
+            let mut reply =
+                read_frame_unbuffered(&mut c, HANDSHAKE_MAX_PAYLOAD).expect("server hello");
             reply.payload[NONCE_LEN] ^= 1;
             write_frame(&mut b, &reply.header, &reply.payload).expect("relay reply");
             drop(c);
@@ -423,9 +484,9 @@ mod tests {
         let k2 = key.clone();
         let t = std::thread::spawn(move || server_handshake(&mut b, &k2, 1));
         write_frame(&mut a, &Header::new(opcode::HELLO, 0, 0, 32), &[5u8; 32]).expect("hello");
-        let _ = read_frame_unbuffered(&mut a).expect("server hello");
+        let _ = read_frame_unbuffered(&mut a, SERVER_REPLY_MAX_PAYLOAD).expect("server hello");
         write_frame(&mut a, &Header::new(opcode::AUTH, 1, 0, 32), &[0u8; 32]).expect("auth");
-        let err = read_frame_unbuffered(&mut a).expect("error frame");
+        let err = read_frame_unbuffered(&mut a, SERVER_REPLY_MAX_PAYLOAD).expect("error frame");
         assert_eq!(err.header.opcode, opcode::ERROR);
         assert_eq!(err.header.status, ErrorCode::Unauthenticated.to_u16());
         assert!(matches!(

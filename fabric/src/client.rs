@@ -298,7 +298,7 @@ impl Inner {
             let body = cap.to_bytes();
             let h = Header::new(opcode::ATTACH_CAPABILITY, id, cap.vnode, body.len());
             write_frame(&mut &stream, &h, &body)?;
-            let reply = read_frame_unbuffered(&mut &stream).map_err(|e| match e {
+            let reply = read_frame_unbuffered(&mut &stream, MAX_PAYLOAD).map_err(|e| match e {
                 FrameError::Io(e) => ClientError::Io(e),
                 e => ClientError::Disconnected(error_chain(&e)),
             })?;

@@ -151,9 +151,10 @@ impl Read for SpinRead<'_> {
     }
 }
 
-/// Reads exactly one frame without read-ahead (used during the handshake, before the
-/// buffered reader takes over). A timeout is reported as an I/O error.
-pub(crate) fn read_frame_unbuffered<R: Read>(r: &mut R) -> Result<Frame, FrameError> {
+/// Reads exactly one handshake frame without read-ahead (before the buffered reader takes
+/// over); a payload over `max` bytes is refused unread. A timeout is reported as an I/O
+/// error.
+pub(crate) fn read_frame_unbuffered<R: Read>(r: &mut R, max: usize) -> Result<Frame, FrameError> {
     let mut hb = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -171,6 +172,12 @@ pub(crate) fn read_frame_unbuffered<R: Read>(r: &mut R) -> Result<Frame, FrameEr
         }
     }
     let header = Header::decode(&hb)?;
+    if header.payload_len as usize > max {
+        return Err(FrameError::Oversized {
+            len: u64::from(header.payload_len),
+            max,
+        });
+    }
     let mut payload = vec![0u8; header.payload_len as usize];
     r.read_exact(&mut payload).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {

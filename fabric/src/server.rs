@@ -2,12 +2,12 @@
 //! calls a [`Handler`] for each service request.
 
 mod connection;
+mod gate;
 
 use lego_report::error_chain;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -64,8 +64,11 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServerConfig {
     /// Worker threads for [`Dispatch::Worker`] requests.
     pub workers: usize,
-    /// How long a new connection may take to authenticate.
+    /// How long a new connection may take to authenticate, its whole handshake.
     pub handshake_timeout: Duration,
+    /// Peers mid-handshake at most; beyond, the oldest is dropped for the newcomer (see
+    /// the handshake gate in `server/gate.rs`).
+    pub max_handshakes: usize,
     /// Connections beyond this are refused with `Unavailable`.
     pub max_connections: usize,
     /// Requests waiting for a worker beyond this are refused with `Unavailable`.
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
         ServerConfig {
             workers: 4,
             handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 4096,
             max_connections: 1024,
             max_queued: 4096,
             spin: Duration::ZERO,
@@ -246,7 +250,7 @@ impl Server {
         let listener = self.listener;
         let acceptor = std::thread::Builder::new()
             .name("fabric-accept".into())
-            .spawn(move || accept_loop(&listener, &shared))
+            .spawn(move || gate::run(&listener, &shared))
             .expect("the OS could not create the fabric acceptor thread");
         ServerHandle {
             addr: self.addr,
@@ -257,7 +261,7 @@ impl Server {
 
     /// Runs the server on this thread; it serves until the process ends.
     pub fn run(self) -> Result<(), ServerError> {
-        accept_loop(&self.listener, &self.shared);
+        gate::run(&self.listener, &self.shared);
         Ok(())
     }
 }
@@ -309,44 +313,8 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Waits until the listener is readable or 100 ms pass.
-fn wait_readable(listener: &TcpListener) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is a valid, initialized pollfd that outlives the call, and we pass a
-    // count of exactly one entry.
-    let rc = unsafe { libc::poll(&mut pfd, 1, 100) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        if let Err(e) = wait_readable(listener) {
-            tracing::error!(error = %error_chain(&e), "polling the fabric listener failed");
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => start_connection(shared, stream, peer),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                // Transient (aborted handshakes, descriptor exhaustion): keep serving.
-                tracing::warn!(error = %error_chain(&e), "accepting a fabric connection failed");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
+/// Gives an authenticated connection its thread (refused with `Unavailable` beyond
+/// [`ServerConfig::max_connections`]).
 fn start_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let setup = (|| -> io::Result<TcpStream> {
         stream.set_nonblocking(false)?;

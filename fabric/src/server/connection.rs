@@ -1,4 +1,4 @@
-//! One server connection: its handshake, its reader loop, capability checks, dispatch
+//! One authenticated server connection: its reader loop, capability checks, dispatch
 //! to the handler (inline or on the worker pool) and response batching.
 
 use lego_report::error_chain;
@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::{lock, Dispatch, Handler, RequestContext, Shared};
-use crate::auth::server_handshake;
 use crate::capability::{unix_now, Capability, Rights};
 use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{Frame, FrameError, Header, HEADER_LEN};
@@ -27,22 +26,10 @@ struct Conn {
     write_lock: Mutex<()>,
 }
 
-/// Authenticates the peer, then serves its frames until it leaves, breaks the protocol
-/// or the server stops.
+/// Serves an authenticated peer's frames until it leaves, breaks the protocol or the server
+/// stops (the handshake gate in `gate.rs` authenticated it).
 pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let cfg = &shared.config;
-    let ready = stream
-        .set_read_timeout(Some(cfg.handshake_timeout))
-        .and_then(|_| stream.set_write_timeout(Some(cfg.handshake_timeout)));
-    if let Err(e) = ready {
-        tracing::warn!(%peer, error = %error_chain(&e), "configuring a fabric connection failed");
-        return;
-    }
-    if let Err(e) = server_handshake(&mut &stream, &shared.key, shared.incarnation) {
-        tracing::info!(%peer, error = %error_chain(&e), "a fabric peer failed the handshake");
-        close_after_error(&stream);
-        return;
-    }
     if let Err(e) = stream
         .set_read_timeout(None)
         .and_then(|_| stream.set_write_timeout(Some(cfg.write_timeout)))
@@ -50,7 +37,6 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
         tracing::warn!(%peer, error = %error_chain(&e), "configuring a fabric connection failed");
         return;
     }
-    tracing::debug!(%peer, "fabric peer authenticated");
     let conn = Arc::new(Conn {
         stream,
         peer,
