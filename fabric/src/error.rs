@@ -29,11 +29,13 @@ pub enum ErrorCode {
     Unavailable = 9,
     /// An internal error happened on the serving side.
     Internal = 10,
+    /// Someone else holds the object (a vNode another legovmm runs).
+    Conflict = 11,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadFrame,
         ErrorCode::VersionMismatch,
         ErrorCode::Unauthenticated,
@@ -44,6 +46,7 @@ impl ErrorCode {
         ErrorCode::Io,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Conflict,
     ];
 
     /// The code's value on the wire.
@@ -70,6 +73,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Io => "an I/O error happened on the serving side",
             ErrorCode::Unavailable => "the service is unavailable",
             ErrorCode::Internal => "an internal error happened on the serving side",
+            ErrorCode::Conflict => "someone else holds the object",
         };
         f.write_str(text)
     }

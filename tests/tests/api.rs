@@ -65,6 +65,9 @@ ctl request PUT /api/v1/vm.pause '{not json' > bad_json.txt 2>&1
 ctl request GET /api/v1/vm.shutdown > bad_method.txt 2>&1
 ctl resume > resume_unpaused.txt 2>&1; echo "LEGO_RESUME_UNPAUSED_RC=$?"
 $LEGOVMM run --kernel vmlinuz --memory 128M --api-socket api.sock > second.txt 2>&1; echo "LEGO_SECOND_RC=$?"
+# A vNode runs once: a second legovmm for vNode 5 is refused before it touches anything.
+$LEGOVMM run --kernel vmlinuz --initrd initramfs.cpio --memory 128M --vnode 5 --manager $MANAGER \
+    > twin.txt 2>&1; echo "LEGO_TWIN_RC=$?"
 ctl pause > pause.txt 2>&1; echo "LEGO_PAUSE_RC=$?"
 ctl info > paused.json 2>&1
 sleep 0.5; before=$(ticks); sleep 4; after=$(ticks)
@@ -407,4 +410,20 @@ fn lifecycle_events_are_json_lines_in_order() {
         .map(|e| e["time_ms"].as_u64().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+}
+
+#[test]
+fn a_second_legovmm_for_a_running_vnode_is_refused() {
+    let r = results();
+    let all = console(r);
+    assert_eq!(marker(&all, "LEGO_TWIN_RC"), Some("1"), "{all}");
+    let twin = r.out.text("twin.txt");
+    let pid = r.out.json("ping.json")["pid"].clone();
+    assert!(
+        twin.contains(&format!("vNode 5 already runs: pid {pid} on ")),
+        "{twin}"
+    );
+    assert!(twin.contains("a vNode runs once"), "{twin}");
+    // The running vNode was not disturbed: it went on to pause, resume and stop cleanly.
+    r.out.assert_vnode_exit("api", 0);
 }

@@ -14,6 +14,7 @@ pub mod announce;
 pub mod api;
 pub mod backends;
 pub mod boot;
+pub mod claim;
 pub mod config;
 pub mod console;
 pub mod console_input;

@@ -1,7 +1,8 @@
 //! legovmm's announcer against a real `lego-manager` process on loopback: a running vNode is
 //! listed with what it announced, forgotten at once when the announcer says it stopped, and
 //! forgotten after a few heartbeat intervals when it falls silent (a killed legovmm). A device
-//! added while it runs shows in the listing at the next announcement.
+//! added while it runs shows in the listing at the next announcement. A vNode runs once: a
+//! second claim is refused while it runs, and a claim left by a killed process is waited out.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use lego_testkit::process::ChildGuard;
 use legovmm::announce::Announcer;
 use legovmm::api::control::LiveDevice;
 use legovmm::api::model::DeviceInfo;
+use legovmm::claim::{claim, ClaimError};
 use legovmm::config::RemoteConfig;
 use std::sync::{Arc, Mutex};
 
@@ -134,11 +136,54 @@ fn the_manager_lists_an_announced_vnode_until_it_stops() {
             "disk1: vhost-user-blk remote memory, 256 MiB"
         ]
     );
+    // A vNode runs once: another legovmm's claim on it is refused with who runs it.
+    let other = VnodeUp {
+        pid: std::process::id() + 1,
+        ..up(7)
+    };
+    match claim(&remote, &other) {
+        Err(ClaimError::Held {
+            vnode, pid, host, ..
+        }) => {
+            assert_eq!((vnode, pid), (7, std::process::id()));
+            assert_eq!(host, legovmm::announce::host_name());
+        }
+        Ok(_) => panic!("a second legovmm claimed a running vNode"),
+    }
     drop(announcer);
     assert!(
         running(&client).is_empty(),
         "a stopped vNode is still listed"
     );
+    // Once it stopped, the vNode can be claimed; dropping the claim says it stopped.
+    let claimed = claim(&remote, &other).expect("claim a stopped vNode");
+    assert_eq!(running(&client)[0].up.pid, other.pid);
+    drop(claimed);
+    assert!(
+        running(&client).is_empty(),
+        "a dropped claim is still listed"
+    );
+
+    // A claim held by a process of this host that is gone (killed: it never said it
+    // stopped) is waited out until the manager forgets it, then taken.
+    let mut gone = Command::new("true").spawn().expect("spawn true");
+    let gone_pid = gone.id();
+    gone.wait().expect("wait");
+    client
+        .vnode_up(&VnodeUp {
+            pid: gone_pid,
+            ..up(9)
+        })
+        .expect("announce for a dead process");
+    let mine = VnodeUp { vnode: 9, ..up(7) };
+    let remote9 = RemoteConfig {
+        vnode: 9,
+        ..remote.clone()
+    };
+    let _claimed = claim(&remote9, &mine).expect("a dead holder is waited out");
+    let r = running(&client);
+    assert_eq!((r[0].up.vnode, r[0].up.pid), (9, std::process::id()));
+    drop(_claimed);
 
     // A vNode that falls silent (its legovmm killed: no VNODE_DOWN) is forgotten.
     client.vnode_up(&up(8)).expect("announce 8");

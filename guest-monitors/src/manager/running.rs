@@ -52,26 +52,46 @@ impl RunningVnodes {
         self.forget_after
     }
 
-    /// Records an announcement; returns the interval to announce again at.
-    pub fn up(&self, up: VnodeUp) -> Duration {
+    /// Records an announcement; returns the interval to announce again at. A vNode runs
+    /// once: while another legovmm (another pid or host) announces it and has not fallen
+    /// silent, the announcement is refused with the running one.
+    pub fn up(&self, up: VnodeUp) -> Result<Duration, RunningVnode> {
         let mut entries = self.lock();
         match entries.get(&up.vnode) {
             None => {
                 tracing::info!(vnode = up.vnode, host = %up.host, pid = up.pid, "vNode running")
             }
-            Some((old, _)) if old.pid != up.pid || old.host != up.host => tracing::warn!(
-                vnode = up.vnode,
-                "vNode {} now announced by pid {} on {} (was pid {} on {})",
-                up.vnode,
-                up.pid,
-                up.host,
-                old.pid,
-                old.host
-            ),
+            Some((old, seen)) if old.pid != up.pid || old.host != up.host => {
+                let silent = seen.elapsed();
+                if silent <= self.forget_after {
+                    tracing::warn!(
+                        vnode = up.vnode,
+                        "refused vNode {} to pid {} on {}: pid {} on {} runs it",
+                        up.vnode,
+                        up.pid,
+                        up.host,
+                        old.pid,
+                        old.host
+                    );
+                    return Err(RunningVnode {
+                        up: old.clone(),
+                        last_seen_ms: silent.as_millis() as u64,
+                    });
+                }
+                tracing::warn!(
+                    vnode = up.vnode,
+                    "vNode {} now runs as pid {} on {} (pid {} on {} fell silent)",
+                    up.vnode,
+                    up.pid,
+                    up.host,
+                    old.pid,
+                    old.host
+                );
+            }
             Some(_) => {}
         }
         entries.insert(up.vnode, (up, Instant::now()));
-        self.interval
+        Ok(self.interval)
     }
 
     /// Forgets a stopped vNode (unless another instance announced it since).
@@ -138,8 +158,8 @@ mod tests {
             RunningVnodes::new(Duration::from_millis(20), 3).forget_after(),
             MIN_FORGET
         );
-        assert_eq!(r.up(up(1, 10)), Duration::from_millis(20));
-        r.up(up(2, 20));
+        assert_eq!(r.up(up(1, 10)), Ok(Duration::from_millis(20)));
+        r.up(up(2, 20)).unwrap();
         assert_eq!(r.list().len(), 2);
         // A stale DOWN (another pid) does not forget the running instance.
         r.down(&VnodeDown {
@@ -158,5 +178,28 @@ mod tests {
         assert_eq!(left[0].up, up(2, 20));
         std::thread::sleep(Duration::from_millis(80));
         assert!(r.list().is_empty(), "a silent vNode was kept");
+    }
+
+    #[test]
+    fn a_vnode_runs_once_until_its_legovmm_stops_or_falls_silent() {
+        let r =
+            RunningVnodes::with_forget_after(Duration::from_millis(20), Duration::from_millis(60));
+        r.up(up(1, 10)).unwrap();
+        let held = r
+            .up(up(1, 11))
+            .expect_err("a second legovmm took a running vNode");
+        assert_eq!(held.up, up(1, 10));
+        r.up(up(1, 10)).expect("the running one announces again");
+        // Once it stops, another may run it.
+        r.down(&VnodeDown {
+            vnode: 1,
+            pid: 10,
+            host: "h1".into(),
+        });
+        r.up(up(1, 11)).expect("after VNODE_DOWN");
+        // Once it falls silent (killed), too.
+        std::thread::sleep(Duration::from_millis(80));
+        r.up(up(1, 12)).expect("after silence");
+        assert_eq!(r.list()[0].up.pid, 12);
     }
 }

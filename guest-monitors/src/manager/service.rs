@@ -92,7 +92,16 @@ impl ManagerService {
                         "vNode 0 is the cluster, not a vNode",
                     ));
                 }
-                let interval = self.running.up(up);
+                let vnode = up.vnode;
+                let interval = self.running.up(up).map_err(|held| {
+                    RemoteError::new(
+                        ErrorCode::Conflict,
+                        format!(
+                            "vNode {vnode} already runs: pid {} on {} announced it {} ms ago",
+                            held.up.pid, held.up.host, held.last_seen_ms
+                        ),
+                    )
+                })?;
                 to_json(&m::VnodeUpAck {
                     interval_ms: interval.as_millis() as u64,
                 })

@@ -326,6 +326,16 @@ pub fn tell_started(events: &EventLog, config: &VmConfig, devices: &Devices) {
     );
 }
 
+/// Claims the vNode id at the manager before anything of the vNode is placed or touched (a
+/// vNode runs once; see [`crate::claim`]), when the vNode has an id.
+pub fn claim(config: &VmConfig) -> Result<Option<crate::claim::Claim>, crate::claim::ClaimError> {
+    let Some(remote) = config.remote.as_ref() else {
+        return Ok(None);
+    };
+    let up = crate::announce::describe(config, remote.vnode, &[]);
+    crate::claim::claim(remote, &up).map(Some)
+}
+
 /// Announce: tells the manager the vNode runs with the devices `devices` lists (again every
 /// interval, and that it stopped when the returned announcer drops), when the vNode has an id.
 pub fn announce(config: &VmConfig, devices: &DeviceList) -> Option<crate::announce::Announcer> {

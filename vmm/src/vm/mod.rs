@@ -103,6 +103,9 @@ pub enum VmError {
     /// The event log could not be opened.
     #[error(transparent)]
     Events(#[from] crate::events::EventsError),
+    /// Another legovmm runs the vNode.
+    #[error(transparent)]
+    Claim(#[from] crate::claim::ClaimError),
 }
 
 /// Boots `config` on the KVM at `kvm_path` and runs it to the end.
@@ -113,6 +116,7 @@ pub enum VmError {
 pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let started = Instant::now();
     build::preflight(config)?;
+    let _claim = build::claim(config)?;
     let events = Arc::new(EventLog::from_config(config.events.as_deref())?);
     let kvm = build::open_kvm(kvm_path)?;
     let (config, _remote) = build::start_remote_backends(config)?;
