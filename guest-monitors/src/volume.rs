@@ -1,5 +1,8 @@
-//! The storage monitor's volume store: one sparse file per volume under the data folder, plus a
-//! small metadata file naming its owner vNode.
+//! The storage monitor's volume store: one sparse file per volume, plus a small metadata file
+//! naming its owner vNode, in a folder per vNode (`vnode-N/NAME.vol`, `vnode-N/NAME.meta`), so
+//! volume names are per vNode: two vNodes may both have a volume `root` on one monitor.
+//! Volumes kept by earlier versions directly in the data folder move into their owner's folder
+//! when the store opens.
 //!
 //! Requests are stateless, by (volume name, offset), as in LegoOS's storage monitor. Writes go to
 //! the page cache; `flush` is `fdatasync`, so a flushed write survives a crash of the monitor.
@@ -35,8 +38,8 @@ pub enum VolumeError {
     /// The volume exists already.
     #[error("the volume '{0}' exists already")]
     Exists(String),
-    /// Another vNode owns the volume.
-    #[error("the volume '{name}' belongs to another vNode than {vnode}")]
+    /// The volume's metadata names another owner than the vNode whose folder holds it.
+    #[error("the volume '{name}' in the folder of vNode {vnode} names another owner")]
     NotOwner {
         /// The volume.
         name: String,
@@ -96,10 +99,16 @@ struct Volume {
     meta: RwLock<VolumeMeta>,
 }
 
+/// A volume's key: its owner vNode and its name.
+type VolumeKey = (u64, String);
+
+/// Prefix of each vNode's folder.
+const VNODE_DIR_PREFIX: &str = "vnode-";
+
 /// All volumes of one storage monitor.
 pub struct VolumeStore {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Arc<Volume>>>,
+    open: Mutex<HashMap<VolumeKey, Arc<Volume>>>,
     /// Serializes create/resize/delete (the rare metadata operations).
     admin: Mutex<()>,
 }
@@ -120,15 +129,18 @@ pub fn validate_name(name: &str) -> Result<(), VolumeError> {
 }
 
 impl VolumeStore {
-    /// Opens the store in `dir`, creating the folder if needed and checking it is writable.
+    /// Opens the store in `dir`, creating the folder if needed and checking it is writable;
+    /// volumes an earlier version kept directly in `dir` move into their owner's folder.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, VolumeError> {
         let dir = dir.into();
         fsutil::check_writable_dir(&dir)?;
-        Ok(Self {
+        let s = Self {
             dir,
             open: Mutex::new(HashMap::new()),
             admin: Mutex::new(()),
-        })
+        };
+        s.adopt_flat_volumes()?;
+        Ok(s)
     }
 
     /// The data folder.
@@ -136,12 +148,71 @@ impl VolumeStore {
         &self.dir
     }
 
-    fn data_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.{DATA_EXT}"))
+    fn vnode_dir(&self, vnode: u64) -> PathBuf {
+        self.dir.join(format!("{VNODE_DIR_PREFIX}{vnode}"))
     }
 
-    fn meta_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.{META_EXT}"))
+    fn data_path(&self, vnode: u64, name: &str) -> PathBuf {
+        self.vnode_dir(vnode).join(format!("{name}.{DATA_EXT}"))
+    }
+
+    fn meta_path(&self, vnode: u64, name: &str) -> PathBuf {
+        self.vnode_dir(vnode).join(format!("{name}.{META_EXT}"))
+    }
+
+    /// Moves volumes of the flat layout (`NAME.meta` and `NAME.vol` in the data folder) into
+    /// their owner's folder: data first, metadata last, so a crash in between leaves the
+    /// volume where the next open finds it (its metadata still in the old place).
+    fn adopt_flat_volumes(&self) -> Result<(), VolumeError> {
+        let rd = std::fs::read_dir(&self.dir).map_err(Self::io_err("list the folder of", "*"))?;
+        let mut moved = 0;
+        for entry in rd.flatten() {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+                continue;
+            };
+            if validate_name(name).is_err() {
+                continue;
+            }
+            let flat_meta = self.dir.join(format!("{name}.{META_EXT}"));
+            let flat_data = self.dir.join(format!("{name}.{DATA_EXT}"));
+            let bytes =
+                std::fs::read(&flat_meta).map_err(Self::io_err("read the metadata of", name))?;
+            let meta: VolumeMeta =
+                serde_json::from_slice(&bytes).map_err(|source| VolumeError::BadMeta {
+                    name: name.to_string(),
+                    source,
+                })?;
+            self.make_vnode_dir(meta.owner)?;
+            if self.meta_path(meta.owner, name).exists() {
+                tracing::warn!(volume = name, vnode = meta.owner, "a volume of the old layout has the name of one in its owner's folder: left where it is");
+                continue;
+            }
+            if flat_data.exists() {
+                std::fs::rename(&flat_data, self.data_path(meta.owner, name))
+                    .map_err(Self::io_err("move", name))?;
+            }
+            fsutil::fsync_dir(&self.vnode_dir(meta.owner))?;
+            std::fs::rename(&flat_meta, self.meta_path(meta.owner, name))
+                .map_err(Self::io_err("move the metadata of", name))?;
+            fsutil::fsync_dir(&self.vnode_dir(meta.owner))?;
+            fsutil::fsync_dir(&self.dir)?;
+            moved += 1;
+        }
+        if moved > 0 {
+            tracing::info!(moved, dir = %self.dir.display(), "volumes moved into per-vNode folders");
+        }
+        Ok(())
+    }
+
+    /// Creates vNode `vnode`'s folder if it does not exist (durably).
+    fn make_vnode_dir(&self, vnode: u64) -> Result<(), VolumeError> {
+        let d = self.vnode_dir(vnode);
+        match std::fs::create_dir(&d) {
+            Ok(()) => Ok(fsutil::fsync_dir(&self.dir)?),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Self::io_err("create the folder of", "*")(e)),
+        }
     }
 
     fn io_err<'a>(
@@ -155,8 +226,8 @@ impl VolumeStore {
         }
     }
 
-    fn read_meta(&self, name: &str) -> Result<VolumeMeta, VolumeError> {
-        let bytes = match std::fs::read(self.meta_path(name)) {
+    fn read_meta(&self, vnode: u64, name: &str) -> Result<VolumeMeta, VolumeError> {
+        let bytes = match std::fs::read(self.meta_path(vnode, name)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(VolumeError::NotFound(name.to_string()))
@@ -174,21 +245,29 @@ impl VolumeStore {
             name: name.to_string(),
             source,
         })?;
-        fsutil::write_atomic(&self.meta_path(name), &bytes)?;
+        fsutil::write_atomic(&self.meta_path(meta.owner, name), &bytes)?;
         Ok(())
     }
 
-    fn get(&self, name: &str) -> Result<Arc<Volume>, VolumeError> {
+    /// Looks up vNode `vnode`'s volume `name` (opening it on first use).
+    fn owned(&self, vnode: u64, name: &str) -> Result<Arc<Volume>, VolumeError> {
         validate_name(name)?;
+        let key = (vnode, name.to_string());
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = open.get(name) {
+        if let Some(v) = open.get(&key) {
             return Ok(v.clone());
         }
-        let meta = self.read_meta(name)?;
+        let meta = self.read_meta(vnode, name)?;
+        if meta.owner != vnode {
+            return Err(VolumeError::NotOwner {
+                name: name.to_string(),
+                vnode,
+            });
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(self.data_path(name))
+            .open(self.data_path(vnode, name))
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => VolumeError::NotFound(name.to_string()),
                 _ => Self::io_err("open", name)(e),
@@ -197,20 +276,7 @@ impl VolumeStore {
             file,
             meta: RwLock::new(meta),
         });
-        open.insert(name.to_string(), v.clone());
-        Ok(v)
-    }
-
-    /// Looks up a volume and checks that `vnode` owns it.
-    fn owned(&self, vnode: u64, name: &str) -> Result<Arc<Volume>, VolumeError> {
-        let v = self.get(name)?;
-        let owner = v.meta.read().unwrap_or_else(|e| e.into_inner()).owner;
-        if owner != vnode {
-            return Err(VolumeError::NotOwner {
-                name: name.to_string(),
-                vnode,
-            });
-        }
+        open.insert(key, v.clone());
         Ok(v)
     }
 
@@ -229,10 +295,11 @@ impl VolumeStore {
     pub fn create(&self, vnode: u64, name: &str, size: u64) -> Result<VolumeInfo, VolumeError> {
         validate_name(name)?;
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        if self.meta_path(name).exists() {
+        if self.meta_path(vnode, name).exists() {
             return Err(VolumeError::Exists(name.to_string()));
         }
-        let path = self.data_path(name);
+        self.make_vnode_dir(vnode)?;
+        let path = self.data_path(vnode, name);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -252,19 +319,14 @@ impl VolumeStore {
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), v);
+            .insert((vnode, name.to_string()), v);
         tracing::info!(volume = name, vnode, size, "volume created");
         Ok(info)
     }
 
-    /// Describes a volume owned by `vnode` (`vnode` 0, cluster-level, may describe any).
+    /// Describes vNode `vnode`'s volume `name`.
     pub fn stat(&self, vnode: u64, name: &str) -> Result<VolumeInfo, VolumeError> {
-        let v = if vnode == 0 {
-            self.get(name)?
-        } else {
-            self.owned(vnode, name)?
-        };
-        Self::info(name, &v)
+        Self::info(name, &*self.owned(vnode, name)?)
     }
 
     /// Changes a volume's size (growing is sparse; shrinking drops the tail).
@@ -290,39 +352,65 @@ impl VolumeStore {
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         self.owned(vnode, name)?;
         // Metadata first: a crash in between leaves an orphan data file, never a volume without data.
-        std::fs::remove_file(self.meta_path(name))
+        std::fs::remove_file(self.meta_path(vnode, name))
             .map_err(Self::io_err("delete the metadata of", name))?;
-        std::fs::remove_file(self.data_path(name)).map_err(Self::io_err("delete", name))?;
-        fsutil::fsync_dir(&self.dir)?;
+        std::fs::remove_file(self.data_path(vnode, name)).map_err(Self::io_err("delete", name))?;
+        fsutil::fsync_dir(&self.vnode_dir(vnode))?;
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+            .remove(&(vnode, name.to_string()));
         tracing::info!(volume = name, vnode, "volume deleted");
         Ok(())
     }
 
-    /// Lists volumes owned by `vnode` (all volumes for `vnode` 0).
-    pub fn list(&self, vnode: u64) -> Result<Vec<VolumeInfo>, VolumeError> {
+    /// The vNodes that have a folder here.
+    fn vnodes(&self) -> Result<Vec<u64>, VolumeError> {
         let rd = std::fs::read_dir(&self.dir).map_err(Self::io_err("list the folder of", "*"))?;
+        Ok(rd
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix(VNODE_DIR_PREFIX)?
+                    .parse()
+                    .ok()
+            })
+            .filter(|&v| v != 0)
+            .collect())
+    }
+
+    /// Lists the volumes of `vnode` (of every vNode for `vnode` 0), by owner then name.
+    pub fn list(&self, vnode: u64) -> Result<Vec<VolumeInfo>, VolumeError> {
+        let vnodes = if vnode == 0 {
+            self.vnodes()?
+        } else {
+            vec![vnode]
+        };
         let mut out = Vec::new();
-        for entry in rd.flatten() {
-            let file_name = entry.file_name();
-            let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
-                continue;
+        for v in vnodes {
+            let rd = match std::fs::read_dir(self.vnode_dir(v)) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::io_err("list the folder of", "*")(e)),
             };
-            if validate_name(name).is_err() {
-                continue;
-            }
-            match self.get(name).and_then(|v| Self::info(name, &v)) {
-                Ok(info) if vnode == 0 || info.owner == vnode => out.push(info),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(volume = name, error = %lego_report::error_chain(&e), "skipping unreadable volume")
+            for entry in rd.flatten() {
+                let file_name = entry.file_name();
+                let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+                    continue;
+                };
+                if validate_name(name).is_err() {
+                    continue;
+                }
+                match self.owned(v, name).and_then(|vol| Self::info(name, &vol)) {
+                    Ok(info) => out.push(info),
+                    Err(e) => {
+                        tracing::warn!(volume = name, vnode = v, error = %lego_report::error_chain(&e), "skipping unreadable volume")
+                    }
                 }
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| (a.owner, &a.name).cmp(&(b.owner, &b.name)));
         Ok(out)
     }
 
@@ -541,17 +629,50 @@ mod tests {
     }
 
     #[test]
-    fn owner_is_enforced() {
+    fn names_are_per_vnode() {
         let (_d, s) = store();
-        s.create(1, "a", 4096).expect("create");
-        let e = s.read(2, "a", 0, 1).expect_err("other vnode");
-        assert!(matches!(e, VolumeError::NotOwner { .. }), "{e}");
-        assert!(s.write(2, "a", 0, b"x", false).is_err());
-        assert!(s.delete(2, "a").is_err());
-        assert!(s.resize(2, "a", 1).is_err());
-        assert_eq!(s.list(2).expect("list").len(), 0);
-        assert_eq!(s.list(1).expect("list").len(), 1);
-        assert_eq!(s.stat(0, "a").expect("admin stat").owner, 1);
+        s.create(1, "root", 4096).expect("create for vNode 1");
+        s.create(2, "root", 8192)
+            .expect("the same name for vNode 2");
+        s.write(1, "root", 0, b"one", false).expect("write 1");
+        s.write(2, "root", 0, b"two", false).expect("write 2");
+        assert_eq!(s.read(1, "root", 0, 3).expect("read 1"), b"one");
+        assert_eq!(s.read(2, "root", 0, 3).expect("read 2"), b"two");
+        let e = s.read(3, "root", 0, 1).expect_err("vNode 3 has no root");
+        assert!(matches!(e, VolumeError::NotFound(_)), "{e}");
+        assert!(s.write(3, "root", 0, b"x", false).is_err());
+        assert!(s.delete(3, "root").is_err());
+        s.delete(1, "root").expect("delete vNode 1's root");
+        assert_eq!(
+            s.read(2, "root", 0, 3)
+                .expect("vNode 2's root is untouched"),
+            b"two"
+        );
+        assert_eq!(s.list(1).expect("list").len(), 0);
+        let all = s.list(0).expect("list all");
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].owner, all[0].size), (2, 8192));
+    }
+
+    #[test]
+    fn volumes_of_the_flat_layout_move_into_their_owners_folder() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for (name, owner) in [("root", 4u64), ("data", 9)] {
+            std::fs::write(d.path().join(format!("{name}.vol")), name.as_bytes()).expect("data");
+            let meta = serde_json::to_vec(&VolumeMeta { owner, size: 4 }).expect("json");
+            std::fs::write(d.path().join(format!("{name}.meta")), meta).expect("meta");
+        }
+        let s = VolumeStore::open(d.path()).expect("open");
+        assert_eq!(s.read(4, "root", 0, 4).expect("root"), b"root");
+        assert_eq!(s.read(9, "data", 0, 4).expect("data"), b"data");
+        assert!(
+            !d.path().join("root.meta").exists(),
+            "left in the flat layout"
+        );
+        assert_eq!(s.list(0).expect("list").len(), 2);
+        drop(s);
+        let s = VolumeStore::open(d.path()).expect("reopen");
+        assert_eq!(s.read(4, "root", 0, 4).expect("root after reopen"), b"root");
     }
 
     #[test]

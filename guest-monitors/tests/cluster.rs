@@ -273,17 +273,33 @@ fn storage_flush_survives_kill9_and_restart() {
         sc.read("root", 63 << 20, 18).expect("read"),
         b"forced unit access"
     );
-    // Another vNode cannot touch the volume; names cannot escape the data folder.
+    // Names are per vNode: another vNode does not see vNode 3's `root`, and may have its own
+    // `root` on the same monitor without touching vNode 3's; names cannot escape the folder.
     let other = StorageClient::connect(&h.addr, key.clone(), &cap_for(&key, 4), client_config())
         .expect("connect");
     assert_eq!(
         other
             .read("root", 0, 1)
             .map(|_| ())
-            .expect_err("owner")
+            .expect_err("vNode 4 has no root yet")
             .remote_code(),
-        Some(ErrorCode::Forbidden)
+        Some(ErrorCode::NotFound)
     );
+    other.create("root", 1 << 20).expect("vNode 4's own root");
+    other
+        .write("root", 0, b"vNode 4 was here", true)
+        .expect("write vNode 4's root");
+    assert_eq!(
+        other.read("root", 0, 16).expect("read vNode 4's root"),
+        b"vNode 4 was here"
+    );
+    let (off, data) = &expected[0];
+    assert_eq!(
+        &sc.read("root", *off, 4096)
+            .expect("vNode 3's root after vNode 4's writes"),
+        data
+    );
+    assert_eq!(sc.stat("root").expect("stat").size, 64 << 20);
     assert_eq!(
         other
             .create("../escape", 1)

@@ -355,8 +355,8 @@ fn open_remote_disk(
         .flat_map(|v| v.volumes.iter())
         .find(|v| v.name == volume)
         .cloned();
-    let monitor = match (known, d.size) {
-        (Some(p), _) if !d.create => p.monitor,
+    let (monitor, placed_now) = match (known, d.size) {
+        (Some(p), _) if !d.create => (p.monitor, false),
         (None, _) if !d.create => {
             return Err(OpenError::NoVolume {
                 vnode,
@@ -364,7 +364,7 @@ fn open_remote_disk(
                 hint: " (and --no-create was given)",
             })
         }
-        (Some(p), None) => p.monitor,
+        (Some(p), None) => (p.monitor, false),
         (None, None) => {
             return Err(OpenError::NoVolume {
                 vnode,
@@ -373,14 +373,42 @@ fn open_remote_disk(
             })
         }
         (_, Some(size)) => {
-            mgr.place_volume(vnode, volume, size)
+            let p = mgr
+                .place_volume(vnode, volume, size)
                 .map_err(|source| OpenError::Refused {
                     what: format!("place the {size}-byte volume '{volume}' of vNode {vnode}"),
                     source,
-                })?
-                .monitor
+                })?;
+            (p.monitor, p.created)
         }
     };
+    let opened = open_placed_disk(&mgr, d, &monitor, key);
+    if opened.is_err() && placed_now {
+        // The placement made above is rolled back, so a failed open leaves nothing reserved.
+        match mgr.forget_volume(vnode, volume) {
+            Ok(()) => tracing::warn!(
+                vnode,
+                volume,
+                monitor,
+                "the volume was not created: its placement was rolled back"
+            ),
+            Err(e) => {
+                tracing::warn!(vnode, volume, monitor, error = %lego_report::error_chain(&e), "could not roll back the placement of a volume that was not created")
+            }
+        }
+    }
+    opened
+}
+
+/// Connects to the storage monitor holding `d`'s volume and opens it (creating it if allowed).
+fn open_placed_disk(
+    mgr: &ManagerClient,
+    d: &DiskRequest<'_>,
+    monitor: &str,
+    key: ClusterKey,
+) -> Result<RemoteDiskStore, OpenError> {
+    let (vnode, volume) = (d.vnode, d.volume);
+    let monitor = monitor.to_string();
     let cap = mgr
         .issue_capability(vnode, Rights::STORAGE, Duration::ZERO)
         .map_err(|source| OpenError::Refused {
@@ -429,6 +457,6 @@ fn open_remote_disk(
         monitor,
         "remote disk ready"
     );
-    let renewal = Renewal::start(mgr, cap, vec![client.fabric().clone()]);
+    let renewal = Renewal::start(mgr.clone(), cap, vec![client.fabric().clone()]);
     Ok(RemoteDiskStore::new(client, volume, info.size, d.read_only).with_renewal(renewal))
 }

@@ -516,6 +516,7 @@ impl Manager {
                     name: name.into(),
                     size,
                     monitor: v.monitor.clone(),
+                    created: false,
                 });
             }
             return Err(ManagerError::Invalid(format!(
@@ -547,6 +548,7 @@ impl Manager {
             name: name.into(),
             size,
             monitor,
+            created: true,
         })
     }
 
@@ -682,6 +684,7 @@ impl Manager {
                         name: n.clone(),
                         size: r.size,
                         monitor: r.monitor.clone(),
+                        created: false,
                     })
                     .collect(),
             })

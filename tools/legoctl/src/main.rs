@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use lego_fabric::{AuthError, ClientConfig, ClusterKey, Rights};
 use lego_monitor_client::client::{CallError, ManagerClient, MemoryClient, StorageClient};
 use lego_monitor_client::proto::manager::MonitorKind;
+use lego_monitor_client::proto::storage::VolumeInfo;
 use lego_monitor_client::size::ByteSize;
 use lego_report::error_chain;
 
@@ -424,23 +425,44 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         Cmd::CreateVolume { vnode, name, size } => {
             let p = mgr.place_volume(vnode, &name, size.bytes())?;
-            let cap = mgr.issue_capability(vnode, Rights::STORAGE, Duration::from_secs(300))?;
-            let sc = StorageClient::connect(&p.monitor, key, &cap, cc).map_err(|source| {
-                CtlError::Reach {
-                    what: "storage monitor",
-                    addr: p.monitor.clone(),
-                    source,
+            let created = (|| -> Result<VolumeInfo, CtlError> {
+                let cap = mgr.issue_capability(vnode, Rights::STORAGE, Duration::from_secs(300))?;
+                let sc = StorageClient::connect(&p.monitor, key, &cap, cc).map_err(|source| {
+                    CtlError::Reach {
+                        what: "storage monitor",
+                        addr: p.monitor.clone(),
+                        source,
+                    }
+                })?;
+                match sc.create(&name, size.bytes()) {
+                    Ok(i) => Ok(i),
+                    Err(e)
+                        if e.remote_code() == Some(lego_fabric::ErrorCode::InvalidArgument)
+                            && error_chain(&e).contains("exists") =>
+                    {
+                        Ok(sc.stat(&name)?)
+                    }
+                    Err(e) => Err(e.into()),
                 }
-            })?;
-            let info = match sc.create(&name, size.bytes()) {
-                Ok(i) => i,
-                Err(e)
-                    if e.remote_code() == Some(lego_fabric::ErrorCode::InvalidArgument)
-                        && error_chain(&e).contains("exists") =>
-                {
-                    sc.stat(&name)?
+            })();
+            let info = match created {
+                Ok(info) => info,
+                // A placement this command made is rolled back, so a failed create leaves
+                // nothing reserved behind; one placed before is left as it was.
+                Err(e) if p.created => {
+                    match mgr.forget_volume(vnode, &name) {
+                        Ok(()) => eprintln!(
+                            "legoctl: the placement of volume '{name}' of vNode {vnode} on {} was rolled back",
+                            p.monitor
+                        ),
+                        Err(f) => eprintln!(
+                            "legoctl: could not roll back the placement of volume '{name}' of vNode {vnode}: {}",
+                            error_chain(&f)
+                        ),
+                    }
+                    return Err(e);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             out(&format!(
                 "volume '{}' of vNode {vnode}: {} on {}\n",

@@ -373,6 +373,7 @@ mod tests {
                     name: "root".into(),
                     size: 1 << 30,
                     monitor: "s".into(),
+                    created: false,
                 }],
             }],
             running: vec![RunningVnode {

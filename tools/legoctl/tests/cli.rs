@@ -255,6 +255,58 @@ fn volumes_are_listed_and_deleted_but_not_under_a_running_vnode() {
     server.shutdown();
 }
 
+/// A storage monitor that dies after its last heartbeat is still placed on; the volume it
+/// cannot create is not left reserved: `create-volume` rolls its placement back.
+#[test]
+fn a_volume_that_cannot_be_created_leaves_no_placement() {
+    let key = ClusterKey::from_bytes([6; 32]);
+    let (manager, server, addr) = start_manager(&key, ManagerSettings::default());
+    // A port that nothing listens on any more: the monitor "died" after registering.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = gone.local_addr().expect("addr").to_string();
+    drop(gone);
+    let mc = ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).expect("connect");
+    mc.register(&RegisterMonitor {
+        kind: MonitorKind::Storage,
+        addr: dead_addr.clone(),
+        capacity_bytes: 64 << 20,
+        used_bytes: 0,
+        incarnation: None,
+    })
+    .expect("register");
+    let (ok, _, err) = legoctl(
+        &key,
+        &[
+            "--manager",
+            &addr,
+            "create-volume",
+            "--vnode",
+            "8",
+            "--name",
+            "data",
+            "--size",
+            "4M",
+        ],
+    );
+    assert!(!ok, "a volume was created on a monitor that is gone");
+    assert!(
+        err.contains(&dead_addr) && err.contains("rolled back"),
+        "{err}"
+    );
+    let st = manager.status();
+    assert!(
+        st.vnodes.iter().all(|v| v.volumes.is_empty()),
+        "the failed volume is still placed: {:?}",
+        st.vnodes
+    );
+    assert_eq!(
+        st.monitors.iter().map(|m| m.reserved_bytes).sum::<u64>(),
+        0,
+        "capacity is still reserved"
+    );
+    server.shutdown();
+}
+
 #[test]
 fn only_a_dead_monitor_holding_nothing_is_forgotten() {
     let key = ClusterKey::from_bytes([6; 32]);

@@ -354,6 +354,10 @@ pub struct VolumePlacement {
     pub size: u64,
     /// Storage monitor holding it.
     pub monitor: String,
+    /// Whether the call that answered placed it just now (false: it was placed before), so
+    /// a caller whose next step fails knows whether the placement is its own to roll back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created: bool,
 }
 
 /// One vNode in [`ClusterStatus`].
