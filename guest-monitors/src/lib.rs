@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod bounds;
 pub mod config;
 pub mod daemon;
 pub mod fsutil;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
 
+use crate::bounds::PlacementBounds;
 use crate::pagestore::{PageStore, PageStoreError, PAGE_SIZE};
 use lego_monitor_client::proto::memory::{
     self as mm, encode_u64, MemoryOp, MonitorMemoryStats, VnodeMemoryStats,
@@ -26,12 +27,48 @@ impl From<PageStoreError> for RemoteError {
 /// Serves page requests over the fabric.
 pub struct MemoryService {
     store: Arc<PageStore>,
+    bounds: Option<Arc<PlacementBounds>>,
 }
 
 impl MemoryService {
-    /// A handler around `store`.
+    /// A handler around `store` that serves any page of a vNode with a capability (a monitor
+    /// without a manager: nothing says where a vNode's regions are).
     pub fn new(store: Arc<PageStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            bounds: None,
+        }
+    }
+
+    /// A handler around `store` that serves a vNode only the pages of the vRegions placed
+    /// on this monitor (see [`crate::bounds`]).
+    pub fn with_bounds(store: Arc<PageStore>, bounds: Arc<PlacementBounds>) -> Self {
+        Self {
+            store,
+            bounds: Some(bounds),
+        }
+    }
+
+    /// Refuses pages of `op` outside `vnode`'s placement on this monitor.
+    fn check_bounds(&self, vnode: u64, op: &MemoryOp<'_>) -> Result<(), RemoteError> {
+        let Some(b) = &self.bounds else {
+            return Ok(());
+        };
+        let pages = |data: &[u8]| (data.len() / PAGE_SIZE) as u64;
+        match op {
+            MemoryOp::ReadRun { start, count } => b.check(vnode, *start, u64::from(*count))?,
+            MemoryOp::Trim { start, count } | MemoryOp::FillBegin { start, count } => {
+                b.check(vnode, *start, *count)?
+            }
+            MemoryOp::Present { start, count } => b.check(vnode, *start, u64::from(*count))?,
+            MemoryOp::WriteRun { start, data } | MemoryOp::FillRun { start, data } => {
+                b.check(vnode, *start, pages(data))?
+            }
+            MemoryOp::ReadList { pages } => b.check_list(vnode, pages)?,
+            MemoryOp::WriteList { pages, .. } => b.check_list(vnode, pages)?,
+            MemoryOp::FillEnd { .. } | MemoryOp::FreeVnode | MemoryOp::Stats => {}
+        }
+        Ok(())
     }
 }
 
@@ -55,6 +92,7 @@ impl Handler for MemoryService {
                 format!("the capability attached for vNode {vnode} does not grant memory access"),
             ));
         }
+        self.check_bounds(vnode, &op)?;
         let s = &self.store;
         match op {
             MemoryOp::ReadRun { start, count } => {
@@ -78,6 +116,9 @@ impl Handler for MemoryService {
             MemoryOp::Trim { start, count } => Ok(encode_u64(s.trim(vnode, start, count)?)),
             MemoryOp::FreeVnode => {
                 let freed = s.free_vnode(vnode);
+                if let Some(b) = &self.bounds {
+                    b.forget(vnode);
+                }
                 tracing::info!(vnode, freed, "freed all pages of a vNode");
                 Ok(encode_u64(freed))
             }

@@ -96,15 +96,15 @@ pub fn resolve(
 
 /// Serves `handler`, registers and heartbeats to the manager (if any) with `usage`, serves
 /// `metrics` if the settings name an address, waits for SIGTERM/SIGINT and shuts down.
-/// `serving` is called once the address is bound, with the address and the server's
-/// incarnation.
+/// `serving` is called once the address is bound, with the address, the address announced to
+/// the manager and the server's incarnation.
 pub fn serve_until_signal(
     settings: MonitorSettings,
     kind: MonitorKind,
     handler: Arc<dyn Handler>,
     usage: UsageFn,
     metrics: Registry,
-    serving: impl FnOnce(SocketAddr, u64),
+    serving: impl FnOnce(SocketAddr, &str, u64),
 ) -> Result<(), DaemonError> {
     let mut signals = daemon::shutdown_signals()?;
     let metrics_server = settings
@@ -124,7 +124,7 @@ pub fn serve_until_signal(
     )?;
     let bound = server.local_addr();
     let advertise = advertise_addr(settings.advertise, bound)?;
-    serving(bound, server.incarnation());
+    serving(bound, &advertise, server.incarnation());
     let agent = settings.manager.map(|manager| {
         Agent::start(
             AgentConfig {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
 
+use crate::bounds::VolumeBounds;
 use crate::volume::{VolumeError, VolumeStore};
 use lego_monitor_client::proto::storage::{
     self as st, CreateVolume, DataOp, ResizeVolume, StorageStats, VolumeName,
@@ -50,6 +51,7 @@ impl From<VolumeError> for RemoteError {
 pub struct StorageService {
     store: Arc<VolumeStore>,
     capacity: u64,
+    bounds: Option<Arc<VolumeBounds>>,
     reads: AtomicU64,
     writes: AtomicU64,
     flushes: AtomicU64,
@@ -61,9 +63,24 @@ impl StorageService {
         Self {
             store,
             capacity,
+            bounds: None,
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+        }
+    }
+
+    /// Creates and grows volumes only as the manager placed them (see [`crate::bounds`]).
+    pub fn with_bounds(mut self, bounds: Arc<VolumeBounds>) -> Self {
+        self.bounds = Some(bounds);
+        self
+    }
+
+    /// Refuses `vnode`'s volume `name` at `size` bytes unless the manager placed it here.
+    fn check_placed(&self, vnode: u64, name: &str, size: u64) -> Result<(), RemoteError> {
+        match &self.bounds {
+            Some(b) => Ok(b.check(vnode, name, size)?),
+            None => Ok(()),
         }
     }
 
@@ -131,6 +148,7 @@ impl StorageService {
         Ok(match req.opcode {
             st::CREATE => {
                 let c: CreateVolume = from_json(body)?;
+                self.check_placed(vnode, &c.name, c.size)?;
                 self.check_capacity(c.size)?;
                 to_json(&s.create(vnode, &c.name, c.size)?)
             }
@@ -138,6 +156,9 @@ impl StorageService {
             st::RESIZE => {
                 let r: ResizeVolume = from_json(body)?;
                 let old = s.stat(vnode, &r.name)?.size;
+                if r.size > old {
+                    self.check_placed(vnode, &r.name, r.size)?;
+                }
                 self.check_capacity(r.size.saturating_sub(old))?;
                 to_json(&s.resize(vnode, &r.name, r.size)?)
             }

@@ -62,16 +62,30 @@ fn start_memory(
 }
 
 fn start_storage(net: &mut Net, key: &ClusterKey, data: &str) -> (Daemon, Host) {
+    start_storage_with(net, key, data, None)
+}
+
+fn start_storage_with(
+    net: &mut Net,
+    key: &ClusterKey,
+    data: &str,
+    manager: Option<&str>,
+) -> (Daemon, Host) {
     let h = net.host("st");
     let dir = net.path(data);
-    let a = args(&[
+    let mut a = args(&[
         "--listen",
         &h.addr,
         "--data-dir",
         dir.to_str().expect("utf8"),
         "--capacity",
         "1G",
+        "--heartbeat-ms",
+        "200",
     ]);
+    if let Some(m) = manager {
+        a.extend(args(&["--manager", m]));
+    }
     let mut d = Daemon::start(net, "storage", STORAGE_BIN, &h, &a, key);
     d.wait_ready(key);
     (d, h)
@@ -545,6 +559,138 @@ fn unauthenticated_and_foreign_vnode_requests_are_rejected() {
     assert_eq!(
         owner.read_page(5).expect("owner still reads"),
         vec![0xee; PAGE_SIZE]
+    );
+}
+
+/// A memory monitor with a manager serves a vNode only the pages of the vRegions placed on
+/// it: a vNode with a valid capability can neither write far beyond its placement nor into the
+/// region reserved for another vNode, so that vNode's writes still find room.
+#[test]
+fn a_vnode_is_served_only_within_its_placement() {
+    let key = key();
+    let mut net = Net::new("bounds");
+    let mgr = start_manager(&mut net, &key, &[]);
+    let mem = start_memory(&mut net, &key, "mem", "192M", Some(mgr.addr()));
+    let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");
+    eventually("the memory monitor registered", || {
+        (mc.status().ok()?.monitors.len() == 1).then_some(())
+    });
+    let p7 = mc.place_memory(7, REGION).expect("place vNode 7");
+    let p8 = mc.place_memory(8, REGION).expect("place vNode 8");
+    assert_eq!((p7.regions.len(), p8.regions.len()), (1, 1));
+    let region_pages = REGION / PAGE_SIZE as u64;
+    let client = |vnode: u64| {
+        let cap = mc
+            .issue_capability(vnode, Rights::MEMORY, Duration::ZERO)
+            .expect("capability");
+        MemoryClient::connect(mem.addr(), key.clone(), &cap, client_config()).expect("connect")
+    };
+    let (v7, v8) = (client(7), client(8));
+    v7.write_page(0, &[7; PAGE_SIZE])
+        .expect("inside vNode 7's region");
+    v7.write_page(region_pages - 1, &[7; PAGE_SIZE])
+        .expect("the last page of vNode 7's region");
+    for page in [region_pages, 1_000_000_000] {
+        let e = v7
+            .write_page(page, &[0xbad_u32 as u8; PAGE_SIZE])
+            .expect_err("a page outside vNode 7's placement was written");
+        assert_eq!(e.remote_code(), Some(ErrorCode::Forbidden), "page {page}");
+        assert!(
+            lego_report::error_chain(&e).contains("outside the vRegions"),
+            "{}",
+            lego_report::error_chain(&e)
+        );
+        let e = v7.read_page(page).expect_err("read outside the placement");
+        assert_eq!(e.remote_code(), Some(ErrorCode::Forbidden));
+    }
+    let e = v7
+        .write_run(region_pages - 1, &vec![7; 2 * PAGE_SIZE])
+        .expect_err("a run crossing the end of the region");
+    assert_eq!(e.remote_code(), Some(ErrorCode::Forbidden));
+    // vNode 8's reservation is intact: its whole region's last page still finds room.
+    v8.write_page(region_pages - 1, &[8; PAGE_SIZE])
+        .expect("vNode 8 writes into its own reservation");
+    assert_eq!(v7.read_page(0).expect("read back"), vec![7; PAGE_SIZE]);
+    assert_eq!(
+        v8.read_page(region_pages - 1).expect("read back"),
+        vec![8; PAGE_SIZE]
+    );
+    // An unplaced vNode with a capability gets nothing.
+    let e = client(9)
+        .write_page(0, &[9; PAGE_SIZE])
+        .expect_err("an unplaced vNode wrote");
+    assert!(
+        matches!(
+            e.remote_code(),
+            Some(ErrorCode::Forbidden | ErrorCode::Unavailable)
+        ),
+        "{e:?}"
+    );
+    // Once its placement grows, the vNode uses its new region (the monitor asks the manager
+    // again on a page outside what it knew, at most every MISS_REFETCH_EVERY).
+    mc.place_memory(7, 2 * REGION).expect("grow vNode 7");
+    std::thread::sleep(lego_monitors::bounds::MISS_REFETCH_EVERY);
+    v7.write_page(region_pages, &[17; PAGE_SIZE])
+        .expect("the first page of vNode 7's new region");
+    assert_eq!(
+        v7.read_page(region_pages).expect("read back"),
+        vec![17; PAGE_SIZE]
+    );
+}
+
+/// A storage monitor with a manager creates a vNode's volume only as the manager placed it;
+/// two vNodes may each have a volume `root` on it.
+#[test]
+fn volumes_are_created_only_as_placed_and_named_per_vnode() {
+    let key = key();
+    let mut net = Net::new("volbounds");
+    let mgr = start_manager(&mut net, &key, &[]);
+    let (_st, h) = start_storage_with(&mut net, &key, "vols", Some(mgr.addr()));
+    let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");
+    eventually("the storage monitor registered", || {
+        (mc.status().ok()?.monitors.len() == 1).then_some(())
+    });
+    let client = |vnode: u64| {
+        let cap = mc
+            .issue_capability(vnode, Rights::STORAGE, Duration::ZERO)
+            .expect("capability");
+        StorageClient::connect(&h.addr, key.clone(), &cap, client_config()).expect("connect")
+    };
+    let (s3, s4) = (client(3), client(4));
+    let e = s3
+        .create("root", 1 << 20)
+        .expect_err("created without a placement");
+    assert_eq!(e.remote_code(), Some(ErrorCode::Forbidden));
+    assert!(
+        lego_report::error_chain(&e).contains("has not placed it"),
+        "{}",
+        lego_report::error_chain(&e)
+    );
+    for vnode in [3, 4] {
+        let p = mc.place_volume(vnode, "root", 1 << 20).expect("place");
+        assert_eq!(p.monitor, h.addr);
+    }
+    s3.create("root", 1 << 20).expect("vNode 3's root");
+    s4.create("root", 1 << 20)
+        .expect("vNode 4's root on the same monitor");
+    s3.write("root", 0, b"three", true).expect("write 3");
+    s4.write("root", 0, b"four!", true).expect("write 4");
+    assert_eq!(s3.read("root", 0, 5).expect("read 3"), b"three");
+    assert_eq!(s4.read("root", 0, 5).expect("read 4"), b"four!");
+    let e = s3
+        .resize("root", 64 << 20)
+        .expect_err("grown beyond its reservation");
+    assert_eq!(e.remote_code(), Some(ErrorCode::Forbidden));
+    s3.resize("root", 4096)
+        .expect("shrinking needs no placement");
+    mc.place_volume(3, "big", 2 << 20).expect("place big");
+    let e = s3
+        .create("big", 4 << 20)
+        .expect_err("created larger than placed");
+    assert!(
+        lego_report::error_chain(&e).contains("reserved 2097152 bytes"),
+        "{}",
+        lego_report::error_chain(&e)
     );
 }
 

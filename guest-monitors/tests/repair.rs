@@ -430,9 +430,20 @@ fn repair_requests_from_peers_are_validated() {
         CallError::from(e).remote_code(),
         Some(ErrorCode::InvalidArgument)
     );
+    // A presence query over the vNode's whole region (64 MiB, 16384 pages) is answered; the
+    // largest one runs past the region, which the monitor does not hold for the vNode.
+    let whole_region = MemoryOp::Present {
+        start: 0,
+        count: 16384,
+    }
+    .encode();
     assert!(raw
-        .call(Request::new(mm::PRESENT, 44, body.clone()))
+        .call(Request::new(mm::PRESENT, 44, whole_region))
         .is_ok());
+    let e = raw
+        .call(Request::new(mm::PRESENT, 44, body.clone()))
+        .expect_err("a presence query past the vNode's placement");
+    assert_eq!(CallError::from(e).remote_code(), Some(ErrorCode::Forbidden));
     // Another vNode's capability, and none at all, are refused.
     let e = raw
         .call(Request::new(mm::PRESENT, 45, body.clone()))

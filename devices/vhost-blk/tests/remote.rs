@@ -242,8 +242,8 @@ fn remote_disk_is_created_written_flushed_and_reopened() {
     assert!(daemon.terminate().success());
     drop(d);
 
-    // The bytes are in the monitor's volume file.
-    let file = std::fs::read_dir(c.volumes_dir.path())
+    // The bytes are in the monitor's volume file, in vNode 6's folder.
+    let file = std::fs::read_dir(c.volumes_dir.path().join("vnode-6"))
         .expect("volumes")
         .filter_map(Result::ok)
         .map(|e| e.path())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use lego_monitor_client::proto::manager::MonitorKind;
 use lego_monitor_client::size::ByteSize;
+use lego_monitors::bounds::{ManagerSource, PlacementBounds};
 use lego_monitors::config;
 use lego_monitors::daemon::DaemonError;
 use lego_monitors::memory_service::MemoryService;
@@ -47,13 +48,32 @@ fn run(args: Args) -> Result<(), DaemonError> {
         Arc::new(move || (usage_store.capacity_bytes(), usage_store.used_bytes()));
     let mut registry = metrics::monitor_registry("memory", usage.clone());
     metrics::register_page_store(&mut registry, store.clone());
+    // With a manager, a vNode is served only the pages of the vRegions placed here.
+    let bounds = settings.manager.as_ref().map(|m| {
+        Arc::new(PlacementBounds::new(Box::new(ManagerSource::new(
+            m.clone(),
+            settings.key.clone(),
+        ))))
+    });
+    let service = match &bounds {
+        Some(b) => MemoryService::with_bounds(store.clone(), b.clone()),
+        None => {
+            tracing::warn!("no manager: any page of a vNode with a capability is served (placement bounds need the manager)");
+            MemoryService::new(store.clone())
+        }
+    };
     monitor_main::serve_until_signal(
         settings,
         MonitorKind::Memory,
-        Arc::new(MemoryService::new(store.clone())),
+        Arc::new(service),
         Box::new(move || usage()),
         registry,
-        |bound, incarnation| tracing::info!(listen = %bound, capacity = %ByteSize(capacity), incarnation = format_args!("{incarnation:#018x}"), "memory monitor serving (empty: a new incarnation)"),
+        |bound, advertised, incarnation| {
+            if let Some(b) = &bounds {
+                b.set_address(advertised);
+            }
+            tracing::info!(listen = %bound, capacity = %ByteSize(capacity), incarnation = format_args!("{incarnation:#018x}"), "memory monitor serving (empty: a new incarnation)")
+        },
     )?;
     tracing::info!(pages = store.stats().pages_stored, "memory monitor stopped");
     Ok(())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::Parser;
 use lego_monitor_client::proto::manager::MonitorKind;
 use lego_monitor_client::size::ByteSize;
+use lego_monitors::bounds::{ManagerSource, VolumeBounds};
 use lego_monitors::config;
 use lego_monitors::daemon::DaemonError;
 use lego_monitors::metrics::{self, UsageProbe};
@@ -48,7 +49,18 @@ fn run(args: Args) -> Result<(), DaemonError> {
             provisioned + avail
         }
     };
-    let service = Arc::new(StorageService::new(store, capacity));
+    // With a manager, a volume is created only as the manager placed it.
+    let bounds = settings.manager.as_ref().map(|m| {
+        Arc::new(VolumeBounds::new(Box::new(ManagerSource::new(
+            m.clone(),
+            settings.key.clone(),
+        ))))
+    });
+    let mut service = StorageService::new(store, capacity);
+    if let Some(b) = &bounds {
+        service = service.with_bounds(b.clone());
+    }
+    let service = Arc::new(service);
     let usage_service = service.clone();
     let usage: UsageProbe = Arc::new(move || {
         let used = usage_service
@@ -64,7 +76,12 @@ fn run(args: Args) -> Result<(), DaemonError> {
         service,
         Box::new(move || usage()),
         registry,
-        |bound, incarnation| tracing::info!(listen = %bound, incarnation = format_args!("{incarnation:#018x}"), data_dir = %data_dir.display(), capacity = %ByteSize(capacity), "storage monitor serving"),
+        |bound, advertised, incarnation| {
+            if let Some(b) = &bounds {
+                b.set_address(advertised);
+            }
+            tracing::info!(listen = %bound, incarnation = format_args!("{incarnation:#018x}"), data_dir = %data_dir.display(), capacity = %ByteSize(capacity), "storage monitor serving")
+        },
     )?;
     tracing::info!("storage monitor stopped");
     Ok(())

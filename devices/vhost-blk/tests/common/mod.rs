@@ -112,7 +112,7 @@ impl Daemon {
             if let Some(status) = child.try_wait() {
                 panic!("the daemon exited with {status} before creating its socket");
             }
-            socket.exists().then_some(())
+            is_listening(&socket).then_some(())
         });
         Daemon { child, socket }
     }
@@ -132,3 +132,20 @@ impl Daemon {
 
 /// How long the daemon may take to start or to stop.
 const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Whether a Unix socket at `path` accepts connections: listed in /proc/net/unix with the
+/// listening flag. The file alone is not enough: it exists from `bind`, before `listen`, and a
+/// connect in between is refused.
+pub fn is_listening(path: &Path) -> bool {
+    const SO_ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return path.exists();
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() >= 8
+            && cols[7] == want
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & SO_ACCEPTCON != 0)
+    })
+}
