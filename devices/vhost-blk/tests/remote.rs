@@ -268,3 +268,55 @@ fn remote_disk_is_created_written_flushed_and_reopened() {
     assert_eq!(back, pattern);
     assert!(daemon.terminate().success());
 }
+
+/// A remote disk whose storage monitor is gone after the manager placed the volume there:
+/// the backend exits with an error naming the monitor and rolls the placement back, so
+/// nothing stays reserved for a volume that does not exist.
+#[test]
+fn a_remote_disk_that_cannot_be_created_leaves_no_placement() {
+    let mut c = Cluster::start();
+    // The storage monitor stops (and would come back only after the test).
+    let _later = c.restart_storage(std::time::Duration::from_secs(120), false);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = c.key_hex();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lego-vhost-blk"))
+        .arg("--socket")
+        .arg(dir.path().join("x.sock"))
+        .args([
+            "--store",
+            "remote-disk",
+            "--manager",
+            &c.manager_addr,
+            "--vnode",
+            "12",
+            "--volume",
+            "data",
+            "--size",
+            "2M",
+        ])
+        .env("LEGO_CLUSTER_KEY", &key)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "a disk was opened on a monitor that is gone"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("placement was rolled back"), "{err}");
+    let mgr = lego_monitor_client::client::ManagerClient::connect(
+        &c.manager_addr,
+        c.key.clone(),
+        lego_fabric::ClientConfig::default(),
+    )
+    .expect("manager");
+    let st = mgr.status().expect("status");
+    assert!(
+        st.vnodes
+            .iter()
+            .filter(|v| v.vnode == 12)
+            .all(|v| v.volumes.is_empty()),
+        "the volume that was not created is still placed: {:?}",
+        st.vnodes
+    );
+}
