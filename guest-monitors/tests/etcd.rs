@@ -307,6 +307,15 @@ fn a_deposed_leader_cannot_write() {
     let e = old.save(&late).expect_err("the deposed leader's write");
     assert!(matches!(e, StateError::Etcd(_)), "{e}");
     assert!(e.to_string().contains("no longer leads"), "{e}");
+    // The cluster key's fingerprint is recorded once; a manager with another key is refused.
+    new.check_cluster_key(&key).expect("first key recorded");
+    new.check_cluster_key(&key).expect("same key");
+    let other = ClusterKey::from_bytes([0x11; 32]);
+    let e = new.check_cluster_key(&other).expect_err("another key");
+    assert!(
+        e.to_string().contains("every manager must share one key"),
+        "{e}"
+    );
     let reader = EtcdStateStore::new(conn, None);
     assert_eq!(reader.load().expect("load"), Some(s2));
 }

@@ -314,6 +314,10 @@ fn run_elected(
     };
     let started = std::time::Instant::now();
     let store = EtcdStateStore::new(etcd, Some((leadership.key.clone(), leadership.lease)));
+    if let Err(e) = store.check_cluster_key(&l.key) {
+        leadership.resign();
+        return Err(e.into());
+    }
     let serving = match Serving::start(&l, Box::new(store), &gate) {
         Ok(s) => s,
         Err(e) => {

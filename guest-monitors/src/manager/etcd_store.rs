@@ -2,7 +2,8 @@
 //! connection with the small runtime that drives it) and [`EtcdStateStore`].
 //!
 //! Layout under the prefix (default `/lego/`): `meta` (the layout version), `monitors/<addr>`
-//! and `vnodes/<id>` (one JSON value per object), `leader` (see `manager::election`). A save
+//! and `vnodes/<id>` (one JSON value per object), `cluster-key` (the fingerprint of the key
+//! capabilities are signed with), `leader` (see `manager::election`). A save
 //! writes only what changed since the last load or save, in one transaction that holds only
 //! while this manager's lease still owns the leader key, so a deposed leader's late write is
 //! refused instead of overwriting its successor's.
@@ -13,8 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use lego_fabric::ClusterKey;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::state::{
     ClusterState, MonitorRecord, StateError, StateStore, VnodeRecord, STATE_VERSION,
@@ -65,6 +68,14 @@ pub enum EtcdError {
     /// The layout version in etcd is another one.
     #[error("the state in etcd has layout version {0}, not {STATE_VERSION}")]
     Version(u32),
+    /// This manager's cluster key is not the one the cluster's state was written with.
+    #[error("this manager's cluster key (fingerprint {here}) is not the cluster's (fingerprint {found} in etcd): every manager must share one key")]
+    ForeignKey {
+        /// The fingerprint recorded in etcd.
+        found: String,
+        /// This manager's.
+        here: String,
+    },
     /// The transaction's guard failed: another manager leads now.
     #[error("this manager no longer leads (its lease does not own '{0}'): the write was refused")]
     NotLeader(String),
@@ -424,6 +435,58 @@ impl EtcdStateStore {
             }
         }
         Ok(())
+    }
+}
+
+/// A public fingerprint of the cluster key: the first 8 bytes of SHA-256 over a label and the
+/// key, in hex. etcd records it (never the key) so that every manager signs capabilities with
+/// the key the monitors hold.
+pub fn key_fingerprint(key: &ClusterKey) -> String {
+    let mut h = Sha256::new();
+    h.update(b"lego-cluster-key-fingerprint\0");
+    h.update(key.as_bytes());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl EtcdStateStore {
+    /// Records the fingerprint of `key` at `<prefix>cluster-key` if none is recorded yet, else
+    /// checks that it is the one recorded.
+    pub fn check_cluster_key(&self, key: &ClusterKey) -> Result<(), EtcdError> {
+        let here = key_fingerprint(key);
+        let k = self.etcd.target().key("cluster-key");
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k.clone(), here.clone(), None)])
+            .or_else([TxnOp::get(k.clone(), None)]);
+        let resp = self
+            .etcd
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .map_err(|source| EtcdError::Request {
+                what: format!("check {k}"),
+                source,
+            })?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let mut found = String::new();
+        for op in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    found = String::from_utf8_lossy(kv.value()).into_owned();
+                }
+            }
+        }
+        if found == here {
+            Ok(())
+        } else {
+            Err(EtcdError::ForeignKey { found, here })
+        }
     }
 }
 
