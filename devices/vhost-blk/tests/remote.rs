@@ -243,7 +243,8 @@ fn remote_disk_is_created_written_flushed_and_reopened() {
     drop(d);
 
     // The bytes are in the monitor's volume file.
-    let file = std::fs::read_dir(c.volumes_dir.path())
+    // (Volumes live in a folder per vNode on the storage monitor.)
+    let file = std::fs::read_dir(c.volumes_dir.path().join("vnode-6"))
         .expect("volumes")
         .filter_map(Result::ok)
         .map(|e| e.path())
