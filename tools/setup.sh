@@ -31,9 +31,11 @@ if [ "${NEED_UPDATE:-0}" = 1 ] || ! grep -q "Candidate: [0-9]" <<<"$kernel_polic
 fi
 
 # runuser (the /dev/kvm permission test) is util-linux's; ip (the monitors' network-namespace
-# tests) is iproute2's; /bin/busybox (the guest image) is busybox-static's.
+# tests) is iproute2's; /bin/busybox (the guest image) is busybox-static's; protoc (building
+# the etcd client of lego-manager) is protobuf-compiler's; etcd (the manager fail-over tests)
+# is etcd-server's.
 missing=()
-for pkg in cpio e2fsprogs iproute2 util-linux busybox-static; do
+for pkg in cpio e2fsprogs iproute2 util-linux busybox-static protobuf-compiler etcd-server; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -50,7 +52,8 @@ if [ ${#backports[@]} -gt 0 ]; then
     say "installing ${backports[*]} from bookworm-backports"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports "${backports[@]}" >/dev/null
 fi
-for f in /usr/share/qemu/qboot.rom /usr/bin/qemu-storage-daemon /usr/sbin/runuser /bin/busybox; do
+for f in /usr/share/qemu/qboot.rom /usr/bin/qemu-storage-daemon /usr/sbin/runuser /bin/busybox \
+    /usr/bin/protoc /usr/bin/etcd; do
     [ -e "$f" ] || { say "$f is still missing after the installs"; exit 1; }
 done
 say "ready: $(qemu-system-x86_64 --version | head -1), $(cargo --version)"

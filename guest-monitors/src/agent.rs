@@ -21,7 +21,7 @@ pub struct Agent {
 
 /// What the agent announces.
 pub struct AgentConfig {
-    /// Manager address.
+    /// Manager address, or the comma-separated addresses of a cluster's managers.
     pub manager: String,
     /// Monitor kind.
     pub kind: MonitorKind,

@@ -88,6 +88,12 @@ pub struct ManagerFileConfig {
     pub listen: Option<String>,
     /// Folder for the state file.
     pub state_dir: Option<PathBuf>,
+    /// Where the state lives instead of the folder: `etcd://HOST:PORT[,...][/PREFIX/]`.
+    pub store: Option<String>,
+    /// Fabric address other hosts reach this manager at (etcd store only).
+    pub advertise: Option<String>,
+    /// Seconds of the etcd lease behind the manager's leadership (etcd store only).
+    pub leader_ttl_secs: Option<u64>,
     /// vRegion size.
     pub region_size: Option<ByteSize>,
     /// Expected heartbeat interval of monitors in milliseconds.

@@ -48,6 +48,15 @@ pub enum DaemonError {
         "listening on {0} needs --advertise ADDR: the manager must be told a reachable address"
     )]
     NeedsAdvertise(SocketAddr),
+    /// The etcd store could not be used.
+    #[error(transparent)]
+    Etcd(#[from] crate::manager::etcd_store::EtcdError),
+    /// The manager could not campaign for leadership.
+    #[error("the manager's leader election failed")]
+    Election(#[from] crate::manager::election::ElectionError),
+    /// The leading manager lost its leadership and stopped serving.
+    #[error("this manager lost its leadership ({0}) and stopped serving; restart it to stand by")]
+    LeadershipLost(String),
     /// A config key was given to the wrong daemon.
     #[error("the key '{key}' belongs to the {owner}, not the {daemon}")]
     ForeignKey {

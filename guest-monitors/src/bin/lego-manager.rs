@@ -1,9 +1,14 @@
 //! `lego-manager`: cluster membership, monitor liveness, placement of vRegions and volumes, and
 //! capabilities (LegoOS GMM/GSM).
+//!
+//! With the default file store one manager serves alone. With `--store etcd://...` several
+//! managers share the state in etcd: one leads (elected through an etcd lease), the others
+//! stand by and refuse requests naming the leader; a leader that loses its lease exits
+//! (status 1) at once so that a supervisor restarts it as a standby.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +18,11 @@ use lego_metrics::MetricsServer;
 use lego_monitor_client::size::ByteSize;
 use lego_monitors::config::{self, ManagerFileConfig};
 use lego_monitors::daemon::{self, DaemonError};
+use lego_monitors::manager::election::{self, Election, Leadership};
+use lego_monitors::manager::etcd_store::{Etcd, EtcdStateStore, EtcdTarget};
 use lego_monitors::manager::service::ManagerService;
-use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings, VnodeLeases};
+use lego_monitors::manager::standby::Gate;
+use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings, StateStore, VnodeLeases};
 use lego_monitors::metrics;
 
 /// Place vNodes' remote memory and volumes on monitors and watch the monitors' heartbeats.
@@ -30,6 +38,19 @@ struct Args {
     /// Folder for the durable state [default: /var/lib/lego/manager].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Keep the state in etcd instead of --state-dir, e.g. etcd://10.0.0.1:2379,10.0.0.2:2379
+    /// (optionally /PREFIX/ after the endpoints [default: /lego/]); several managers on the
+    /// same etcd elect one leader, the others stand by [default: the file in --state-dir].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Address other hosts reach this manager at, named to clients by standbys (etcd store)
+    /// [default: the address listened on].
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Seconds of the etcd lease behind the leadership: a dead leader is replaced within about
+    /// this long (etcd store) [default: 3].
+    #[arg(long, value_name = "SECS")]
+    leader_ttl_secs: Option<u64>,
     /// vRegion size for new vNodes, a multiple of 4K [default: 1G].
     #[arg(long, value_name = "SIZE")]
     region_size: Option<ByteSize>,
@@ -112,49 +133,218 @@ fn run(args: Args) -> Result<(), DaemonError> {
         });
     let leases = Arc::new(VnodeLeases::new(lease));
     let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())?;
-    let mut signals = daemon::shutdown_signals()?;
+    let signals = daemon::shutdown_signals()?;
 
-    let store = FileStateStore::open(&state_dir).map_err(DaemonError::StateDir)?;
-    let interval = settings.heartbeat_interval;
-    let manager = Arc::new(Manager::new(settings, key.clone(), Box::new(store))?);
-    let service = ManagerService::new(manager.clone()).with_leases(leases.clone());
-    let metrics = args
-        .metrics
-        .or(file.metrics)
-        .map(|addr| {
-            let registry = metrics::manager_registry(manager.clone(), service.running());
-            MetricsServer::start(&addr, registry)
-        })
-        .transpose()?;
-    let server = daemon::serve(&listen, key, Arc::new(service), ServerConfig::default())?;
-    tracing::info!(listen = %server.local_addr(), state_dir = %state_dir.display(),
-        region_size = %ByteSize(manager.settings().region_size),
-        vnode_lease_secs = lease.as_secs(), "manager serving");
+    let listen_cfg = Listen {
+        addr: listen,
+        key,
+        metrics: args.metrics.or(file.metrics),
+        settings,
+        leases,
+    };
+    match args.store.or(file.store) {
+        None => {
+            let store = FileStateStore::open(&state_dir).map_err(DaemonError::StateDir)?;
+            tracing::info!(state_dir = %state_dir.display(), "state in a file");
+            run_alone(listen_cfg, Box::new(store), signals)
+        }
+        Some(url) => {
+            let target: EtcdTarget = url.parse()?;
+            let etcd = Etcd::connect(target)?;
+            let ttl = args
+                .leader_ttl_secs
+                .or(file.leader_ttl_secs)
+                .map_or(election::DEFAULT_TTL, Duration::from_secs);
+            let advertise = args.advertise.or(file.advertise);
+            run_elected(listen_cfg, etcd, advertise, ttl, signals)
+        }
+    }
+}
 
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let m = manager.clone();
-    let watcher = std::thread::Builder::new()
-        .name("liveness".into())
-        .spawn(move || loop {
-            m.check_liveness();
-            leases.reclaim(&m);
-            match stop_rx.recv_timeout(interval / 2) {
-                Err(RecvTimeoutError::Timeout) => {}
-                _ => break,
-            }
+/// What serving needs, whatever the store.
+struct Listen {
+    addr: String,
+    key: ClusterKey,
+    metrics: Option<String>,
+    settings: ManagerSettings,
+    leases: Arc<VnodeLeases>,
+}
+
+/// A leading manager's service and the threads serving it.
+struct Serving {
+    metrics: Option<MetricsServer>,
+    stop_tx: Sender<()>,
+    watcher: std::thread::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Loads the state from `store`, then serves it through `gate` and watches liveness.
+    fn start(l: &Listen, store: Box<dyn StateStore>, gate: &Gate) -> Result<Self, DaemonError> {
+        let interval = l.settings.heartbeat_interval;
+        let manager = Arc::new(Manager::new(l.settings.clone(), l.key.clone(), store)?);
+        let service = ManagerService::new(manager.clone()).with_leases(l.leases.clone());
+        let metrics = l
+            .metrics
+            .as_deref()
+            .map(|addr| {
+                let registry = metrics::manager_registry(manager.clone(), service.running());
+                MetricsServer::start(addr, registry)
+            })
+            .transpose()?;
+        gate.activate(Arc::new(service));
+        tracing::info!(region_size = %ByteSize(manager.settings().region_size),
+            vnode_lease_secs = l.leases.lease().as_secs(), monitors = manager.status().monitors.len(),
+            "manager serving");
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let leases = l.leases.clone();
+        let watcher = std::thread::Builder::new()
+            .name("liveness".into())
+            .spawn(move || loop {
+                manager.check_liveness();
+                leases.reclaim(&manager);
+                match stop_rx.recv_timeout(interval / 2) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+            })
+            .map_err(|source| DaemonError::Thread {
+                name: "liveness",
+                source,
+            })?;
+        Ok(Self {
+            metrics,
+            stop_tx,
+            watcher,
         })
-        .map_err(|source| DaemonError::Thread {
-            name: "liveness",
-            source,
-        })?;
+    }
+
+    fn stop(self) {
+        drop(self.stop_tx);
+        let _ = self.watcher.join();
+        drop(self.metrics);
+    }
+}
+
+/// The only manager: state in `store`, serving until a signal.
+fn run_alone(
+    l: Listen,
+    store: Box<dyn StateStore>,
+    mut signals: signal_hook::iterator::Signals,
+) -> Result<(), DaemonError> {
+    let gate = Arc::new(Gate::new());
+    let serving = Serving::start(&l, store, &gate)?;
+    let server = daemon::serve(&l.addr, l.key.clone(), gate, ServerConfig::default())?;
+    tracing::info!(listen = %server.local_addr(), "manager listening");
     let sig = daemon::wait_for_shutdown(&mut signals);
     tracing::info!(signal = sig, "shutting down");
-    drop(stop_tx);
-    let _ = watcher.join();
+    serving.stop();
     server.shutdown();
-    drop(metrics);
     tracing::info!("manager stopped");
     Ok(())
+}
+
+/// What the main thread of an elected manager waits for.
+enum Event {
+    Signal(&'static str),
+    Elected(Result<Leadership, election::ElectionError>),
+}
+
+/// One of several managers on etcd: stands by (refusing requests, naming the leader) until
+/// elected, then leads until a signal (resigning) or until its leadership is lost (exiting).
+fn run_elected(
+    l: Listen,
+    etcd: Arc<Etcd>,
+    advertise: Option<String>,
+    ttl: Duration,
+    mut signals: signal_hook::iterator::Signals,
+) -> Result<(), DaemonError> {
+    let gate = Arc::new(Gate::new());
+    let server = daemon::serve(
+        &l.addr,
+        l.key.clone(),
+        gate.clone(),
+        ServerConfig::default(),
+    )?;
+    let bound = server.local_addr();
+    let advertise = match advertise {
+        Some(a) => a,
+        None if bound.ip().is_unspecified() => return Err(DaemonError::NeedsAdvertise(bound)),
+        None => bound.to_string(),
+    };
+    tracing::info!(listen = %bound, %advertise, etcd = %etcd.target().endpoints_text(),
+        prefix = %etcd.target().prefix, "manager listening; campaigning for leadership");
+    let (tx, events): (Sender<Event>, Receiver<Event>) = mpsc::channel();
+    let sig_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let _ = sig_tx.send(Event::Signal(daemon::wait_for_shutdown(&mut signals)));
+        })
+        .map_err(|source| DaemonError::Thread {
+            name: "signals",
+            source,
+        })?;
+    let election = Election::new(etcd.clone(), &advertise, ttl)?;
+    let g = gate.clone();
+    std::thread::Builder::new()
+        .name("election".into())
+        .spawn(move || {
+            let mut last: Option<String> = None;
+            let won = election.campaign(|leader| {
+                g.set_leader(leader);
+                if leader.is_some() && leader.map(str::to_string) != last {
+                    tracing::info!(leader = leader.unwrap_or_default(), "standing by");
+                }
+                last = leader.map(str::to_string);
+            });
+            let _ = tx.send(Event::Elected(won));
+        })
+        .map_err(|source| DaemonError::Thread {
+            name: "election",
+            source,
+        })?;
+    let leadership = match events.recv() {
+        Ok(Event::Elected(won)) => won?,
+        Ok(Event::Signal(sig)) => {
+            tracing::info!(signal = sig, "shutting down while standing by");
+            server.shutdown();
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
+    };
+    let started = std::time::Instant::now();
+    let store = EtcdStateStore::new(etcd, Some((leadership.key.clone(), leadership.lease)));
+    if let Err(e) = store.check_cluster_key(&l.key) {
+        leadership.resign();
+        return Err(e.into());
+    }
+    let serving = match Serving::start(&l, Box::new(store), &gate) {
+        Ok(s) => s,
+        Err(e) => {
+            leadership.resign();
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "elected: leading"
+    );
+    loop {
+        if let Some(why) = leadership.lost(Duration::from_millis(100)) {
+            tracing::error!(reason = %why, "leadership lost: stopping at once");
+            server.shutdown();
+            serving.stop();
+            return Err(DaemonError::LeadershipLost(why));
+        }
+        if let Ok(Event::Signal(sig)) = events.try_recv() {
+            tracing::info!(signal = sig, "shutting down: resigning the leadership");
+            server.shutdown();
+            serving.stop();
+            leadership.resign();
+            tracing::info!("manager stopped");
+            return Ok(());
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -2,10 +2,13 @@
 //! vNode leases, the running vNodes.
 
 pub mod core;
+pub mod election;
+pub mod etcd_store;
 pub mod lease;
 pub mod repair;
 pub mod running;
 pub mod service;
+pub mod standby;
 pub mod state;
 
 pub use self::core::{Manager, ManagerError, ManagerSettings};

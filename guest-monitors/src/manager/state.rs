@@ -1,8 +1,8 @@
 //! The manager's durable state and the [`StateStore`] it is kept in.
 //!
 //! [`FileStateStore`] replaces one JSON file atomically (temp + fsync + rename + fsync of the
-//! folder), which is plenty for a membership and placement table; an etcd backend can implement
-//! the same trait later.
+//! folder), which is plenty for a membership and placement table on one machine;
+//! `manager::etcd_store` keeps the same state in etcd for a cluster of managers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -169,6 +169,9 @@ pub enum StateError {
     /// Writing the state failed.
     #[error("could not save the manager state")]
     Write(#[from] FsError),
+    /// The etcd store failed.
+    #[error(transparent)]
+    Etcd(#[from] super::etcd_store::EtcdError),
 }
 
 /// Where the manager keeps its state.

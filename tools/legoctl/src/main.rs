@@ -16,7 +16,7 @@ use lego_report::error_chain;
 #[derive(Debug, Parser)]
 #[command(name = "legoctl", version)]
 struct Cli {
-    /// Manager address.
+    /// Manager address, or the comma-separated addresses of a cluster's managers.
     #[arg(
         long,
         global = true,

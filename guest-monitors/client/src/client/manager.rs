@@ -1,8 +1,17 @@
 //! [`ManagerClient`]: membership, placement and capabilities from the manager.
+//!
+//! The manager may run as several instances, one leading and the others standing by (see
+//! `lego-manager --store etcd://...`): the client takes a comma-separated list of their
+//! addresses and finds the leader by itself. It follows a standby's refusal to the leader it
+//! names, and moves on to the next address when the one it uses stops answering.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Request, Rights};
+use lego_fabric::{
+    Capability, Client, ClientConfig, ClientError, ClusterKey, ErrorCode, RemoteError, Request,
+    Rights,
+};
 
 use super::CallError;
 use crate::proto::manager::{
@@ -10,30 +19,174 @@ use crate::proto::manager::{
 };
 use crate::proto::{from_json, to_json};
 
+/// How long a request waits for a lost manager connection when there is another to try.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Pause between tries while no leader answers (e.g. during an election).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// A client of the manager. Cheap to clone; safe to share between threads.
 #[derive(Clone)]
 pub struct ManagerClient {
-    client: Client,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The managers' addresses as given.
+    addrs: Vec<String>,
+    /// The key to connect to another manager with (`None`: this client cannot move).
+    key: Option<ClusterKey>,
+    config: ClientConfig,
+    /// The manager in use and its connection.
+    current: Mutex<(String, Client)>,
 }
 
 impl ManagerClient {
-    /// Connects to the manager.
-    pub fn connect(addr: &str, key: ClusterKey, config: ClientConfig) -> Result<Self, CallError> {
-        Ok(Self {
-            client: Client::connect(addr, key, config)?,
-        })
+    /// Connects to the manager at `addrs`: one address, or a comma-separated list of a
+    /// cluster's managers (the first that accepts a connection is used until it refuses as a
+    /// standby or stops answering).
+    pub fn connect(addrs: &str, key: ClusterKey, config: ClientConfig) -> Result<Self, CallError> {
+        let list: Vec<String> = addrs
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if list.is_empty() {
+            return Err(CallError::Invalid(format!(
+                "'{addrs}' names no manager address"
+            )));
+        }
+        let mut config = config;
+        if list.len() > 1 {
+            let patience = config.reconnect_patience.unwrap_or(FAILOVER_PATIENCE);
+            config.reconnect_patience = Some(patience.min(FAILOVER_PATIENCE));
+        }
+        let mut last = None;
+        for addr in &list {
+            match Client::connect(addr.as_str(), key.clone(), config.clone()) {
+                Ok(client) => {
+                    return Ok(Self::build(
+                        list.clone(),
+                        Some(key),
+                        config,
+                        addr.clone(),
+                        client,
+                    ))
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .map(CallError::Fabric)
+            .unwrap_or_else(|| CallError::Invalid(format!("'{addrs}' names no manager address"))))
     }
 
     /// Wraps a connected fabric client.
     pub fn from_client(client: Client) -> Self {
-        Self { client }
+        let addr = client.peer_addr().to_string();
+        Self::build(
+            vec![addr.clone()],
+            None,
+            ClientConfig::default(),
+            addr,
+            client,
+        )
+    }
+
+    fn build(
+        addrs: Vec<String>,
+        key: Option<ClusterKey>,
+        config: ClientConfig,
+        addr: String,
+        client: Client,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                addrs,
+                key,
+                config,
+                current: Mutex::new((addr, client)),
+            }),
+        }
+    }
+
+    /// The address of the manager this client talks to now.
+    pub fn current_addr(&self) -> String {
+        self.current().0
+    }
+
+    fn current(&self) -> (String, Client) {
+        self.inner
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends `req` to the leader, following standbys' refusals and moving past managers that
+    /// do not answer, for at most the client's timeout.
+    fn call_raw(&self, req: Request) -> Result<Vec<u8>, CallError> {
+        let deadline = Instant::now() + self.inner.config.timeout;
+        let several = self.inner.addrs.len() > 1;
+        loop {
+            let (addr, client) = self.current();
+            let hint = match client.call(req.clone()) {
+                Ok(r) => return Ok(r.payload),
+                Err(ClientError::Remote(RemoteError {
+                    code: ErrorCode::Unavailable,
+                    message,
+                })) if m::parse_standby_refusal(&message).is_some() => {
+                    let leader = m::parse_standby_refusal(&message).flatten();
+                    if Instant::now() >= deadline {
+                        return Err(CallError::Fabric(ClientError::Remote(RemoteError::new(
+                            ErrorCode::Unavailable,
+                            message,
+                        ))));
+                    }
+                    leader.map(str::to_string)
+                }
+                Err(
+                    e @ (ClientError::Disconnected(_)
+                    | ClientError::Timeout(_)
+                    | ClientError::Io(_)),
+                ) if several => {
+                    if Instant::now() >= deadline {
+                        return Err(e.into());
+                    }
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.switch(&addr, hint);
+        }
+    }
+
+    /// Moves to `hint` (a leader a standby named) or else to the address after `from`.
+    fn switch(&self, from: &str, hint: Option<String>) {
+        let addrs = &self.inner.addrs;
+        let Some(key) = &self.inner.key else {
+            std::thread::sleep(RETRY_PAUSE);
+            return;
+        };
+        let at = addrs.iter().position(|a| a == from);
+        let next = at.map_or(0, |i| (i + 1) % addrs.len());
+        let mut order: Vec<String> = hint.into_iter().filter(|h| h != from).collect();
+        order.extend(addrs[next..].iter().chain(&addrs[..next]).cloned());
+        for addr in order {
+            if addr == from && addrs.len() > 1 {
+                continue;
+            }
+            if let Ok(c) = Client::connect(addr.as_str(), key.clone(), self.inner.config.clone()) {
+                tracing::debug!(from, to = %addr, "switching manager");
+                *self.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = (addr, c);
+                break;
+            }
+        }
+        std::thread::sleep(RETRY_PAUSE);
     }
 
     fn call<T: serde::Serialize>(&self, opcode: u16, body: &T) -> Result<Vec<u8>, CallError> {
-        Ok(self
-            .client
-            .call(Request::new(opcode, 0, to_json(body)))?
-            .payload)
+        self.call_raw(Request::new(opcode, 0, to_json(body)))
     }
 
     /// Registers a monitor; returns the heartbeat interval to use.
@@ -48,8 +201,8 @@ impl ManagerClient {
 
     /// The cluster's monitors, vNodes and placements.
     pub fn status(&self) -> Result<ClusterStatus, CallError> {
-        let r = self.client.call(Request::new(m::STATUS, 0, Vec::new()))?;
-        Ok(from_json(&r.payload)?)
+        let r = self.call_raw(Request::new(m::STATUS, 0, Vec::new()))?;
+        Ok(from_json(&r)?)
     }
 
     /// Ensures `vnode` has at least `bytes` of remote memory placed, new regions with the

@@ -496,6 +496,24 @@ pub struct LeaseGranted {
     pub lease_ms: u64,
 }
 
+/// How a standby manager's refusals (`ErrorCode::Unavailable`) begin; see [`standby_refusal`].
+pub const STANDBY: &str = "this manager is standing by";
+
+/// The message a standby manager refuses every request with, naming the leader if it knows it.
+pub fn standby_refusal(leader: Option<&str>) -> String {
+    match leader {
+        Some(addr) => format!("{STANDBY}; the leader is at {addr}"),
+        None => format!("{STANDBY}; no leader is elected yet"),
+    }
+}
+
+/// Reads a standby's refusal: `None` if `message` is not one, `Some(None)` if it names no
+/// leader, `Some(Some(addr))` if it names the leader at `addr`.
+pub fn parse_standby_refusal(message: &str) -> Option<Option<&str>> {
+    let rest = message.strip_prefix(STANDBY)?;
+    Some(rest.strip_prefix("; the leader is at ").map(str::trim))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
