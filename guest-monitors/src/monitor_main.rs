@@ -28,7 +28,8 @@ pub struct MonitorFlags {
     /// Address announced to the manager [default: the bound address].
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
-    /// Manager to register with and heartbeat to (none: run standalone).
+    /// Manager to register with and heartbeat to; several, comma-separated, when managers
+    /// fail over through etcd (none: run standalone).
     #[arg(long, value_name = "ADDR")]
     pub manager: Option<String>,
     /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
