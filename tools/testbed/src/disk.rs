@@ -166,28 +166,36 @@ fn parse_ldd(binary: &Path, text: &str) -> Result<Vec<PathBuf>, DiskError> {
     Ok(libs)
 }
 
-/// Writes the VMM and its libraries under `<root>/.lego`; with no binary, a stub that
-/// explains itself and exits 127.
-pub fn stage_vmm(root: &Path, legovmm: Option<&Path>) -> Result<(), DiskError> {
+/// Whether `path` is an ELF file (a binary whose libraries must come along).
+pub fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// Writes the VMM and its libraries under `<root>/.lego`, with the libraries of `binaries`
+/// (the job's own programs); with no VMM, a stub that explains itself and exits 127.
+pub fn stage_vmm(
+    root: &Path,
+    legovmm: Option<&Path>,
+    binaries: &[PathBuf],
+) -> Result<(), DiskError> {
     let lego = root.join(".lego");
     let bin = lego.join("bin");
     std::fs::create_dir_all(&bin).map_err(io_err("create", &bin))?;
     let dest = bin.join("legovmm");
     let mut manifest = String::new();
+    let mut libs = std::collections::BTreeSet::new();
+    for b in binaries {
+        libs.extend(libraries(b)?);
+    }
     match legovmm {
         Some(src) => {
             place(src, &dest)?;
-            for lib in libraries(src)? {
-                let inner = lego
-                    .join("root")
-                    .join(lib.strip_prefix("/").unwrap_or(&lib));
-                if let Some(parent) = inner.parent() {
-                    std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
-                }
-                // Copy, following symlinks, so the image holds the real file.
-                std::fs::copy(&lib, &inner).map_err(io_err("copy", &lib))?;
-                manifest.push_str(&format!("{}\n", lib.display()));
-            }
+            libs.extend(libraries(src)?);
         }
         None => {
             let stub = "#!/bin/sh\necho 'lego-testbed: this job was given no legovmm binary' >&2\nexit 127\n";
@@ -195,8 +203,19 @@ pub fn stage_vmm(root: &Path, legovmm: Option<&Path>) -> Result<(), DiskError> {
             set_mode(&dest, 0o755)?;
         }
     }
-    let libs = lego.join("libs");
-    std::fs::write(&libs, manifest).map_err(io_err("write", &libs))?;
+    for lib in libs {
+        let inner = lego
+            .join("root")
+            .join(lib.strip_prefix("/").unwrap_or(&lib));
+        if let Some(parent) = inner.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        // Copy, following symlinks, so the image holds the real file.
+        std::fs::copy(&lib, &inner).map_err(io_err("copy", &lib))?;
+        manifest.push_str(&format!("{}\n", lib.display()));
+    }
+    let list = lego.join("libs");
+    std::fs::write(&list, manifest).map_err(io_err("write", &list))?;
     stage_shell_lib(root)
 }
 
@@ -346,7 +365,7 @@ mod tests {
         let src = dir.path().join("src.txt");
         std::fs::write(&src, "hello").unwrap();
         stage_job(&root.join(JOB_DIR), "echo hi\n", &[(src, "in.txt".into())]).unwrap();
-        stage_vmm(&root, None).unwrap();
+        stage_vmm(&root, None, &[]).unwrap();
         let image = dir.path().join("disk.img");
         make_image(&root, &image, 1).unwrap();
         assert_eq!(read_file(&image, "in.txt").unwrap(), b"hello");
@@ -358,7 +377,7 @@ mod tests {
     #[test]
     fn stages_the_libraries_of_a_dynamic_binary() {
         let dir = tempfile::tempdir().unwrap();
-        stage_vmm(dir.path(), Some(Path::new("/bin/sh"))).unwrap();
+        stage_vmm(dir.path(), Some(Path::new("/bin/sh")), &[]).unwrap();
         let libs = std::fs::read_to_string(dir.path().join(".lego/libs")).unwrap();
         for lib in libs.lines() {
             assert!(

@@ -242,7 +242,14 @@ impl Testbed {
         let dir = temp_dir("lego-testbed-")?;
         let root = dir.path().join("root");
         disk::stage_job(&root.join(disk::JOB_DIR), &job.script, &job.files)?;
-        disk::stage_vmm(&root, self.config.legovmm.as_deref())?;
+        // The job's own programs (the cluster's daemons) get their libraries staged too.
+        let binaries: Vec<PathBuf> = job
+            .files
+            .iter()
+            .map(|(host, _)| host.clone())
+            .filter(|p| disk::is_elf(p))
+            .collect();
+        disk::stage_vmm(&root, self.config.legovmm.as_deref(), &binaries)?;
         Ok(dir)
     }
 
@@ -305,7 +312,7 @@ impl Testbed {
                 p.clone()
             }
             None => {
-                disk::stage_vmm(dir.path(), None)?;
+                disk::stage_vmm(dir.path(), None, &[])?;
                 dir.path().join(".lego/bin/legovmm")
             }
         };
