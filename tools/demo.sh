@@ -80,13 +80,13 @@ trap 'rm -rf "$jobdir"' EXIT
     echo "export WORKLOAD_MIB=$workload"
     cat tools/demo/remote-vnode.sh
 } > "$jobdir/demo.sh"
-files=()
+files=(--file tools/vnode-bridge.sh)
 for bin in lego-vhost-blk lego-manager lego-memory-monitor lego-storage-monitor legoctl; do
     files+=(--file "target/release/$bin")
 done
 collect=()
 for f in summary.txt cluster.txt status.txt memory-stats.txt manager.log memory-monitor.log \
-    storage-monitor.log first.console first.err second.console second.err; do
+    storage-monitor.log bridge.txt first.console first.err second.console second.err; do
     collect+=(--collect "$f")
 done
 # The testbed prints progress lines on standard output and its own messages and (with

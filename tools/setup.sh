@@ -30,8 +30,8 @@ if [ "${NEED_UPDATE:-0}" = 1 ] || ! grep -q "Candidate: [0-9]" <<<"$kernel_polic
     $SUDO apt-get update -q >/dev/null
 fi
 
-# runuser (the /dev/kvm permission test) is util-linux's; ip (the monitors' network-namespace
-# tests) is iproute2's; /bin/busybox (the guest image) is busybox-static's; protoc (building
+# runuser (the /dev/kvm permission test) and setpriv (legovmm's unprivileged tap test) are
+# util-linux's; ip (the network-namespace tests, taps and bridges) is iproute2's; /bin/busybox (the guest image) is busybox-static's; protoc (building
 # the etcd client of lego-manager) is protobuf-compiler's; etcd (the manager fail-over tests)
 # is etcd-server's.
 missing=()
@@ -52,8 +52,10 @@ if [ ${#backports[@]} -gt 0 ]; then
     say "installing ${backports[*]} from bookworm-backports"
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports "${backports[@]}" >/dev/null
 fi
-for f in /usr/share/qemu/qboot.rom /usr/bin/qemu-storage-daemon /usr/sbin/runuser /bin/busybox \
-    /usr/bin/protoc /usr/bin/etcd; do
+for f in /usr/share/qemu/qboot.rom /usr/bin/qemu-storage-daemon /usr/sbin/runuser /usr/bin/setpriv \
+    /bin/busybox /usr/bin/protoc /usr/bin/etcd; do
     [ -e "$f" ] || { say "$f is still missing after the installs"; exit 1; }
 done
+# Taps (legovmm --net and its tests) need the tun driver; load it if its node is missing.
+[ -e /dev/net/tun ] || $SUDO modprobe tun 2>/dev/null || say "warning: /dev/net/tun is missing and the tun module would not load"
 say "ready: $(qemu-system-x86_64 --version | head -1), $(cargo --version)"

@@ -12,6 +12,7 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod net;
 pub mod rate_limit;
 pub mod vhost_user_frontend;
 pub mod virtio;

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::auth::{client_handshake, AuthError, ClusterKey};
+use crate::auth::{client_handshake, AuthError};
 use crate::capability::Capability;
+use crate::credential::Identity;
 use crate::error::RemoteError;
-use crate::frame::{Frame, FrameError, Header, FLAG_RESPONSE, HEADER_LEN, MAX_PAYLOAD};
-use crate::io::{read_frame_unbuffered, write_all_vectored, write_frame};
+use crate::frame::{Frame, FrameError, Header, FLAG_RESPONSE, MAX_PAYLOAD};
+use crate::io::{write_all_vectored, write_sealed, FrameReader};
 use crate::request::{opcode, Request, Response};
+use crate::seal::FrameProtection;
 use conn::Conn;
 
 /// Client tuning.
@@ -36,6 +38,9 @@ pub struct ClientConfig {
     /// How long a waiting caller busy-polls the socket before sleeping (zero: never).
     /// Cuts a wake-up from each round trip at the price of CPU time.
     pub spin: Duration,
+    /// The frame protection to ask for (the server may choose a stronger one); by default
+    /// [`FrameProtection::Mac`], or what `LEGO_FABRIC_PROTECTION` says.
+    pub protection: FrameProtection,
 }
 
 impl Default for ClientConfig {
@@ -47,6 +52,7 @@ impl Default for ClientConfig {
             backoff_max: Duration::from_secs(1),
             reconnect_patience: None,
             spin: Duration::ZERO,
+            protection: FrameProtection::from_env_or_default(),
         }
     }
 }
@@ -116,7 +122,7 @@ enum PendingState {
 
 struct Inner {
     addr: SocketAddr,
-    key: ClusterKey,
+    identity: Identity,
     config: ClientConfig,
     next_id: AtomicU64,
     link: Mutex<Link>,
@@ -170,13 +176,14 @@ fn check_request(req: &Request) -> Result<(), ClientError> {
 }
 
 impl Client {
-    /// Connects and authenticates to `addr` (one attempt; later reconnections retry with
-    /// exponential backoff).
+    /// Connects and authenticates to `addr` as `identity` (the cluster key or a credential;
+    /// one attempt; later reconnections retry with exponential backoff).
     pub fn connect<A: ToSocketAddrs + std::fmt::Debug>(
         addr: A,
-        key: ClusterKey,
+        identity: impl Into<Identity>,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
+        let identity = identity.into();
         let resolved = addr
             .to_socket_addrs()
             .map_err(|source| ClientError::Resolve {
@@ -189,7 +196,7 @@ impl Client {
             })?;
         let inner = Inner {
             addr: resolved,
-            key,
+            identity,
             next_id: AtomicU64::new(1),
             link: Mutex::new(Link {
                 conn: None,
@@ -292,16 +299,24 @@ impl Inner {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(self.config.connect_timeout))?;
         stream.set_write_timeout(Some(self.config.connect_timeout))?;
-        let incarnation = client_handshake(&mut &stream, &self.key)?;
+        let hs = client_handshake(&mut &stream, &self.identity, self.config.protection)?;
+        let incarnation = hs.incarnation;
+        let (mut sealer, mut opener) = hs.session.client_halves();
+        let mut reader = FrameReader::checking_crc(opener.checks_crc());
         for cap in caps {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let body = cap.to_bytes();
             let h = Header::new(opcode::ATTACH_CAPABILITY, id, cap.vnode, body.len());
-            write_frame(&mut &stream, &h, &body)?;
-            let reply = read_frame_unbuffered(&mut &stream, MAX_PAYLOAD).map_err(|e| match e {
-                FrameError::Io(e) => ClientError::Io(e),
-                e => ClientError::Disconnected(error_chain(&e)),
-            })?;
+            write_sealed(&mut &stream, &mut sealer, &h, &body)?;
+            let mut reply = match reader.read_frame(&mut &stream) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(ClientError::Timeout(self.config.connect_timeout)),
+                Err(FrameError::Io(e)) => return Err(ClientError::Io(e)),
+                Err(e) => return Err(ClientError::Disconnected(error_chain(&e))),
+            };
+            opener
+                .open(&mut reply)
+                .map_err(|e| ClientError::Disconnected(error_chain(&e)))?;
             if reply.header.status != 0 {
                 let err = RemoteError::from_wire(reply.header.status, &reply.payload);
                 tracing::warn!(vnode = cap.vnode, error = %err, "re-attaching a capability failed");
@@ -309,8 +324,13 @@ impl Inner {
         }
         stream.set_read_timeout(Some(self.read_slice()))?;
         stream.set_write_timeout(Some(self.config.timeout))?;
-        tracing::debug!(addr = %self.addr, incarnation, "fabric connection established");
-        Ok(Arc::new(Conn::new(stream, self.config.spin, incarnation)))
+        tracing::debug!(addr = %self.addr, incarnation, protection = %hs.session.protection, "fabric connection established");
+        Ok(Arc::new(Conn::new(
+            stream,
+            self.config.spin,
+            incarnation,
+            (sealer, reader, opener),
+        )))
     }
 
     /// The live connection, re-made (with backoff) if the last one broke.
@@ -378,8 +398,8 @@ impl Inner {
         let mut h = Header::new(req.opcode, id, req.vnode, req.payload.len());
         h.flags = req.flags;
         let written = {
-            let _g = lock(&conn.write_lock);
-            write_frame(&mut &conn.stream, &h, &req.payload)
+            let mut sealer = lock(&conn.write_lock);
+            write_sealed(&mut &conn.stream, &mut sealer, &h, &req.payload)
         };
         if let Err(e) = written {
             conn.kill(&format!("sending a request failed: {}", error_chain(&e)));
@@ -407,7 +427,7 @@ impl Inner {
             }
         };
         let mut pendings = Vec::with_capacity(reqs.len());
-        let mut headers: Vec<([u8; HEADER_LEN], usize)> = Vec::with_capacity(reqs.len());
+        let mut headers: Vec<(Header, usize)> = Vec::with_capacity(reqs.len());
         for (i, req) in reqs.iter().enumerate() {
             if let Err(e) = check_request(req) {
                 pendings.push(Pending::failed(e));
@@ -420,7 +440,7 @@ impl Inner {
             }
             let mut h = Header::new(req.opcode, id, req.vnode, req.payload.len());
             h.flags = req.flags;
-            headers.push((h.encode(&req.payload), i));
+            headers.push((h, i));
             pendings.push(Pending {
                 state: PendingState::InFlight {
                     conn: conn.clone(),
@@ -430,15 +450,23 @@ impl Inner {
                 },
             });
         }
-        let mut slices = Vec::with_capacity(headers.len() * 2);
-        for (hb, i) in &headers {
-            slices.push(IoSlice::new(hb));
-            if !reqs[*i].payload.is_empty() {
-                slices.push(IoSlice::new(&reqs[*i].payload));
-            }
-        }
         let written = {
-            let _g = lock(&conn.write_lock);
+            let mut sealer = lock(&conn.write_lock);
+            let sealed: Vec<_> = headers
+                .iter()
+                .map(|(h, i)| sealer.seal(h, &reqs[*i].payload))
+                .collect();
+            let mut slices = Vec::with_capacity(headers.len() * 3);
+            for (s, (_, i)) in sealed.iter().zip(&headers) {
+                slices.push(IoSlice::new(&s.header));
+                let body = s.body(&reqs[*i].payload);
+                if !body.is_empty() {
+                    slices.push(IoSlice::new(body));
+                }
+                if !s.tag().is_empty() {
+                    slices.push(IoSlice::new(s.tag()));
+                }
+            }
             write_all_vectored(&mut &conn.stream, &mut slices)
         };
         if let Err(e) = written {

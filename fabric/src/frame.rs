@@ -22,6 +22,8 @@ pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 36;
 /// Largest payload a frame may carry (8 MiB).
 pub const MAX_PAYLOAD: usize = 8 << 20;
+/// Largest `payload_len` on the wire: [`MAX_PAYLOAD`] and a protected frame's tag.
+pub const MAX_WIRE_PAYLOAD: usize = MAX_PAYLOAD + crate::seal::TAG_LEN;
 /// Flag set on every frame sent by the serving side in answer to a request.
 pub const FLAG_RESPONSE: u16 = 0x8000;
 
@@ -44,7 +46,7 @@ pub enum FrameError {
         /// The version in the frame.
         theirs: u16,
     },
-    /// The payload length exceeds [`MAX_PAYLOAD`].
+    /// The payload length exceeds [`MAX_WIRE_PAYLOAD`].
     #[error("the frame announces a payload of {len} bytes, more than the limit of {max} bytes")]
     Oversized {
         /// The announced length.
@@ -136,6 +138,12 @@ impl Header {
         h.write_fields(crc)
     }
 
+    /// Encodes the header as it is (its `payload_len` unchanged) with the checksum field 0:
+    /// how frames protected by a tag go on the wire (see [`crate::seal`]).
+    pub fn encode_without_checksum(&self) -> [u8; HEADER_LEN] {
+        self.write_fields(0)
+    }
+
     /// Decodes and validates a header: magic, version and length (not the checksum, which
     /// needs the payload; see [`Header::verify`]).
     pub fn decode(bytes: &[u8]) -> Result<Header, FrameError> {
@@ -173,10 +181,10 @@ impl Header {
                 theirs: header.version,
             });
         }
-        if header.payload_len as usize > MAX_PAYLOAD {
+        if header.payload_len as usize > MAX_WIRE_PAYLOAD {
             return Err(FrameError::Oversized {
                 len: u64::from(header.payload_len),
-                max: MAX_PAYLOAD,
+                max: MAX_WIRE_PAYLOAD,
             });
         }
         Ok(header)
@@ -298,7 +306,7 @@ mod tests {
             })
         ));
         let mut oversized = good.clone();
-        oversized[28..32].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        oversized[28..32].copy_from_slice(&(MAX_WIRE_PAYLOAD as u32 + 1).to_le_bytes());
         assert!(matches!(
             Frame::decode(&oversized),
             Err(FrameError::Oversized { .. })

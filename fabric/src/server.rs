@@ -14,11 +14,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::auth::ClusterKey;
-use crate::capability::Rights;
+use crate::capability::{CapabilityPublicKey, Rights};
+use crate::credential::{Peer, Role};
 use crate::error::{ErrorCode, RemoteError};
-use crate::io::{close_after_error, write_connection_error};
+use crate::io::{close_after_error, write_sealed_connection_error};
 use crate::pool::WorkerPool;
 use crate::request::Request;
+use crate::seal::{FrameProtection, Session};
 use connection::serve_connection;
 
 /// What the handler sees besides the request.
@@ -32,6 +34,10 @@ pub struct RequestContext {
     pub rights: Rights,
     /// The request id (unique per connection while in flight).
     pub request_id: u64,
+    /// The role the peer authenticated with ([`Role::Cluster`]: the cluster key).
+    pub role: Role,
+    /// The name of the peer's credential (empty for the cluster key).
+    pub name: Arc<str>,
 }
 
 /// Where the server runs a request's handler.
@@ -83,6 +89,12 @@ pub struct ServerConfig {
     /// whose state outlives its process (a storage monitor's files) gives one that changes
     /// only when that state may have been lost.
     pub incarnation: Option<u64>,
+    /// The weakest frame protection this server accepts (a client asking for less gets
+    /// this); by default [`FrameProtection::Mac`], or what `LEGO_FABRIC_PROTECTION` says.
+    pub protection: FrameProtection,
+    /// The managers' public key that attached capabilities must be signed with (`None`: the
+    /// one derived from the cluster key, [`CapabilityPublicKey::derive`]).
+    pub capability_key: Option<CapabilityPublicKey>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +108,8 @@ impl Default for ServerConfig {
             spin: Duration::ZERO,
             write_timeout: Duration::from_secs(30),
             incarnation: None,
+            protection: FrameProtection::from_env_or_default(),
+            capability_key: None,
         }
     }
 }
@@ -156,6 +170,8 @@ pub struct ServerHandle {
 /// State shared by the acceptor, the connections and the workers.
 struct Shared {
     key: ClusterKey,
+    /// What attached capabilities are verified with.
+    capability_key: CapabilityPublicKey,
     /// This server process's incarnation (see [`crate::auth`]), sent in every handshake.
     incarnation: u64,
     handler: Arc<dyn Handler>,
@@ -208,6 +224,9 @@ impl Server {
                         listener,
                         addr: local,
                         shared: Arc::new(Shared {
+                            capability_key: config
+                                .capability_key
+                                .unwrap_or_else(|| CapabilityPublicKey::derive(&key)),
                             key,
                             incarnation,
                             handler,
@@ -315,7 +334,13 @@ impl Drop for ServerHandle {
 
 /// Gives an authenticated connection its thread (refused with `Unavailable` beyond
 /// [`ServerConfig::max_connections`]).
-fn start_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+fn start_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    who: Peer,
+    session: Session,
+) {
     let setup = (|| -> io::Result<TcpStream> {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
@@ -338,8 +363,10 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
             let refused = std::thread::Builder::new()
                 .name("fabric-refuse".into())
                 .spawn(move || {
-                    let _ = write_connection_error(
+                    let (mut sealer, _) = session.server_halves();
+                    let _ = write_sealed_connection_error(
                         &mut &stream,
+                        &mut sealer,
                         ErrorCode::Unavailable,
                         "the server has too many connections",
                     );
@@ -362,7 +389,7 @@ fn start_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let spawned = std::thread::Builder::new()
         .name(format!("fabric-conn-{id}"))
         .spawn(move || {
-            serve_connection(&sh, stream, peer);
+            serve_connection(&sh, stream, peer, who, &session);
             lock(&sh.conns).remove(&id);
         });
     match spawned {

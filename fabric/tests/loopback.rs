@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use lego_fabric::auth::client_handshake;
-use lego_fabric::frame::{Frame, Header, HEADER_LEN, MAX_PAYLOAD};
+use lego_fabric::frame::{Frame, Header, HEADER_LEN, MAX_PAYLOAD, MAX_WIRE_PAYLOAD};
 use lego_fabric::*;
 
 const ECHO: u16 = 0x0100;
@@ -122,6 +122,10 @@ fn key() -> ClusterKey {
     ClusterKey::from_bytes([0x42; 32])
 }
 
+fn ckey() -> CapabilityKey {
+    CapabilityKey::derive(&key())
+}
+
 fn start() -> (ServerHandle, Arc<TestHandler>) {
     start_at("127.0.0.1:0")
 }
@@ -170,12 +174,31 @@ fn assert_closed(s: &mut TcpStream) {
     }
 }
 
+/// A raw connection that finished the handshake asking for CRC-only frames (what a server
+/// whose floor is `crc` grants), so the test can write frames by hand.
 fn raw_authenticated(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("raw connect");
     s.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
-    client_handshake(&mut s, &key()).expect("handshake");
+    let hs = client_handshake(&mut s, &key().into(), FrameProtection::Crc).expect("handshake");
+    assert_eq!(
+        hs.session.protection,
+        FrameProtection::Crc,
+        "the server's floor"
+    );
     s
+}
+
+/// A server that allows CRC-only frames (for tests that write frames by hand).
+fn start_crc_only() -> ServerHandle {
+    let cfg = ServerConfig {
+        protection: FrameProtection::Crc,
+        ..ServerConfig::default()
+    };
+    let handler = Arc::new(TestHandler::default());
+    Server::bind("127.0.0.1:0", key(), handler, cfg)
+        .expect("bind")
+        .spawn()
 }
 
 #[test]
@@ -377,7 +400,7 @@ fn vnode_requests_need_that_vnodes_capability() {
         remote_code(client.call(Request::new(RIGHTS, 5, vec![]))),
         ErrorCode::Forbidden
     );
-    let cap6 = Capability::issue(&key(), 6, Rights::MEMORY, Duration::from_secs(600));
+    let cap6 = Capability::issue(&ckey(), 6, Rights::MEMORY, Duration::from_secs(600));
     client.attach(&cap6).expect("attach 6");
     assert_eq!(
         remote_code(client.call(Request::new(RIGHTS, 5, vec![]))),
@@ -393,12 +416,12 @@ fn vnode_requests_need_that_vnodes_capability() {
         .call(Request::new(RIGHTS, 0, vec![]))
         .expect("vnode 0");
 
-    let expired = Capability::issue_until(&key(), 5, Rights::MEMORY, 1);
+    let expired = Capability::issue_until(&ckey(), 5, Rights::MEMORY, 1);
     assert!(
         matches!(client.attach(&expired), Err(ClientError::Remote(e)) if e.code == ErrorCode::Forbidden)
     );
     let foreign = Capability::issue(
-        &ClusterKey::from_bytes([9; 32]),
+        &CapabilityKey::derive(&ClusterKey::from_bytes([9; 32])),
         5,
         Rights::all(),
         Duration::from_secs(600),
@@ -414,7 +437,7 @@ fn vnode_requests_need_that_vnodes_capability() {
 
 #[test]
 fn a_bad_frame_closes_only_its_own_connection() {
-    let (server, _) = start();
+    let server = start_crc_only();
     let good = connect(server.local_addr());
     good.call(Request::new(ECHO, 0, vec![1])).expect("before");
 
@@ -426,7 +449,7 @@ fn a_bad_frame_closes_only_its_own_connection() {
     let mut bad_crc = valid.clone();
     bad_crc[HEADER_LEN + 1] ^= 0x10;
     let mut oversized = valid.clone();
-    oversized[28..32].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+    oversized[28..32].copy_from_slice(&(MAX_WIRE_PAYLOAD as u32 + 1).to_le_bytes());
     let garbage = vec![0xA5u8; 100];
     for (name, bytes) in [
         ("bad crc", bad_crc),
@@ -500,7 +523,8 @@ fn in_flight_requests_fail_when_the_connection_dies() {
     let addr = listener.local_addr().expect("addr");
     let fake = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
-        lego_fabric::auth::server_handshake(&mut s, &key(), 1).expect("handshake");
+        lego_fabric::auth::server_handshake(&mut s, &key(), 1, FrameProtection::Mac)
+            .expect("handshake");
         let mut h = [0u8; HEADER_LEN];
         s.read_exact(&mut h).expect("request");
     });
@@ -515,7 +539,7 @@ fn the_client_reconnects_and_reattaches_after_a_server_restart() {
     let (server, _) = start();
     let addr = server.local_addr();
     let client = connect(addr);
-    let cap = Capability::issue(&key(), 3, Rights::STORAGE, Duration::from_secs(600));
+    let cap = Capability::issue(&ckey(), 3, Rights::STORAGE, Duration::from_secs(600));
     client.attach(&cap).expect("attach");
     let before = client
         .call(Request::new(RIGHTS, 3, vec![]))

@@ -75,9 +75,11 @@ fn raise_descriptor_limit(want: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 }
 
-/// A client HELLO's bytes (header and nonce), which tricklers send one byte at a time.
+/// A client HELLO's bytes (header, nonce, role 0 and an empty name: the cluster key), which
+/// tricklers send one byte at a time.
 fn hello_bytes() -> Vec<u8> {
-    let nonce = [7u8; 32];
+    let mut nonce = [7u8; 34];
+    nonce[32..].fill(0);
     let h = Header::new(opcode::HELLO, 0, 0, nonce.len());
     let mut b = h.encode(&nonce).to_vec();
     b.extend_from_slice(&nonce);

@@ -173,7 +173,12 @@ fn kill_during_stream(
 
 fn main() {
     let key = ClusterKey::generate().expect("key");
-    let cap = Capability::issue(&key, 1, Rights::MEMORY, Duration::from_secs(3600));
+    let cap = Capability::issue(
+        &lego_fabric::CapabilityKey::derive(&key),
+        1,
+        Rights::MEMORY,
+        Duration::from_secs(3600),
+    );
     let (_a, addr_a) = monitor(&key);
     let (_b, addr_b) = monitor(&key);
     let one = connect(&key, &cap, &[&addr_a]);

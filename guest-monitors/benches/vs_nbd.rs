@@ -243,7 +243,7 @@ fn main() {
         &maddr,
     );
     let cap = Capability::issue(
-        &key,
+        &lego_fabric::CapabilityKey::derive(&key),
         1,
         Rights::MEMORY | Rights::STORAGE,
         Duration::from_secs(3600),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::manager::addresses::VnodeSubnet;
 use lego_monitor_client::size::ByteSize;
 
 /// Default fabric address of the manager.
@@ -70,10 +71,15 @@ pub struct MonitorFileConfig {
     pub manager: Option<String>,
     /// Cluster key file (else `LEGO_CLUSTER_KEY` / `LEGO_CLUSTER_KEY_FILE`).
     pub key_file: Option<PathBuf>,
+    /// The managers' capability public key, in hex or a file holding it (default: derived
+    /// from the cluster key).
+    pub capability_public_key: Option<String>,
     /// Heartbeat interval in milliseconds.
     pub heartbeat_ms: Option<u64>,
     /// Worker threads for blocking requests.
     pub workers: Option<usize>,
+    /// µs each connection's reader busy-polls its socket before sleeping (0: never).
+    pub poll_us: Option<u64>,
     /// Address of the Prometheus metrics endpoint (none when unset).
     pub metrics: Option<String>,
     /// Storage monitor only: folder of volume files.
@@ -108,8 +114,14 @@ pub struct ManagerFileConfig {
     pub repair_rate_mib: Option<u32>,
     /// Seconds without a lease renewal after which a vNode's memory is reclaimed.
     pub vnode_lease_secs: Option<u64>,
+    /// IPv4 subnet (CIDR) vNodes get their addresses from; its first host address is the
+    /// gateway.
+    pub vnode_subnet: Option<VnodeSubnet>,
     /// Cluster key file.
     pub key_file: Option<PathBuf>,
+    /// File holding the capability signing key's seed in hex (default: derived from the
+    /// cluster key).
+    pub capability_key_file: Option<PathBuf>,
     /// Address of the Prometheus metrics endpoint (none when unset).
     pub metrics: Option<String>,
 }
@@ -131,6 +143,15 @@ mod tests {
         std::fs::write(&p, "capacity = \"2Q\"\n").expect("write");
         assert!(load::<MonitorFileConfig>(Some(&p)).is_err());
         assert!(load::<ManagerFileConfig>(Some(&d.path().join("missing.toml"))).is_err());
+        std::fs::write(&p, "vnode_subnet = \"10.50.0.0/16\"\n").expect("write");
+        let c: ManagerFileConfig = load(Some(&p)).expect("a subnet");
+        assert_eq!(
+            c.vnode_subnet.map(|s| s.to_string()).as_deref(),
+            Some("10.50.0.0/16")
+        );
+        std::fs::write(&p, "vnode_subnet = \"10.50.0.0/31\"\n").expect("write");
+        let e = load::<ManagerFileConfig>(Some(&p)).expect_err("too small");
+        assert!(e.to_string().contains("too small for a vNode"), "{e}");
         assert_eq!(
             load::<ManagerFileConfig>(None).expect("default"),
             ManagerFileConfig::default()

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lego_fabric::{
-    AuthError, ClusterKey, Handler, Server, ServerConfig, ServerError, ServerHandle,
+    AuthError, ClusterKey, FrameProtection, Handler, Server, ServerConfig, ServerError,
+    ServerHandle,
 };
 
 use crate::config::ConfigError;
@@ -14,6 +15,9 @@ use crate::manager::{ManagerError, StateError};
 use crate::volume::VolumeError;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+/// The longest socket poll a monitor accepts (`--poll-us`).
+pub const MAX_POLL_US: u64 = 10_000;
 
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,12 @@ pub enum DaemonError {
     /// The cluster key could not be loaded.
     #[error("cannot load the cluster key")]
     Key(#[from] AuthError),
+    /// `LEGO_FABRIC_PROTECTION` names no frame protection.
+    #[error("cannot choose the fabric's frame protection")]
+    Protection(#[from] lego_fabric::SealError),
+    /// The capability signing or public key could not be loaded.
+    #[error("cannot load the capability key")]
+    CapabilityKey(#[from] lego_fabric::CapabilityError),
     /// The server could not bind or start.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -57,6 +67,9 @@ pub enum DaemonError {
     /// The leading manager lost its leadership and stopped serving.
     #[error("this manager lost its leadership ({0}) and stopped serving; restart it to stand by")]
     LeadershipLost(String),
+    /// `--poll-us` (or `poll_us`) asks for a longer poll than a daemon allows.
+    #[error("a poll of {0} µs is more than the {max} µs allowed", max = MAX_POLL_US)]
+    PollTooLong(u64),
     /// A config key was given to the wrong daemon.
     #[error("the key '{key}' belongs to the {owner}, not the {daemon}")]
     ForeignKey {
@@ -100,8 +113,11 @@ pub fn serve(
     addr: &str,
     key: ClusterKey,
     handler: Arc<dyn Handler>,
-    config: ServerConfig,
+    mut config: ServerConfig,
 ) -> Result<ServerHandle, DaemonError> {
+    // The default config already took LEGO_FABRIC_PROTECTION; a bad value is an error here.
+    config.protection = FrameProtection::from_env()?;
+    tracing::info!(%addr, protection = %config.protection, "fabric frames protected");
     let server =
         Server::bind(addr, key, handler, config).map_err(|source| DaemonError::Listen {
             addr: addr.to_string(),

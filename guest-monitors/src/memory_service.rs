@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
+use lego_fabric::{
+    Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights, Role,
+};
 
 use crate::bounds::PlacementBounds;
 use crate::pagestore::{PageStore, PageStoreError, PAGE_SIZE};
@@ -77,7 +79,13 @@ impl Handler for MemoryService {
         let op = MemoryOp::decode(req.opcode, &req.payload)?;
         let vnode = ctx.vnode;
         if vnode == 0 {
-            // Cluster-level: only whole-monitor statistics.
+            // Cluster-level: only whole-monitor statistics, which cover every vNode.
+            if ctx.role == Role::Compute {
+                return Err(RemoteError::new(
+                    ErrorCode::Forbidden,
+                    "a compute host may not read the monitor's statistics of every vNode; they need the operator role",
+                ));
+            }
             return match op {
                 MemoryOp::Stats => Ok(to_json(&MonitorMemoryStats { store: self.store.stats() })),
                 _ => Err(RemoteError::new(

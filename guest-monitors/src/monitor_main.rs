@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lego_fabric::{ClusterKey, Handler, ServerConfig};
+use lego_fabric::{CapabilityPublicKey, ClusterKey, Handler, ServerConfig};
 use lego_metrics::prometheus_client::registry::Registry;
 use lego_metrics::MetricsServer;
 use lego_monitor_client::proto::manager::MonitorKind;
@@ -35,12 +35,22 @@ pub struct MonitorFlags {
     /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// The managers' capability public key (64 hex digits, or a file holding them) that
+    /// capabilities must be signed with [default: derived from the cluster key, as the
+    /// manager's default signing key is].
+    #[arg(long, value_name = "HEX|FILE")]
+    pub capability_public_key: Option<String>,
     /// Heartbeat interval in milliseconds [default: 1000].
     #[arg(long, value_name = "MS")]
     pub heartbeat_ms: Option<u64>,
     /// Worker threads for blocking requests [default: 4].
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// After each request, busy-poll the connection's socket for up to this many µs before
+    /// sleeping in read (trades CPU for a wake-up on a quick next request; at most 10000)
+    /// [default: 0, never].
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9100 [default: none].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -58,8 +68,12 @@ pub struct MonitorSettings {
     pub heartbeat: Duration,
     /// Worker threads.
     pub workers: usize,
+    /// How long each connection's reader busy-polls its socket before sleeping.
+    pub poll: Duration,
     /// Cluster key.
     pub key: ClusterKey,
+    /// The managers' capability public key (`None`: derived from the cluster key).
+    pub capability_key: Option<CapabilityPublicKey>,
     /// The incarnation to report (`None`: new with each process).
     pub incarnation: Option<u64>,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -73,6 +87,15 @@ pub fn resolve(
 ) -> Result<(MonitorSettings, MonitorFileConfig), DaemonError> {
     let file: MonitorFileConfig = config::load(flags.config.as_deref())?;
     let key = ClusterKey::load(flags.key_file.or(file.key_file.clone()).as_deref())?;
+    let capability_key = flags
+        .capability_public_key
+        .or(file.capability_public_key.clone())
+        .map(|k| CapabilityPublicKey::from_hex_or_file(&k))
+        .transpose()?;
+    let poll_us = flags.poll_us.or(file.poll_us).unwrap_or(0);
+    if poll_us > daemon::MAX_POLL_US {
+        return Err(DaemonError::PollTooLong(poll_us));
+    }
     let settings = MonitorSettings {
         listen: flags
             .listen
@@ -88,7 +111,9 @@ pub fn resolve(
                 .max(10),
         ),
         workers: flags.workers.or(file.workers).unwrap_or(4).max(1),
+        poll: Duration::from_micros(poll_us),
         key,
+        capability_key,
         incarnation: None,
         metrics: flags.metrics.or(file.metrics.clone()),
     };
@@ -119,7 +144,9 @@ pub fn serve_until_signal(
         handler,
         ServerConfig {
             workers: settings.workers,
+            spin: settings.poll,
             incarnation: settings.incarnation,
+            capability_key: settings.capability_key,
             ..Default::default()
         },
     )?;

@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lego_fabric::{Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights};
+use lego_fabric::{
+    Dispatch, ErrorCode, Handler, RemoteError, Request, RequestContext, Rights, Role,
+};
 
 use crate::bounds::VolumeBounds;
 use crate::volume::{VolumeError, VolumeStore};
@@ -176,6 +178,13 @@ impl Handler for StorageService {
     fn handle(&self, ctx: &RequestContext, req: Request) -> Result<Vec<u8>, RemoteError> {
         let vnode = ctx.vnode;
         if vnode == 0 {
+            // Statistics and the list cover every vNode.
+            if ctx.role == Role::Compute {
+                return Err(RemoteError::new(
+                    ErrorCode::Forbidden,
+                    "a compute host may not list the volumes or read the statistics of every vNode; they need the operator role",
+                ));
+            }
             return match req.opcode {
                 st::STATS => Ok(to_json(&self.stats()?)),
                 st::LIST => Ok(to_json(&self.store.list(0)?)),

@@ -18,25 +18,6 @@ use lego_monitor_client::proto::memory::{self as mm, PAGE_SIZE};
 
 const REGION: u64 = 64 << 20;
 
-fn start_manager(net: &mut Net, key: &ClusterKey, extra: &[&str]) -> Daemon {
-    let h = net.host("m");
-    let state = net.path("manager-state");
-    let mut a = args(&[
-        "--listen",
-        &h.addr,
-        "--state-dir",
-        state.to_str().expect("utf8"),
-        "--region-size",
-        "64M",
-        "--heartbeat-ms",
-        "200",
-    ]);
-    a.extend(args(extra));
-    let mut d = Daemon::start(net, "manager", MANAGER_BIN, &h, &a, key);
-    d.wait_ready(key);
-    d
-}
-
 fn start_memory(
     net: &mut Net,
     key: &ClusterKey,

@@ -24,6 +24,7 @@ fn help_lists_flags() {
                 "--listen",
                 "--manager",
                 "--metrics",
+                "--poll-us",
             ][..],
         ),
         (
@@ -86,6 +87,18 @@ fn bad_config_and_start_up_errors_are_clear() {
         &args(&["--config", cfg.to_str().expect("utf8")]),
     );
     assert!(!ok && log.contains("not a size"), "{log}");
+
+    let (ok, log) = run_to_exit(
+        &net,
+        "long-poll",
+        MEMORY_BIN,
+        &h,
+        &args(&["--listen", &h.addr, "--poll-us", "20000"]),
+    );
+    assert!(
+        !ok && log.contains("a poll of 20000 µs is more than the 10000 µs allowed"),
+        "{log}"
+    );
 
     let (ok, log) = run_to_exit(
         &net,

@@ -7,45 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lego_fabric::ClusterKey;
 use lego_monitor_client::client::{LeaseKeeper, ManagerClient};
-
-fn start_manager(net: &mut Net, key: &ClusterKey, lease_secs: &str) -> Daemon {
-    let h = net.host("m");
-    let state = net.path("manager-state");
-    let a = args(&[
-        "--listen",
-        &h.addr,
-        "--state-dir",
-        state.to_str().expect("utf8"),
-        "--region-size",
-        "16M",
-        "--heartbeat-ms",
-        "200",
-        "--vnode-lease-secs",
-        lease_secs,
-    ]);
-    let mut d = Daemon::start(net, "manager", MANAGER_BIN, &h, &a, key);
-    d.wait_ready(key);
-    d
-}
-
-fn start_memory(net: &mut Net, key: &ClusterKey, manager: &str) -> Daemon {
-    let h = net.host("mem");
-    let a = args(&[
-        "--listen",
-        &h.addr,
-        "--capacity",
-        "256M",
-        "--heartbeat-ms",
-        "200",
-        "--manager",
-        manager,
-    ]);
-    let mut d = Daemon::start(net, "mem", MEMORY_BIN, &h, &a, key);
-    d.wait_ready(key);
-    d
-}
 
 /// The vRegions the manager has placed for `vnode`.
 fn regions(mc: &ManagerClient, vnode: u64) -> usize {
@@ -61,8 +23,8 @@ fn regions(mc: &ManagerClient, vnode: u64) -> usize {
 fn a_vnode_whose_lease_lapsed_has_its_memory_reclaimed() {
     let key = key();
     let mut net = Net::new("vnode_lease");
-    let mgr = start_manager(&mut net, &key, "2");
-    let _mem = start_memory(&mut net, &key, mgr.addr());
+    let mgr = start_manager_sized(&mut net, &key, "16M", &["--vnode-lease-secs", "2"]);
+    let _mem = start_memory_monitor(&mut net, &key, "mem", mgr.addr(), &[]);
     let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("manager");
     eventually("the memory monitor registered", || {
         (mc.status().ok()?.monitors.len() == 1).then_some(())

@@ -19,45 +19,6 @@ const RUN: u64 = 64;
 /// Expected content of a page that was trimmed: zeros.
 const TRIMMED: u64 = u64::MAX;
 
-fn start_manager(net: &mut Net, key: &ClusterKey, rate_mib: &str) -> Daemon {
-    let h = net.host("m");
-    let state = net.path("manager-state");
-    let a = args(&[
-        "--listen",
-        &h.addr,
-        "--state-dir",
-        state.to_str().expect("utf8"),
-        "--region-size",
-        "64M",
-        "--heartbeat-ms",
-        "200",
-        "--copies",
-        "2",
-        "--repair-rate-mib",
-        rate_mib,
-    ]);
-    let mut d = Daemon::start(net, "manager", MANAGER_BIN, &h, &a, key);
-    d.wait_ready(key);
-    d
-}
-
-fn start_memory(net: &mut Net, key: &ClusterKey, name: &str, manager: &str) -> Daemon {
-    let h = net.host("mem");
-    let a = args(&[
-        "--listen",
-        &h.addr,
-        "--capacity",
-        "256M",
-        "--heartbeat-ms",
-        "200",
-        "--manager",
-        manager,
-    ]);
-    let mut d = Daemon::start(net, name, MEMORY_BIN, &h, &a, key);
-    d.wait_ready(key);
-    d
-}
-
 /// Deterministic content of `page` in write round `round` (all zeros now and then, so zero
 /// writes happen during the repair too).
 fn stamp(page: u64, round: u64) -> Vec<u8> {
@@ -95,9 +56,13 @@ impl Cluster {
         }
         let key = key();
         let mut net = Net::new(name);
-        let mgr = start_manager(&mut net, &key, rate_mib);
+        let mgr = start_manager(
+            &mut net,
+            &key,
+            &["--copies", "2", "--repair-rate-mib", rate_mib],
+        );
         let mons: Vec<Daemon> = (1..=3)
-            .map(|i| start_memory(&mut net, &key, &format!("mem{i}"), mgr.addr()))
+            .map(|i| start_memory_monitor(&mut net, &key, &format!("mem{i}"), mgr.addr(), &[]))
             .collect();
         let mc = ManagerClient::connect(mgr.addr(), key.clone(), client_config()).expect("mgr");
         eventually("three memory monitors registered", || {

@@ -222,6 +222,19 @@ pub fn run_cluster_job(
     run_job(&testbed(label, false), &job, label)
 }
 
+/// The static `lego-guest-tools` (the one the guest image holds), for jobs that run it on the
+/// compute host itself; built on first use into the testbed's default cache.
+pub fn static_guest_tools() -> PathBuf {
+    let cache = lego_testbed::paths::default_cache();
+    lego_image::guest_tools::build(&cache.join("guest-tools-target"))
+        .expect("the static guest tools build")
+}
+
+/// `tools/vnode-bridge.sh`, which sets up a compute host's bridge for its vNodes.
+pub fn vnode_bridge_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tools/vnode-bridge.sh")
+}
+
 /// A release binary of the workspace, next to the legovmm under test.
 pub fn release_binary(name: &str) -> PathBuf {
     let p = legovmm().with_file_name(name);

@@ -47,7 +47,8 @@ fn run_job() -> Results {
          WORKLOAD_MIB={WORKLOAD_MIB} VOLUME_SIZE=64M\n{BAD_INPUT}\n{SCRIPT}",
         key.trim()
     );
-    let mut job = lego_tests::guest_job("remote-vnode", script, Duration::from_secs(900));
+    let mut job = lego_tests::guest_job("remote-vnode", script, Duration::from_secs(900))
+        .file(lego_tests::vnode_bridge_script(), "vnode-bridge.sh");
     let testbed = lego_tests::testbed("remote_vnode", false);
     for bin in [
         "lego-vhost-blk",
@@ -153,5 +154,41 @@ fn the_manager_shows_the_vnodes_placements() {
         first_err.contains("remote memory is served")
             || first_err.contains("started remote device backend"),
         "{first_err}"
+    );
+}
+
+#[test]
+fn the_demo_vnode_has_an_address_from_the_manager_and_keeps_it_across_launches() {
+    let r = results();
+    let ip = |name: &str| {
+        let console = r.out.text(name);
+        let line = console
+            .lines()
+            .find(|l| l.contains("LEGO_NET_UP"))
+            .unwrap_or_else(|| panic!("{name}: the guest configured no interface:\n{console}"))
+            .to_string();
+        marker(&line, "ip").expect("ip").to_string()
+    };
+    let first = ip("first.console");
+    assert!(
+        first.starts_with("10.99.0."),
+        "{first} is not from the manager's pool"
+    );
+    assert_eq!(
+        ip("second.console"),
+        first,
+        "the relaunched vNode changed address"
+    );
+    let console = r.out.text("first.console");
+    assert!(
+        console.contains("2 packets transmitted, 2 packets received"),
+        "the vNode did not reach its compute host:\n{console}"
+    );
+    assert!(
+        r.out
+            .console
+            .contains(&format!("network: vNode 1 at {first}")),
+        "the summary does not show the address:\n{}",
+        r.out.console_tail(40)
     );
 }

@@ -199,7 +199,8 @@ fn run_job() -> Results {
         ports.manager, ports.memory
     );
     let mut job = lego_tests::guest_job("remote-vnode-network", script, Duration::from_secs(1200))
-        .network(true);
+        .network(true)
+        .file(lego_tests::vnode_bridge_script(), "vnode-bridge.sh");
     let testbed = lego_tests::testbed("remote_vnode_network", true);
     // Monitors tell the manager where clients reach them: from inside the nested compute
     // host this machine's loopback is 10.0.2.2.

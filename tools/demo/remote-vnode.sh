@@ -4,7 +4,10 @@
 # plus remote memory and a remote disk (`legovmm --remote-memory --remote-disk`: legovmm starts
 # the lego-vhost-blk backends, the manager places the memory and the volume), runs a
 # memory-hungry workload that checks every page and writes a file to the remote disk, then
-# launches the vNode again to read the file back, and prints a summary.
+# launches the vNode again to read the file back, and prints a summary. The vNode is on the
+# network: the job folder's vnode-bridge.sh sets up the compute host's bridge (lego0, the
+# gateway 10.99.0.1/24 of the manager's default --vnode-subnet), legovmm joins the vNode's tap
+# to it, and the manager gives the vNode its address; the workload pings the compute host.
 #
 # Parameters (environment, with defaults): LEGO_CLUSTER_KEY (required), GUEST_RAM (128M),
 # REMOTE_MEMORY (1G), WORKLOAD_MIB (512), VOLUME (data), VOLUME_SIZE (256M), VNODE (1),
@@ -40,6 +43,12 @@ if [ "$REMOTE_SIDE" = local ]; then
     ./lego-storage-monitor --listen 127.0.0.1:7200 --data-dir volumes --capacity 2G --manager $MANAGER --heartbeat-ms 200 > storage-monitor.log 2>&1 &
     storage_monitor=$!
 fi
+if ! sh ./vnode-bridge.sh --bridge lego0 --gateway 10.99.0.1/24 > bridge.txt 2>&1; then
+    cat bridge.txt
+    echo "LEGO_SAY the compute host's bridge could not be set up (see above)"
+    exit 1
+fi
+NET="--net tap=lgv$VNODE,bridge=lego0"
 n=0
 while [ "$(./legoctl --manager $MANAGER status 2> /dev/null | grep -c alive)" -lt 2 ] && [ "$n" -lt 300 ]; do
     sleep 0.1; n=$((n + 1))
@@ -68,11 +77,11 @@ lego_progress() {
 
 echo "LEGO_SAY vNode $VNODE: booting with $GUEST_RAM of RAM, $REMOTE_MEMORY of remote memory and a remote disk; workload: write and check $WORKLOAD_MIB MiB"
 lego_vnode first 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory "$GUEST_RAM" --vcpus 1 \
-    --vnode "$VNODE" --manager $MANAGER --remote-memory "$REMOTE_MEMORY" --remote-disk "$VOLUME,$VOLUME_SIZE" \
-    --cmdline "console=ttyS0 quiet lego.run=\"lego-guest-tools memtest --mib $WORKLOAD_MIB && grep -E '^(MemTotal|SwapTotal):' /proc/meminfo && grep -E '^pswp(in|out) ' /proc/vmstat && echo written-by-vnode-$VNODE > /mnt/remote/proof.txt\""
+    --vnode "$VNODE" --manager $MANAGER --remote-memory "$REMOTE_MEMORY" --remote-disk "$VOLUME,$VOLUME_SIZE" $NET \
+    --cmdline "console=ttyS0 quiet lego.run=\"ping -c 2 -W 5 10.99.0.1; lego-guest-tools memtest --mib $WORKLOAD_MIB && grep -E '^(MemTotal|SwapTotal):' /proc/meminfo && grep -E '^pswp(in|out) ' /proc/vmstat && echo written-by-vnode-$VNODE > /mnt/remote/proof.txt\""
 echo "LEGO_SAY vNode $VNODE: workload done (exit $(cat first.exit)); launching it again to read its remote disk"
 lego_vnode second 3 150 --log-level info --kernel vmlinuz --initrd initramfs.cpio --memory "$GUEST_RAM" --vcpus 1 \
-    --vnode "$VNODE" --manager $MANAGER --remote-disk "$VOLUME" \
+    --vnode "$VNODE" --manager $MANAGER --remote-disk "$VOLUME" $NET \
     --cmdline 'console=ttyS0 quiet lego.run="cat /mnt/remote/proof.txt"'
 
 # A caller may add its own checks against the running cluster (the tests do).
@@ -101,6 +110,11 @@ say() { echo "$*" >> summary.txt; }
 : > summary.txt
 say "vNode $VNODE: local RAM ${mem_kb:-?} kB (MemTotal), remote memory ${swap_kb:-?} kB of swap on the memory monitor"
 say "$(grep -m1 LEGO_MEMTEST first.console)"
+net_ip=$(grep -m1 LEGO_NET_UP first.console | sed -n 's/.* ip=\([^ ]*\).*/\1/p')
+net_mac=$(grep -m1 LEGO_NET_UP first.console | sed -n 's/.* mac=\([^ ]*\).*/\1/p')
+again_ip=$(grep -m1 LEGO_NET_UP second.console | sed -n 's/.* ip=\([^ ]*\).*/\1/p')
+pings=$(grep -m1 'packets transmitted' first.console)
+say "network: vNode $VNODE at ${net_ip:-NO ADDRESS} (MAC ${net_mac:-?}, from the manager), ${again_ip:-NO ADDRESS} after relaunch; pinging the compute host 10.99.0.1: ${pings:-no answer}"
 say "pages swapped out ${pswpout:-?}, swapped in ${pswpin:-?} (guest /proc/vmstat)"
 if [ -n "$pswpin" ] && [ "${pswpin:-0}" -gt 0 ] && [ -n "$verify_ms" ]; then
     say "mean page-in cost during the verify pass: $(( verify_ms * 1000 / pswpin )) us per page swapped in (upper bound: includes the checking)"

@@ -4,15 +4,14 @@
 //! forgotten by the manager after a few intervals. An unreachable manager is logged and
 //! retried; it never stops the vNode.
 
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lego_fabric::{ClientConfig, ClusterKey};
+use lego_fabric::{ClientConfig, Identity};
 use lego_monitor_client::client::ManagerClient;
 use lego_monitor_client::proto::manager::{VnodeDown, VnodeUp};
 
 use crate::api::control::LiveDevice;
+use crate::background::{Background, StopFlag};
 use crate::config::{RemoteConfig, VmConfig};
 use crate::hotplug::DeviceList;
 
@@ -21,8 +20,7 @@ const RETRY: Duration = Duration::from_secs(1);
 
 /// The announcing thread; dropping it says the vNode stopped.
 pub struct Announcer {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Background,
 }
 
 /// This host's name (`/proc/sys/kernel/hostname`).
@@ -69,7 +67,7 @@ impl Announcer {
     /// at each announcement (hot-added ones too); `None` (logged) when the cluster key cannot
     /// be loaded.
     pub fn start(remote: &RemoteConfig, up: VnodeUp, devices: DeviceList) -> Option<Self> {
-        let key = match ClusterKey::load(remote.key_file.as_deref()) {
+        let key = match Identity::load(remote.key_file.as_deref()) {
             Ok(k) => k,
             Err(e) => {
                 tracing::warn!(
@@ -80,48 +78,17 @@ impl Announcer {
                 return None;
             }
         };
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let manager = remote.manager.clone();
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("announce".into())
-            .spawn(move || run(&manager, key, up, &devices, &s))
-            .map_err(|e| tracing::warn!("cannot start the thread announcing the vNode: {e}"))
-            .ok()?;
-        Some(Self {
-            stop,
-            thread: Some(thread),
+        let thread = Background::spawn("announce", move |stop| {
+            run(&manager, key, up, &devices, stop)
         })
+        .map_err(|e| tracing::warn!("cannot start the thread announcing the vNode: {e}"))
+        .ok()?;
+        Some(Self { _thread: thread })
     }
 }
 
-impl Drop for Announcer {
-    fn drop(&mut self) {
-        *self.stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.stop.1.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Waits up to `d` or until stopped; true when stopped.
-fn wait(stop: &(Mutex<bool>, Condvar), d: Duration) -> bool {
-    let guard = stop.0.lock().unwrap_or_else(|e| e.into_inner());
-    let (guard, _) = stop
-        .1
-        .wait_timeout_while(guard, d, |stopped| !*stopped)
-        .unwrap_or_else(|e| e.into_inner());
-    *guard
-}
-
-fn run(
-    manager: &str,
-    key: ClusterKey,
-    mut up: VnodeUp,
-    devices: &DeviceList,
-    stop: &(Mutex<bool>, Condvar),
-) {
+fn run(manager: &str, key: Identity, mut up: VnodeUp, devices: &DeviceList, stop: &StopFlag) {
     let config = ClientConfig {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(2),
@@ -161,7 +128,7 @@ fn run(
                 RETRY
             }
         };
-        if wait(stop, next) {
+        if stop.wait(next) {
             break;
         }
     }

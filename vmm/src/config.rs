@@ -1,6 +1,7 @@
 //! The vNode's configuration: a TOML file and command-line flags, merged (flags win).
 
 use crate::memory::MemoryBacking;
+use crate::network::config::{NetConfig, NetConfigError, NetTable};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,9 @@ pub enum ConfigError {
     /// The memory size is outside what can be booted.
     #[error("guest memory of {0} bytes is not allowed: it must be at least 32 MiB and a multiple of 4 KiB")]
     BadMemory(u64),
+    /// A network device's specification could not be understood.
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
     /// No kernel was given.
     #[error("no kernel given: pass --kernel PATH or set `kernel` in the config file")]
     NoKernel,
@@ -215,7 +219,7 @@ pub struct RemoteConfig {
     pub manager: String,
     /// The vNode id whose memory and volumes these are.
     pub vnode: u64,
-    /// Cluster key file passed to the backends (else they read LEGO_CLUSTER_KEY[_FILE]).
+    /// Cluster key or credential file passed to the backends (else they read LEGO_CLUSTER_KEY[_FILE]).
     pub key_file: Option<PathBuf>,
     /// Remote memory to place, in bytes (the guest's swap).
     pub memory: Option<u64>,
@@ -259,6 +263,9 @@ pub struct FileConfig {
     /// vhost-user-blk disks (`[[vhost_user_blk]]` tables with `socket`).
     #[serde(default)]
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
+    /// virtio-net devices (`[[net]]` tables with `tap`).
+    #[serde(default)]
+    pub net: Vec<NetTable>,
     /// Serial output: "stdout", "none", "file:PATH" or "socket:PATH".
     pub serial: Option<String>,
     /// Remote memory on the cluster, e.g. "1G".
@@ -273,7 +280,7 @@ pub struct FileConfig {
     pub manager: Option<String>,
     /// The vNode id.
     pub vnode: Option<u64>,
-    /// Cluster key file.
+    /// Cluster key or credential file.
     pub key_file: Option<PathBuf>,
     /// How guest RAM is backed: "auto", "private", "shared" or "hugetlb".
     pub memory_backing: Option<MemoryBacking>,
@@ -335,6 +342,8 @@ pub struct Overrides {
     pub disks: Vec<String>,
     /// `--vhost-user-blk` (replaces the file's when any is given).
     pub vhost_user_blk: Vec<String>,
+    /// `--net` (replaces the file's when any is given).
+    pub net: Vec<String>,
     /// `--serial`.
     pub serial: Option<String>,
     /// `--remote-memory`.
@@ -376,6 +385,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// vhost-user-blk disks, seen by the guest after the local disks.
     pub vhost_user_blk: Vec<VhostUserBlkConfig>,
+    /// virtio-net devices, after the disks.
+    pub net: Vec<NetConfig>,
     /// Remote memory and disk on the cluster, if any.
     pub remote: Option<RemoteConfig>,
     /// Bytes of guest RAM kept resident when legovmm pages guest RAM to the vNode's remote
@@ -443,6 +454,18 @@ impl VmConfig {
                 .vhost_user_blk
                 .iter()
                 .map(|d| d.parse())
+                .collect::<Result<_, _>>()?
+        };
+        let net = if flags.net.is_empty() {
+            file.net
+                .into_iter()
+                .map(NetConfig::from_table)
+                .collect::<Result<_, _>>()?
+        } else {
+            flags
+                .net
+                .iter()
+                .map(|n| n.parse())
                 .collect::<Result<_, _>>()?
         };
         let serial = match flags.serial.or(file.serial) {
@@ -537,6 +560,7 @@ impl VmConfig {
             vcpus: vcpus as u8,
             disks,
             vhost_user_blk,
+            net,
             remote,
             local_memory,
             paging_prefetch: flags

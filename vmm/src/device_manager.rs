@@ -11,6 +11,7 @@ use crate::hotplug::slot::Slot;
 use crate::hotplug::HotplugBoard;
 use crate::layout;
 use crate::memory::GuestMemory;
+use crate::network::PreparedNet;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use lego_devices::bus::{Bus, BusError, SharedDevice};
 use lego_devices::exit::ExitNotifier;
@@ -20,6 +21,7 @@ use lego_devices::vhost_user_frontend::{
 };
 use lego_devices::virtio::block::{Block, BlockError};
 use lego_devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, NOTIFY_OFFSET};
+use lego_devices::virtio::net::{Net, NetError};
 use lego_devices::virtio::rings::RingRegistry;
 use lego_devices::virtio::VirtioDevice;
 use std::sync::{Arc, Mutex};
@@ -71,6 +73,15 @@ pub enum DeviceError {
     /// A vhost-user-blk backend could not be connected or set up.
     #[error(transparent)]
     VhostUser(#[from] lego_devices::vhost_user_frontend::VhostUserError),
+    /// A virtio-net device could not be created on its tap.
+    #[error("cannot create the virtio-net device on tap {tap}")]
+    Net {
+        /// The tap's name.
+        tap: String,
+        /// Why.
+        #[source]
+        source: NetError,
+    },
     /// A virtio-mmio transport refused a device.
     #[error("cannot attach {what}")]
     Transport {
@@ -286,7 +297,8 @@ fn attach_virtio<D: VirtioDevice + 'static>(
 /// Creates every device of `config`; each virtio device records its live queues in `rings`
 /// (the pager keeps the pages they use in guest RAM). `backend_faults` is the pager when
 /// legovmm pages guest RAM: each vhost-user backend then hands it its userfaultfd (and must
-/// offer PAGEFAULT).
+/// offer PAGEFAULT). Each of `nets` becomes a virtio-net device after the disks.
+#[allow(clippy::too_many_arguments)]
 pub fn create(
     vm: &VmFd,
     mem: &GuestMemory,
@@ -295,6 +307,7 @@ pub fn create(
     rings: &RingRegistry,
     backend_faults: Option<Arc<dyn BackendFaults>>,
     events: &Arc<EventLog>,
+    nets: Vec<PreparedNet>,
 ) -> Result<Devices, DeviceError> {
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
@@ -328,7 +341,7 @@ pub fn create(
         pvpanic::LEN,
     )?;
 
-    if config.disks.len() + config.vhost_user_blk.len() > layout::VIRTIO_GSIS.len() {
+    if config.disks.len() + config.vhost_user_blk.len() + nets.len() > layout::VIRTIO_GSIS.len() {
         return Err(DeviceError::TooManyVirtio(layout::VIRTIO_GSIS.len()));
     }
     let mut virtio = Vec::new();
@@ -376,6 +389,16 @@ pub fn create(
             &window,
             None,
         ));
+        virtio.push(window);
+    }
+    for net in nets {
+        let what = format!("virtio-net on tap {}", net.config.tap);
+        let backend = net.backend();
+        let device = Net::new(net.taps, net.mac.0, backend).map_err(|source| DeviceError::Net {
+            tap: net.config.tap.clone(),
+            source,
+        })?;
+        let window = attach_virtio(vm, &mut mmio, mem, virtio.len(), device, &what, rings)?;
         virtio.push(window);
     }
     let hotplug = hotplug_board(vm, &mut mmio, virtio.len())?;

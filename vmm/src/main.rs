@@ -45,7 +45,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, memory_backing, vcpus, [[disks]], [[vhost_user_blk]], serial, api_socket, events, ...); flags override it.
+    /// TOML file with the same fields as the flags (kernel, initrd, cmdline, memory, memory_backing, vcpus, [[disks]], [[vhost_user_blk]], [[net]], serial, api_socket, events, ...); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Kernel image: a bzImage or an ELF vmlinux (PVH entry used when present).
@@ -74,6 +74,12 @@ struct RunArgs {
     /// A virtio-blk disk served by a vhost-user-blk backend (e.g. lego-vhost-blk) listening on the Unix socket PATH; repeat for more. The guest sees them after the --disk disks. When the backend hangs up (it crashed or restarts), legovmm reconnects to the same path with backoff and re-submits the requests that were in flight, so the guest sees a delay, no error; reconnect=SECS fails the device after that many seconds instead of waiting for as long as it takes (the default). Backends legovmm starts itself (--remote-memory, --remote-disk) are restarted when they die.
     #[arg(long = "vhost-user-blk", value_name = "socket=PATH[,reconnect=SECS]")]
     vhost_user_blk: Vec<String>,
+    /// A virtio-net device on the tap NAME (created when missing and legovmm may), joined to bridge BR when given; its MAC and the guest's address come from the manager when the vNode has an id (repeatable).
+    #[arg(
+        long,
+        value_name = "tap=NAME[,mac=MAC][,queues=N][,bridge=BR][,backend=auto|vhost-net|in-process]"
+    )]
+    net: Vec<String>,
     /// Where the serial console goes: stdout, none, file:PATH or socket:PATH (listen; its clients also type into the guest) [default: stdout]. On stdout with a terminal on stdin, the terminal types into the guest in raw mode; Ctrl-A x quits.
     #[arg(long, value_name = "OUTPUT")]
     serial: Option<String>,
@@ -95,7 +101,7 @@ struct RunArgs {
     /// The vNode id owning the remote devices (needed with --remote-memory/--remote-disk/--local-memory). With an id, legovmm also announces the running vNode to the manager (host, pid, API socket, devices: `legoctl vnode list`) and says when it stops.
     #[arg(long, value_name = "N")]
     vnode: Option<u64>,
-    /// Cluster key file for the remote devices' backends [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
+    /// Cluster key or credential file (legoctl credential issue --role compute) for the vNode and its remote devices [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// Serve the API (HTTP/1.1 REST: vm.info, vm.counters, vm.pause, vm.resume, vm.shutdown, vmm.ping, and Prometheus metrics at /metrics; see vmm/api/openapi.json) on the Unix socket PATH; e.g. `curl --unix-socket PATH http://localhost/api/v1/vm.info`.
@@ -129,6 +135,7 @@ fn init_logging(level: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -161,6 +168,7 @@ fn run(args: RunArgs) -> ExitCode {
         vcpus: args.vcpus,
         disks: args.disk,
         vhost_user_blk: args.vhost_user_blk,
+        net: args.net,
         serial: args.serial,
         remote_memory: args.remote_memory,
         local_memory: args.local_memory,

@@ -26,6 +26,57 @@ fn manager_bin() -> Option<std::path::PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// A real `lego-manager` on a free loopback port (100 ms heartbeats, its state in `dir`) and
+/// a cluster-key client of it.
+struct TestManager {
+    manager: ChildGuard,
+    key: ClusterKey,
+    dir: tempfile::TempDir,
+    addr: String,
+    client: ManagerClient,
+}
+
+/// Starts a [`TestManager`]; `None` (skip) when `lego-manager` is not built, which fails
+/// under CI.
+fn start_manager() -> Option<TestManager> {
+    let Some(bin) = manager_bin() else {
+        assert!(
+            !lego_testkit::prerequisite::under_ci(),
+            "lego-manager is not built beside the tests (cargo build --workspace first)"
+        );
+        eprintln!("skipped: lego-manager is not built");
+        return None;
+    };
+    let key = ClusterKey::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut manager = ChildGuard::spawn(
+        "lego-manager",
+        Command::new(bin)
+            .args(["--listen", &addr, "--heartbeat-ms", "100", "--state-dir"])
+            .arg(dir.path())
+            .env("LEGO_CLUSTER_KEY", key.to_hex())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let client = lego_testkit::wait::until(
+        "the manager",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            manager.check_alive();
+            ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).ok()
+        },
+    );
+    Some(TestManager {
+        manager,
+        key,
+        dir,
+        addr,
+        client,
+    })
+}
+
 fn up(vnode: u64) -> VnodeUp {
     VnodeUp {
         vnode,
@@ -55,35 +106,16 @@ fn device(id: &str, kind: &str, backing: &str) -> LiveDevice {
 
 #[test]
 fn the_manager_lists_an_announced_vnode_until_it_stops() {
-    let Some(bin) = manager_bin() else {
-        assert!(
-            !lego_testkit::prerequisite::under_ci(),
-            "lego-manager is not built beside the tests (cargo build --workspace first)"
-        );
-        eprintln!("skipped: lego-manager is not built");
+    let Some(TestManager {
+        manager: _manager,
+        key,
+        dir: _dir,
+        addr,
+        client,
+    }) = start_manager()
+    else {
         return;
     };
-    let key = ClusterKey::generate().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut manager = ChildGuard::spawn(
-        "lego-manager",
-        Command::new(bin)
-            .args(["--listen", &addr, "--heartbeat-ms", "100", "--state-dir"])
-            .arg(dir.path())
-            .env("LEGO_CLUSTER_KEY", key.to_hex())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    let client = lego_testkit::wait::until(
-        "the manager",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || {
-            manager.check_alive();
-            ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).ok()
-        },
-    );
     let running = |c: &ManagerClient| c.status().expect("status").running;
     assert!(running(&client).is_empty());
 
@@ -148,6 +180,7 @@ fn the_manager_lists_an_announced_vnode_until_it_stops() {
             assert_eq!((vnode, pid), (7, std::process::id()));
             assert_eq!(host, legovmm::announce::host_name());
         }
+        Err(e) => panic!("{e}"),
         Ok(_) => panic!("a second legovmm claimed a running vNode"),
     }
     drop(announcer);
@@ -194,4 +227,56 @@ fn the_manager_lists_an_announced_vnode_until_it_stops() {
         Duration::from_millis(50),
         || running(&client).is_empty().then_some(()),
     );
+}
+
+/// With compute credentials, a vNode is claimed under the credential's name, and another
+/// compute host's claim is refused though it cannot list who holds the vNode.
+#[test]
+fn compute_credentials_claim_under_their_names() {
+    let Some(TestManager {
+        manager: _manager,
+        key,
+        dir,
+        addr,
+        client: admin,
+    }) = start_manager()
+    else {
+        return;
+    };
+    let remote_as = |name: &str| {
+        let file = dir.path().join(format!("{name}.cred"));
+        key.issue_credential(lego_fabric::Role::Compute, name)
+            .unwrap()
+            .write_file(&file)
+            .unwrap();
+        RemoteConfig {
+            manager: addr.clone(),
+            vnode: 9,
+            key_file: Some(file),
+            memory: None,
+            disk: None,
+        }
+    };
+    let held = claim(&remote_as("host-a"), &up(9)).expect("host-a claims vNode 9");
+    let running = admin.status().expect("status").running;
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        running[0].up.host, "host-a",
+        "listed under the credential's name"
+    );
+    // The claim is kept announced past the manager's forgetting time (3 s) until an
+    // announcer takes over, so a slow start keeps the vNode its own.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(admin.status().expect("status").running.len(), 1);
+    let other = VnodeUp { pid: 1, ..up(9) };
+    match claim(&remote_as("host-b"), &other) {
+        Err(ClaimError::HeldElsewhere { vnode, refusal }) => {
+            assert_eq!(vnode, 9);
+            assert!(refusal.contains("host-a"), "{refusal}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("host-b claimed host-a's vNode"),
+    }
+    drop(held);
+    assert!(admin.status().expect("status").running.is_empty());
 }

@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::features::{self, VHOST_USER_F_PROTOCOL_FEATURES};
 use super::postcopy::{BackendFaults, Postcopy};
 use super::VhostUserError;
-use crate::virtio::{feature, ActivateContext, VIRTIO_F_VERSION_1};
+use crate::virtio::{feature, ActivateContext, CallPath, VIRTIO_F_VERSION_1};
 
 /// A negotiated connection to a vhost-user backend.
 pub struct Connection {
@@ -43,7 +43,8 @@ pub struct Started {
     /// The indexes of the queues started (the ready ones).
     pub queues: Vec<usize>,
     /// One call eventfd per queue (ready or not), which the backend signals after using
-    /// buffers.
+    /// buffers: the device's irqfd with [`CallPath::Direct`], one for the relay to watch
+    /// with [`CallPath::Relayed`].
     pub calls: Vec<EventFd>,
 }
 
@@ -179,16 +180,24 @@ impl Connection {
 
     /// Tells the backend the features the guest accepted (SET_FEATURES) and the guest
     /// memory table (SET_MEM_TABLE, through postcopy when legovmm pages guest RAM), then sets
-    /// up and enables every ready queue of `ctx`. When a queue fails, the queues already
+    /// up and enables every ready queue of `ctx`, its call eventfd as `call_path` says. When a queue fails, the queues already
     /// started are stopped again.
-    pub fn start(&mut self, ctx: &ActivateContext) -> Result<Started, VhostUserError> {
+    pub fn start(
+        &mut self,
+        ctx: &ActivateContext,
+        call_path: CallPath,
+    ) -> Result<Started, VhostUserError> {
         self.set_features_and_memory(ctx.acked_features, &ctx.mem)?;
 
         let io = |what| move |source| VhostUserError::Io { what, source };
         let mut calls = Vec::new();
         let mut started = Vec::new();
         for (index, (queue, kick)) in ctx.queues.iter().zip(&ctx.queue_events).enumerate() {
-            let call = EventFd::new(EFD_NONBLOCK).map_err(io("create a call eventfd"))?;
+            let call = match call_path {
+                CallPath::Direct => ctx.interrupt.direct_call(),
+                CallPath::Relayed => EventFd::new(EFD_NONBLOCK),
+            }
+            .map_err(io("create a call eventfd"))?;
             calls.push(call.try_clone().map_err(io("duplicate a call eventfd"))?);
             if !queue.ready() {
                 continue;

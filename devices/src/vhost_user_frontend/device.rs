@@ -13,7 +13,7 @@ use super::postcopy::BackendFaults;
 use super::reconnect::{copy_queue, lock, ReconnectPolicy, Reconnector, ResumeQueue};
 use super::relay::{BackendWatcher, Relay};
 use super::VhostUserError;
-use crate::virtio::{read_config_bytes, ActivateContext, ActivateError, VirtioDevice};
+use crate::virtio::{read_config_bytes, ActivateContext, ActivateError, CallPath, VirtioDevice};
 
 /// The largest queue the guest may set up (the backend learns the real size).
 pub const QUEUE_MAX_SIZE: u16 = 256;
@@ -39,6 +39,8 @@ pub struct VhostUserDevice<K: DeviceKind> {
     path: String,
     reconnect: ReconnectPolicy,
     watcher: Option<BackendWatcher>,
+    /// How the backend's calls become the guest's interrupt.
+    call_path: CallPath,
     avail_features: u64,
     config: Vec<u8>,
     queue_sizes: Vec<u16>,
@@ -84,6 +86,7 @@ impl<K: DeviceKind> VhostUserDevice<K> {
             connection: Arc::new(Mutex::new(connection)),
             reconnect: ReconnectPolicy::default(),
             watcher: None,
+            call_path: CallPath::from_env(),
             avail_features,
             config,
             queue_sizes: vec![QUEUE_MAX_SIZE; queues],
@@ -104,6 +107,13 @@ impl<K: DeviceKind> VhostUserDevice<K> {
         self
     }
 
+    /// How the backend's calls reach the guest (default: [`CallPath::from_env`], direct
+    /// unless `LEGOVMM_VHOST_INTERRUPTS=relay`).
+    pub fn with_call_path(mut self, call_path: CallPath) -> Self {
+        self.call_path = call_path;
+        self
+    }
+
     /// Tells `watcher` when the backend's connection is lost, back or given up on.
     pub fn with_watcher(mut self, watcher: BackendWatcher) -> Self {
         self.watcher = Some(watcher);
@@ -112,14 +122,26 @@ impl<K: DeviceKind> VhostUserDevice<K> {
 
     /// Hands the backend the features, memory and rings, then starts the relay.
     fn start(&mut self, ctx: ActivateContext) -> Result<Active, VhostUserError> {
-        let Started { queues, calls } = lock(&self.connection).start(&ctx)?;
+        let Started { queues, calls } = lock(&self.connection).start(&ctx, self.call_path)?;
         let path = self.path().to_string();
         let relay = self
             .reconnector(&ctx, &queues, &calls)
             .and_then(|reconnect| {
                 let socket = lock(&self.connection).watch()?;
                 let watcher = self.watcher.clone();
-                Relay::start(calls, socket, ctx.interrupt, path, Some(reconnect), watcher)
+                // Direct calls reach KVM by themselves: the relay only watches the socket.
+                let relayed = match self.call_path {
+                    CallPath::Direct => Vec::new(),
+                    CallPath::Relayed => calls,
+                };
+                Relay::start(
+                    relayed,
+                    socket,
+                    ctx.interrupt,
+                    path,
+                    Some(reconnect),
+                    watcher,
+                )
             });
         match relay {
             Ok(relay) => Ok(Active { queues, relay }),

@@ -1,12 +1,13 @@
-//! The interrupt relay of a vhost-user device: a thread that turns the backend's "used
-//! buffers" eventfds into the device's virtio interrupt, and brings the device back when the
-//! backend hangs up (with a [`Reconnector`]; without one it only reports the hang-up).
+//! The interrupt relay of a vhost device: a thread that turns the backend's "used buffers"
+//! eventfds into the device's virtio interrupt. For a vhost-user device it also watches the
+//! backend's socket and brings the device back when the backend hangs up (with a
+//! [`Reconnector`]; without one it only reports the hang-up): [`Relay::start`]. The kernel's
+//! vhost-net has no socket to watch: [`Relay::start_calls`] relays the call eventfds only.
 //!
 //! The virtio-mmio transport keeps an InterruptStatus word that the guest reads before it
-//! looks at the used rings, so the backend's call eventfd cannot be the KVM irqfd itself:
-//! someone must set the status bit first. That costs one thread wake-up per interrupt. A
-//! later optimisation can hand the backend the irqfd directly, with a level-triggered
-//! resample eventfd to keep the status word in step.
+//! looks at the used rings; a relayed call sets its bit before raising the irqfd, which costs
+//! one thread wake-up per interrupt. By default the backends get the irqfd itself as their
+//! call eventfd and the relay only watches the socket (`crate::virtio::CallPath`).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -45,9 +46,12 @@ pub struct Relay {
 /// What the relay thread watches.
 struct Watched {
     calls: Vec<EventFd>,
-    socket: UnixStream,
+    /// The vhost-user backend's connection, when there is one.
+    socket: Option<UnixStream>,
     stop: EventFd,
     interrupt: VirtioInterrupt,
+    /// The backend's name in log messages (a vhost-user socket path, or e.g. "vhost-net on
+    /// tap0").
     path: String,
     reconnect: Option<Reconnector>,
     watcher: Option<BackendWatcher>,
@@ -68,16 +72,40 @@ impl Relay {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let watched = Watched {
             calls,
-            socket,
+            socket: Some(socket),
             stop: stop.try_clone()?,
             interrupt,
             path,
             reconnect,
             watcher,
         };
+        Self::spawn(watched, stop, "vhost-user-irq")
+    }
+
+    /// Starts relaying `calls` (one per queue) to `interrupt`, with no backend socket to
+    /// watch (the kernel's vhost-net); `name` names the backend in log messages.
+    pub fn start_calls(
+        calls: Vec<EventFd>,
+        interrupt: VirtioInterrupt,
+        name: String,
+    ) -> io::Result<Self> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let watched = Watched {
+            calls,
+            socket: None,
+            stop: stop.try_clone()?,
+            interrupt,
+            path: name,
+            reconnect: None,
+            watcher: None,
+        };
+        Self::spawn(watched, stop, "vhost-irq")
+    }
+
+    fn spawn(watched: Watched, stop: EventFd, thread_name: &str) -> io::Result<Self> {
         let epoll = watched.register()?;
         let thread = std::thread::Builder::new()
-            .name("vhost-user-irq".into())
+            .name(thread_name.into())
             .spawn(move || watched.run(&epoll))?;
         Ok(Self {
             stop,
@@ -89,7 +117,7 @@ impl Relay {
     pub fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
             if let Err(e) = self.stop.write(1) {
-                tracing::error!("could not stop the vhost-user interrupt relay: {e}");
+                tracing::error!("could not stop the vhost interrupt relay: {e}");
                 return;
             }
             let _ = thread.join();
@@ -120,11 +148,13 @@ impl Watched {
             )?;
         }
         // Only a hang-up of the socket: its replies belong to whoever sent the request.
-        epoll.ctl(
-            ControlOperation::Add,
-            self.socket.as_raw_fd(),
-            EpollEvent::new(EventSet::READ_HANG_UP, self.socket_token()),
-        )?;
+        if let Some(socket) = &self.socket {
+            epoll.ctl(
+                ControlOperation::Add,
+                socket.as_raw_fd(),
+                EpollEvent::new(EventSet::READ_HANG_UP, self.socket_token()),
+            )?;
+        }
         epoll.ctl(
             ControlOperation::Add,
             self.stop.as_raw_fd(),
@@ -151,12 +181,14 @@ impl Watched {
     /// The backend hung up: stop watching its socket and, with a reconnector, bring the
     /// device back and watch the new socket. False if the relay must end (stopped).
     fn backend_gone(&mut self, epoll: &Epoll) -> bool {
-        if let Err(e) = epoll.ctl(
-            ControlOperation::Delete,
-            self.socket.as_raw_fd(),
-            EpollEvent::default(),
-        ) {
-            tracing::warn!("could not stop watching the backend socket: {e}");
+        if let Some(socket) = self.socket.take() {
+            if let Err(e) = epoll.ctl(
+                ControlOperation::Delete,
+                socket.as_raw_fd(),
+                EpollEvent::default(),
+            ) {
+                tracing::warn!("could not stop watching the backend socket: {e}");
+            }
         }
         self.tell(&BackendEvent::Lost);
         let Some(reconnect) = self.reconnect.take() else {
@@ -182,7 +214,7 @@ impl Watched {
                         self.path
                     );
                 }
-                self.socket = socket;
+                self.socket = Some(socket);
                 self.reconnect = Some(reconnect);
                 self.tell(&BackendEvent::Reconnected);
                 true
@@ -213,7 +245,7 @@ impl Watched {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::error!(
-                        "the interrupt relay of the vhost-user backend at {} failed: {e}; the disk stops answering",
+                        "the interrupt relay of the vhost backend {} failed: {e}; the device stops answering",
                         self.path
                     );
                     return;
@@ -248,7 +280,8 @@ impl Watched {
                 if let Err(e) = self.interrupt.signal_used_queue() {
                     if let Some(suppressed) = log.admit() {
                         tracing::warn!(
-                            "could not raise the vhost-user device's interrupt: {e} ({suppressed} similar messages suppressed)"
+                            "could not raise the interrupt of the device served by {}: {e} ({suppressed} similar messages suppressed)",
+                            self.path
                         );
                     }
                 }
@@ -318,5 +351,22 @@ mod tests {
         });
         relay.stop();
         relay.stop();
+    }
+
+    #[test]
+    fn a_relay_without_a_socket_relays_calls_and_stops() {
+        let calls: Vec<EventFd> = (0..3)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
+        let backend_calls: Vec<EventFd> = calls.iter().map(|c| c.try_clone().unwrap()).collect();
+        let irq = VirtioInterrupt::new().unwrap();
+        let mut relay = Relay::start_calls(calls, irq.clone(), "vhost-net".into()).unwrap();
+        for call in &backend_calls {
+            irq.ack(INT_USED_RING);
+            call.write(1).unwrap();
+            wait_for("the interrupt", || irq.status() & INT_USED_RING != 0);
+        }
+        relay.stop();
+        drop(relay);
     }
 }

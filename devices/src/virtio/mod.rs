@@ -9,14 +9,16 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod rings;
+pub mod worker_thread;
 
 use std::io;
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub use interrupt::VirtioInterrupt;
+pub use interrupt::{CallPath, VirtioInterrupt};
 
 /// Feature bit: the device conforms to virtio 1.0 or later (modern interface).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
@@ -45,6 +47,8 @@ pub const fn feature(bit: u32) -> u64 {
 
 /// Virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = 2;
+/// Virtio device type of a network device.
+pub const TYPE_NET: u32 = 1;
 
 /// Errors a device reports when it cannot start serving its queues.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,11 @@
 //! (latency and ops/s) and 32 (ops/s, 32 requests kept in flight on one queue), rounds
 //! interleaved (ours, theirs, ours, ...), medians. Prints a markdown table.
 //!
+//! Ours runs twice: sleeping at once after each batch, and polling (`--poll-us`, backend and
+//! monitor, `BENCH_POLL_US`, default 100). The frontend kicks unless the device set
+//! `VRING_USED_F_NO_NOTIFY` (as Linux's driver does without EVENT_IDX) and sleeps on the call
+//! eventfd. CPU per 1,000 requests is each side's processes' user + system time.
+//!
 //! Run: `cargo build --release --workspace && cargo bench -p lego-vhost-blk --bench vs_qsd`.
 
 use std::fs::File;
@@ -21,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lego_testkit::net::{free_loopback_addr, free_port};
-use lego_testkit::process::ChildGuard;
+use lego_testkit::process::{self, ChildGuard};
 use lego_testkit::qemu_nbd;
 use lego_testkit::stats::{median, percentile};
 use lego_testkit::vhost_user::blk::{request_header, DATA, HDR, MEM_SIZE, T_IN, T_OUT};
@@ -46,6 +51,8 @@ const BLOCK: u32 = 4096;
 const QSIZE: u16 = 128;
 const STATUS: u64 = 0x3800; // 1 byte per slot
 const MAX_QD: usize = 32;
+/// The polled side's `--poll-us` (backend and monitor) unless `BENCH_POLL_US` says otherwise.
+const DEFAULT_POLL_US: u64 = 100;
 
 /// Starts `cmd` with no input and no output (a bench prints only its table).
 fn spawn(name: &'static str, cmd: &mut Command) -> ChildGuard {
@@ -216,7 +223,7 @@ impl Driver {
                 queued = true;
             }
             if queued {
-                self.queue.publish(&self.mem);
+                self.queue.publish_unless_suppressed(&self.mem);
             }
             if in_flight == 0 {
                 break;
@@ -232,8 +239,13 @@ impl Driver {
     }
 }
 
-/// Our side: manager, memory monitor, lego-vhost-blk on remote memory.
-fn start_ours(dir: &Path, procs: &mut Vec<ChildGuard>) -> PathBuf {
+/// Our side: manager, memory monitor, lego-vhost-blk on remote memory; the backend's queue
+/// worker and the monitor's connection poll for up to `poll_us` (0: they sleep at once).
+fn start_ours(dir: &Path, poll_us: u64, procs: &mut Vec<ChildGuard>) -> PathBuf {
+    let dir = dir.join(format!("ours-poll-{poll_us}"));
+    std::fs::create_dir_all(&dir).expect("side folder");
+    let dir = dir.as_path();
+    let poll = poll_us.to_string();
     let key = lego_fabric::ClusterKey::generate()
         .expect("cluster key")
         .to_hex();
@@ -255,7 +267,7 @@ fn start_ours(dir: &Path, procs: &mut Vec<ChildGuard>) -> PathBuf {
         "lego-memory-monitor",
         Command::new(release_bin("lego-memory-monitor"))
             .args(["--listen", &mon_addr, "--manager", &maddr])
-            .args(["--capacity", "1G"])
+            .args(["--capacity", "1G", "--poll-us", &poll])
             .env("LEGO_CLUSTER_KEY", &key)
             .env("RUST_LOG", "warn"),
     );
@@ -271,7 +283,7 @@ fn start_ours(dir: &Path, procs: &mut Vec<ChildGuard>) -> PathBuf {
                 .arg("--socket")
                 .arg(&socket)
                 .args(["--store", "remote-memory", "--manager", &maddr])
-                .args(["--vnode", "7", "--size", "256M"])
+                .args(["--vnode", "7", "--size", "256M", "--poll-us", &poll])
                 .env("LEGO_CLUSTER_KEY", &key)
                 .env("RUST_LOG", "off")
                 .stderr(Stdio::null()),
@@ -351,14 +363,45 @@ struct Samples {
     ops: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// CPU ms the side's processes used per 1,000 requests.
+    cpu: Vec<f64>,
 }
 
-fn measure(d: &mut Driver, kind: u32, qd: usize, s: &mut Samples) {
-    d.run(kind, qd, WARMUP, false);
-    let (ops, el, lat) = d.run(kind, qd, ROW_TIME, false);
+/// Starts one side's processes (added to the list) and returns its vhost-user socket.
+type StartSide<'a> = Box<dyn FnOnce(&mut Vec<ChildGuard>) -> PathBuf + 'a>;
+
+/// One device under test: the frontend driving it and the processes serving it.
+struct Side {
+    driver: Driver,
+    pids: Vec<u32>,
+}
+
+impl Side {
+    fn cpu(&self) -> Duration {
+        self.pids.iter().map(|&p| process::cpu_time(p)).sum()
+    }
+}
+
+fn measure(side: &mut Side, kind: u32, qd: usize, s: &mut Samples) {
+    side.driver.run(kind, qd, WARMUP, false);
+    let cpu0 = side.cpu();
+    let (ops, el, lat) = side.driver.run(kind, qd, ROW_TIME, false);
+    let cpu = side.cpu().saturating_sub(cpu0);
     s.ops.push(ops as f64 / el.as_secs_f64());
     s.p50.push(percentile(&lat, 0.50));
     s.p99.push(percentile(&lat, 0.99));
+    s.cpu
+        .push(cpu.as_secs_f64() * 1e3 / (ops.max(1) as f64 / 1e3));
+}
+
+/// The processes `start` adds to `procs`, with what it returns.
+fn started<T>(
+    procs: &mut Vec<ChildGuard>,
+    start: impl FnOnce(&mut Vec<ChildGuard>) -> T,
+) -> (T, Vec<u32>) {
+    let before = procs.len();
+    let out = start(procs);
+    (out, procs[before..].iter().map(ChildGuard::id).collect())
 }
 
 fn kops(x: f64) -> String {
@@ -387,23 +430,29 @@ fn main() {
     let ref_image = shm("ref");
 
     // Children are killed when `procs` drops (also on panic).
+    let poll_us: u64 = std::env::var("BENCH_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_POLL_US);
     let mut procs: Vec<ChildGuard> = Vec::new();
-    let ours_sock = start_ours(dir.path(), &mut procs);
-    let theirs_sock = start_theirs(dir.path(), &image, &mut procs);
-    let ref_sock = start_ours_file(dir.path(), &ref_image, &mut procs);
-    let mut drivers = [
-        Driver::connect(&ours_sock),
-        Driver::connect(&theirs_sock),
-        Driver::connect(&ref_sock),
+    let starts: [StartSide<'_>; 4] = [
+        Box::new(|p| start_ours(dir.path(), 0, p)),
+        Box::new(|p| start_ours(dir.path(), poll_us, p)),
+        Box::new(|p| start_theirs(dir.path(), &image, p)),
+        Box::new(|p| start_ours_file(dir.path(), &ref_image, p)),
     ];
-    for (i, d) in drivers.iter_mut().enumerate() {
-        d.rng ^= 0x5555 * i as u64; // different (but fixed) offsets per side
+    let mut sides: Vec<Side> = Vec::new();
+    for (i, start) in starts.into_iter().enumerate() {
+        let (socket, pids) = started(&mut procs, start);
+        let mut driver = Driver::connect(&socket);
+        driver.rng ^= 0x5555 * i as u64; // different (but fixed) offsets per side
+        sides.push(Side { driver, pids });
     }
 
     // Pre-write the working set on each.
-    for d in drivers.iter_mut() {
+    for side in sides.iter_mut() {
         let t = Instant::now();
-        let (ops, _, _) = d.run(T_OUT, MAX_QD, Duration::ZERO, true);
+        let (ops, _, _) = side.driver.run(T_OUT, MAX_QD, Duration::ZERO, true);
         assert_eq!(ops, WORK_BLOCKS);
         eprintln!("pre-wrote 64 MiB in {:.2} s", t.elapsed().as_secs_f64());
     }
@@ -414,58 +463,77 @@ fn main() {
         ("4K random read, QD32", T_IN, 32),
         ("4K random write, QD32", T_OUT, 32),
     ];
-    let mut results: Vec<[Samples; 3]> = Vec::new();
+    let mut results: Vec<[Samples; 4]> = Vec::new();
     for &(name, kind, qd) in &rows {
-        let mut s: [Samples; 3] = Default::default();
+        let mut s: [Samples; 4] = Default::default();
         for _ in 0..ROUNDS {
-            for (side, d) in drivers.iter_mut().enumerate() {
-                measure(d, kind, qd, &mut s[side]);
+            for (i, side) in sides.iter_mut().enumerate() {
+                measure(side, kind, qd, &mut s[i]);
             }
         }
         eprintln!("{name}: done");
         results.push(s);
     }
-    drop(drivers);
+    drop(sides);
     drop(procs);
 
     println!();
-    println!("Command: `cargo bench -p lego-vhost-blk --bench vs_qsd`");
+    println!("Command: `BENCH_POLL_US={poll_us} cargo bench -p lego-vhost-blk --bench vs_qsd`");
     println!();
     println!(
-        "| test | lego-vhost-blk (remote memory) | qemu-storage-daemon (qemu-nbd) | ratio | \
+        "| test | lego-vhost-blk (remote memory) | same, polling {poll_us} µs | \
+         qemu-storage-daemon (qemu-nbd) | ratio | ratio, polling | \
          reference: lego-vhost-blk file store on tmpfs |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for ((name, _, qd), s) in rows.iter().zip(results) {
-        let [ours, theirs, refr] = s;
-        let (o, t, r) = (median(&ours.ops), median(&theirs.ops), median(&refr.ops));
+        let [ours, polled, theirs, refr] = s;
+        let m = |x: &Vec<f64>| median(x);
+        let (o, p, t, r) = (m(&ours.ops), m(&polled.ops), m(&theirs.ops), m(&refr.ops));
         println!(
-            "| {name}, ops/s | {} | {} | {:.2} | {} |",
+            "| {name}, ops/s | {} | {} | {} | {:.2} | {:.2} | {} |",
             kops(o),
+            kops(p),
             kops(t),
             o / t,
+            p / t,
             kops(r)
         );
         let lats = if *qd == 1 {
             vec![
-                ("p50", ours.p50, theirs.p50, refr.p50),
-                ("p99", ours.p99, theirs.p99, refr.p99),
+                ("p50", &ours.p50, &polled.p50, &theirs.p50, &refr.p50),
+                ("p99", &ours.p99, &polled.p99, &theirs.p99, &refr.p99),
             ]
         } else {
-            vec![("p50 latency", ours.p50, theirs.p50, refr.p50)]
+            vec![(
+                "p50 latency",
+                &ours.p50,
+                &polled.p50,
+                &theirs.p50,
+                &refr.p50,
+            )]
         };
-        for (label, o, t, r) in lats {
-            let (o, t, r) = (median(&o), median(&t), median(&r));
+        for (label, o, p, t, r) in lats {
+            let (o, p, t, r) = (m(o), m(p), m(t), m(r));
             println!(
-                "| {name}, {label} | {o:.1} µs | {t:.1} µs | {:.2} | {r:.1} µs |",
-                t / o
+                "| {name}, {label} | {o:.1} µs | {p:.1} µs | {t:.1} µs | {:.2} | {:.2} | {r:.1} µs |",
+                t / o,
+                t / p
             );
         }
+        let (o, p, t, r) = (m(&ours.cpu), m(&polled.cpu), m(&theirs.cpu), m(&refr.cpu));
+        println!(
+            "| {name}, CPU ms per 1k ops | {o:.1} | {p:.1} | {t:.1} | {:.2} | {:.2} | {r:.1} |",
+            t / o,
+            t / p
+        );
     }
     println!();
     println!(
         "{ROUNDS} interleaved rounds of {} ms per row and side, medians; ratio = ours/theirs \
-         for ops/s and theirs/ours for latency (>1: lego-vhost-blk is faster).",
+         for ops/s and theirs/ours for latency and CPU (>1: lego-vhost-blk is better). CPU: \
+         user + system time of every process of the side (ours: manager, memory monitor, \
+         backend; theirs: qemu-nbd and qemu-storage-daemon), not the frontend's.",
         ROW_TIME.as_millis()
     );
 }

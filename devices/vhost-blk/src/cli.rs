@@ -1,6 +1,7 @@
 //! The command line: which store to serve, where to listen, how many queues.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use lego_monitor_client::size::ByteSize;
@@ -54,6 +55,9 @@ impl StoreKind {
     }
 }
 
+/// The longest polling window `--poll-us` accepts: 10 ms of a CPU per batch.
+const MAX_POLL_US: u64 = 10_000;
+
 /// `lego-vhost-blk`: serves a block device to one vhost-user frontend at a time.
 #[derive(Debug, Parser)]
 #[command(name = "lego-vhost-blk", version, about, long_about = None)]
@@ -93,7 +97,7 @@ pub struct Cli {
     /// SIGINT release the vNode's pages (the vNode ended); a crash keeps them.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
-    /// Cluster key file (else LEGO_CLUSTER_KEY or LEGO_CLUSTER_KEY_FILE).
+    /// Cluster key or compute credential file (else LEGO_CLUSTER_KEY or LEGO_CLUSTER_KEY_FILE).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
     /// Number of request queues (1 to 64), each served by its own thread.
@@ -102,6 +106,17 @@ pub struct Cli {
     /// Largest queue size offered to the frontend (a power of two up to 32768).
     #[arg(long, default_value_t = 256)]
     pub queue_size: u16,
+    /// Poll each queue's ring for up to this many µs after serving a batch before sleeping
+    /// until the next kick (adaptive: the window opens while requests follow each other
+    /// closely and closes when they do not, so an idle device costs no CPU). 0 turns polling
+    /// off; at most 10000.
+    #[arg(
+        long,
+        value_name = "US",
+        env = "LEGO_VHOST_POLL_US",
+        default_value_t = 0
+    )]
+    pub poll_us: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9102 [default: none].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
@@ -192,9 +207,16 @@ impl Cli {
                 self.queue_size
             )));
         }
+        if self.poll_us > MAX_POLL_US {
+            return Err(CliError::Invalid(format!(
+                "--poll-us {} is more than {MAX_POLL_US}",
+                self.poll_us
+            )));
+        }
         Ok(QueueSettings {
             queues: self.queues,
             queue_size: self.queue_size,
+            poll: Duration::from_micros(self.poll_us),
         })
     }
 }

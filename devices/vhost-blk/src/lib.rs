@@ -8,7 +8,7 @@
 //! * [`cli`]: the command line; [`open`]: turns it into a [`store::BlockStore`].
 //! * [`store`]: the stores (the core's file store, remote memory, remote disk).
 //! * [`backend`]: the vhost-user device, serving each queue through the core's
-//!   `RequestHandler`.
+//!   `RequestHandler`; [`poll`]: how long a queue worker polls its ring before it sleeps.
 //! * [`server`]: the socket, one frontend at a time, clean stop.
 //! * [`state`]: what remote memory must remember across the backend's own restarts.
 //! * [`metrics`]: the device's counters for its Prometheus endpoint (`--metrics`).
@@ -19,6 +19,7 @@ pub mod backend;
 pub mod cli;
 pub mod metrics;
 pub mod open;
+pub mod poll;
 pub mod server;
 pub mod state;
 pub mod store;

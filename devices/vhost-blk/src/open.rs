@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lego_fabric::{AuthError, ClientConfig, ClusterKey, ErrorCode, Rights};
+use lego_fabric::{AuthError, ClientConfig, ErrorCode, Identity, Rights};
 use lego_monitor_client::client::{
     CallError, LeaseKeeper, ManagerClient, Renewal, StorageClient, VnodeMemory,
 };
@@ -145,7 +145,7 @@ pub fn open_store(
     spec: &StoreSpec,
     key_file: Option<&Path>,
 ) -> Result<Arc<dyn BlockStore>, OpenError> {
-    let key = || ClusterKey::load(key_file).map_err(OpenError::Key);
+    let key = || Identity::load(key_file).map_err(OpenError::Key);
     match spec {
         StoreSpec::File(opts) => Ok(Arc::new(FileStore::open(opts)?)),
         StoreSpec::RemoteMemory {
@@ -180,7 +180,7 @@ pub fn open_store(
     }
 }
 
-fn connect_manager(addr: &str, key: &ClusterKey) -> Result<ManagerClient, OpenError> {
+fn connect_manager(addr: &str, key: &Identity) -> Result<ManagerClient, OpenError> {
     ManagerClient::connect(addr, key.clone(), client_config()).map_err(|source| {
         OpenError::Manager {
             addr: addr.into(),
@@ -194,7 +194,7 @@ fn open_remote_memory(
     vnode: u64,
     size: u64,
     state_file: Option<&Path>,
-    key: ClusterKey,
+    key: Identity,
 ) -> Result<RemoteMemoryStore, OpenError> {
     let mgr = connect_manager(manager, &key)?;
     let placement = mgr
@@ -340,7 +340,7 @@ struct DiskRequest<'a> {
 fn open_remote_disk(
     manager: &str,
     d: &DiskRequest<'_>,
-    key: ClusterKey,
+    key: Identity,
 ) -> Result<RemoteDiskStore, OpenError> {
     let (vnode, volume) = (d.vnode, d.volume);
     let mgr = connect_manager(manager, &key)?;
@@ -405,7 +405,7 @@ fn open_placed_disk(
     mgr: &ManagerClient,
     d: &DiskRequest<'_>,
     monitor: &str,
-    key: ClusterKey,
+    key: Identity,
 ) -> Result<RemoteDiskStore, OpenError> {
     let (vnode, volume) = (d.vnode, d.volume);
     let monitor = monitor.to_string();

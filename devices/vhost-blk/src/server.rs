@@ -8,6 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
@@ -61,6 +62,8 @@ pub struct QueueSettings {
     pub queues: u16,
     /// Largest queue size offered (a power of two).
     pub queue_size: u16,
+    /// How long a queue worker may poll its ring after a batch (zero: never).
+    pub poll: Duration,
 }
 
 struct StopState {
@@ -97,6 +100,7 @@ pub struct Server {
     listener: Listener,
     handler: Arc<RequestHandler>,
     config: DeviceConfig,
+    poll: Duration,
     stop: StopHandle,
 }
 
@@ -146,6 +150,7 @@ impl Server {
             listener,
             handler: Arc::new(RequestHandler::new(store)),
             config,
+            poll: queues.poll,
             stop: StopHandle(Arc::new(StopState {
                 requested: AtomicBool::new(false),
                 wake,
@@ -175,6 +180,7 @@ impl Server {
             socket = %self.stop.0.socket.display(),
             capacity = self.config.capacity,
             queues = self.config.queues,
+            poll_us = self.poll.as_micros() as u64,
             serial = self.handler.store().serial(),
             "waiting for a vhost-user frontend"
         );
@@ -236,6 +242,7 @@ impl Server {
             self.handler.clone(),
             self.config.clone(),
             mem.clone(),
+            self.poll,
         ));
         let mut daemon = VhostUserDaemon::new("lego-vhost-blk".into(), backend, mem)
             .map_err(|e| ServerError::Daemon(e.to_string()))?;

@@ -175,4 +175,52 @@ fn startup_errors_are_clear() {
 
     let err = run_failing(&["--socket", sock, "--store", "remote-disk", "--vnode", "3"]);
     assert!(err.contains("needs --manager"), "{err}");
+
+    let err = run_failing(&[
+        "--socket",
+        sock,
+        "--store",
+        "file",
+        "--path",
+        disk,
+        "--poll-us",
+        "20000",
+    ]);
+    assert!(err.contains("--poll-us 20000 is more than 10000"), "{err}");
+}
+
+/// Polling at its longest window (10 ms): requests in quick succession are served, and a
+/// device left idle costs no CPU, since the worker polls one window at most after the last
+/// request and then sleeps until a kick, which it still answers.
+#[test]
+fn a_polling_daemon_serves_quick_requests_and_idles_without_cpu() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    let daemon = Daemon::start_file(dir.path(), &disk, "1M", &["--poll-us", "10000"]);
+    let mut d = Driver::connect(&daemon.socket);
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    d.mem
+        .write_slice(&pattern, GuestAddress(DATA))
+        .expect("data");
+    for i in 0..200u64 {
+        assert_eq!(d.request(T_OUT, (i % 64) * 8, Some((4096, false))), (1, 0));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = daemon.cpu_time();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let idle = daemon.cpu_time().saturating_sub(before);
+    assert!(
+        idle <= std::time::Duration::from_millis(50),
+        "an idle polling daemon used {idle:?} of CPU in 1 s"
+    );
+    d.mem
+        .write_slice(&[0u8; 4096], GuestAddress(DATA))
+        .expect("clear");
+    assert_eq!(d.request(T_IN, 8, Some((4096, true))), (4097, 0));
+    let mut back = vec![0u8; 4096];
+    d.mem
+        .read_slice(&mut back, GuestAddress(DATA))
+        .expect("read back");
+    assert_eq!(back, pattern);
+    assert!(daemon.terminate().success());
 }

@@ -320,3 +320,72 @@ fn a_remote_disk_that_cannot_be_created_leaves_no_placement() {
         st.vnodes
     );
 }
+
+/// A compute host holding only its credential serves the remote memory of the vNode it
+/// announced, and is refused a vNode it does not run.
+#[test]
+fn a_compute_credential_serves_only_the_vnode_it_announced() {
+    let c = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cred = c
+        .key
+        .issue_credential(lego_fabric::Role::Compute, "host-a")
+        .expect("issue");
+    let text = cred.to_text();
+    let env = [("LEGO_CLUSTER_KEY", text.as_str())];
+    let args = |vnode: &'static str| {
+        [
+            "--store",
+            "remote-memory",
+            "--manager",
+            &c.manager_addr,
+            "--vnode",
+            vnode,
+            "--size",
+            "4M",
+        ]
+        .map(String::from)
+    };
+
+    // vNode 8 is not announced by host-a: no placement, no capability.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lego-vhost-blk"))
+        .arg("--socket")
+        .arg(dir.path().join("x.sock"))
+        .args(args("8"))
+        .envs(env)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("compute host host-a may not act on vNode 8"),
+        "{err}"
+    );
+
+    // Announced (as legovmm does before it starts its backends), vNode 8 is served.
+    let mgr = lego_monitor_client::client::ManagerClient::connect(
+        &c.manager_addr,
+        cred,
+        lego_fabric::ClientConfig::default(),
+    )
+    .expect("manager");
+    mgr.vnode_up(&lego_monitor_client::proto::manager::VnodeUp {
+        vnode: 8,
+        host: "host-a".into(),
+        pid: std::process::id(),
+        api_socket: None,
+        vcpus: 1,
+        memory_bytes: 4 << 20,
+        devices: Vec::new(),
+        started_unix_ms: 0,
+    })
+    .expect("announce vNode 8");
+    let a = args("8");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let daemon = Daemon::start_env(dir.path(), &a, &env);
+    let mut d = Driver::connect(&daemon.socket);
+    write_and_read_back(&mut d, 8, 8192, 5);
+    assert_eq!(c.pages.stats().per_vnode, vec![(8, 2)]);
+    assert!(daemon.terminate().success());
+}

@@ -284,22 +284,35 @@ fn a_backend_killed_with_requests_in_flight_is_reconnected_and_each_request_comp
 
 #[test]
 fn a_remote_memory_backend_killed_with_requests_in_flight_keeps_every_page() {
+    killed_remote_memory_backend_keeps_every_page(32, "0");
+}
+
+/// The same with the queue worker polling its ring (`--poll-us`): a backend killed while it
+/// polls (NO_NOTIFY set in the used ring) is replaced by one that serves the kick and
+/// clears the flag, and no page is lost.
+#[test]
+fn a_polling_remote_memory_backend_killed_with_requests_in_flight_keeps_every_page() {
+    killed_remote_memory_backend_keeps_every_page(33, "200");
+}
+
+fn killed_remote_memory_backend_keeps_every_page(vnode: u64, poll_us: &str) {
     let cluster = Cluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("memory.state");
     let socket = dir.path().join("blk.sock");
+    let id = vnode.to_string();
     let (kills, daemon) = kill_mid_stream(&socket, || {
-        start_memory_daemon(dir.path(), &cluster, &state, "32", "16M")
+        start_memory_daemon(dir.path(), &cluster, &state, &id, "16M", poll_us)
     });
-    report("remote-memory", &kills);
+    report(&format!("remote-memory (poll {poll_us} us)"), &kills);
     let mut page = vec![0u8; BLOCK as usize];
     for n in 0..TOTAL {
-        cluster.pages.read_run(32, n, &mut page).expect("read");
+        cluster.pages.read_run(vnode, n, &mut page).expect("read");
         assert!(page == pattern(n), "page {n} does not hold its data");
     }
     assert!(daemon.terminate().success());
     assert_eq!(
-        cluster.pages.vnode_pages(32),
+        cluster.pages.vnode_pages(vnode),
         0,
         "SIGTERM released the pages"
     );
@@ -425,6 +438,7 @@ fn start_memory_daemon(
     state: &Path,
     vnode: &str,
     size: &str,
+    poll_us: &str,
 ) -> Daemon {
     let _ = std::fs::remove_file(dir.join("blk.sock"));
     let key = cluster.key_hex();
@@ -441,6 +455,8 @@ fn start_memory_daemon(
             size,
             "--state-file",
             state.to_str().expect("utf-8"),
+            "--poll-us",
+            poll_us,
         ],
         &[("LEGO_CLUSTER_KEY", &key)],
     )
@@ -451,7 +467,7 @@ fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restar
     let mut cluster = Cluster::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("memory.state");
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M");
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M", "0");
     let mut d = Driver::connect(&daemon.socket);
     let data = write_pages(&mut d);
     drop(d);
@@ -459,7 +475,7 @@ fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restar
     assert_eq!(cluster.pages.vnode_pages(31), 4, "a crash released no page");
 
     // The same vNode again: the same placement, the same monitor process, the same pages.
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M");
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M", "0");
     let mut d = Driver::connect(&daemon.socket);
     assert_eq!(read_pages(&mut d), (0, data.clone()), "the pages came back");
     drop(d);
@@ -467,7 +483,7 @@ fn a_restarted_remote_memory_backend_keeps_its_pages_unless_their_monitor_restar
 
     // The monitor restarts empty while the backend is down: the pages are errors, not zeros.
     cluster.restart_memory();
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M");
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "31", "8M", "0");
     let mut d = Driver::connect(&daemon.socket);
     let (status, back) = read_pages(&mut d);
     assert_eq!(status, 1, "a lost page must be an I/O error");
@@ -533,7 +549,7 @@ fn a_copy_that_missed_a_write_is_not_trusted_by_a_restarted_backend() {
     let state = dir.path().join("memory.state");
 
     // Two copies of every region (two memory monitors are alive): version A on both.
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "41", "8M");
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "41", "8M", "0");
     let mut d = Driver::connect(&daemon.socket);
     let a = write_pages(&mut d);
     assert_eq!(pages2.vnode_pages(41), 4, "the second copy holds version A");
@@ -554,7 +570,7 @@ fn a_copy_that_missed_a_write_is_not_trusted_by_a_restarted_backend() {
     let _m2 = second_memory_monitor(&cluster, &addr2, pages2.clone(), Some(inc2));
     drop(d);
     daemon.kill();
-    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "41", "8M");
+    let daemon = start_memory_daemon(dir.path(), &cluster, &state, "41", "8M", "0");
     let mut d = Driver::connect(&daemon.socket);
     assert_eq!(read_pages(&mut d), (0, b), "version B, never the stale A");
     drop(d);

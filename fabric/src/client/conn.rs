@@ -14,15 +14,17 @@ use crate::error::RemoteError;
 use crate::frame::Frame;
 use crate::io::{FrameReader, SpinRead};
 use crate::request::opcode;
+use crate::seal::{Opener, Sealer};
 
 /// One authenticated TCP connection.
 pub(super) struct Conn {
     /// The socket; reads belong to the leader, writes need `write_lock`.
     pub(super) stream: TcpStream,
-    /// Serializes whole frames (or batches) on the socket.
-    pub(super) write_lock: Mutex<()>,
+    /// Serializes whole frames (or batches) on the socket and numbers them.
+    pub(super) write_lock: Mutex<Sealer>,
     table: Mutex<Table>,
-    reader: Mutex<FrameReader>,
+    /// The read side: the buffered reader and what checks each frame, held by the leader.
+    reader: Mutex<(FrameReader, Opener)>,
     /// Set once the connection broke; nothing new is registered on it then.
     pub(super) dead: AtomicBool,
     /// The incarnation the server reported in this connection's handshake.
@@ -53,17 +55,23 @@ enum Turn {
 }
 
 impl Conn {
-    /// Wraps an authenticated socket to a server of `incarnation`.
-    pub(super) fn new(stream: TcpStream, spin: Duration, incarnation: u64) -> Conn {
+    /// Wraps an authenticated socket to a server of `incarnation`, with the session's
+    /// sealer, the reader already used after the handshake and the session's opener.
+    pub(super) fn new(
+        stream: TcpStream,
+        spin: Duration,
+        incarnation: u64,
+        (sealer, reader, opener): (Sealer, FrameReader, Opener),
+    ) -> Conn {
         Conn {
             stream,
             incarnation,
-            write_lock: Mutex::new(()),
+            write_lock: Mutex::new(sealer),
             table: Mutex::new(Table {
                 slots: HashMap::new(),
                 leader: false,
             }),
-            reader: Mutex::new(FrameReader::new()),
+            reader: Mutex::new((reader, opener)),
             dead: AtomicBool::new(false),
             spin,
             born: Instant::now(),
@@ -205,14 +213,22 @@ impl Conn {
     /// One leader turn: read frames, handing others theirs, until ours arrives, the
     /// deadline passes or the connection breaks.
     fn lead(&self, id: u64, deadline: Instant) -> Turn {
-        let mut reader = lock(&self.reader);
+        let mut guard = lock(&self.reader);
+        let (reader, opener) = &mut *guard;
         loop {
             let mut rs = SpinRead {
                 stream: &self.stream,
                 spin: self.spin,
             };
             match reader.read_frame(&mut rs) {
-                Ok(Some(frame)) => {
+                Ok(Some(mut frame)) => {
+                    if let Err(e) = opener.open(&mut frame) {
+                        self.kill(&format!(
+                            "a response failed authentication: {}",
+                            error_chain(&e)
+                        ));
+                        return Turn::Recheck;
+                    }
                     let ms = self.born.elapsed().as_millis() as u64;
                     self.last_rx_ms.store(ms, Ordering::Relaxed);
                     let rid = frame.header.request_id;

@@ -11,24 +11,35 @@ use std::sync::{Arc, Mutex};
 
 use super::{lock, Dispatch, Handler, RequestContext, Shared};
 use crate::capability::{unix_now, Capability, Rights};
+use crate::credential::Peer;
 use crate::error::{ErrorCode, RemoteError};
 use crate::frame::{Frame, FrameError, Header, HEADER_LEN};
 use crate::io::{
-    close_after_error, frame_error_code, response_header, write_all_vectored,
-    write_connection_error, write_error_response, write_frame, FrameReader, SpinRead,
+    close_after_error, frame_error_code, response_header, write_all_vectored, write_error_response,
+    write_sealed, write_sealed_connection_error, FrameReader, SpinRead,
 };
 use crate::request::{opcode, Request};
+use crate::seal::{Sealer, Session};
 
 /// One authenticated connection, shared by its reader thread and the workers.
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
-    write_lock: Mutex<()>,
+    /// Who authenticated on it.
+    who: Peer,
+    /// Serializes whole frames (or batches) on the socket and numbers them.
+    write_lock: Mutex<Sealer>,
 }
 
 /// Serves an authenticated peer's frames until it leaves, breaks the protocol or the server
 /// stops (the handshake gate in `gate.rs` authenticated it).
-pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+pub(super) fn serve_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    who: Peer,
+    session: &Session,
+) {
     let cfg = &shared.config;
     if let Err(e) = stream
         .set_read_timeout(None)
@@ -37,14 +48,16 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
         tracing::warn!(%peer, error = %error_chain(&e), "configuring a fabric connection failed");
         return;
     }
+    let (sealer, mut opener) = session.server_halves();
     let conn = Arc::new(Conn {
         stream,
         peer,
-        write_lock: Mutex::new(()),
+        who,
+        write_lock: Mutex::new(sealer),
     });
     let mut caps: HashMap<u64, Capability> = HashMap::new();
     let mut out = OutBatch::default();
-    let mut reader = FrameReader::new();
+    let mut reader = FrameReader::checking_crc(opener.checks_crc());
     let mut rs = SpinRead {
         stream: &conn.stream,
         spin: cfg.spin,
@@ -56,7 +69,20 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
             break;
         }
         match reader.read_frame(&mut rs) {
-            Ok(Some(frame)) => {
+            Ok(Some(mut frame)) => {
+                if let Err(e) = opener.open(&mut frame) {
+                    tracing::warn!(%peer, error = %error_chain(&e), "a fabric peer sent a frame that failed authentication");
+                    let _ = out.flush(&conn);
+                    let mut sealer = lock(&conn.write_lock);
+                    let _ = write_sealed_connection_error(
+                        &mut &conn.stream,
+                        &mut sealer,
+                        ErrorCode::Unauthenticated,
+                        &error_chain(&e),
+                    );
+                    sent_error = true;
+                    break;
+                }
                 let mut served = serve_frame(shared, &conn, &mut caps, &mut out, frame);
                 // Answers to pipelined requests go out together once the requests already
                 // received are served: one write for many responses.
@@ -78,9 +104,10 @@ pub(super) fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: So
             Err(e) => {
                 tracing::warn!(%peer, error = %error_chain(&e), "a fabric peer sent a bad frame");
                 let _ = out.flush(&conn);
-                let _g = lock(&conn.write_lock);
-                let _ = write_connection_error(
+                let mut sealer = lock(&conn.write_lock);
+                let _ = write_sealed_connection_error(
                     &mut &conn.stream,
+                    &mut sealer,
                     frame_error_code(&e),
                     &error_chain(&e),
                 );
@@ -105,10 +132,11 @@ enum ConnError {
     Write(#[from] io::Error),
 }
 
-/// Responses of inline requests waiting to be written together.
+/// Responses of inline requests waiting to be written together (sealed when written, so
+/// that they are numbered in the order they reach the wire).
 #[derive(Default)]
 struct OutBatch {
-    frames: Vec<([u8; HEADER_LEN], Vec<u8>)>,
+    frames: Vec<(Header, Vec<u8>)>,
     bytes: usize,
 }
 
@@ -121,7 +149,7 @@ impl OutBatch {
             Ok(body) => (0, body),
             Err(e) => (e.code.to_u16(), e.message.into_bytes()),
         };
-        let h = response_header(req, status, body.len()).encode(&body);
+        let h = response_header(req, status, body.len());
         self.bytes += HEADER_LEN + body.len();
         self.frames.push((h, body));
     }
@@ -134,18 +162,26 @@ impl OutBatch {
         if self.frames.is_empty() {
             return Ok(());
         }
-        let mut slices = Vec::with_capacity(self.frames.len() * 2);
-        for (h, body) in &self.frames {
-            slices.push(IoSlice::new(h));
-            if !body.is_empty() {
-                slices.push(IoSlice::new(body));
-            }
-        }
         let r = {
-            let _g = lock(&conn.write_lock);
+            let mut sealer = lock(&conn.write_lock);
+            let sealed: Vec<_> = self
+                .frames
+                .iter()
+                .map(|(h, body)| sealer.seal(h, body))
+                .collect();
+            let mut slices = Vec::with_capacity(self.frames.len() * 3);
+            for (s, (_, body)) in sealed.iter().zip(&self.frames) {
+                slices.push(IoSlice::new(&s.header));
+                let body = s.body(body);
+                if !body.is_empty() {
+                    slices.push(IoSlice::new(body));
+                }
+                if !s.tag().is_empty() {
+                    slices.push(IoSlice::new(s.tag()));
+                }
+            }
             write_all_vectored(&mut &conn.stream, &mut slices)
         };
-        drop(slices);
         self.frames.clear();
         self.bytes = 0;
         if r.is_err() {
@@ -156,14 +192,15 @@ impl OutBatch {
 }
 
 fn send(conn: &Conn, req: &Header, result: Result<Vec<u8>, RemoteError>) -> io::Result<()> {
-    let _g = lock(&conn.write_lock);
+    let mut sealer = lock(&conn.write_lock);
     let r = match &result {
-        Ok(body) => write_frame(
+        Ok(body) => write_sealed(
             &mut &conn.stream,
+            &mut sealer,
             &response_header(req, 0, body.len()),
             body,
         ),
-        Err(err) => write_error_response(&mut &conn.stream, req, err),
+        Err(err) => write_error_response(&mut &conn.stream, &mut sealer, req, err),
     };
     if r.is_err() {
         // A half-written frame would corrupt the stream: end the connection for all.
@@ -182,9 +219,10 @@ fn serve_frame(
     let h = frame.header;
     if h.is_response() {
         let _ = out.flush(conn);
-        let _g = lock(&conn.write_lock);
-        let _ = write_connection_error(
+        let mut sealer = lock(&conn.write_lock);
+        let _ = write_sealed_connection_error(
             &mut &conn.stream,
+            &mut sealer,
             ErrorCode::BadFrame,
             "a client may not send response frames",
         );
@@ -211,6 +249,8 @@ fn serve_frame(
         vnode: h.vnode,
         rights,
         request_id: h.request_id,
+        role: conn.who.role,
+        name: conn.who.name.clone(),
     };
     let req = Request {
         opcode: h.opcode,
@@ -296,7 +336,7 @@ fn serve_builtin(
                     ),
                 ));
             }
-            cap.verify(&shared.key, unix_now())
+            cap.verify(&shared.capability_key, unix_now())
                 .map_err(|e| RemoteError::new(ErrorCode::Forbidden, error_chain(&e)))?;
             caps.insert(cap.vnode, cap);
             Ok(Vec::new())

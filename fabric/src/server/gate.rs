@@ -23,10 +23,12 @@ use lego_report::error_chain;
 
 use super::{start_connection, Shared};
 use crate::auth::{
-    answer_hello, check_auth, refuse_frame, Refusal, HANDSHAKE_MAX_PAYLOAD, NONCE_LEN,
+    answer_hello, check_auth, refuse_frame, HelloSeen, Refusal, HANDSHAKE_MAX_PAYLOAD,
 };
+use crate::credential::Peer;
 use crate::frame::{Frame, FrameError, Header, HEADER_LEN};
 use crate::io::{write_connection_error, write_frame};
+use crate::seal::Session;
 
 /// Failed handshakes logged one by one within a window.
 pub const LOG_BURST: u32 = 5;
@@ -43,11 +45,9 @@ const ACCEPT_BATCH: usize = 256;
 enum Step {
     /// Waiting for the client's HELLO.
     Hello,
-    /// Waiting for the client's AUTH over its nonce and ours.
-    Auth {
-        client_nonce: Vec<u8>,
-        server_nonce: [u8; NONCE_LEN],
-    },
+    /// Waiting for the client's AUTH over both HELLOs, with the proof key of the peer it
+    /// claimed to be.
+    Auth(Box<HelloSeen>),
     /// Refused: the error frame was sent; what the peer still sends is discarded until it
     /// closes or the linger ends.
     Closing,
@@ -67,8 +67,8 @@ struct Pending {
 enum Progress {
     /// Needs more bytes.
     Waiting,
-    /// Authenticated: serve it.
-    Authenticated,
+    /// Authenticated as this peer: serve it with this session.
+    Authenticated(Peer, Session),
     /// Done with it (closed by the peer, or refused and lingered).
     Drop,
 }
@@ -138,23 +138,22 @@ impl Pending {
             };
             let step = std::mem::replace(&mut self.step, Step::Hello);
             match step {
-                Step::Hello => match answer_hello(&shared.key, shared.incarnation, &frame) {
-                    Ok((h, body, server_nonce)) => {
+                Step::Hello => match answer_hello(
+                    &shared.key,
+                    shared.incarnation,
+                    shared.config.protection,
+                    &frame,
+                ) {
+                    Ok((h, body, seen)) => {
                         if let Err(e) = write_frame(&mut &self.stream, &h, &body) {
                             return self.gone(&e.into(), log);
                         }
-                        self.step = Step::Auth {
-                            client_nonce: frame.payload,
-                            server_nonce,
-                        };
+                        self.step = Step::Auth(Box::new(seen));
                     }
                     Err(r) => return self.refuse(r, log),
                 },
-                Step::Auth {
-                    client_nonce,
-                    server_nonce,
-                } => {
-                    return match check_auth(&shared.key, &client_nonce, &server_nonce, &frame) {
+                Step::Auth(seen) => {
+                    return match check_auth(&seen, &frame) {
                         Ok(_)
                             if super::lock(&shared.conns).len()
                                 >= shared.config.max_connections =>
@@ -164,8 +163,8 @@ impl Pending {
                             let reply = Some((crate::error::ErrorCode::Unavailable, full.into()));
                             self.refuse(Refusal { error, reply }, log)
                         }
-                        Ok(done) => match write_frame(&mut &self.stream, &done, &[]) {
-                            Ok(()) => Progress::Authenticated,
+                        Ok((done, session)) => match write_frame(&mut &self.stream, &done, &[]) {
+                            Ok(()) => Progress::Authenticated(seen.peer, session),
                             Err(e) => self.gone(&e.into(), log),
                         },
                         Err(r) => self.refuse(r, log),
@@ -303,7 +302,7 @@ pub(super) fn run(listener: &TcpListener, shared: &Arc<Shared>) {
                 Progress::Waiting
             };
             match progress {
-                Progress::Authenticated => hand_over(shared, p),
+                Progress::Authenticated(who, session) => hand_over(shared, p, who, session),
                 Progress::Drop => {}
                 Progress::Waiting if Instant::now() >= p.deadline => {
                     if !matches!(p.step, Step::Closing) {
@@ -374,13 +373,13 @@ fn accept_batch(
 }
 
 /// Gives an authenticated connection its thread.
-fn hand_over(shared: &Arc<Shared>, p: Pending) {
+fn hand_over(shared: &Arc<Shared>, p: Pending, who: Peer, session: Session) {
     if let Err(e) = p.stream.set_nonblocking(false) {
         tracing::warn!(peer = %p.peer, error = %error_chain(&e), "configuring a fabric connection failed");
         return;
     }
-    tracing::debug!(peer = %p.peer, "fabric peer authenticated");
-    start_connection(shared, p.stream, p.peer);
+    tracing::debug!(peer = %p.peer, who = %who, protection = %session.protection, "fabric peer authenticated");
+    start_connection(shared, p.stream, p.peer, who, session);
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use lego_fabric::{ClusterKey, ServerConfig};
+use lego_fabric::{CapabilityKey, ClusterKey, ServerConfig};
 use lego_metrics::MetricsServer;
 use lego_monitor_client::size::ByteSize;
 use lego_monitors::config::{self, ManagerFileConfig};
@@ -22,7 +22,9 @@ use lego_monitors::manager::election::{self, Election, Leadership};
 use lego_monitors::manager::etcd_store::{Etcd, EtcdStateStore, EtcdTarget};
 use lego_monitors::manager::service::ManagerService;
 use lego_monitors::manager::standby::Gate;
-use lego_monitors::manager::{FileStateStore, Manager, ManagerSettings, StateStore, VnodeLeases};
+use lego_monitors::manager::{
+    FileStateStore, Manager, ManagerSettings, StateStore, VnodeLeases, VnodeSubnet,
+};
 use lego_monitors::metrics;
 
 /// Place vNodes' remote memory and volumes on monitors and watch the monitors' heartbeats.
@@ -78,9 +80,20 @@ struct Args {
     /// for a backend to restart [default: 120].
     #[arg(long, value_name = "SECS")]
     vnode_lease_secs: Option<u64>,
+    /// IPv4 subnet vNodes get their network addresses (and MACs) from, in CIDR notation: its
+    /// first host address (.1 of a /24) is the gateway, the compute hosts' bridge, and is never
+    /// handed out; each vNode gets the lowest free address after it until the vNode is
+    /// released [default: 10.99.0.0/24].
+    #[arg(long, value_name = "CIDR")]
+    vnode_subnet: Option<VnodeSubnet>,
     /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// File holding the seed (64 hex digits) of the Ed25519 key that signs capabilities;
+    /// give it to the managers only, and the monitors its public key (logged at start,
+    /// `legoctl capability-key public`) [default: derived from the cluster key].
+    #[arg(long, value_name = "FILE")]
+    capability_key_file: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9101 [default: none].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
@@ -124,6 +137,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
             .repair_rate_mib
             .or(file.repair_rate_mib)
             .unwrap_or(lego_monitors::manager::core::DEFAULT_REPAIR_RATE_MIB),
+        vnode_subnet: args.vnode_subnet.or(file.vnode_subnet).unwrap_or_default(),
     };
     let lease = args
         .vnode_lease_secs
@@ -133,11 +147,17 @@ fn run(args: Args) -> Result<(), DaemonError> {
         });
     let leases = Arc::new(VnodeLeases::new(lease));
     let key = ClusterKey::load(args.key_file.or(file.key_file).as_deref())?;
+    let capability_key = match args.capability_key_file.or(file.capability_key_file) {
+        Some(f) => CapabilityKey::from_file(&f)?,
+        None => CapabilityKey::derive(&key),
+    };
+    tracing::info!(public_key = %capability_key.public(), "capabilities are signed with this key");
     let signals = daemon::shutdown_signals()?;
 
     let listen_cfg = Listen {
         addr: listen,
         key,
+        capability_key,
         metrics: args.metrics.or(file.metrics),
         settings,
         leases,
@@ -165,6 +185,7 @@ fn run(args: Args) -> Result<(), DaemonError> {
 struct Listen {
     addr: String,
     key: ClusterKey,
+    capability_key: CapabilityKey,
     metrics: Option<String>,
     settings: ManagerSettings,
     leases: Arc<VnodeLeases>,
@@ -181,7 +202,11 @@ impl Serving {
     /// Loads the state from `store`, then serves it through `gate` and watches liveness.
     fn start(l: &Listen, store: Box<dyn StateStore>, gate: &Gate) -> Result<Self, DaemonError> {
         let interval = l.settings.heartbeat_interval;
-        let manager = Arc::new(Manager::new(l.settings.clone(), l.key.clone(), store)?);
+        let manager = Arc::new(Manager::new(
+            l.settings.clone(),
+            l.capability_key.clone(),
+            store,
+        )?);
         let service = ManagerService::new(manager.clone()).with_leases(l.leases.clone());
         let metrics = l
             .metrics
@@ -193,6 +218,7 @@ impl Serving {
             .transpose()?;
         gate.activate(Arc::new(service));
         tracing::info!(region_size = %ByteSize(manager.settings().region_size),
+            vnode_subnet = %manager.settings().vnode_subnet,
             vnode_lease_secs = l.leases.lease().as_secs(), monitors = manager.status().monitors.len(),
             "manager serving");
         let (stop_tx, stop_rx) = mpsc::channel::<()>();

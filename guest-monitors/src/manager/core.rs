@@ -4,8 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lego_fabric::{Capability, ClusterKey, Rights};
+use lego_fabric::{Capability, CapabilityKey, Rights};
 
+use super::addresses::{AddressError, VnodeSubnet};
 use super::repair::{self, RepairError, Reported};
 use super::state::{
     ClusterState, MonitorRecord, StateError, StateStore, VnodeRecord, VolumeRecord,
@@ -14,8 +15,8 @@ use crate::placement::{self, Candidate, PlacementError};
 use crate::volume::VolumeError;
 use lego_monitor_client::proto::manager::{
     ClusterStatus, Heartbeat, IssuedCapability, MemoryPlacement, MonitorKind, MonitorState,
-    MonitorStatus, RegionPlacement, RegisterMonitor, RepairAck, RepairProgress, VnodeStatus,
-    VolumePlacement,
+    MonitorStatus, RegionPlacement, RegisterMonitor, RepairAck, RepairProgress, VnodeAddress,
+    VnodeStatus, VolumePlacement,
 };
 
 /// The default rate limit of a repair's copy, in MiB/s.
@@ -38,6 +39,9 @@ pub struct ManagerSettings {
     /// Rate limit in MiB/s of copying a vRegion to a new monitor after a monitor holding a
     /// copy died (0: unthrottled); handed to the vNode's client, which does the copy.
     pub repair_rate_mib: u32,
+    /// The subnet vNodes get their network addresses from (its first host address is the
+    /// gateway, never handed out).
+    pub vnode_subnet: VnodeSubnet,
 }
 
 impl Default for ManagerSettings {
@@ -49,6 +53,7 @@ impl Default for ManagerSettings {
             capability_ttl: Duration::from_secs(24 * 3600),
             copies: None,
             repair_rate_mib: DEFAULT_REPAIR_RATE_MIB,
+            vnode_subnet: VnodeSubnet::default(),
         }
     }
 }
@@ -81,12 +86,23 @@ pub enum ManagerError {
         /// Its monitor.
         monitor: String,
     },
+    /// The vNode belongs to another compute host.
+    #[error("vNode {vnode} belongs to compute host {owner}; an operator may release it (legoctl release --vnode {vnode})")]
+    OwnedBy {
+        /// The vNode.
+        vnode: u64,
+        /// The compute host owning it.
+        owner: String,
+    },
     /// The vNode has no placements.
     #[error("vNode {0} has no placements; place its memory first")]
     UnknownVnode(u64),
     /// A repair report does not fit the placements.
     #[error(transparent)]
     Repair(#[from] RepairError),
+    /// No vNode address is free (or the subnet is unusable).
+    #[error(transparent)]
+    Address(#[from] AddressError),
     /// Persisting the state failed (the change was not made).
     #[error(transparent)]
     State(#[from] StateError),
@@ -101,7 +117,8 @@ struct Inner {
 /// The global manager.
 pub struct Manager {
     settings: ManagerSettings,
-    key: ClusterKey,
+    /// Signs the capabilities it issues.
+    key: CapabilityKey,
     store: Box<dyn StateStore>,
     inner: Mutex<Inner>,
 }
@@ -111,7 +128,7 @@ impl Manager {
     /// full grace period to heartbeat before it is declared dead.
     pub fn new(
         settings: ManagerSettings,
-        key: ClusterKey,
+        key: CapabilityKey,
         store: Box<dyn StateStore>,
     ) -> Result<Self, ManagerError> {
         if settings.region_size < 4096 || !settings.region_size.is_multiple_of(4096) {
@@ -578,6 +595,32 @@ impl Manager {
         })
     }
 
+    /// Makes the compute host `host` (a credential's name) the owner of `vnode` if the vNode
+    /// has placements and no owner yet; refuses with [`ManagerError::OwnedBy`] if another
+    /// compute host owns it. A vNode without placements gets its owner at its first
+    /// placement (the caller binds again then).
+    pub fn bind_owner(&self, vnode: u64, host: &str) -> Result<(), ManagerError> {
+        let mut inner = self.lock();
+        match inner.state.vnodes.get(&vnode).map(|r| r.owner.as_deref()) {
+            None => return Ok(()),
+            Some(Some(o)) if o == host => return Ok(()),
+            Some(Some(o)) => {
+                return Err(ManagerError::OwnedBy {
+                    vnode,
+                    owner: o.into(),
+                })
+            }
+            Some(None) => {}
+        }
+        let mut new = inner.state.clone();
+        if let Some(r) = new.vnodes.get_mut(&vnode) {
+            r.owner = Some(host.into());
+        }
+        self.commit(&mut inner, new)?;
+        tracing::info!(vnode, owner = host, "vNode bound to its compute host");
+        Ok(())
+    }
+
     /// Forgets a vNode's placements, releasing their reservations.
     pub fn release_vnode(&self, vnode: u64) -> Result<(), ManagerError> {
         let mut inner = self.lock();
@@ -687,6 +730,7 @@ impl Manager {
                         created: false,
                     })
                     .collect(),
+                address: self.address_of(v),
             })
             .collect();
         ClusterStatus {
@@ -699,10 +743,47 @@ impl Manager {
     }
 }
 
+/// The vNodes' network addresses (the pool is `super::addresses`), kept apart from placement.
+impl Manager {
+    /// `v`'s address as its vNode sees it, if it holds one in the vNode subnet (one from
+    /// another subnet, before `--vnode-subnet` changed, is replaced at the next ask).
+    fn address_of(&self, v: &VnodeRecord) -> Option<VnodeAddress> {
+        let subnet = &self.settings.vnode_subnet;
+        v.address
+            .filter(|ip| subnet.holds(*ip))
+            .map(|ip| subnet.describe(ip))
+    }
+
+    /// `vnode`'s network address: the one it holds, else the lowest one no vNode holds,
+    /// recorded with the vNode (a vNode with no record yet gets one holding just its
+    /// address). It is free again when the vNode's record goes ([`Manager::release_vnode`],
+    /// or a lapsed lease's [`Manager::release_vnode_memory`]).
+    pub fn vnode_address(&self, vnode: u64) -> Result<VnodeAddress, ManagerError> {
+        Self::check_vnode(vnode)?;
+        let mut inner = self.lock();
+        let held = inner.state.vnodes.get(&vnode);
+        if let Some(a) = held.and_then(|v| self.address_of(v)) {
+            return Ok(a);
+        }
+        let subnet = self.settings.vnode_subnet;
+        let ip = subnet.allocate(inner.state.addresses_held_except(vnode))?;
+        let mut new = inner.state.clone();
+        let rec = new.vnodes.entry(vnode).or_default();
+        if let Some(old) = rec.address {
+            tracing::warn!(vnode, %old, %subnet, "vNode address outside the vNode subnet: replaced");
+        }
+        rec.address = Some(ip);
+        self.commit(&mut inner, new)?;
+        let a = subnet.describe(ip);
+        tracing::info!(vnode, address = %a, "vNode address allocated");
+        Ok(a)
+    }
+}
+
 /// Reclaiming a vNode's memory (see `super::lease`), kept apart from placement.
 impl Manager {
-    /// Forgets `vnode`'s memory placements (its vRegions), keeping its volumes; returns how
-    /// many vRegions it had. A vNode left with nothing is forgotten.
+    /// Forgets `vnode`'s memory placements (its vRegions), its owner and its address, keeping
+    /// its volumes; returns how many vRegions it had. A vNode left with nothing is forgotten.
     pub fn release_vnode_memory(&self, vnode: u64) -> Result<usize, ManagerError> {
         let mut inner = self.lock();
         let Some(rec) = inner.state.vnodes.get(&vnode) else {
@@ -746,8 +827,8 @@ mod tests {
         }
     }
 
-    fn key() -> ClusterKey {
-        ClusterKey::from_bytes([7; 32])
+    fn key() -> CapabilityKey {
+        CapabilityKey::derive(&lego_fabric::ClusterKey::from_bytes([7; 32]))
     }
 
     fn settings() -> ManagerSettings {
@@ -769,6 +850,26 @@ mod tests {
             incarnation: None,
         })
         .expect("register");
+    }
+
+    #[test]
+    fn a_vnodes_owner_is_bound_once_and_survives_restart() {
+        let store = Arc::new(MemoryStateStore::default());
+        let m = Manager::new(settings(), key(), Box::new(Shared(store.clone()))).expect("new");
+        reg(&m, MonitorKind::Memory, "10.0.0.1:1", 4 << 20);
+        m.bind_owner(5, "host-a")
+            .expect("nothing placed: nothing to bind");
+        m.place_memory(5, 1 << 20).expect("place");
+        m.bind_owner(5, "host-a").expect("bind");
+        m.bind_owner(5, "host-a").expect("the owner again");
+        drop(m);
+        let m = Manager::new(settings(), key(), Box::new(Shared(store))).expect("restart");
+        assert!(matches!(
+            m.bind_owner(5, "host-b"),
+            Err(ManagerError::OwnedBy { vnode: 5, ref owner }) if owner == "host-a"
+        ));
+        m.release_vnode(5).expect("release");
+        m.bind_owner(5, "host-b").expect("released: free");
     }
 
     #[test]
@@ -1051,6 +1152,59 @@ mod tests {
     }
 
     #[test]
+    fn vnode_addresses_are_distinct_kept_and_freed_with_the_vnode() {
+        let store = Arc::new(MemoryStateStore::default());
+        let small = ManagerSettings {
+            vnode_subnet: "10.99.7.0/29".parse().expect("subnet"),
+            ..settings()
+        };
+        let m = Manager::new(small.clone(), key(), Box::new(Shared(store.clone()))).expect("new");
+        reg(&m, MonitorKind::Memory, "10.0.0.1:1", 8 << 20);
+        let ip = |a: VnodeAddress| a.ip.to_string();
+        assert_eq!(ip(m.vnode_address(1).expect("1")), "10.99.7.2");
+        m.place_memory(2, 1 << 20).expect("place");
+        let a2 = m.vnode_address(2).expect("2");
+        assert_eq!(ip(a2), "10.99.7.3");
+        assert_eq!(a2.gateway.to_string(), "10.99.7.1");
+        assert_eq!(m.vnode_address(2).expect("again"), a2);
+        assert!(m.vnode_address(0).is_err());
+        // Placing memory keeps the address, and the status shows it.
+        m.place_memory(1, 1 << 20).expect("place 1");
+        let st = m.status();
+        let shown: Vec<_> = st.vnodes.iter().map(|v| v.address.map(ip)).collect();
+        assert_eq!(shown, [Some("10.99.7.2".into()), Some("10.99.7.3".into())]);
+        drop(m);
+        let m = Manager::new(small.clone(), key(), Box::new(Shared(store))).expect("restart");
+        assert_eq!(m.vnode_address(2).expect("after restart"), a2);
+        // Released vNode 1's address is the lowest free one again.
+        m.release_vnode(1).expect("release");
+        assert_eq!(ip(m.vnode_address(3).expect("3")), "10.99.7.2");
+        for v in 4..=6 {
+            m.vnode_address(v).expect("room for five");
+        }
+        let e = m.vnode_address(7).expect_err("full");
+        assert!(
+            matches!(
+                &e,
+                ManagerError::Address(AddressError::Exhausted { addresses: 5, .. })
+            ),
+            "{e}"
+        );
+        // A lapsed lease frees the address with the memory.
+        m.release_vnode_memory(2).expect("lease lapsed");
+        assert_eq!(ip(m.vnode_address(7).expect("7")), "10.99.7.3");
+        // A manager given another subnet replaces an address outside it.
+        drop(m);
+        let store = Arc::new(MemoryStateStore::default());
+        let m = Manager::new(small, key(), Box::new(Shared(store.clone()))).expect("new");
+        m.vnode_address(9).expect("9");
+        drop(m);
+        let m = Manager::new(settings(), key(), Box::new(Shared(store))).expect("other subnet");
+        assert!(m.status().vnodes[0].address.is_none());
+        assert_eq!(ip(m.vnode_address(9).expect("9 again")), "10.99.0.2");
+    }
+
+    #[test]
     fn capabilities_verify() {
         let m =
             Manager::new(settings(), key(), Box::new(MemoryStateStore::default())).expect("new");
@@ -1058,7 +1212,7 @@ mod tests {
             .issue_capability(3, Rights::MEMORY.bits(), Duration::ZERO)
             .expect("issue");
         let cap: Capability = c.capability.parse().expect("parse");
-        cap.verify(&key(), lego_fabric::capability::unix_now())
+        cap.verify(&key().public(), lego_fabric::capability::unix_now())
             .expect("valid");
         assert_eq!(cap.vnode, 3);
         assert!(m.issue_capability(0, 1, Duration::ZERO).is_err());

@@ -105,6 +105,16 @@ impl RunningVnodes {
         }
     }
 
+    /// The host that runs `vnode` now (the name of its compute host's credential, or the
+    /// host name a holder of the cluster key reported), if it has not fallen silent.
+    pub fn host_of(&self, vnode: u64) -> Option<String> {
+        let entries = self.lock();
+        entries
+            .get(&vnode)
+            .filter(|(_, seen)| seen.elapsed() <= self.forget_after)
+            .map(|(up, _)| up.host.clone())
+    }
+
     /// The running vNodes, by id (forgetting the silent ones first).
     pub fn list(&self) -> Vec<RunningVnode> {
         let mut entries = self.lock();

@@ -5,6 +5,7 @@
 //! `manager::etcd_store` keeps the same state in etcd for a cluster of managers.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -60,6 +61,17 @@ pub struct VnodeRecord {
     pub repairs: Vec<Option<RegionRepair>>,
     /// Volumes by name.
     pub volumes: BTreeMap<String, VolumeRecord>,
+    /// The compute host (its credential's name) whose vNode this is: set when a compute
+    /// credential first announces or places it; no other compute host may claim it until an
+    /// operator releases it (absent: none yet, and from state files written before
+    /// credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The vNode's network address, from the manager's vNode subnet (see
+    /// `manager::addresses`): set at the first `VNODE_ADDRESS`, free again when the record
+    /// goes (absent: none asked for yet, and from state files written before addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
 }
 
 impl VnodeRecord {
@@ -112,6 +124,14 @@ impl Default for ClusterState {
 }
 
 impl ClusterState {
+    /// The addresses held by vNodes other than `except`.
+    pub fn addresses_held_except(&self, except: u64) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.vnodes
+            .iter()
+            .filter(move |(&id, _)| id != except)
+            .filter_map(|(_, v)| v.address)
+    }
+
     /// Bytes reserved on monitor `addr` by all placements.
     pub fn reserved_on(&self, addr: &str) -> u64 {
         self.vnodes
@@ -303,7 +323,29 @@ mod tests {
             "regions":["a:1"],"replicas":[["b:1"]],"volumes":{}}}}"#;
         let s: ClusterState = serde_json::from_str(old).expect("old state");
         assert!(s.vnodes[&3].repairs.is_empty());
+        assert!(s.vnodes[&3].address.is_none());
         assert_eq!(s.vnodes[&3].holders(0), ["a:1", "b:1"]);
+    }
+
+    #[test]
+    fn a_vnodes_address_is_stored_with_it() {
+        let mut s = sample();
+        s.vnodes.get_mut(&42).expect("42").address = Some(Ipv4Addr::new(10, 99, 0, 2));
+        s.vnodes.insert(
+            43,
+            VnodeRecord {
+                address: Some(Ipv4Addr::new(10, 99, 0, 3)),
+                ..Default::default()
+            },
+        );
+        let json = serde_json::to_string(&s).expect("json");
+        assert!(json.contains(r#""address":"10.99.0.2""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ClusterState>(&json).expect("back"),
+            s
+        );
+        let others: Vec<Ipv4Addr> = s.addresses_held_except(42).collect();
+        assert_eq!(others, [Ipv4Addr::new(10, 99, 0, 3)]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Rights};
+use lego_fabric::{Capability, CapabilityKey, Client, ClientConfig, ClusterKey, Rights};
 use lego_testkit::net::free_loopback_addr;
 use lego_testkit::process::ChildGuard;
 use lego_testkit::wait;
@@ -326,7 +326,12 @@ pub fn key() -> ClusterKey {
 
 /// A capability for `vnode` signed with `key`.
 pub fn cap(key: &ClusterKey, vnode: u64, rights: Rights) -> Capability {
-    Capability::issue(key, vnode, rights, Duration::from_secs(3600))
+    Capability::issue(
+        &CapabilityKey::derive(key),
+        vnode,
+        rights,
+        Duration::from_secs(3600),
+    )
 }
 
 /// A client config with generous timeouts.
@@ -353,4 +358,61 @@ pub const MANAGER_BIN: &str = env!("CARGO_BIN_EXE_lego-manager");
 /// Builds an argument vector.
 pub fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
+}
+
+/// Starts a manager in its own namespace (64 MiB vRegions, 200 ms heartbeats) with `extra`
+/// flags, and waits until it answers.
+pub fn start_manager(net: &mut Net, key: &ClusterKey, extra: &[&str]) -> Daemon {
+    start_manager_sized(net, key, "64M", extra)
+}
+
+/// [`start_manager`] with vRegions of `region_size`.
+pub fn start_manager_sized(
+    net: &mut Net,
+    key: &ClusterKey,
+    region_size: &str,
+    extra: &[&str],
+) -> Daemon {
+    let h = net.host("m");
+    let state = net.path("manager-state");
+    let mut a = args(&[
+        "--listen",
+        &h.addr,
+        "--state-dir",
+        state.to_str().expect("utf8"),
+        "--region-size",
+        region_size,
+        "--heartbeat-ms",
+        "200",
+    ]);
+    a.extend(args(extra));
+    let mut d = Daemon::start(net, "manager", MANAGER_BIN, &h, &a, key);
+    d.wait_ready(key);
+    d
+}
+
+/// Starts a 256 MiB memory monitor called `name` that registers with `manager` (200 ms
+/// heartbeats), with `extra` flags, and waits until it answers.
+pub fn start_memory_monitor(
+    net: &mut Net,
+    key: &ClusterKey,
+    name: &str,
+    manager: &str,
+    extra: &[&str],
+) -> Daemon {
+    let h = net.host("mem");
+    let mut a = args(&[
+        "--listen",
+        &h.addr,
+        "--capacity",
+        "256M",
+        "--heartbeat-ms",
+        "200",
+        "--manager",
+        manager,
+    ]);
+    a.extend(args(extra));
+    let mut d = Daemon::start(net, name, MEMORY_BIN, &h, &a, key);
+    d.wait_ready(key);
+    d
 }

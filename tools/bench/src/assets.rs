@@ -76,6 +76,26 @@ pub fn guest(cache: &Path, rebuild: bool) -> Result<Guest, AssetsError> {
     })
 }
 
+/// Returns the guest image in `cache` built with `guest_tools` (a static lego-guest-tools)
+/// as its tools, rebuilt when any input changed since the image in the cache was made (the
+/// kernel modules, the init scripts, the tools) or when `rebuild`: for a benchmark whose
+/// guest runs programs that a cached image of an older workspace may lack, and which must
+/// run the very tools the compute host runs.
+pub fn current_guest(
+    cache: &Path,
+    guest_tools: &Path,
+    rebuild: bool,
+) -> Result<Guest, AssetsError> {
+    let mut opts = lego_image::guest::GuestOptions::new(cache);
+    opts.guest_tools = Some(guest_tools.to_path_buf());
+    opts.force = rebuild;
+    let image = lego_image::guest::build(&opts).map_err(VnodeError::from)?;
+    Ok(Guest {
+        kernel: image.kernel,
+        initramfs: image.initramfs,
+    })
+}
+
 /// Returns the legovmm to measure: `explicit`, else the workspace's release build, else
 /// the testbed's usual search.
 pub fn legovmm(explicit: Option<&Path>) -> Result<PathBuf, AssetsError> {

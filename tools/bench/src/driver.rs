@@ -104,6 +104,14 @@ pub enum BenchError {
         /// The job's console log.
         console: PathBuf,
     },
+    /// A file given as input could not be read.
+    #[error("could not read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A file or folder of the output could not be written.
     #[error("could not write {path}")]
     Write {
@@ -158,6 +166,23 @@ impl CommonArgs {
             timer,
             config,
         })
+    }
+}
+
+/// Removes the consoles and logs an earlier run left in `out_dir` (a try that did not run
+/// this time must not show an old file): each `<setup>-*.console*` of the `setups` named, the
+/// compute host's `l1.console.log`, and the files named in `others`.
+pub fn remove_stale(out_dir: &Path, setups: &[&str], others: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(out_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours =
+            setups.iter().any(|s| name.starts_with(&format!("{s}-"))) && name.contains(".console");
+        if ours || name == "l1.console.log" || others.contains(&name.as_str()) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

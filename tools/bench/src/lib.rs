@@ -13,6 +13,9 @@
 //! `swap-bench` runs the same swap-heavy workload with remote memory (legovmm), with swap on
 //! an NBD-backed disk (QEMU + qemu-nbd) and with all-local RAM, side by side; see [`swap`].
 //!
+//! `net-bench` measures TCP round trips and throughput between a vNode and its compute host
+//! with legovmm's virtio-net (vhost-net and in-process) and QEMU's (vhost-net); see [`net`].
+//!
 //! `soak` runs the demo-sized swap workload N times, each in a fresh compute host, and
 //! counts the runs the testbed lost by kind; see [`soak`].
 
@@ -20,6 +23,7 @@
 
 pub mod assets;
 pub mod driver;
+pub mod net;
 pub mod report;
 pub mod results;
 pub mod script;

@@ -104,6 +104,23 @@ pub const DEFAULT_QEMU_MACHINE: &str = "microvm,x-option-roms=off";
 /// QEMU's CPU by default.
 pub const DEFAULT_QEMU_CPU: &str = "host";
 
+/// The job's rounds: `runs` times, each of `setups` in order through the job's `bench`
+/// function (results appended to `results_file`), with a progress line before and a sync
+/// after each (a compute host that stalls later keeps what ran).
+pub fn rounds(runs: u32, setups: &[String], results_file: &str) -> String {
+    let mut s = format!("r=0\nwhile [ $r -lt {runs} ]; do\n    r=$((r + 1))\n");
+    for setup in setups {
+        s.push_str(&format!(
+            "    echo \"LEGO_BENCH_PROGRESS round $r of {runs} setup {setup} uptime=$(cut -d' ' -f1 /proc/uptime)\"\n    \
+             bench {setup} $r \"$CMDLINE\" {results_file}\n    \
+             # On the job disk now: a compute host that stalls later keeps what ran.\n    \
+             sync\n"
+        ));
+    }
+    s.push_str("done\n");
+    s
+}
+
 /// Quotes a string for a POSIX shell.
 pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -143,6 +160,28 @@ pub fn qemu_vm_args(
         files::QBOOT,
         files::KERNEL,
         files::INITRAMFS
+    )
+}
+
+/// The arguments of QEMU as [`qemu_vm_args`] gives them, but with QEMU's default RAM (`-m`
+/// alone: private anonymous memory, transparent huge pages as the host allows) instead of
+/// a shared memfd: for a guest whose RAM nothing but QEMU maps, as nothing but legovmm maps
+/// legovmm's when no vhost-user device needs it.
+pub fn qemu_private_ram_args(
+    machine: &str,
+    cpu: &str,
+    vcpus: u32,
+    memory_mib: u32,
+    devices: &str,
+) -> String {
+    let m = memory_mib;
+    let args = qemu_vm_args(machine, cpu, vcpus, m, devices);
+    // The unit tests check that this is found (and so gone).
+    args.replace(
+        &format!(
+            "-object memory-backend-memfd,id=mem,size={m}M,share=on -machine memory-backend=mem "
+        ),
+        "",
     )
 }
 
@@ -314,6 +353,22 @@ mod tests {
     #[test]
     fn the_script_parses_as_posix_sh() {
         assert_parses_as_sh(&plan().render());
+    }
+
+    #[test]
+    fn private_ram_drops_only_the_memfd() {
+        let shared = qemu_vm_args("microvm", "host", 1, 512, "-device x");
+        let private = qemu_private_ram_args("microvm", "host", 1, 512, "-device x");
+        assert!(!private.contains("memory-backend"), "{private}");
+        assert_eq!(
+            private,
+            shared.replace(
+                "-object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem ",
+                ""
+            )
+        );
+        assert!(private.contains("-m 512M -bios qboot.rom"), "{private}");
+        assert!(private.ends_with("-device x -append"), "{private}");
     }
 
     #[test]

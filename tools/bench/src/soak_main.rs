@@ -188,6 +188,7 @@ fn plan(cli: &Cli, prepared: &Prepared, bin_dir: &Path) -> Result<Plan, BenchErr
                 qemu_machine: cli.common.qemu_machine.clone(),
                 qemu_cpu: cli.common.qemu_cpu.clone(),
                 nbd: NbdTransport::Tcp,
+                poll_us: 0,
             };
             let mut job = Job::new("soak", plan.render())
                 .timeout(timeout)

@@ -3,7 +3,7 @@
 //! side by side in one compute host of the testbed; medians and slowdown ratios, and
 //! legovmm against QEMU on first touch. See `lego_bench::swap`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,8 +37,10 @@ struct Cli {
     runs: u32,
     /// The setups to run, in round order: local (legovmm, all-local RAM, no swap),
     /// qemu-local (QEMU, the same RAM and no swap: first touch against legovmm's), remote
-    /// (legovmm + remote memory as swap), nbd (QEMU + swap on NBD), paged (legovmm pages
-    /// guest RAM of the all-local size, keeping the swapping setups' RAM resident).
+    /// (legovmm + remote memory as swap), remote-relay (the same, interrupts through
+    /// legovmm's relay thread), remote-poll (the same, backend and memory monitor polling
+    /// `--poll-us`), nbd (QEMU + swap on NBD), paged (legovmm pages guest RAM of the
+    /// all-local size, keeping the swapping setups' RAM resident).
     #[arg(long, value_delimiter = ',', default_value = "local,remote,nbd,paged")]
     setups: Vec<Setup>,
     /// Workload size in MiB (memtest --mib).
@@ -53,6 +55,9 @@ struct Cli {
     /// Size of the remote memory and of the NBD disk, MiB (the guest's swap).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=8192))]
     swap_mib: u32,
+    /// The remote-poll setup's `--poll-us` for lego-vhost-blk and the memory monitor.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    poll_us: u32,
     /// The paged setup's `--paging-prefetch` (legovmm's default when not given).
     #[arg(long, value_name = "PAGES")]
     paged_prefetch: Option<u32>,
@@ -103,24 +108,6 @@ struct Cli {
     stream: bool,
 }
 
-/// Removes the consoles and logs an earlier run left in `out_dir` (a try that did not run
-/// this time must not show an old file).
-fn remove_stale(out_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(out_dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let ours = Setup::ALL
-            .iter()
-            .any(|s| name.starts_with(&format!("{}-", s.name())))
-            && name.contains(".console");
-        if ours || name == "l1.console.log" {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 fn default_bin_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .filter(|v| !v.is_empty())
@@ -168,7 +155,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         (guest.initramfs.clone(), files::INITRAMFS.to_string()),
         (timer.clone(), files::TIMER.to_string()),
     ];
-    if setups.contains(&Setup::Remote) || setups.contains(&Setup::Paged) {
+    if setups.iter().any(|s| s.needs_cluster()) {
         job_files.extend(assets::binaries_in(&bin_dir, &LEGO_PROGRAMS)?);
     }
     if setups.contains(&Setup::Nbd) {
@@ -209,6 +196,7 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         qemu_machine: cli.common.qemu_machine.clone(),
         qemu_cpu: cli.common.qemu_cpu.clone(),
         nbd: cli.nbd_transport,
+        poll_us: cli.poll_us,
     };
     let tries = u64::from(plan.runs) * setups.len() as u64 * u64::from(plan.tries);
     let mut job = Job::new("swap-bench", plan.render())
@@ -243,7 +231,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
 
     let text = driver::keep_results(&output, RESULTS_FILE, &out_dir)?;
     let tries = swap_results::parse(&text)?;
-    remove_stale(&out_dir);
+    let names: Vec<&str> = Setup::ALL.iter().map(|s| s.name()).collect();
+    driver::remove_stale(&out_dir, &names, &[]);
     let consoles = tries.iter().flat_map(|t| {
         let base = format!("{}-{}-{}.console", t.run.vmm, t.run.round, t.run.attempt);
         [
@@ -266,6 +255,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
             "remote memory (legovmm, {} MiB + {} MiB remote)",
             plan.guest_memory_mib, plan.swap_mib
         ),
+        remote_relay: "remote memory, interrupts relayed".into(),
+        remote_poll: format!("remote memory, polling {} µs", plan.poll_us),
         nbd: format!(
             "NBD swap (QEMU, {} MiB + {} MiB NBD disk)",
             plan.guest_memory_mib, plan.swap_mib
@@ -280,6 +271,10 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     if let Some(paged) = swap_report::paged_table(&summaries, &titles) {
         md.push('\n');
         md.push_str(&paged);
+    }
+    if let Some(variants) = swap_report::data_path_table(&summaries, &titles) {
+        md.push('\n');
+        md.push_str(&variants);
     }
     if let Some(first_touch) = swap_report::first_touch_table(&summaries, &titles) {
         md.push('\n');
@@ -306,6 +301,17 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
             "- paged: `$LEGOVMM {} '<cmdline>' {}` (fresh lego-manager and lego-memory-monitor per run on L1's loopback)\n",
             plan.legovmm_args(Setup::Paged).unwrap_or_default(),
             plan.paged_memory_args(),
+        ));
+    }
+    if setups.contains(&Setup::RemoteRelay) {
+        md.push_str(
+            "- remote-relay: as remote, with `LEGOVMM_VHOST_INTERRUPTS=relay` in legovmm's environment\n",
+        );
+    }
+    if setups.contains(&Setup::RemotePoll) {
+        md.push_str(&format!(
+            "- remote-poll: as remote, with `LEGO_VHOST_POLL_US={p}` in legovmm's environment (its lego-vhost-blk's `--poll-us`) and `--poll-us {p}` for the memory monitor\n",
+            p = plan.poll_us
         ));
     }
     if setups.contains(&Setup::QemuLocal) {

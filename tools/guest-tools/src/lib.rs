@@ -12,6 +12,7 @@ pub mod disk;
 pub mod hotplug;
 pub mod linescan;
 pub mod memtest;
+pub mod nettest;
 pub mod pattern;
 pub mod power_button;
 pub mod procstatus;

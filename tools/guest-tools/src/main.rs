@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lego_guest_tools::{boot_timer, disk, memtest, sysinfo};
+use lego_guest_tools::{boot_timer, disk, memtest, nettest, sysinfo};
 
 /// Helper run inside LegoVMM guests.
 #[derive(Debug, Parser)]
@@ -62,6 +62,53 @@ enum Cmd {
     /// prints one LEGO_BOOT_TIMING line. Exit 0 = clean run, 125 = no ready marker in
     /// time (killed), 124 = overall timeout, else the VMM's status.
     BootTimer(BootTimerArgs),
+    /// Send a stream of 4 KiB pattern blocks to ADDR (retrying the connection for --wait
+    /// seconds); prints LEGO_NET_SENT bytes= crc32c= ms= mib_s=.
+    NetSend {
+        /// The receiver, IP:PORT.
+        addr: std::net::SocketAddr,
+        /// Pattern seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Size in MiB.
+        #[arg(long)]
+        mib: u64,
+        /// Seconds to keep trying to connect.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Receive one stream on PORT and check its pattern; prints LEGO_NET_RECV bytes= crc32c=
+    /// pattern=ok|bad from= ms= mib_s= (exit 1 when a block is wrong).
+    NetRecv {
+        /// The port to listen on.
+        port: u16,
+        /// Pattern seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Also write the sender's IP address to this file.
+        #[arg(long)]
+        peer_file: Option<PathBuf>,
+    },
+    /// Serve TCP echo on PORT until killed.
+    NetEcho {
+        /// The port to listen on.
+        port: u16,
+    },
+    /// Time COUNT round trips of SIZE bytes to an echo server; prints LEGO_NET_RTT count=
+    /// p50_us= p99_us=.
+    NetRtt {
+        /// The echo server, IP:PORT.
+        addr: std::net::SocketAddr,
+        /// Round trips.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 1)]
+        size: usize,
+        /// Seconds to keep trying to connect.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
 }
 
 /// Arguments of `boot-timer`.
@@ -186,5 +233,74 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Cmd::BootTimer(a) => boot_timer_main(a),
+        Cmd::NetSend {
+            addr,
+            seed,
+            mib,
+            wait,
+        } => match nettest::send(addr, seed, mib * 256, std::time::Duration::from_secs(wait)) {
+            Ok(t) => {
+                println!(
+                    "LEGO_NET_SENT to={} bytes={} crc32c={:08x} ms={} mib_s={:.1}",
+                    t.peer,
+                    t.bytes,
+                    t.crc,
+                    t.elapsed.as_millis(),
+                    t.mib_per_sec()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Cmd::NetRecv {
+            port,
+            seed,
+            peer_file,
+        } => match nettest::receive(port, seed) {
+            Ok(t) => {
+                if let Some(f) = &peer_file {
+                    if let Err(e) = std::fs::write(f, format!("{}\n", t.peer)) {
+                        return fail(e);
+                    }
+                }
+                println!(
+                    "LEGO_NET_RECV from={} bytes={} crc32c={:08x} pattern={} ms={} mib_s={:.1}",
+                    t.peer,
+                    t.bytes,
+                    t.crc,
+                    t.first_bad
+                        .map_or("ok".to_string(), |b| format!("bad-at-block-{b}")),
+                    t.elapsed.as_millis(),
+                    t.mib_per_sec()
+                );
+                if t.first_bad.is_none() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => fail(e),
+        },
+        Cmd::NetEcho { port } => match nettest::echo_server(port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Cmd::NetRtt {
+            addr,
+            count,
+            size,
+            wait,
+        } => match nettest::round_trips(addr, count, size, std::time::Duration::from_secs(wait)) {
+            Ok(v) => {
+                println!(
+                    "LEGO_NET_RTT to={addr} count={} size={size} p50_us={:.1} p99_us={:.1}",
+                    v.len(),
+                    nettest::quantile(&v, 0.5),
+                    nettest::quantile(&v, 0.99)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
     }
 }

@@ -223,3 +223,73 @@ lego_detach_devices() {
     LEGO_SWAPS=
     return 0
 }
+
+# ---------------------------------------------------------------------------------------------
+# Network.
+#
+# legovmm passes each network device's address on the command line as
+#   lego.net=MAC,IP/PREFIX[,GATEWAY]
+# (the vNode's address and MAC from the manager). The interface with that MAC comes up with
+# the address and, when a gateway is given, a default route through it; each prints
+#   LEGO_NET_UP dev=<if> ip=<ip/prefix> mac=<mac> gw=<gateway>
+# The host tests point LEGO_NET_SYS at a fake tree and stub `ip` as a shell function.
+LEGO_NET_SYS=${LEGO_NET_SYS:-/sys/class/net}
+
+# lego_net_specs CMDLINE: prints the value of each lego.net= word, one a line.
+lego_net_specs() (
+    set -f
+    for _w in $1; do
+        case "$_w" in
+            lego.net=*) echo "${_w#lego.net=}" ;;
+        esac
+    done
+)
+
+# lego_iface_with_mac MAC: prints the name of the interface whose address is MAC.
+lego_iface_with_mac() {
+    for _p in "$LEGO_NET_SYS"/*; do
+        [ -r "$_p/address" ] || continue
+        if [ "$(cat "$_p/address")" = "$1" ]; then
+            echo "${_p##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# lego_net_up CMDLINE: brings lo up and configures the device of every lego.net= word.
+lego_net_up() {
+    ip link set lo up 2>/dev/null
+    for _spec in $(lego_net_specs "$1"); do
+        _mac=${_spec%%,*}
+        _rest=${_spec#*,}
+        _ip=${_rest%%,*}
+        _gw=
+        case "$_rest" in *,*) _gw=${_rest#*,} ;; esac
+        if [ "$_mac" = "$_spec" ] || [ -z "$_ip" ]; then
+            lego_error "network: lego.net=$_spec is not MAC,IP/PREFIX[,GATEWAY]"
+            continue
+        fi
+        # The driver may still be registering the interface: wait up to 5 s for it.
+        _dev=
+        _i=0
+        while [ "$_i" -lt "${LEGO_NET_WAIT_TRIES:-50}" ]; do
+            _dev=$(lego_iface_with_mac "$_mac") && break
+            sleep 0.1
+            _i=$((_i + 1))
+        done
+        if [ -z "$_dev" ]; then
+            lego_error "network: no interface has the MAC $_mac"
+            continue
+        fi
+        if ! _out=$(ip link set "$_dev" up 2>&1) || ! _out=$(ip addr add "$_ip" dev "$_dev" 2>&1); then
+            lego_error "network: configuring $_dev with $_ip failed" "$_out"
+            continue
+        fi
+        if [ -n "$_gw" ] && ! _out=$(ip route add default via "$_gw" dev "$_dev" 2>&1); then
+            lego_error "network: the default route through $_gw failed" "$_out"
+        fi
+        echo "LEGO_NET_UP dev=$_dev ip=$_ip mac=$_mac gw=$_gw"
+    done
+    return 0
+}

@@ -13,6 +13,8 @@ lego-guest-tools powerd &
 echo LEGO_GUEST_READY
 # Remote memory becomes swap, the remote disk is mounted at /mnt/remote.
 lego_attach_devices
+# The vNode's address (lego.net= from legovmm) on its network device.
+lego_net_up "$(cat /proc/cmdline)"
 if ! lego_run "$(cat /proc/cmdline)"; then
     setsid cttyhack sh -l
 fi

@@ -30,6 +30,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_blk",
+    // The vNode's network device.
+    "failover",
+    "net_failover",
+    "virtio_net",
     "pvpanic",
     "pvpanic-mmio",
     // The ACPI power button and its input device, for `lego-guest-tools powerd`.

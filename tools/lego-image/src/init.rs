@@ -11,8 +11,9 @@
 //! `lego-remote-disk:<volume>` is mounted at [`REMOTE_DISK_PATH`], given an ext2 filesystem
 //! first only when its first 64 KiB are zero ([`REMOTE_DISK_FORMATTED_MARKER`],
 //! [`REMOTE_DISK_MOUNTED_MARKER`]), and unmounted before power-off
-//! ([`REMOTE_DISK_UNMOUNTED_MARKER`]); `lego-local:<name>` disks are left alone. A failure
-//! prints a line starting with [`ERROR_PREFIX`] and the boot goes on.
+//! ([`REMOTE_DISK_UNMOUNTED_MARKER`]); `lego-local:<name>` disks are left alone. Each
+//! `lego.net=MAC,IP/PREFIX[,GATEWAY]` word of the command line configures the interface with
+//! that MAC ([`NET_UP_MARKER`]). A failure prints a line starting with [`ERROR_PREFIX`] and the boot goes on.
 
 /// The shell functions of the init (command line parsing, module loading).
 pub const FUNCTIONS: &str = include_str!("../init/functions.sh");
@@ -43,6 +44,10 @@ pub const REMOTE_DISK_UNMOUNTED_MARKER: &str = "LEGO_REMOTE_DISK_UNMOUNTED";
 
 /// Where the remote disk is mounted.
 pub const REMOTE_DISK_PATH: &str = "/mnt/remote";
+
+/// Printed for each network device the init configured:
+/// `LEGO_NET_UP dev=eth0 ip=10.99.0.2/24 mac=02:4c:47:00:00:02 gw=10.99.0.1`.
+pub const NET_UP_MARKER: &str = "LEGO_NET_UP";
 
 /// The start of a line reporting that setting up or tearing down a device failed.
 pub const ERROR_PREFIX: &str = "LEGO_ERROR";
@@ -149,6 +154,7 @@ mod tests {
             REMOTE_DISK_UNMOUNTED_MARKER,
             REMOTE_DISK_PATH,
             ERROR_PREFIX,
+            NET_UP_MARKER,
         ] {
             assert!(s.contains(m), "the init never mentions {m}");
         }

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use lego_fabric::{AuthError, ClientConfig, ClusterKey, Rights};
+use lego_fabric::{
+    AuthError, CapabilityError, CapabilityKey, ClientConfig, ClusterKey, Credential,
+    CredentialError, Identity, Rights, Role,
+};
 use lego_monitor_client::client::{CallError, ManagerClient, MemoryClient, StorageClient};
 use lego_monitor_client::proto::manager::MonitorKind;
 use lego_monitor_client::proto::storage::VolumeInfo;
@@ -24,7 +27,7 @@ struct Cli {
         default_value = "127.0.0.1:7300"
     )]
     manager: String,
-    /// Cluster key file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
+    /// Cluster key or credential file [default: $LEGO_CLUSTER_KEY or $LEGO_CLUSTER_KEY_FILE].
     #[arg(long, global = true, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// Seconds to wait for an answer.
@@ -129,6 +132,56 @@ enum Cmd {
         #[command(subcommand)]
         action: VmAction,
     },
+    /// Credentials for hosts that must not hold the cluster key (compute hosts, operators).
+    Credential {
+        #[command(subcommand)]
+        action: CredentialAction,
+    },
+    /// The Ed25519 key managers sign capabilities with.
+    CapabilityKey {
+        #[command(subcommand)]
+        action: CapabilityKeyAction,
+    },
+}
+
+/// What to do with credentials.
+#[derive(Debug, Subcommand)]
+enum CredentialAction {
+    /// Issue a credential from the cluster key (which this command needs).
+    Issue {
+        /// compute, monitor or operator.
+        #[arg(long)]
+        role: Role,
+        /// The host's name: 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'.
+        #[arg(long)]
+        name: String,
+        /// Write it to this new file, mode 0600 [default: standard output].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Show a credential file's role and name (never its secret).
+    Show {
+        /// The credential file.
+        file: PathBuf,
+    },
+}
+
+/// What to do with the capability signing key.
+#[derive(Debug, Subcommand)]
+enum CapabilityKeyAction {
+    /// Make a new signing key in a new file (mode 0600) for `lego-manager
+    /// --capability-key-file`; prints its public key for `--capability-public-key`.
+    Generate {
+        /// The new key file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Print the public key of a signing key file [default: of the key derived from the
+    /// cluster key].
+    Public {
+        /// The signing key file.
+        file: Option<PathBuf>,
+    },
 }
 
 /// What to do with monitors.
@@ -162,14 +215,22 @@ enum VolumeAction {
 /// What to do with the running vNodes.
 #[derive(Debug, Subcommand)]
 enum VnodeAction {
-    /// Every running vNode: host, pid, vCPUs, memory, uptime, API socket, devices.
+    /// Every running vNode: host, pid, address, MAC, vCPUs, memory, uptime, API socket,
+    /// devices.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// One running vNode, as JSON.
+    /// One running vNode, as JSON (with its address, MAC and gateway if it has one).
     Info {
+        /// The vNode.
+        #[arg(long)]
+        vnode: u64,
+    },
+    /// A vNode's network address, MAC and gateway from the manager's --vnode-subnet
+    /// (allocated now if it has none; kept until the vNode is released).
+    Address {
         /// The vNode.
         #[arg(long)]
         vnode: u64,
@@ -265,6 +326,20 @@ enum CtlError {
     /// The cluster key could not be loaded.
     #[error("cannot load the cluster key")]
     Key(#[source] AuthError),
+    /// A credential could not be issued, read or written.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    /// A capability key could not be made, read or written.
+    #[error(transparent)]
+    CapabilityKey(#[from] CapabilityError),
+    /// A file could not be written.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A server could not be reached.
     #[error("cannot reach the {what} at {addr}")]
     Reach {
@@ -361,7 +436,13 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
         return Ok(());
     }
-    let key = ClusterKey::load(cli.key_file.as_deref()).map_err(CtlError::Key)?;
+    if let Cmd::Credential { action } = &cli.cmd {
+        return credential(cli.key_file.as_deref(), action);
+    }
+    if let Cmd::CapabilityKey { action } = &cli.cmd {
+        return capability_key(cli.key_file.as_deref(), action);
+    }
+    let key = Identity::load(cli.key_file.as_deref()).map_err(CtlError::Key)?;
     let cc = ClientConfig {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         connect_timeout: Duration::from_secs(cli.timeout.max(1)),
@@ -393,7 +474,12 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         }
     })?;
     match cli.cmd {
-        Cmd::Keygen | Cmd::MonitorStats { .. } | Cmd::Vm { .. } | Cmd::Console { .. } => {}
+        Cmd::Keygen
+        | Cmd::MonitorStats { .. }
+        | Cmd::Vm { .. }
+        | Cmd::Console { .. }
+        | Cmd::Credential { .. }
+        | Cmd::CapabilityKey { .. } => {}
         Cmd::Status { json } => {
             let st = mgr.status()?;
             if json {
@@ -534,13 +620,24 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                 placed.monitor
             ));
         }
+        Cmd::Vnode {
+            action: VnodeAction::Address { vnode },
+        } => {
+            let a = mgr.vnode_address(vnode)?;
+            out(&format!(
+                "vNode {vnode}: {}\n",
+                legoctl::render::address(&a)
+            ));
+        }
         Cmd::Vnode { action } => {
-            let running = mgr.status()?.running;
+            let st = mgr.status()?;
+            let running = &st.running;
             match action {
+                VnodeAction::Address { .. } => {}
                 VnodeAction::List { json: true } => {
-                    out(&format!("{}\n", serde_json::to_string_pretty(&running)?))
+                    out(&format!("{}\n", serde_json::to_string_pretty(running)?))
                 }
-                VnodeAction::List { json: false } => out(&legoctl::render::running(&running)),
+                VnodeAction::List { json: false } => out(&legoctl::render::running(&st)),
                 VnodeAction::Info { vnode } | VnodeAction::Stop { vnode, .. } => {
                     let r = running
                         .iter()
@@ -566,7 +663,8 @@ fn run(cli: Cli) -> Result<(), CtlError> {
                             r.up.pid, r.up.host
                         ));
                     } else {
-                        out(&format!("{}\n", serde_json::to_string_pretty(r)?));
+                        let info = legoctl::render::running_info(r, &st);
+                        out(&format!("{}\n", serde_json::to_string_pretty(&info)?));
                     }
                 }
             }
@@ -630,6 +728,66 @@ fn vm(socket: &std::path::Path, action: &VmAction, mut timeout: Duration) -> Res
     } else {
         out(&body);
     }
+    Ok(())
+}
+
+fn credential(
+    key_file: Option<&std::path::Path>,
+    action: &CredentialAction,
+) -> Result<(), CtlError> {
+    match action {
+        CredentialAction::Issue { role, name, output } => {
+            let key = ClusterKey::load(key_file).map_err(CtlError::Key)?;
+            let c = key.issue_credential(*role, name)?;
+            match output {
+                Some(f) => {
+                    c.write_file(f)?;
+                    eprintln!(
+                        "legoctl: wrote the {role} credential of {name} to {}",
+                        f.display()
+                    );
+                }
+                None => out(&c.to_text()),
+            }
+        }
+        CredentialAction::Show { file } => {
+            let c = Credential::from_file(file)?;
+            out(&format!("role {}\nname {}\n", c.role(), c.name()));
+        }
+    }
+    Ok(())
+}
+
+fn capability_key(
+    key_file: Option<&std::path::Path>,
+    action: &CapabilityKeyAction,
+) -> Result<(), CtlError> {
+    let key = match action {
+        CapabilityKeyAction::Generate { output } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let k = CapabilityKey::generate()?;
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(output)?;
+                f.write_all(format!("{}\n", k.to_hex()).as_bytes())?;
+                f.sync_all()
+            };
+            write().map_err(|source| CtlError::Write {
+                path: output.clone(),
+                source,
+            })?;
+            k
+        }
+        CapabilityKeyAction::Public { file: Some(f) } => CapabilityKey::from_file(f)?,
+        CapabilityKeyAction::Public { file: None } => {
+            CapabilityKey::derive(&ClusterKey::load(key_file).map_err(CtlError::Key)?)
+        }
+    };
+    out(&format!("{}\n", key.public()));
     Ok(())
 }
 

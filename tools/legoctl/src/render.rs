@@ -2,6 +2,7 @@
 
 use lego_monitor_client::proto::manager::{
     ClusterStatus, MemoryPlacement, MonitorState, RegionHealth, RegionPlacement, RunningVnode,
+    VnodeAddress,
 };
 use lego_monitor_client::size::human;
 
@@ -214,7 +215,10 @@ pub fn status(st: &ClusterStatus) -> String {
     });
 
     out.push_str("\nRUNNING VNODES\n");
-    out.push_str(&running(&st.running));
+    out.push_str(&running(st));
+
+    out.push_str("\nVNODE ADDRESSES\n");
+    out.push_str(&addresses(st));
 
     out.push_str("\nVOLUMES\n");
     out.push_str(&volumes(st));
@@ -249,12 +253,61 @@ pub fn volumes(st: &ClusterStatus) -> String {
     }
 }
 
-/// The running vNodes as a table (`legoctl vnode list`, and a section of `legoctl status`).
-pub fn running(list: &[RunningVnode]) -> String {
+/// A vNode's address as one line: `address 10.99.0.2/24 mac 02:4c:47:63:00:02 gateway
+/// 10.99.0.1`.
+pub fn address(a: &VnodeAddress) -> String {
+    format!("address {a}")
+}
+
+/// The address of `vnode` in `st`, if it has one.
+fn address_of(st: &ClusterStatus, vnode: u64) -> Option<&VnodeAddress> {
+    st.vnodes
+        .iter()
+        .find(|v| v.vnode == vnode)
+        .and_then(|v| v.address.as_ref())
+}
+
+/// Every vNode holding an address, as a table (a section of `legoctl status`).
+pub fn addresses(st: &ClusterStatus) -> String {
+    let mut t = Table::new(&["VNODE", "ADDRESS", "MAC", "GATEWAY"]);
+    for vn in &st.vnodes {
+        if let Some(a) = &vn.address {
+            t.row(vec![
+                vn.vnode.to_string(),
+                a.cidr(),
+                a.mac_text(),
+                a.gateway.to_string(),
+            ]);
+        }
+    }
+    if t.is_empty() {
+        "(none allocated)\n".to_string()
+    } else {
+        t.render()
+    }
+}
+
+/// One running vNode as `legoctl vnode info` prints it: what it announced, and its
+/// `address`, `mac` and `gateway` as text if it has an address.
+pub fn running_info(r: &RunningVnode, st: &ClusterStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let (Some(obj), Some(a)) = (v.as_object_mut(), address_of(st, r.up.vnode)) {
+        obj.insert("address".into(), a.cidr().into());
+        obj.insert("mac".into(), a.mac_text().into());
+        obj.insert("gateway".into(), a.gateway.to_string().into());
+    }
+    v
+}
+
+/// The running vNodes of `st` as a table, with their addresses (`legoctl vnode list`, and a
+/// section of `legoctl status`).
+pub fn running(st: &ClusterStatus) -> String {
     let mut t = Table::new(&[
         "VNODE",
         "HOST",
         "PID",
+        "ADDRESS",
+        "MAC",
         "VCPUS",
         "MEMORY",
         "UP",
@@ -265,12 +318,15 @@ pub fn running(list: &[RunningVnode]) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    for r in list {
+    for r in &st.running {
         let up = &r.up;
+        let a = address_of(st, up.vnode);
         t.row(vec![
             up.vnode.to_string(),
             up.host.clone(),
             up.pid.to_string(),
+            a.map_or_else(|| "-".into(), VnodeAddress::cidr),
+            a.map_or_else(|| "-".into(), VnodeAddress::mac_text),
             up.vcpus.to_string(),
             human(up.memory_bytes),
             format!(
@@ -375,6 +431,11 @@ mod tests {
                     monitor: "s".into(),
                     created: false,
                 }],
+                address: Some(VnodeAddress::new(
+                    "10.99.0.2".parse().expect("ip"),
+                    24,
+                    "10.99.0.1".parse().expect("ip"),
+                )),
             }],
             running: vec![RunningVnode {
                 up: VnodeUp {
@@ -407,6 +468,23 @@ mod tests {
         assert!(s.contains("compute1"), "{s}");
         assert!(s.contains("/run/v7.sock"), "{s}");
         assert!(s.contains("3.0 GiB"), "{s}");
+        assert!(
+            s.contains("10.99.0.2/24  02:4c:47:63:00:02  10.99.0.1"),
+            "the addresses section: {s}"
+        );
+        let list = running(&st);
+        assert!(
+            list.contains("10.99.0.2/24  02:4c:47:63:00:02"),
+            "vnode list: {list}"
+        );
+        let info = running_info(&st.running[0], &st);
+        assert_eq!(info["address"], "10.99.0.2/24");
+        assert_eq!(info["mac"], "02:4c:47:63:00:02");
+        assert_eq!(info["host"], "compute1");
+        assert_eq!(
+            address(st.vnodes[0].address.as_ref().expect("address")),
+            "address 10.99.0.2/24 mac 02:4c:47:63:00:02 gateway 10.99.0.1"
+        );
         // As a newer manager reports it: region 1 repairing with progress.
         let mut st = st;
         st.vnodes[0].memory.regions[1].health = Some(RegionHealth::Repairing);

@@ -29,8 +29,12 @@ fn start_manager(
     settings: ManagerSettings,
 ) -> (Arc<Manager>, lego_fabric::ServerHandle, String) {
     let manager = Arc::new(
-        Manager::new(settings, key.clone(), Box::new(MemoryStateStore::default()))
-            .expect("manager"),
+        Manager::new(
+            settings,
+            lego_fabric::CapabilityKey::derive(key),
+            Box::new(MemoryStateStore::default()),
+        )
+        .expect("manager"),
     );
     let server = Server::bind(
         "127.0.0.1:0",
@@ -358,5 +362,219 @@ fn only_a_dead_monitor_holding_nothing_is_forgotten() {
     let st = mc.status().expect("status");
     assert_eq!(st.monitors.len(), 1);
     assert_eq!(st.monitors[0].addr, holder);
+    server.shutdown();
+}
+
+#[test]
+fn credentials_are_issued_to_files_and_shown_without_their_secret() {
+    let key = ClusterKey::from_bytes([4; 32]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("host-a.cred");
+    let f = file.to_str().expect("utf-8");
+    let (ok, _, err) = legoctl(
+        &key,
+        &[
+            "credential",
+            "issue",
+            "--role",
+            "compute",
+            "--name",
+            "host-a",
+            "-o",
+            f,
+        ],
+    );
+    assert!(ok, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the credential file is private");
+    let issued = lego_fabric::Credential::from_file(&file).expect("a credential");
+    assert_eq!(
+        issued,
+        key.issue_credential(lego_fabric::Role::Compute, "host-a")
+            .expect("issue")
+    );
+    let (ok, out, err) = legoctl(&key, &["credential", "show", f]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "role compute\nname host-a\n");
+    let text = std::fs::read_to_string(&file).expect("read");
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret "))
+        .expect("a secret line");
+    assert!(!out.contains(secret) && !err.contains(secret));
+    // An existing file is not overwritten; bad names and the cluster role are refused.
+    let (ok, _, err) = legoctl(
+        &key,
+        &[
+            "credential",
+            "issue",
+            "--role",
+            "operator",
+            "--name",
+            "x",
+            "-o",
+            f,
+        ],
+    );
+    assert!(!ok && err.contains("could not be read or written"), "{err}");
+    for (role, name) in [("compute", "a b"), ("cluster", "a")] {
+        let (ok, _, err) = legoctl(
+            &key,
+            &["credential", "issue", "--role", role, "--name", name],
+        );
+        assert!(!ok, "{role} {name}: {err}");
+    }
+    // Issuing needs the cluster key: a credential cannot issue another.
+    let out = Command::new(env!("CARGO_BIN_EXE_legoctl"))
+        .args(["credential", "issue", "--role", "operator", "--name", "ops"])
+        .env("LEGO_CLUSTER_KEY_FILE", &file)
+        .env_remove("LEGO_CLUSTER_KEY")
+        .output()
+        .expect("run legoctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a credential issued a credential");
+    assert!(err.contains("needs the cluster key itself"), "{err}");
+}
+
+#[test]
+fn a_compute_credential_is_refused_what_needs_the_operator_role() {
+    let key = ClusterKey::from_bytes([5; 32]);
+    let settings = ManagerSettings {
+        region_size: 1 << 20,
+        ..Default::default()
+    };
+    let (_manager, _server, addr) = start_manager(&key, settings);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_as = |role: &str, args: &[&str]| {
+        let file = dir.path().join(role);
+        if !file.exists() {
+            let r = role.parse().expect("role");
+            key.issue_credential(r, role)
+                .expect("issue")
+                .write_file(&file)
+                .expect("write");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_legoctl"))
+            .args([
+                "--key-file",
+                file.to_str().expect("utf-8"),
+                "--manager",
+                &addr,
+            ])
+            .args(args)
+            .env_remove("LEGO_CLUSTER_KEY")
+            .output()
+            .expect("run legoctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run_as("compute", &["capability", "--vnode", "4"]);
+    assert!(!ok && err.contains("may not act on vNode 4"), "{err}");
+    let (ok, err) = run_as("compute", &["release", "--vnode", "4"]);
+    assert!(!ok && err.contains("may not act on vNode 4"), "{err}");
+    let (ok, err) = run_as("operator", &["status"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn capability_keys_are_generated_private_and_their_public_keys_printed() {
+    let key = ClusterKey::from_bytes([6; 32]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cap.key");
+    let f = file.to_str().expect("utf-8");
+    let (ok, out, err) = legoctl(&key, &["capability-key", "generate", "-o", f]);
+    assert!(ok, "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the signing key file is private");
+    let signer = lego_fabric::CapabilityKey::from_file(&file).expect("a key file");
+    assert_eq!(out.trim(), signer.public().to_string());
+    let (ok, again, err) = legoctl(&key, &["capability-key", "public", f]);
+    assert!(ok, "{err}");
+    assert_eq!(again, out);
+    let (ok, derived, err) = legoctl(&key, &["capability-key", "public"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        derived.trim(),
+        lego_fabric::CapabilityPublicKey::derive(&key).to_string()
+    );
+    let (ok, _, _) = legoctl(&key, &["capability-key", "generate", "-o", f]);
+    assert!(!ok, "an existing key file was overwritten");
+}
+
+#[test]
+fn vnode_addresses_are_allocated_listed_and_a_full_pool_is_a_clear_error() {
+    let key = ClusterKey::from_bytes([9; 32]);
+    let settings = ManagerSettings {
+        vnode_subnet: "10.99.5.0/30".parse().expect("subnet"),
+        ..Default::default()
+    };
+    let (_manager, server, addr) = start_manager(&key, settings);
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["--manager", addr.as_str()];
+        all.extend_from_slice(args);
+        legoctl(&key, &all)
+    };
+    let (ok, out, err) = ctl(&["vnode", "address", "--vnode", "8"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "vNode 8: address 10.99.5.2/30 mac 02:4c:47:63:05:02 gateway 10.99.5.1\n"
+    );
+    let (ok, again, _) = ctl(&["vnode", "address", "--vnode", "8"]);
+    assert!(ok && again == out, "{again}");
+
+    // The status lists it; vnode list and vnode info show a running vNode's.
+    let (ok, out, err) = ctl(&["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("VNODE ADDRESSES") && out.contains("10.99.5.2/30  02:4c:47:63:05:02"),
+        "{out}"
+    );
+    let mc = ManagerClient::connect(&addr, key.clone(), ClientConfig::default()).expect("connect");
+    mc.vnode_up(&lego_monitor_client::proto::manager::VnodeUp {
+        vnode: 8,
+        host: "compute1".into(),
+        pid: 88,
+        api_socket: None,
+        vcpus: 1,
+        memory_bytes: 1 << 28,
+        devices: vec![],
+        started_unix_ms: 0,
+    })
+    .expect("vnode up");
+    let (ok, out, err) = ctl(&["vnode", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("ADDRESS") && out.contains("10.99.5.2/30  02:4c:47:63:05:02"),
+        "{out}"
+    );
+    let (ok, out, err) = ctl(&["vnode", "info", "--vnode", "8"]);
+    assert!(ok, "{err}");
+    let info: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(info["address"], "10.99.5.2/30");
+    assert_eq!(info["mac"], "02:4c:47:63:05:02");
+    assert_eq!(info["gateway"], "10.99.5.1");
+
+    // A /30 holds one vNode: the next is refused, until the first is released.
+    let (ok, _, err) = ctl(&["vnode", "address", "--vnode", "9"]);
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "the vNode address pool 10.99.5.0/30 is exhausted (1 address, all held); release a \
+             vNode or give the manager a larger --vnode-subnet"
+        ),
+        "{err}"
+    );
+    let (ok, _, err) = ctl(&["release", "--vnode", "8"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = ctl(&["vnode", "address", "--vnode", "9"]);
+    assert!(
+        ok && out.contains("vNode 9: address 10.99.5.2/30"),
+        "{out}{err}"
+    );
     server.shutdown();
 }

@@ -22,6 +22,10 @@ pub const L1_MODULES: &[&str] = &[
     "irqbypass",
     "kvm",
     "kvm_amd",
+    // vNode networks: taps, the kernel's vhost-net data path, and the bridge joining them.
+    "tun",
+    "vhost_net",
+    "bridge",
 ];
 
 /// The modules L1 loads only when the job asks for the network (dependencies already in

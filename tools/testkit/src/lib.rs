@@ -3,6 +3,7 @@
 //!
 //! * [`stats`]: medians, percentiles, ranges and ratios of measurements.
 //! * [`net`]: free loopback ports.
+//! * [`netns`]: a network namespace of the test's own, for taps, bridges and their daemons.
 //! * [`prerequisite`]: skipping a test whose prerequisite is missing, but failing under CI.
 //! * [`process`]: child processes killed (and reaped) when dropped, also on panic.
 //! * [`qemu_nbd`]: the qemu-nbd server benchmarks compare against.
@@ -13,6 +14,7 @@
 
 pub mod metrics;
 pub mod net;
+pub mod netns;
 pub mod prerequisite;
 pub mod process;
 pub mod qemu_nbd;

@@ -30,6 +30,12 @@ impl ChildGuard {
         self.child.id()
     }
 
+    /// CPU time the process has used so far, user and system, all threads (from
+    /// `/proc/PID/stat`, in clock ticks).
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.child.id())
+    }
+
     /// The exit status if the process has exited, without waiting.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child
@@ -76,6 +82,26 @@ impl Drop for ChildGuard {
     }
 }
 
+/// CPU time process `pid` has used so far, user and system, all threads (zero if it is gone).
+pub fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // Fields after the command (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|x| x.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +117,20 @@ mod tests {
             std::os::unix::process::ExitStatusExt::signal(&st),
             Some(libc::SIGTERM)
         );
+    }
+
+    #[test]
+    fn cpu_time_counts_a_busy_process_and_not_a_gone_one() {
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(std::process::id()) >= Duration::from_millis(50));
+        let c = ChildGuard::spawn("true", &mut Command::new("true"));
+        let pid = c.id();
+        drop(c);
+        assert_eq!(cpu_time(pid), Duration::ZERO);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use lego_fabric::{ClientConfig, ClusterKey, Rights};
+use lego_fabric::{ClientConfig, Identity, Rights};
 use lego_monitor_client::client::{CallError, LeaseKeeper, ManagerClient, Renewal, VnodeMemory};
 
 use super::store::{PageStore, StoreError};
@@ -76,7 +76,7 @@ fn client_config() -> ClientConfig {
 impl RemoteGuestRam {
     /// Places `bytes` of remote memory for `remote.vnode` and connects to its monitors.
     pub fn open(remote: &RemoteConfig, bytes: u64) -> Result<Self, RemoteError> {
-        let key = ClusterKey::load(remote.key_file.as_deref()).map_err(RemoteError::Key)?;
+        let key = Identity::load(remote.key_file.as_deref()).map_err(RemoteError::Key)?;
         let vnode = remote.vnode;
         let mgr = ManagerClient::connect(&remote.manager, key.clone(), client_config()).map_err(
             |source| RemoteError::Manager {

@@ -14,6 +14,7 @@ use crate::hotplug::{DeviceList, Hotplug};
 use crate::kvm;
 use crate::layout;
 use crate::memory::{self, GuestMemory};
+use crate::network::PreparedNet;
 use crate::paging::pause::PauseGate;
 use crate::paging::remote::RemoteGuestRam;
 use crate::paging::{Pager, PagingConfig, PagingError};
@@ -148,6 +149,7 @@ fn register_guest_memory(vm: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
 
 /// Devices: creates every device of `config` and wires it into KVM; with paged guest RAM the
 /// vhost-user backends hand `pager` their userfaultfds.
+#[allow(clippy::too_many_arguments)]
 pub fn create_devices(
     vm: &VmFd,
     mem: &GuestMemory,
@@ -156,6 +158,7 @@ pub fn create_devices(
     rings: &RingRegistry,
     pager: Option<&Pager>,
     events: &Arc<EventLog>,
+    nets: Vec<PreparedNet>,
 ) -> Result<Devices, VmError> {
     let backend_faults = pager.map(|p| p.backend_faults());
     Ok(device_manager::create(
@@ -166,6 +169,7 @@ pub fn create_devices(
         rings,
         backend_faults,
         events,
+        nets,
     )?)
 }
 
@@ -224,6 +228,7 @@ pub fn write_acpi_tables(
 pub fn load_kernel(
     mem: &GuestMemory,
     config: &VmConfig,
+    cmdline: &str,
     rsdp_addr: u64,
 ) -> Result<BootEntry, VmError> {
     let (entry, format) = boot::load(
@@ -231,7 +236,7 @@ pub fn load_kernel(
         &BootSpec {
             kernel: &config.kernel,
             initrd: config.initrd.as_deref(),
-            cmdline: &config.cmdline,
+            cmdline,
             mem_size: config.memory,
             rsdp_addr,
         },
@@ -324,6 +329,19 @@ pub fn tell_started(events: &EventLog, config: &VmConfig, devices: &Devices) {
             "api_socket": config.api_socket,
         }),
     );
+}
+
+/// Network: the vNode's address from the manager (through the claim's connection), its taps
+/// opened and bridged; before the guest is built, so that a missing tap or an exhausted
+/// address pool stops legovmm with a clear error.
+pub fn prepare_network(
+    config: &VmConfig,
+    claim: Option<&crate::claim::Claim>,
+) -> Result<Vec<PreparedNet>, VmError> {
+    Ok(crate::network::prepare(
+        config,
+        claim.and_then(crate::claim::Claim::manager),
+    )?)
 }
 
 /// Claims the vNode id at the manager before anything of the vNode is placed or touched (a

@@ -1,6 +1,7 @@
 //! Building and running one vNode, in named phases (the order [`run`] calls them):
 //!
 //! 1. preflight: check the inputs and the host before anything is built ([`build::preflight`]);
+//!    and make its network ready: address, taps, bridge ([`build::prepare_network`]);
 //! 2. open KVM and start the remote devices' backends ([`build::open_kvm`],
 //!    [`build::start_remote_backends`]);
 //! 3. create the VM: interrupt controllers, PIT, TSS ([`build::create_vm`]);
@@ -106,6 +107,9 @@ pub enum VmError {
     /// Another legovmm runs the vNode.
     #[error(transparent)]
     Claim(#[from] crate::claim::ClaimError),
+    /// The vNode's network could not be made ready.
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// Boots `config` on the KVM at `kvm_path` and runs it to the end.
@@ -116,7 +120,9 @@ pub enum VmError {
 pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let started = Instant::now();
     build::preflight(config)?;
-    let _claim = build::claim(config)?;
+    let mut claim = build::claim(config)?;
+    let nets = build::prepare_network(config, claim.as_ref())?;
+    let cmdline = crate::network::cmdline_with_addresses(&config.cmdline, &nets);
     let events = Arc::new(EventLog::from_config(config.events.as_deref())?);
     let kvm = build::open_kvm(kvm_path)?;
     let (config, _remote) = build::start_remote_backends(config)?;
@@ -134,9 +140,10 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
         &rings,
         pager.as_ref().map(|(p, _)| p),
         &events,
+        nets,
     )?;
     let rsdp_addr = build::write_acpi_tables(&ram.mem, &config, &devices)?;
-    let entry = build::load_kernel(&ram.mem, &config, rsdp_addr)?;
+    let entry = build::load_kernel(&ram.mem, &config, &cmdline, rsdp_addr)?;
     let vcpus = build::create_vcpus(
         &kvm,
         &vm,
@@ -175,6 +182,9 @@ pub fn run(config: &VmConfig, kvm_path: &Path) -> Result<Outcome, VmError> {
     let vcpus = running::start_vcpus(vcpus, &exit, started)?;
     build::tell_started(&events, &config, &devices);
     let announcer = build::announce(&config, &device_list);
+    if let (Some(c), Some(_)) = (claim.as_mut(), announcer.as_ref()) {
+        c.announced();
+    }
     if let Some((p, _)) = &pager {
         p.arm();
     }

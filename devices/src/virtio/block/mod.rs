@@ -20,12 +20,13 @@ use std::sync::Arc;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_F_MQ;
 use virtio_queue::QueueT;
 
+use super::worker_thread::WorkerThread;
 pub use config::{DeviceConfig, CONFIG_LEN};
 pub use request::RequestHandler;
 use store::file::{FileStore, FileStoreError, FileStoreOptions};
 use store::BlockStore;
 pub use store::SECTOR_SIZE;
-use worker::{QueueWorker, WorkerHandle};
+use worker::QueueWorker;
 
 use super::{feature, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, TYPE_BLOCK};
 
@@ -82,7 +83,7 @@ pub struct Block {
     space: [u8; CONFIG_LEN],
     avail_features: u64,
     queue_sizes: [u16; 1],
-    worker: Option<WorkerHandle>,
+    worker: Option<WorkerThread>,
 }
 
 impl Block {

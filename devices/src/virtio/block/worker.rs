@@ -8,15 +8,15 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::request::RequestHandler;
 use crate::rate_limit::RateLimiter;
+use crate::virtio::worker_thread::WorkerThread;
 use crate::virtio::VirtioInterrupt;
 
 const TOKEN_QUEUE: u64 = 0;
@@ -120,26 +120,16 @@ impl QueueWorker {
         completed
     }
 
-    /// Runs the worker on a new thread until `stop` is signalled.
-    pub fn spawn(self, queue_event: EventFd) -> io::Result<WorkerHandle> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
+    /// Runs the worker on a new thread until stopped.
+    pub fn spawn(self, queue_event: EventFd) -> io::Result<WorkerThread> {
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
             queue_event.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TOKEN_QUEUE),
         )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_STOP),
-        )?;
-        let thread = std::thread::Builder::new()
-            .name("lego-blk".into())
-            .spawn(move || self.run(epoll, queue_event))?;
-        Ok(WorkerHandle {
-            stop,
-            thread: Some(thread),
+        WorkerThread::spawn("lego-blk", epoll, TOKEN_STOP, move |epoll| {
+            self.run(epoll, queue_event)
         })
     }
 
@@ -167,33 +157,5 @@ impl QueueWorker {
                 }
             }
         }
-    }
-}
-
-/// A running worker; stopping or dropping it stops and joins the thread.
-pub struct WorkerHandle {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl WorkerHandle {
-    /// Stops the worker and waits for it to finish its current batch.
-    pub fn stop(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        if let Err(e) = self.stop.write(1) {
-            tracing::error!("could not signal the virtio-blk worker to stop: {e}");
-            return;
-        }
-        if thread.join().is_err() {
-            tracing::error!("the virtio-blk worker panicked");
-        }
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -78,7 +78,7 @@ impl Cluster {
                     capability_ttl: ttl,
                     ..ManagerSettings::default()
                 },
-                key.clone(),
+                lego_fabric::CapabilityKey::derive(&key),
                 Box::new(MemoryStateStore::default()),
             )
             .expect("manager"),

@@ -117,6 +117,12 @@ impl Daemon {
         Daemon { child, socket }
     }
 
+    /// CPU time the daemon has used so far (user and system, all threads).
+    #[allow(dead_code)] // not every test file uses it
+    pub fn cpu_time(&self) -> std::time::Duration {
+        self.child.cpu_time()
+    }
+
     /// Sends SIGKILL (the daemon runs no code of its own) and reaps it.
     pub fn kill(mut self) {
         self.child.kill();

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lego_fabric::{
-    Capability, Client, ClientConfig, ClientError, ClusterKey, ErrorCode, RemoteError, Request,
+    Capability, Client, ClientConfig, ClientError, ErrorCode, Identity, RemoteError, Request,
     Rights,
 };
 
 use super::CallError;
 use crate::proto::manager::{
-    self as m, ClusterStatus, MemoryPlacement, Registered, VolumePlacement,
+    self as m, ClusterStatus, MemoryPlacement, Registered, VnodeAddress, VolumePlacement,
 };
 use crate::proto::{from_json, to_json};
 
@@ -35,7 +35,7 @@ struct Inner {
     /// The managers' addresses as given.
     addrs: Vec<String>,
     /// The key to connect to another manager with (`None`: this client cannot move).
-    key: Option<ClusterKey>,
+    key: Option<Identity>,
     config: ClientConfig,
     /// The manager in use and its connection.
     current: Mutex<(String, Client)>,
@@ -44,8 +44,13 @@ struct Inner {
 impl ManagerClient {
     /// Connects to the manager at `addrs`: one address, or a comma-separated list of a
     /// cluster's managers (the first that accepts a connection is used until it refuses as a
-    /// standby or stops answering).
-    pub fn connect(addrs: &str, key: ClusterKey, config: ClientConfig) -> Result<Self, CallError> {
+    /// standby or stops answering), as `key` (the cluster key or a credential).
+    pub fn connect(
+        addrs: &str,
+        key: impl Into<Identity>,
+        config: ClientConfig,
+    ) -> Result<Self, CallError> {
+        let key = key.into();
         let list: Vec<String> = addrs
             .split(',')
             .map(|a| a.trim().to_string())
@@ -95,7 +100,7 @@ impl ManagerClient {
 
     fn build(
         addrs: Vec<String>,
-        key: Option<ClusterKey>,
+        key: Option<Identity>,
         config: ClientConfig,
         addr: String,
         client: Client,
@@ -306,9 +311,33 @@ impl ManagerClient {
         self.call(m::FORGET_VOLUME, &body).map(|_| ())
     }
 
-    /// Forgets a vNode's placements.
+    /// Forgets a vNode's placements (and frees its address).
     pub fn release_vnode(&self, vnode: u64) -> Result<(), CallError> {
         self.call(m::RELEASE_VNODE, &m::ReleaseVnode { vnode })
             .map(|_| ())
     }
+
+    /// `vnode`'s network address, which the manager allocates on the first ask and keeps
+    /// until the vNode is released; [`CallError::AddressPoolExhausted`] when no address is
+    /// free.
+    pub fn vnode_address(&self, vnode: u64) -> Result<VnodeAddress, CallError> {
+        match self.call(m::VNODE_ADDRESS, &m::GetVnodeAddress { vnode }) {
+            Ok(body) => Ok(from_json(&body)?),
+            Err(e) => Err(pool_exhausted(&e).unwrap_or(e)),
+        }
+    }
+}
+
+/// `e` as [`CallError::AddressPoolExhausted`] if it is the manager's answer that its vNode
+/// address pool is exhausted.
+fn pool_exhausted(e: &CallError) -> Option<CallError> {
+    let CallError::Fabric(ClientError::Remote(RemoteError {
+        code: ErrorCode::NoSpace,
+        message,
+    })) = e
+    else {
+        return None;
+    };
+    let (subnet, addresses) = m::parse_pool_exhausted(message)?;
+    Some(CallError::AddressPoolExhausted { subnet, addresses })
 }

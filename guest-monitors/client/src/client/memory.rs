@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Pending, Request, Response};
+use lego_fabric::{Capability, Client, ClientConfig, Identity, Pending, Request, Response};
 
 use super::custody::{Custody, Loss, Pages, Restart};
 use super::CallError;
@@ -146,10 +146,11 @@ impl MemoryClient {
     /// Connects to a memory monitor and attaches `cap` (the client acts for `cap.vnode`).
     pub fn connect(
         addr: &str,
-        key: ClusterKey,
+        key: impl Into<Identity>,
         cap: &Capability,
         config: ClientConfig,
     ) -> Result<Self, CallError> {
+        let key = key.into();
         let client = super::connect_attached(addr, key, cap, config)?;
         Ok(Self::from_client(client, cap.vnode))
     }

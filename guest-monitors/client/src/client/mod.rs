@@ -25,7 +25,7 @@ pub use vnode::{PendingRun, VnodeMemory};
 use std::sync::Arc;
 
 use lego_fabric::{
-    Capability, CapabilityError, Client, ClientConfig, ClientError, ClusterKey, ErrorCode,
+    Capability, CapabilityError, Client, ClientConfig, ClientError, ErrorCode, Identity,
     RemoteError,
 };
 
@@ -60,6 +60,15 @@ pub enum CallError {
         /// What was lost.
         loss: custody::Loss,
     },
+    /// The manager has no vNode address left to give: every address of its `--vnode-subnet`
+    /// is held by a vNode (its `NoSpace` answer to `VNODE_ADDRESS`).
+    #[error("{}", crate::proto::manager::pool_exhausted(subnet, *addresses))]
+    AddressPoolExhausted {
+        /// The manager's vNode subnet, e.g. `10.99.0.0/30`.
+        subnet: String,
+        /// How many vNode addresses it has (all held).
+        addresses: u64,
+    },
 }
 
 impl CallError {
@@ -68,6 +77,7 @@ impl CallError {
         match self {
             CallError::Fabric(ClientError::Remote(RemoteError { code, .. })) => Some(*code),
             CallError::Batch(e) => e.remote_code(),
+            CallError::AddressPoolExhausted { .. } => Some(ErrorCode::NoSpace),
             _ => None,
         }
     }
@@ -76,7 +86,7 @@ impl CallError {
 /// Connects to a monitor at `addr` and attaches `cap`, so that the client acts for `cap.vnode`.
 fn connect_attached(
     addr: &str,
-    key: ClusterKey,
+    key: Identity,
     cap: &Capability,
     config: ClientConfig,
 ) -> Result<Client, CallError> {

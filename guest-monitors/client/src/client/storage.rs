@@ -1,6 +1,6 @@
 //! [`StorageClient`]: one vNode's volumes on one storage monitor.
 
-use lego_fabric::{Capability, Client, ClientConfig, ClusterKey, Request};
+use lego_fabric::{Capability, Client, ClientConfig, Identity, Request};
 
 use super::CallError;
 use crate::proto::storage::{
@@ -19,10 +19,11 @@ impl StorageClient {
     /// Connects to a storage monitor and attaches `cap` (the client acts for `cap.vnode`).
     pub fn connect(
         addr: &str,
-        key: ClusterKey,
+        key: impl Into<Identity>,
         cap: &Capability,
         config: ClientConfig,
     ) -> Result<Self, CallError> {
+        let key = key.into();
         let client = super::connect_attached(addr, key, cap, config)?;
         Ok(Self::from_client(client, cap.vnode))
     }

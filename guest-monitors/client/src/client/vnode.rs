@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use lego_fabric::{Capability, ClientConfig, ClientError, ClusterKey};
+use lego_fabric::{Capability, ClientConfig, ClientError, Identity};
 
 use super::repair::{RepairConfig, RepairThread};
 use super::{CallError, ManagerClient, MemoryClient, PageOp, PendingPages};
@@ -128,7 +128,7 @@ impl Layout {
 pub(crate) struct Shared {
     pub(crate) placement: MemoryPlacement,
     layout: RwLock<Arc<Layout>>,
-    pub(crate) key: ClusterKey,
+    pub(crate) key: Identity,
     pub(crate) config: ClientConfig,
 }
 
@@ -266,10 +266,11 @@ impl VnodeMemory {
     /// (for `placement.vnode`).
     pub fn connect(
         placement: MemoryPlacement,
-        key: ClusterKey,
+        key: impl Into<Identity>,
         cap: &Capability,
         config: ClientConfig,
     ) -> Result<Self, CallError> {
+        let key = key.into();
         if cap.vnode != placement.vnode {
             return Err(CallError::Invalid(format!(
                 "the capability is for vNode {} but the placement is for vNode {}",

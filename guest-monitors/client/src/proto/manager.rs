@@ -17,8 +17,10 @@
 //! | `VNODE_DOWN` 0x030C | [`VnodeDown`] | empty (the vNode stopped) |
 //! | `FORGET_VOLUME` 0x030D | [`ForgetVolume`] | empty (after its data was deleted) |
 //! | `FORGET_MONITOR` 0x030E | [`ForgetMonitor`] | empty (a dead monitor holding nothing) |
+//! | `VNODE_ADDRESS` 0x030F | [`GetVnodeAddress`] | [`VnodeAddress`] (allocated on first ask; `NoSpace`: [`pool_exhausted`]) |
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +58,105 @@ pub const FORGET_VOLUME: u16 = 0x030D;
 
 /// Forget a dead monitor that holds no placement.
 pub const FORGET_MONITOR: u16 = 0x030E;
+
+/// The network address of a vNode: allocated from the manager's vNode subnet on the first
+/// ask, the same on every later ask until the vNode is released.
+pub const VNODE_ADDRESS: u16 = 0x030F;
+
+/// Body of `VNODE_ADDRESS`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GetVnodeAddress {
+    /// The vNode (not 0).
+    pub vnode: u64,
+}
+
+/// A vNode's network address: answer to `VNODE_ADDRESS`, and in [`VnodeStatus`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VnodeAddress {
+    /// The vNode's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The subnet's prefix length (24 for a /24).
+    pub prefix_len: u8,
+    /// The gateway: the subnet's first host address, the compute host's bridge.
+    pub gateway: Ipv4Addr,
+    /// The vNode's MAC address ([`VnodeAddress::mac_for`] its IP).
+    pub mac: [u8; 6],
+}
+
+impl VnodeAddress {
+    /// The first three bytes of every vNode MAC: locally administered, unicast (`02`), then
+    /// `4c:47` ("LG").
+    pub const MAC_PREFIX: [u8; 3] = [0x02, 0x4c, 0x47];
+
+    /// The address `ip` in a subnet of `prefix_len` bits behind `gateway`, with its MAC.
+    pub fn new(ip: Ipv4Addr, prefix_len: u8, gateway: Ipv4Addr) -> Self {
+        Self {
+            ip,
+            prefix_len,
+            gateway,
+            mac: Self::mac_for(ip),
+        }
+    }
+
+    /// The MAC of the vNode at `ip`: [`VnodeAddress::MAC_PREFIX`] then the low 24 bits of
+    /// the IP, so two vNodes of one subnet (of at most 2^24 addresses) never share one.
+    pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+        let [_, a, b, c] = ip.octets();
+        let [p0, p1, p2] = Self::MAC_PREFIX;
+        [p0, p1, p2, a, b, c]
+    }
+
+    /// The MAC as text: `02:4c:47:63:00:02`.
+    pub fn mac_text(&self) -> String {
+        let parts: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
+        parts.join(":")
+    }
+
+    /// The address with its prefix length: `10.99.0.2/24`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", self.ip, self.prefix_len)
+    }
+}
+
+impl fmt::Display for VnodeAddress {
+    /// `10.99.0.2/24 mac 02:4c:47:63:00:02 gateway 10.99.0.1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} mac {} gateway {}",
+            self.cidr(),
+            self.mac_text(),
+            self.gateway
+        )
+    }
+}
+
+/// How the manager's refusal of `VNODE_ADDRESS` for want of a free address begins.
+const POOL_EXHAUSTED: &str = "the vNode address pool ";
+
+/// The message of the manager's `NoSpace` answer to `VNODE_ADDRESS` when every one of the
+/// `addresses` vNode addresses of `subnet` is held; [`parse_pool_exhausted`] reads it back.
+pub fn pool_exhausted(subnet: &str, addresses: u64) -> String {
+    let noun = if addresses == 1 {
+        "address"
+    } else {
+        "addresses"
+    };
+    format!(
+        "{POOL_EXHAUSTED}{subnet} is exhausted ({addresses} {noun}, all held); release a vNode \
+         or give the manager a larger --vnode-subnet"
+    )
+}
+
+/// Reads a [`pool_exhausted`] message: the subnet and its number of vNode addresses, or
+/// `None` if `message` is not one.
+pub fn parse_pool_exhausted(message: &str) -> Option<(String, u64)> {
+    let rest = message.strip_prefix(POOL_EXHAUSTED)?;
+    let (subnet, rest) = rest.split_once(" is exhausted (")?;
+    let (count, _) = rest.split_once(' ')?;
+    Some((subnet.to_string(), count.parse().ok()?))
+}
 
 /// Body of `FORGET_MONITOR`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -369,6 +470,10 @@ pub struct VnodeStatus {
     pub memory: MemoryPlacement,
     /// Its volumes.
     pub volumes: Vec<VolumePlacement>,
+    /// Its network address, once one was asked for (`VNODE_ADDRESS`; absent from older
+    /// managers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<VnodeAddress>,
 }
 
 /// Answer to `STATUS`.
@@ -547,5 +652,37 @@ mod tests {
         assert!(old.replicas.is_empty() && old.repair.is_none() && old.health.is_none());
         assert!("memory".parse::<MonitorKind>().is_ok());
         assert!("disk".parse::<MonitorKind>().is_err());
+    }
+
+    #[test]
+    fn vnode_addresses_and_the_exhausted_pool() {
+        let a = VnodeAddress::new(Ipv4Addr::new(10, 99, 1, 2), 23, Ipv4Addr::new(10, 99, 0, 1));
+        assert_eq!(a.mac, [0x02, 0x4c, 0x47, 0x63, 0x01, 0x02]);
+        assert_eq!(a.mac_text(), "02:4c:47:63:01:02");
+        assert_eq!(a.cidr(), "10.99.1.2/23");
+        assert_eq!(
+            a.to_string(),
+            "10.99.1.2/23 mac 02:4c:47:63:01:02 gateway 10.99.0.1"
+        );
+        let json = serde_json::to_string(&a).expect("json");
+        assert_eq!(
+            serde_json::from_str::<VnodeAddress>(&json).expect("back"),
+            a
+        );
+        // A status from before addresses still reads.
+        let old: VnodeStatus = serde_json::from_str(
+            r#"{"vnode":1,"memory":{"vnode":1,"region_size":4096,"regions":[]},"volumes":[]}"#,
+        )
+        .expect("old status");
+        assert!(old.address.is_none());
+        let m = pool_exhausted("10.99.0.0/30", 1);
+        assert_eq!(
+            m,
+            "the vNode address pool 10.99.0.0/30 is exhausted (1 address, all held); release a \
+             vNode or give the manager a larger --vnode-subnet"
+        );
+        assert_eq!(parse_pool_exhausted(&m), Some(("10.99.0.0/30".into(), 1)));
+        assert!(pool_exhausted("10.0.0.0/29", 5).contains("(5 addresses, all held)"));
+        assert_eq!(parse_pool_exhausted("no space on any monitor"), None);
     }
 }

@@ -7,6 +7,10 @@
 //!   of every page, compares legovmm's RAM with QEMU's (goal: legovmm ≤ 1.1× QEMU);
 //! - `remote`: legovmm with little RAM plus remote memory (`--remote-memory`: lego-vhost-blk
 //!   and a memory monitor, with a manager, on the compute host's loopback) as swap;
+//! - `remote-relay`: the same with the backend's interrupts through legovmm's relay thread
+//!   (`LEGOVMM_VHOST_INTERRUPTS=relay`) instead of straight to KVM;
+//! - `remote-poll`: the same as `remote` with the backend's queue worker and the memory
+//!   monitor polling (`--poll-us`, the bench's `--poll-us`);
 //! - `paged`: legovmm with all the RAM the workload needs as guest RAM, of which it keeps only
 //!   the swapping setups' little RAM resident (`--local-memory`), paging the rest to a memory
 //!   monitor itself: no swap in the guest;
@@ -34,6 +38,10 @@ pub enum Setup {
     QemuLocal,
     /// legovmm, little RAM plus remote memory as swap.
     Remote,
+    /// `Remote` with the backend's interrupts relayed by a thread of legovmm.
+    RemoteRelay,
+    /// `Remote` with the backend and the memory monitor polling.
+    RemotePoll,
     /// QEMU, little RAM plus swap on an NBD-backed virtio-blk disk.
     Nbd,
     /// legovmm, all-local-sized guest RAM of which only the little RAM stays resident, the
@@ -43,10 +51,12 @@ pub enum Setup {
 
 impl Setup {
     /// Every setup, in the order each round runs them (the two all-local ones side by side).
-    pub const ALL: [Setup; 5] = [
+    pub const ALL: [Setup; 7] = [
         Setup::Local,
         Setup::QemuLocal,
         Setup::Remote,
+        Setup::RemoteRelay,
+        Setup::RemotePoll,
         Setup::Nbd,
         Setup::Paged,
     ];
@@ -57,6 +67,8 @@ impl Setup {
             Setup::Local => "local",
             Setup::QemuLocal => "qemu-local",
             Setup::Remote => "remote",
+            Setup::RemoteRelay => "remote-relay",
+            Setup::RemotePoll => "remote-poll",
             Setup::Nbd => "nbd",
             Setup::Paged => "paged",
         }
@@ -71,6 +83,16 @@ impl Setup {
     /// True if QEMU runs the setup.
     pub fn is_qemu(self) -> bool {
         matches!(self, Setup::QemuLocal | Setup::Nbd)
+    }
+
+    /// True if the guest swaps to remote memory (one of the `remote*` setups).
+    pub fn is_remote_memory(self) -> bool {
+        matches!(self, Setup::Remote | Setup::RemoteRelay | Setup::RemotePoll)
+    }
+
+    /// True if the setup needs the manager and a memory monitor on L1.
+    pub fn needs_cluster(self) -> bool {
+        self.is_remote_memory() || self == Setup::Paged
     }
 
     /// Parses a name.
@@ -109,7 +131,7 @@ mod tests {
         assert_eq!(Setup::QemuLocal.shell_name(), "qemu_local");
         let err = "swap".parse::<Setup>().unwrap_err();
         assert!(
-            err.contains("local, qemu-local, remote, nbd, paged"),
+            err.contains("local, qemu-local, remote, remote-relay, remote-poll, nbd, paged"),
             "{err}"
         );
     }

@@ -29,6 +29,8 @@ pub struct SetupSummary {
     pub pswpout: Option<Summary>,
     /// Pages swapped in.
     pub pswpin: Option<Summary>,
+    /// Verify pass time per page swapped in, µs: the guest-visible cost of a page-in.
+    pub page_in_us: Option<Summary>,
 }
 
 /// Summarizes the clean tries of `setup`.
@@ -56,10 +58,24 @@ pub fn summarize(tries: &[SwapTry], setup: Setup) -> SetupSummary {
         wall: of(&|t| t.run.exit_ms),
         pswpout: of(&|t| t.pswpout),
         pswpin: of(&|t| t.pswpin),
+        page_in_us: stats::summarize(
+            &clean
+                .iter()
+                .filter_map(|t| match (t.verify_ms, t.pswpin) {
+                    (Some(ms), Some(pages)) if pages > 0 => Some(ms as f64 * 1e3 / pages as f64),
+                    _ => None,
+                })
+                .collect::<Vec<f64>>(),
+        ),
     }
 }
 
 impl SetupSummary {
+    /// The table cell "clean / hang retries / other failures".
+    pub fn counts(&self) -> String {
+        format!("{} / {} / {}", self.clean, self.retries, self.failures)
+    }
+
     /// True if the setup has a try of any kind (it ran).
     pub fn ran(&self) -> bool {
         self.clean + self.retries + self.failures > 0
@@ -75,6 +91,10 @@ pub struct Summaries {
     pub qemu_local: SetupSummary,
     /// Remote memory.
     pub remote: SetupSummary,
+    /// Remote memory, interrupts relayed.
+    pub remote_relay: SetupSummary,
+    /// Remote memory, backend and monitor polling.
+    pub remote_poll: SetupSummary,
     /// NBD swap under QEMU.
     pub nbd: SetupSummary,
     /// Guest RAM paged by legovmm.
@@ -88,6 +108,8 @@ impl Summaries {
             local: summarize(tries, Setup::Local),
             qemu_local: summarize(tries, Setup::QemuLocal),
             remote: summarize(tries, Setup::Remote),
+            remote_relay: summarize(tries, Setup::RemoteRelay),
+            remote_poll: summarize(tries, Setup::RemotePoll),
             nbd: summarize(tries, Setup::Nbd),
             paged: summarize(tries, Setup::Paged),
         }
@@ -99,6 +121,8 @@ impl Summaries {
             Setup::Local => &self.local,
             Setup::QemuLocal => &self.qemu_local,
             Setup::Remote => &self.remote,
+            Setup::RemoteRelay => &self.remote_relay,
+            Setup::RemotePoll => &self.remote_poll,
             Setup::Nbd => &self.nbd,
             Setup::Paged => &self.paged,
         }
@@ -119,6 +143,10 @@ pub struct Titles {
     pub qemu_local: String,
     /// Remote memory.
     pub remote: String,
+    /// Remote memory, interrupts relayed.
+    pub remote_relay: String,
+    /// Remote memory, polling.
+    pub remote_poll: String,
     /// NBD swap.
     pub nbd: String,
     /// Guest RAM paged by legovmm.
@@ -180,7 +208,7 @@ pub fn table(s: &Summaries, titles: &Titles) -> String {
             vs(n),
         ));
     }
-    let counts = |x: &SetupSummary| format!("{} / {} / {}", x.clean, x.retries, x.failures);
+    let counts = SetupSummary::counts;
     let q_counts = if with_q {
         format!(" {} |", counts(q))
     } else {
@@ -193,6 +221,54 @@ pub fn table(s: &Summaries, titles: &Titles) -> String {
         counts(n)
     ));
     out
+}
+
+/// Renders the remote-memory data path's variants side by side: interrupts straight to KVM
+/// (`remote`, the default), through legovmm's relay thread, and with polling, against swap on
+/// NBD under QEMU; the page-in cost is the verify pass per page swapped in. `None` unless
+/// `remote` and one variant have a clean try.
+pub fn data_path_table(s: &Summaries, titles: &Titles) -> Option<String> {
+    let (r, relay, poll, n) = (&s.remote, &s.remote_relay, &s.remote_poll, &s.nbd);
+    if r.clean == 0 || (relay.clean == 0 && poll.clean == 0) {
+        return None;
+    }
+    let mut out = format!(
+        "The remote-memory data path: interrupts straight to KVM (the default), relayed, and polling; against NBD swap under QEMU.\n\n\
+         | median (min–max) | {} | {} | {} | {} | relayed / direct | polling / direct | NBD / direct |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        titles.remote, titles.remote_relay, titles.remote_poll, titles.nbd
+    );
+    let rows: [(&str, Field, usize); 4] = [
+        (
+            "page-in: verify pass per page swapped in (µs)",
+            |x| x.page_in_us,
+            0,
+        ),
+        ("verify pass (ms)", |x| x.verify, 0),
+        ("workload: write + verify (ms)", |x| x.workload, 0),
+        ("pages swapped in (pswpin)", |x| x.pswpin, 0),
+    ];
+    for (name, get, d) in rows {
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(get(r), d),
+            cell(get(relay), d),
+            cell(get(poll), d),
+            cell(get(n), d),
+            ratio_cell(get(relay), get(r)),
+            ratio_cell(get(poll), get(r)),
+            ratio_cell(get(n), get(r)),
+        ));
+    }
+    let counts = SetupSummary::counts;
+    out.push_str(&format!(
+        "| clean runs / hang retries / other failures | {} | {} | {} | {} | | | |\n",
+        counts(r),
+        counts(relay),
+        counts(poll),
+        counts(n)
+    ));
+    Some(out)
 }
 
 /// The paged-memory goal: NBD swap's workload time at least this many times paged guest
@@ -232,7 +308,7 @@ pub fn paged_table(s: &Summaries, titles: &Titles) -> Option<String> {
             ratio_cell(get(p), get(l)),
         ));
     }
-    let counts = |x: &SetupSummary| format!("{} / {} / {}", x.clean, x.retries, x.failures);
+    let counts = SetupSummary::counts;
     out.push_str(&format!(
         "| clean runs / hang retries / other failures | {} | {} | {} | {} | | | |\n",
         counts(p),
@@ -322,6 +398,8 @@ mod tests {
             local: "local".into(),
             qemu_local: "qemu-local".into(),
             remote: "remote".into(),
+            remote_relay: "remote-relay".into(),
+            remote_poll: "remote-poll".into(),
             nbd: "nbd".into(),
             paged: "paged".into(),
         }

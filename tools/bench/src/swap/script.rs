@@ -76,6 +76,8 @@ pub struct SwapPlan {
     pub qemu_cpu: String,
     /// How QEMU reaches qemu-nbd.
     pub nbd: NbdTransport,
+    /// The `remote-poll` setup's `--poll-us` (backend and memory monitor).
+    pub poll_us: u32,
 }
 
 /// The guest command: the workload, then the guest's swap counters and memory sizes on one
@@ -96,7 +98,9 @@ impl SwapPlan {
     pub fn legovmm_args(&self, setup: Setup) -> Option<String> {
         match setup {
             Setup::Local => Some(script::legovmm_run_args(self.local_memory_mib, self.vcpus)),
-            Setup::Remote => Some(script::legovmm_run_args(self.guest_memory_mib, self.vcpus)),
+            Setup::Remote | Setup::RemoteRelay | Setup::RemotePoll => {
+                Some(script::legovmm_run_args(self.guest_memory_mib, self.vcpus))
+            }
             Setup::Paged => Some(script::legovmm_run_args(self.local_memory_mib, self.vcpus)),
             Setup::QemuLocal | Setup::Nbd => None,
         }
@@ -159,16 +163,15 @@ impl SwapPlan {
     /// QEMU's arguments for the all-local setup (the command line follows `-append`): the
     /// guest with `local_memory_mib` of RAM, no disk, and the machine and CPU of the NBD
     /// setup. Its RAM is QEMU's default (`-m` alone: private anonymous memory, transparent
-    /// huge pages as the host allows), not the shared memfd of [`script::qemu_vm_args`]:
-    /// nothing maps it but QEMU, as nothing maps legovmm's in the `local` setup.
+    /// huge pages as the host allows: [`script::qemu_private_ram_args`]), not the shared
+    /// memfd of [`script::qemu_vm_args`]: nothing maps it but QEMU, as nothing maps
+    /// legovmm's in the `local` setup.
     pub fn qemu_local_args(&self) -> String {
-        let m = self.local_memory_mib;
-        let args = script::qemu_vm_args(&self.qemu_machine, &self.qemu_cpu, self.vcpus, m, "");
-        // The unit tests check that this is found (and so gone).
-        args.replace(
-            &format!(
-                "-object memory-backend-memfd,id=mem,size={m}M,share=on -machine memory-backend=mem "
-            ),
+        script::qemu_private_ram_args(
+            &self.qemu_machine,
+            &self.qemu_cpu,
+            self.vcpus,
+            self.local_memory_mib,
             "",
         )
     }
@@ -177,10 +180,15 @@ impl SwapPlan {
         self.setups.contains(&setup)
     }
 
+    /// True if some setup needs the manager and a memory monitor.
+    fn uses_cluster(&self) -> bool {
+        self.setups.iter().any(|s| s.needs_cluster())
+    }
+
     /// The job files the script runs, besides `$LEGOVMM` (made executable).
     fn executables(&self) -> Vec<&'static str> {
         let mut v = vec![files::TIMER];
-        if self.uses(Setup::Remote) || self.uses(Setup::Paged) {
+        if self.uses_cluster() {
             v.extend(LEGO_PROGRAMS);
         }
         if self.setups.iter().any(|s| s.is_qemu()) {
@@ -208,7 +216,7 @@ impl SwapPlan {
             "# The daemons and qemu-nbd listen on loopback, which L1's init may leave down.\n\
              ip link set lo up 2> /dev/null || true\n",
         );
-        if self.uses(Setup::Remote) || self.uses(Setup::Paged) {
+        if self.uses_cluster() {
             s.push_str(
                 "export LEGO_VHOST_BLK_BIN=\"$JOB_DIR/lego-vhost-blk\"\n\
                  export LEGO_CLUSTER_KEY=$(./legoctl keygen)\n",
@@ -254,20 +262,42 @@ impl SwapPlan {
                 args = self.qemu_local_args()
             ));
         }
-        for (setup, extra, cap) in [
+        let swap_cap = u64::from(self.swap_mib) * 2;
+        let poll = self.poll_us;
+        for (setup, extra, cap, tuning) in [
             (
                 Setup::Remote,
                 self.remote_memory_args(),
-                u64::from(self.swap_mib) * 2,
+                swap_cap,
+                Tuning::default(),
+            ),
+            (
+                Setup::RemoteRelay,
+                self.remote_memory_args(),
+                swap_cap,
+                Tuning {
+                    env: "LEGOVMM_VHOST_INTERRUPTS=relay ".into(),
+                    monitor: String::new(),
+                },
+            ),
+            (
+                Setup::RemotePoll,
+                self.remote_memory_args(),
+                swap_cap,
+                Tuning {
+                    env: format!("LEGO_VHOST_POLL_US={poll} "),
+                    monitor: format!(" --poll-us {poll}"),
+                },
             ),
             (
                 Setup::Paged,
                 self.paged_memory_args(),
                 u64::from(self.local_memory_mib) * 2,
+                Tuning::default(),
             ),
         ] {
             if let Some(args) = self.legovmm_args(setup).filter(|_| self.uses(setup)) {
-                s.push_str(&cluster_boot_fn(setup, &args, &extra, cap));
+                s.push_str(&cluster_boot_fn(setup, &args, &extra, cap, &tuning));
             }
         }
         if self.uses(Setup::Nbd) {
@@ -292,20 +322,8 @@ impl SwapPlan {
             ));
         }
         s.push_str(&swap_bench_fn(self.tries));
-        s.push_str(&format!(
-            "r=0\nwhile [ $r -lt {} ]; do\n    r=$((r + 1))\n",
-            self.runs
-        ));
-        for setup in &self.setups {
-            s.push_str(&format!(
-                "    echo \"LEGO_BENCH_PROGRESS round $r of {} setup {setup} uptime=$(cut -d' ' -f1 /proc/uptime)\"\n    \
-                 bench {setup} $r \"$CMDLINE\" {RESULTS_FILE}\n    \
-                 # On the job disk now: a compute host that stalls later keeps what ran.\n    \
-                 sync\n",
-                self.runs
-            ));
-        }
-        s.push_str("done\n");
+        let setups: Vec<String> = self.setups.iter().map(ToString::to_string).collect();
+        s.push_str(&script::rounds(self.runs, &setups, RESULTS_FILE));
         if self.uses(Setup::Nbd) {
             s.push_str(&format!("umount {NBD_DIR} 2> /dev/null\n"));
         }
@@ -314,26 +332,38 @@ impl SwapPlan {
     }
 }
 
+/// What a setup changes in the remote-memory data path: environment for legovmm (and the
+/// backend it starts) and extra memory monitor flags.
+#[derive(Debug, Default)]
+struct Tuning {
+    /// `NAME=VALUE ` words put before the timer (which passes them on to legovmm).
+    env: String,
+    /// Flags appended to the memory monitor's command line.
+    monitor: String,
+}
+
 /// The boot function of a setup that needs the cluster on L1's loopback (a fresh manager
 /// and memory monitor of `cap` MiB per run, so every run starts empty): `$LEGOVMM args
-/// '<cmdline>' extra`.
-fn cluster_boot_fn(setup: Setup, args: &str, extra: &str, cap: u64) -> String {
+/// '<cmdline>' extra`, with `tuning`'s environment and monitor flags.
+fn cluster_boot_fn(setup: Setup, args: &str, extra: &str, cap: u64, tuning: &Tuning) -> String {
     format!(
         "# A fresh manager and memory monitor per run, so every run starts empty.\n\
          boot_{name}() {{\n    c=$1; l=$2; shift 2\n    \
          rm -rf remote-state; mkdir -p remote-state\n    \
          ./lego-manager --state-dir remote-state --listen {MANAGER} --heartbeat-ms 200 > \"$c.manager.log\" 2>&1 < /dev/null &\n    \
          m=$!\n    sleep 0.5\n    \
-         ./lego-memory-monitor --listen {MEMORY_MONITOR} --capacity {cap}M --manager {MANAGER} --heartbeat-ms 200 > \"$c.monitor.log\" 2>&1 < /dev/null &\n    \
+         ./lego-memory-monitor --listen {MEMORY_MONITOR} --capacity {cap}M --manager {MANAGER} --heartbeat-ms 200{monitor} > \"$c.monitor.log\" 2>&1 < /dev/null &\n    \
          mm=$!\n    n=0\n    \
          while [ \"$(./legoctl --manager {MANAGER} status 2> /dev/null | grep -c alive)\" -lt 1 ] && [ $n -lt 300 ]; do\n        \
          sleep 0.1; n=$((n + 1))\n    done\n    \
-         $TIMER --label {label} --console \"$c\" -- $LEGOVMM {args} \"$l\" {extra} \"$@\" 2> \"$c.err\"\n    \
+         {env}$TIMER --label {label} --console \"$c\" -- $LEGOVMM {args} \"$l\" {extra} \"$@\" 2> \"$c.err\"\n    \
          rc=$?\n    \
          ./legoctl --manager {MANAGER} monitor-stats --kind memory --addr {MEMORY_MONITOR} > \"$c.monitor-stats\" 2>&1\n    \
          kill $m $mm 2> /dev/null\n    wait $m $mm 2> /dev/null\n    return $rc\n}}\n",
         name = setup.shell_name(),
         label = setup.name(),
+        env = tuning.env,
+        monitor = tuning.monitor,
     )
 }
 
@@ -369,7 +399,39 @@ mod tests {
             qemu_machine: script::DEFAULT_QEMU_MACHINE.into(),
             qemu_cpu: script::DEFAULT_QEMU_CPU.into(),
             nbd: NbdTransport::Tcp,
+            poll_us: 50,
         }
+    }
+
+    #[test]
+    fn the_remote_variants_differ_only_in_their_tuning() {
+        let mut p = plan();
+        p.setups = vec![Setup::Remote, Setup::RemoteRelay, Setup::RemotePoll];
+        let s = p.render();
+        assert_parses_as_sh(&s);
+        let body = |name: &str| {
+            let start = s.find(&format!("boot_{name}() {{")).expect(name);
+            let end = s[start..].find("\n}\n").expect("end") + start;
+            s[start..end].to_string()
+        };
+        let remote = body("remote");
+        assert!(!remote.contains("LEGO_VHOST_POLL_US") && !remote.contains("relay"));
+        assert_eq!(
+            body("remote_relay")
+                .replace("LEGOVMM_VHOST_INTERRUPTS=relay $TIMER", "$TIMER")
+                .replace("--label remote-relay", "--label remote")
+                .replace("boot_remote_relay", "boot_remote"),
+            remote
+        );
+        assert_eq!(
+            body("remote_poll")
+                .replace("LEGO_VHOST_POLL_US=50 $TIMER", "$TIMER")
+                .replace(" --poll-us 50 >", " >")
+                .replace("--label remote-poll", "--label remote")
+                .replace("boot_remote_poll", "boot_remote"),
+            remote
+        );
+        assert!(s.contains("bench remote-poll $r"), "{s}");
     }
 
     #[test]

@@ -119,6 +119,24 @@ impl SplitQueue {
         self.kick.write(1).expect("kick");
     }
 
+    /// Publishes like [`Self::publish`] but, as Linux's driver does without EVENT_IDX, kicks
+    /// only when the device has not set `VRING_USED_F_NO_NOTIFY` (it is polling the ring).
+    /// Returns whether it kicked.
+    pub fn publish_unless_suppressed(&self, mem: &GuestMemoryMmap) -> bool {
+        fence(Ordering::SeqCst);
+        mem.write_obj(self.avail_idx, GuestAddress(self.base + AVAIL + 2))
+            .expect("avail idx");
+        fence(Ordering::SeqCst);
+        let flags: u16 = mem
+            .read_obj(GuestAddress(self.base + USED))
+            .expect("used flags");
+        if flags & 1 != 0 {
+            return false;
+        }
+        self.kick.write(1).expect("kick");
+        true
+    }
+
     /// The device's used index.
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         let used = mem
