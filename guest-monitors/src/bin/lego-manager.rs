@@ -50,7 +50,8 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
     /// Seconds of the etcd lease behind the leadership: a dead leader is replaced within about
-    /// this long (etcd store) [default: 3].
+    /// this long (etcd store); keep it above etcd's own election time, or the leader resigns
+    /// whenever etcd's raft leader dies [default: 5].
     #[arg(long, value_name = "SECS")]
     leader_ttl_secs: Option<u64>,
     /// vRegion size for new vNodes, a multiple of 4K [default: 1G].

@@ -1,6 +1,6 @@
 //! Leader election of managers through etcd.
 //!
-//! Each manager holds an etcd lease (kept alive every third of its TTL) and tries to create
+//! Each manager holds an etcd lease (kept alive every quarter of its TTL) and tries to create
 //! the leader key (`<prefix>leader`, value: the manager's advertised fabric address) with that
 //! lease, in a transaction that succeeds only while the key is absent. The one that creates it
 //! leads; the others watch the key and try again when it is deleted (its owner resigned, or
@@ -20,7 +20,12 @@ use etcd_client::{
 use super::etcd_store::{Etcd, EtcdClients};
 
 /// The lease TTL used unless configured: a dead leader is replaced within about this long.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
+///
+/// It must outlast an etcd election: when the etcd member that leads raft dies, no lease can
+/// be renewed until the others elect a new one (1 to 2 s with etcd's default 1 s election
+/// timeout, longer on a loaded host). A leader whose TTL is shorter than that resigns
+/// whenever etcd loses its raft leader.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
 
 /// Errors of an election.
 #[derive(Debug, thiserror::Error)]
@@ -198,9 +203,15 @@ impl Leadership {
     }
 }
 
-/// Renews `lease` every third of `ttl`; reports on `lost` once it cannot have been renewed for
-/// a whole `ttl` (or etcd says it expired), then stops.
+/// Renews `lease` every quarter of `ttl`, moving to another etcd member when one fails;
+/// reports on `lost` once it cannot have been renewed for a whole `ttl` (or etcd says it
+/// expired), then stops.
+///
+/// A renewal counts from when its request was sent, not when its answer came: etcd's lease
+/// runs from some moment in between, so this side never believes the lease lives longer than
+/// it does.
 async fn keep_alive(clients: Arc<EtcdClients>, lease: i64, ttl: Duration, lost: Sender<String>) {
+    let period = ttl / 4;
     let mut renewed = Instant::now();
     let mut keeper = None;
     let mut member = 0;
@@ -209,40 +220,51 @@ async fn keep_alive(clients: Arc<EtcdClients>, lease: i64, ttl: Duration, lost: 
             let _ = lost.send(format!("the lease could not be renewed for {ttl:?}"));
             return;
         }
-        if keeper.is_none() {
+        let sent = Instant::now();
+        let Some((k, stream)) = keeper.as_mut() else {
+            // Opening a keep-alive stream renews the lease once (etcd-client waits for the
+            // first answer).
             let (i, mut client) = clients.get();
             member = i;
-            match tokio::time::timeout(ttl / 3, client.lease_keep_alive(lease)).await {
+            match tokio::time::timeout(period, client.lease_keep_alive(lease)).await {
                 Ok(Ok(k)) => {
-                    renewed = Instant::now();
+                    renewed = sent;
                     keeper = Some(k);
+                    tokio::time::sleep(period).await;
                 }
                 Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) => {
                     let _ = lost.send(format!("the lease expired ({e})"));
                     return;
                 }
                 _ => {
+                    tracing::debug!(
+                        member = i,
+                        "renewing the election lease failed; trying the next etcd member"
+                    );
                     clients.failed(i);
-                    tokio::time::sleep(ttl / 10).await;
-                    continue;
+                    tokio::time::sleep(ttl / 20).await;
                 }
             }
-        }
-        tokio::time::sleep(ttl / 3).await;
-        let Some((k, stream)) = keeper.as_mut() else {
             continue;
         };
-        let ok = async {
+        let answer = async {
             k.keep_alive().await.ok()?;
             stream.message().await.ok()?
         };
-        match tokio::time::timeout(ttl / 3, ok).await {
-            Ok(Some(r)) if r.ttl() > 0 => renewed = Instant::now(),
+        match tokio::time::timeout(period, answer).await {
+            Ok(Some(r)) if r.ttl() > 0 => {
+                renewed = sent;
+                tokio::time::sleep(period).await;
+            }
             Ok(Some(_)) => {
                 let _ = lost.send("the lease expired".into());
                 return;
             }
             _ => {
+                tracing::debug!(
+                    member,
+                    "renewing the election lease failed; trying the next etcd member"
+                );
                 clients.failed(member);
                 keeper = None;
             }
