@@ -65,6 +65,10 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// The longest busy-poll a LegoVMM daemon accepts, in µs: a fabric reader's
+/// [`ServerConfig::spin`] (monitors' `--poll-us`) and `lego-vhost-blk`'s queue workers' window.
+pub const MAX_POLL_US: u64 = 10_000;
+
 /// Server tuning.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -16,8 +16,7 @@ use crate::volume::VolumeError;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-/// The longest socket poll a monitor accepts (`--poll-us`).
-pub const MAX_POLL_US: u64 = 10_000;
+pub use lego_fabric::server::MAX_POLL_US;
 
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]

@@ -107,13 +107,6 @@ impl<K: DeviceKind> VhostUserDevice<K> {
         self
     }
 
-    /// How the backend's calls reach the guest (default: [`CallPath::from_env`], direct
-    /// unless `LEGOVMM_VHOST_INTERRUPTS=relay`).
-    pub fn with_call_path(mut self, call_path: CallPath) -> Self {
-        self.call_path = call_path;
-        self
-    }
-
     /// Tells `watcher` when the backend's connection is lost, back or given up on.
     pub fn with_watcher(mut self, watcher: BackendWatcher) -> Self {
         self.watcher = Some(watcher);

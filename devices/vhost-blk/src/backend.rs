@@ -108,6 +108,11 @@ impl BlkBackend {
                 return;
             };
             if served == 0 && std::mem::take(&mut more_announced) {
+                if !is_live(vring) {
+                    // The frontend stopped the queue after the ring announced the chains:
+                    // nothing to serve, and nothing wrong with the ring.
+                    break;
+                }
                 self.queue_fault(queue, "the available ring index is invalid");
                 if let Err(e) = vring.enable_notification() {
                     self.queue_fault(queue, &format!("cannot enable notifications: {e}"));

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use lego_fabric::server::MAX_POLL_US;
 use lego_monitor_client::size::ByteSize;
 
 use crate::open::StoreSpec;
@@ -54,9 +55,6 @@ impl StoreKind {
         }
     }
 }
-
-/// The longest polling window `--poll-us` accepts: 10 ms of a CPU per batch.
-const MAX_POLL_US: u64 = 10_000;
 
 /// `lego-vhost-blk`: serves a block device to one vhost-user frontend at a time.
 #[derive(Debug, Parser)]

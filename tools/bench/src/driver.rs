@@ -1,10 +1,13 @@
-//! What both drivers (`boot-bench`, `swap-bench`) share: the command line options for QEMU,
-//! the guest image, the timer, the cache and where to run ([`CommonArgs`]), gathering the
-//! files every run needs from them ([`CommonArgs::prepare`]), and keeping what a job left.
+//! What the drivers (`boot-bench`, `swap-bench`, `net-bench`, `soak`) share: the command
+//! line options for QEMU, the guest image, the timer, the cache and where to run
+//! ([`CommonArgs`]), gathering the files every run needs from them ([`CommonArgs::prepare`]),
+//! the compute host's job, keeping what a job left, and the exit status.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-use lego_testbed::{JobOutput, ModeChoice, Testbed, TestbedConfig};
+use lego_testbed::console::Stream;
+use lego_testbed::{Job, JobOutput, ModeChoice, Testbed, TestbedConfig};
 
 use crate::{assets, report, results, script};
 
@@ -166,6 +169,80 @@ impl CommonArgs {
             timer,
             config,
         })
+    }
+}
+
+/// The setups chosen, each once, in the order first given; choosing none is a usage error.
+pub fn distinct<T: Copy + PartialEq>(chosen: &[T]) -> Result<Vec<T>, BenchError> {
+    let mut setups = Vec::new();
+    for s in chosen {
+        if !setups.contains(s) {
+            setups.push(*s);
+        }
+    }
+    if setups.is_empty() {
+        return Err(BenchError::Usage("no setup to run".into()));
+    }
+    Ok(setups)
+}
+
+/// What of the compute host's console a run shows on standard error: nothing (`quiet`),
+/// all of it (`stream`), or progress lines (the default).
+pub fn stream_choice(quiet: bool, stream: bool) -> Stream {
+    if quiet {
+        Stream::Off
+    } else if stream {
+        Stream::All
+    } else {
+        Stream::Progress
+    }
+}
+
+/// The compute host's job `name`: runs `script` with `files` staged, given 10 minutes plus
+/// `run_timeout_secs` for each of its `tries`, and ready once the script says it started.
+pub fn nested_job(
+    name: &str,
+    script: String,
+    files: Vec<(PathBuf, String)>,
+    tries: u64,
+    run_timeout_secs: u64,
+) -> Job {
+    let mut job = Job::new(name, script)
+        .timeout(std::time::Duration::from_secs(
+            600 + tries * run_timeout_secs,
+        ))
+        .ready(script::START_MARKER, std::time::Duration::from_secs(300), 1);
+    for (path, name) in files {
+        job = job.file(path, name);
+    }
+    job
+}
+
+/// The files each try leaves: `<setup>-<round>-<try>.console` followed by each of
+/// `suffixes` (`""` for the console itself).
+pub fn try_files<'a>(
+    tries: impl IntoIterator<Item = &'a results::TryResult> + 'a,
+    suffixes: &'a [&'a str],
+) -> impl Iterator<Item = String> + 'a {
+    tries.into_iter().flat_map(move |t| {
+        let base = format!("{}-{}-{}.console", t.vmm, t.round, t.attempt);
+        suffixes.iter().map(move |suffix| format!("{base}{suffix}"))
+    })
+}
+
+/// The exit status of `benchmark`'s run: 0 when every setup had a clean run, 1 (saying
+/// `incomplete`) when one had none, 2 (saying why) when the run failed.
+pub fn exit(benchmark: &str, result: Result<bool, BenchError>, incomplete: &str) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("{benchmark}: {incomplete}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{benchmark}: error: {}", lego_report::error_chain(&e));
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! (ready marker, exit, peak `VmRSS - RssShmem`), and prints a markdown table.
 //!
 //! - [`assets`]: the files a run needs (guest image, VMMs, QEMU's libraries, the timer);
-//! - [`driver`]: the options and preparation steps both drivers share;
+//! - [`driver`]: the options, preparation and keeping steps the drivers share;
+//! - [`setup`]: how a driver's setups are named (result lines, files, `--setups`);
 //! - [`script`]: the job script run on the compute host;
 //! - [`results`]: parsing the timing lines the job leaves;
 //! - [`report`]: the markdown report (medians and ranges from `lego_testkit::stats`).
@@ -27,5 +28,6 @@ pub mod net;
 pub mod report;
 pub mod results;
 pub mod script;
+pub mod setup;
 pub mod soak;
 pub mod swap;

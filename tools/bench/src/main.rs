@@ -173,15 +173,9 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("boot-bench: a VMM had no clean run; see the tries above");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("boot-bench: error: {}", lego_report::error_chain(&e));
-            ExitCode::from(2)
-        }
-    }
+    driver::exit(
+        "boot-bench",
+        run(Cli::parse()),
+        "a VMM had no clean run; see the tries above",
+    )
 }

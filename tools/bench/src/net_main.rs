@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use lego_bench::assets;
@@ -13,9 +12,8 @@ use lego_bench::driver::{self, BenchError, CommonArgs, Prepared};
 use lego_bench::net::report::{self as net_report, Summaries};
 use lego_bench::net::script::{NetPlan, BRIDGE_SCRIPT, HOST_SUFFIX, RESULTS_FILE};
 use lego_bench::net::{self, results as net_results, Setup};
-use lego_bench::script::{self, files, START_MARKER};
-use lego_testbed::console::Stream;
-use lego_testbed::{Job, Testbed};
+use lego_bench::script::{self, files};
+use lego_testbed::Testbed;
 
 /// QEMU's machine by default here: microvm with a PCI Express bus for the virtio-net-pci
 /// device (microvm has none unless asked).
@@ -115,15 +113,7 @@ struct Cli {
 }
 
 fn run(cli: Cli) -> Result<bool, BenchError> {
-    let mut setups = Vec::new();
-    for s in &cli.setups {
-        if !setups.contains(s) {
-            setups.push(*s);
-        }
-    }
-    if setups.is_empty() {
-        return Err(BenchError::Usage("no setup to run".into()));
-    }
+    let setups = driver::distinct(&cli.setups)?;
     script::check_qemu_value("network device", &cli.qemu_net_device)?;
     let bridge_script = cli
         .bridge_script
@@ -206,20 +196,15 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     );
 
     let tries = u64::from(plan.runs) * setups.len() as u64 * u64::from(plan.tries);
-    let mut job = Job::new("net-bench", plan.render()?)
-        .timeout(Duration::from_secs(600 + tries * plan.run_timeout_secs))
-        .ready(START_MARKER, Duration::from_secs(300), 1);
-    for (path, name) in job_files {
-        job = job.file(path, name);
-    }
+    let job = driver::nested_job(
+        "net-bench",
+        plan.render()?,
+        job_files,
+        tries,
+        plan.run_timeout_secs,
+    );
 
-    config.stream = if cli.quiet {
-        Stream::Off
-    } else if cli.stream {
-        Stream::All
-    } else {
-        Stream::Progress
-    };
+    config.stream = driver::stream_choice(cli.quiet, cli.stream);
     config.qemu.memory_mib = cli.l1_memory_mib;
     let testbed = Testbed::new(config)?;
     eprintln!(
@@ -243,13 +228,8 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     let tries = net_results::parse(&text)?;
     let names: Vec<&str> = Setup::ALL.iter().map(|s| s.name()).collect();
     driver::remove_stale(&out_dir, &names, &["net-echo.log"]);
-    let consoles = tries
-        .iter()
-        .flat_map(|t| {
-            let base = format!("{}-{}-{}.console", t.run.vmm, t.run.round, t.run.attempt);
-            ["", ".err", HOST_SUFFIX, ".host-recv", ".host-send"]
-                .map(|suffix| format!("{base}{suffix}"))
-        })
+    let suffixes = ["", ".err", HOST_SUFFIX, ".host-recv", ".host-send"];
+    let consoles = driver::try_files(tries.iter().map(|t| &t.run), &suffixes)
         .chain(["net-echo.log".to_string()]);
     driver::keep_consoles(&output, consoles, &out_dir);
 
@@ -316,17 +296,11 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("net-bench: a setup had no clean run; see the tries above");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("net-bench: error: {}", lego_report::error_chain(&e));
-            ExitCode::from(2)
-        }
-    }
+    driver::exit(
+        "net-bench",
+        run(Cli::parse()),
+        "a setup had no clean run; see the tries above",
+    )
 }
 
 #[cfg(test)]

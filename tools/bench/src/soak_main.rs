@@ -288,17 +288,11 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("soak: some runs were lost; see the report");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("soak: error: {}", lego_report::error_chain(&e));
-            ExitCode::from(2)
-        }
-    }
+    driver::exit(
+        "soak",
+        run(Cli::parse()),
+        "some runs were lost; see the report",
+    )
 }
 
 #[cfg(test)]

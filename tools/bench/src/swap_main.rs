@@ -5,19 +5,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use lego_bench::assets;
 use lego_bench::driver::{self, BenchError, CommonArgs, Prepared};
-use lego_bench::script::{files, START_MARKER};
+use lego_bench::script::files;
 use lego_bench::swap::report::{self as swap_report, Summaries, Titles};
 use lego_bench::swap::script::{
     guest_command, NbdTransport, SwapPlan, LEGO_PROGRAMS, RESULTS_FILE,
 };
 use lego_bench::swap::{results as swap_results, Setup};
-use lego_testbed::console::Stream;
-use lego_testbed::{Job, Testbed};
+use lego_testbed::Testbed;
 
 /// Run the same memory workload (`lego-guest-tools memtest`: write every page, then verify
 /// every page) in a guest with little RAM that swaps to remote memory (legovmm), in the same
@@ -116,15 +114,7 @@ fn default_bin_dir() -> PathBuf {
 }
 
 fn run(cli: Cli) -> Result<bool, BenchError> {
-    let mut setups = Vec::new();
-    for s in &cli.setups {
-        if !setups.contains(s) {
-            setups.push(*s);
-        }
-    }
-    if setups.is_empty() {
-        return Err(BenchError::Usage("no setup to run".into()));
-    }
+    let setups = driver::distinct(&cli.setups)?;
     let all_local = setups.contains(&Setup::Local)
         || setups.contains(&Setup::QemuLocal)
         || setups.contains(&Setup::Paged);
@@ -199,20 +189,15 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
         poll_us: cli.poll_us,
     };
     let tries = u64::from(plan.runs) * setups.len() as u64 * u64::from(plan.tries);
-    let mut job = Job::new("swap-bench", plan.render())
-        .timeout(Duration::from_secs(600 + tries * plan.run_timeout_secs))
-        .ready(START_MARKER, Duration::from_secs(300), 1);
-    for (path, name) in job_files {
-        job = job.file(path, name);
-    }
+    let job = driver::nested_job(
+        "swap-bench",
+        plan.render(),
+        job_files,
+        tries,
+        plan.run_timeout_secs,
+    );
 
-    config.stream = if cli.quiet {
-        Stream::Off
-    } else if cli.stream {
-        Stream::All
-    } else {
-        Stream::Progress
-    };
+    config.stream = driver::stream_choice(cli.quiet, cli.stream);
     config.qemu.memory_mib = cli.l1_memory_mib;
     let testbed = Testbed::new(config)?;
     eprintln!(
@@ -233,18 +218,15 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
     let tries = swap_results::parse(&text)?;
     let names: Vec<&str> = Setup::ALL.iter().map(|s| s.name()).collect();
     driver::remove_stale(&out_dir, &names, &[]);
-    let consoles = tries.iter().flat_map(|t| {
-        let base = format!("{}-{}-{}.console", t.run.vmm, t.run.round, t.run.attempt);
-        [
-            "",
-            ".err",
-            ".manager.log",
-            ".monitor.log",
-            ".monitor-stats",
-            ".nbd.log",
-        ]
-        .map(|suffix| format!("{base}{suffix}"))
-    });
+    let suffixes = [
+        "",
+        ".err",
+        ".manager.log",
+        ".monitor.log",
+        ".monitor-stats",
+        ".nbd.log",
+    ];
+    let consoles = driver::try_files(tries.iter().map(|t| &t.run), &suffixes);
     driver::keep_consoles(&output, consoles, &out_dir);
 
     let summaries = Summaries::of(&tries);
@@ -329,15 +311,9 @@ fn run(cli: Cli) -> Result<bool, BenchError> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => {
-            eprintln!("swap-bench: a setup had no clean run; see the tries above");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("swap-bench: error: {}", lego_report::error_chain(&e));
-            ExitCode::from(2)
-        }
-    }
+    driver::exit(
+        "swap-bench",
+        run(Cli::parse()),
+        "a setup had no clean run; see the tries above",
+    )
 }

@@ -76,12 +76,6 @@ impl Setup {
         }
     }
 
-    /// The setup's name as a shell word: the job script's boot function is `boot_` and
-    /// this (a shell function name has no `-`).
-    pub fn shell_name(self) -> String {
-        self.name().replace('-', "_")
-    }
-
     /// The column title in the report.
     pub fn title(self) -> &'static str {
         match self {
@@ -104,29 +98,9 @@ impl Setup {
     pub fn is_qemu(self) -> bool {
         self.legovmm_backend().is_none()
     }
-
-    /// Parses a name.
-    pub fn from_name(name: &str) -> Option<Setup> {
-        Setup::ALL.into_iter().find(|s| s.name() == name)
-    }
 }
 
-impl std::fmt::Display for Setup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Setup {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Setup::from_name(s).ok_or_else(|| {
-            let names: Vec<&str> = Setup::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown setup {s:?} ({})", names.join(", "))
-        })
-    }
-}
+crate::setup::named_setups!(Setup);
 
 /// Checks a unicast MAC address written as six pairs of hex digits joined by `:` and
 /// returns it in lower case, as the guest's sysfs shows it (the guest's init finds its

@@ -74,12 +74,6 @@ impl Setup {
         }
     }
 
-    /// The setup's name as a shell word: the job script's boot function is `boot_` and
-    /// this (`qemu_local`: a shell function name has no `-`).
-    pub fn shell_name(self) -> String {
-        self.name().replace('-', "_")
-    }
-
     /// True if QEMU runs the setup.
     pub fn is_qemu(self) -> bool {
         matches!(self, Setup::QemuLocal | Setup::Nbd)
@@ -94,29 +88,9 @@ impl Setup {
     pub fn needs_cluster(self) -> bool {
         self.is_remote_memory() || self == Setup::Paged
     }
-
-    /// Parses a name.
-    pub fn from_name(name: &str) -> Option<Setup> {
-        Setup::ALL.into_iter().find(|s| s.name() == name)
-    }
 }
 
-impl std::fmt::Display for Setup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Setup {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Setup::from_name(s).ok_or_else(|| {
-            let names: Vec<&str> = Setup::ALL.iter().map(|s| s.name()).collect();
-            format!("unknown setup {s:?} ({})", names.join(", "))
-        })
-    }
-}
+crate::setup::named_setups!(Setup);
 
 #[cfg(test)]
 mod tests {

@@ -223,52 +223,87 @@ pub fn table(s: &Summaries, titles: &Titles) -> String {
     out
 }
 
+/// Setups side by side: a column per setup, then ratio columns of two setups' medians, then
+/// (if asked) each setup's run counts.
+struct Comparison<'a> {
+    /// Column title and setup.
+    columns: Vec<(&'a str, &'a SetupSummary)>,
+    /// Column title, numerator column, denominator column.
+    ratios: Vec<(&'static str, usize, usize)>,
+    /// Whether to end with the clean / retried / failed counts.
+    counts: bool,
+}
+
+impl Comparison<'_> {
+    /// Renders the header, a row per `(name, field)` and the counts.
+    fn render(&self, rows: &[(&str, Field)]) -> String {
+        let mut out = String::from("| median (min–max) |");
+        for (title, _) in &self.columns {
+            out.push_str(&format!(" {title} |"));
+        }
+        for (title, _, _) in &self.ratios {
+            out.push_str(&format!(" {title} |"));
+        }
+        out.push('\n');
+        out.push_str(&"|---".repeat(1 + self.columns.len() + self.ratios.len()));
+        out.push_str("|\n");
+        for (name, get) in rows {
+            out.push_str(&format!("| {name} |"));
+            for (_, setup) in &self.columns {
+                out.push_str(&format!(" {} |", cell(get(setup), 0)));
+            }
+            for (_, a, b) in &self.ratios {
+                let ratio = ratio_cell(get(self.columns[*a].1), get(self.columns[*b].1));
+                out.push_str(&format!(" {ratio} |"));
+            }
+            out.push('\n');
+        }
+        if self.counts {
+            out.push_str("| clean runs / hang retries / other failures |");
+            for (_, setup) in &self.columns {
+                out.push_str(&format!(" {} |", setup.counts()));
+            }
+            out.push_str(&" |".repeat(self.ratios.len()));
+            out.push('\n');
+        }
+        out
+    }
+}
+
 /// Renders the remote-memory data path's variants side by side: interrupts straight to KVM
 /// (`remote`, the default), through legovmm's relay thread, and with polling, against swap on
 /// NBD under QEMU; the page-in cost is the verify pass per page swapped in. `None` unless
 /// `remote` and one variant have a clean try.
 pub fn data_path_table(s: &Summaries, titles: &Titles) -> Option<String> {
-    let (r, relay, poll, n) = (&s.remote, &s.remote_relay, &s.remote_poll, &s.nbd);
-    if r.clean == 0 || (relay.clean == 0 && poll.clean == 0) {
+    if s.remote.clean == 0 || (s.remote_relay.clean == 0 && s.remote_poll.clean == 0) {
         return None;
     }
-    let mut out = format!(
-        "The remote-memory data path: interrupts straight to KVM (the default), relayed, and polling; against NBD swap under QEMU.\n\n\
-         | median (min–max) | {} | {} | {} | {} | relayed / direct | polling / direct | NBD / direct |\n\
-         |---|---|---|---|---|---|---|---|\n",
-        titles.remote, titles.remote_relay, titles.remote_poll, titles.nbd
-    );
-    let rows: [(&str, Field, usize); 4] = [
-        (
-            "page-in: verify pass per page swapped in (µs)",
-            |x| x.page_in_us,
-            0,
-        ),
-        ("verify pass (ms)", |x| x.verify, 0),
-        ("workload: write + verify (ms)", |x| x.workload, 0),
-        ("pages swapped in (pswpin)", |x| x.pswpin, 0),
+    let table = Comparison {
+        columns: vec![
+            (&titles.remote, &s.remote),
+            (&titles.remote_relay, &s.remote_relay),
+            (&titles.remote_poll, &s.remote_poll),
+            (&titles.nbd, &s.nbd),
+        ],
+        ratios: vec![
+            ("relayed / direct", 1, 0),
+            ("polling / direct", 2, 0),
+            ("NBD / direct", 3, 0),
+        ],
+        counts: true,
+    };
+    let rows: [(&str, Field); 4] = [
+        ("page-in: verify pass per page swapped in (µs)", |x| {
+            x.page_in_us
+        }),
+        ("verify pass (ms)", |x| x.verify),
+        ("workload: write + verify (ms)", |x| x.workload),
+        ("pages swapped in (pswpin)", |x| x.pswpin),
     ];
-    for (name, get, d) in rows {
-        out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
-            cell(get(r), d),
-            cell(get(relay), d),
-            cell(get(poll), d),
-            cell(get(n), d),
-            ratio_cell(get(relay), get(r)),
-            ratio_cell(get(poll), get(r)),
-            ratio_cell(get(n), get(r)),
-        ));
-    }
-    let counts = SetupSummary::counts;
-    out.push_str(&format!(
-        "| clean runs / hang retries / other failures | {} | {} | {} | {} | | | |\n",
-        counts(r),
-        counts(relay),
-        counts(poll),
-        counts(n)
-    ));
-    Some(out)
+    Some(format!(
+        "The remote-memory data path: interrupts straight to KVM (the default), relayed, and polling; against NBD swap under QEMU.\n\n{}",
+        table.render(&rows)
+    ))
 }
 
 /// The paged-memory goal: NBD swap's workload time at least this many times paged guest
@@ -278,16 +313,23 @@ pub const PAGED_GOAL: f64 = 2.0;
 /// Renders guest RAM paged by legovmm against the swapping setups and all-local RAM, medians
 /// (min–max) and ratios of the medians. `None` unless the paged setup has a clean try.
 pub fn paged_table(s: &Summaries, titles: &Titles) -> Option<String> {
-    let (p, r, n, l) = (&s.paged, &s.remote, &s.nbd, &s.local);
-    if p.clean == 0 {
+    if s.paged.clean == 0 {
         return None;
     }
-    let mut out = format!(
-        "Guest RAM paged by legovmm (no swap in the guest) against swap on remote memory, swap on NBD under QEMU and all-local RAM (goal: NBD / paged ≥ {PAGED_GOAL:.1} on the workload).\n\n\
-         | median (min–max) | {} | {} | {} | {} | NBD / paged | remote / paged | paged / local |\n\
-         |---|---|---|---|---|---|---|---|\n",
-        titles.paged, titles.remote, titles.nbd, titles.local
-    );
+    let table = Comparison {
+        columns: vec![
+            (&titles.paged, &s.paged),
+            (&titles.remote, &s.remote),
+            (&titles.nbd, &s.nbd),
+            (&titles.local, &s.local),
+        ],
+        ratios: vec![
+            ("NBD / paged", 2, 0),
+            ("remote / paged", 1, 0),
+            ("paged / local", 0, 3),
+        ],
+        counts: true,
+    };
     let rows: [(&str, Field); 4] = [
         ("workload: write + verify (ms)", |x| x.workload),
         ("write pass (ms)", |x| x.write),
@@ -296,27 +338,10 @@ pub fn paged_table(s: &Summaries, titles: &Titles) -> Option<String> {
             x.wall
         }),
     ];
-    for (name, get) in rows {
-        out.push_str(&format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
-            cell(get(p), 0),
-            cell(get(r), 0),
-            cell(get(n), 0),
-            cell(get(l), 0),
-            ratio_cell(get(n), get(p)),
-            ratio_cell(get(r), get(p)),
-            ratio_cell(get(p), get(l)),
-        ));
-    }
-    let counts = SetupSummary::counts;
-    out.push_str(&format!(
-        "| clean runs / hang retries / other failures | {} | {} | {} | {} | | | |\n",
-        counts(p),
-        counts(r),
-        counts(n),
-        counts(l)
-    ));
-    Some(out)
+    Some(format!(
+        "Guest RAM paged by legovmm (no swap in the guest) against swap on remote memory, swap on NBD under QEMU and all-local RAM (goal: NBD / paged ≥ {PAGED_GOAL:.1} on the workload).\n\n{}",
+        table.render(&rows)
+    ))
 }
 
 /// The first-touch goal: legovmm's write pass with all-local RAM at most this many times
@@ -328,29 +353,25 @@ pub const FIRST_TOUCH_GOAL: f64 = 1.1;
 /// the ratio legovmm / QEMU of the medians. `None` unless both all-local setups have a
 /// clean try.
 pub fn first_touch_table(s: &Summaries, titles: &Titles) -> Option<String> {
-    let (l, q) = (&s.local, &s.qemu_local);
-    if l.clean == 0 || q.clean == 0 {
+    if s.local.clean == 0 || s.qemu_local.clean == 0 {
         return None;
     }
-    let mut out = format!(
-        "First touch, all-local RAM and no swap: legovmm against QEMU (goal: legovmm / QEMU ≤ {FIRST_TOUCH_GOAL:.2} on the write pass).\n\n\
-         | median (min–max) | {} | {} | legovmm / QEMU |\n\
-         |---|---|---|---|\n",
-        titles.local, titles.qemu_local
-    );
+    let table = Comparison {
+        columns: vec![
+            (&titles.local, &s.local),
+            (&titles.qemu_local, &s.qemu_local),
+        ],
+        ratios: vec![("legovmm / QEMU", 0, 1)],
+        counts: false,
+    };
     let rows: [(&str, Field); 2] = [
         ("first-touch write pass (ms)", |x| x.write),
         ("workload: write + verify (ms)", |x| x.workload),
     ];
-    for (name, get) in rows {
-        out.push_str(&format!(
-            "| {name} | {} | {} | {} |\n",
-            cell(get(l), 0),
-            cell(get(q), 0),
-            ratio_cell(get(l), get(q))
-        ));
-    }
-    Some(out)
+    Some(format!(
+        "First touch, all-local RAM and no swap: legovmm against QEMU (goal: legovmm / QEMU ≤ {FIRST_TOUCH_GOAL:.2} on the write pass).\n\n{}",
+        table.render(&rows)
+    ))
 }
 
 /// Renders every try, in the order they ran.
@@ -469,6 +490,33 @@ mod tests {
         );
         let without = Summaries::of(&parse(&line("local", 1, 10, 10, 50, 0)).unwrap());
         assert!(paged_table(&without, &titles()).is_none());
+    }
+
+    #[test]
+    fn the_data_path_variants_are_compared_per_page_in() {
+        let mut text = String::new();
+        for round in 1..=2 {
+            // Verify passes of 800, 880 and 1000 ms over 1000 pages swapped in.
+            text.push_str(&line("remote", round, 500, 800, 2000, 1000));
+            text.push_str(&line("remote-relay", round, 500, 880, 2000, 1000));
+            text.push_str(&line("remote-poll", round, 500, 1000, 2000, 1000));
+        }
+        let s = Summaries::of(&parse(&text).unwrap());
+        let t = data_path_table(&s, &titles()).expect("remote and two variants ran");
+        assert!(
+            t.contains("| median (min–max) | remote | remote-relay | remote-poll | nbd | relayed / direct | polling / direct | NBD / direct |\n|---|---|---|---|---|---|---|---|\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| page-in: verify pass per page swapped in (µs) | 800 (800–800) | 880 (880–880) | 1000 (1000–1000) | – | 1.10 | 1.25 | – |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| clean runs / hang retries / other failures | 2 / 0 / 0 | 2 / 0 / 0 | 2 / 0 / 0 | 0 / 0 / 0 | | | |"),
+            "{t}"
+        );
+        let only_remote = Summaries::of(&parse(&line("remote", 1, 5, 8, 20, 10)).unwrap());
+        assert!(data_path_table(&only_remote, &titles()).is_none());
     }
 
     #[test]

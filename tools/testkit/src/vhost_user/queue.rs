@@ -112,21 +112,24 @@ impl SplitQueue {
 
     /// Publishes the pushed chains (the available index) and kicks the backend.
     pub fn publish(&self, mem: &GuestMemoryMmap) {
+        self.write_avail_idx(mem);
+        self.kick.write(1).expect("kick");
+    }
+
+    /// Makes the pushed chains visible to the device: writes the available index between
+    /// full fences (the chains before it, the device's flags after it).
+    fn write_avail_idx(&self, mem: &GuestMemoryMmap) {
         fence(Ordering::SeqCst);
         mem.write_obj(self.avail_idx, GuestAddress(self.base + AVAIL + 2))
             .expect("avail idx");
         fence(Ordering::SeqCst);
-        self.kick.write(1).expect("kick");
     }
 
     /// Publishes like [`Self::publish`] but, as Linux's driver does without EVENT_IDX, kicks
     /// only when the device has not set `VRING_USED_F_NO_NOTIFY` (it is polling the ring).
     /// Returns whether it kicked.
     pub fn publish_unless_suppressed(&self, mem: &GuestMemoryMmap) -> bool {
-        fence(Ordering::SeqCst);
-        mem.write_obj(self.avail_idx, GuestAddress(self.base + AVAIL + 2))
-            .expect("avail idx");
-        fence(Ordering::SeqCst);
+        self.write_avail_idx(mem);
         let flags: u16 = mem
             .read_obj(GuestAddress(self.base + USED))
             .expect("used flags");
