@@ -50,6 +50,35 @@ pub const TYPE_BLOCK: u32 = 2;
 /// Virtio device type of a network device.
 pub const TYPE_NET: u32 = 1;
 
+/// Why a worker leaves a queue until its next kick after a pass over it.
+#[derive(Debug, thiserror::Error)]
+pub enum RearmError {
+    /// Chains were announced after a pass that found none: the driver's index is wrong.
+    #[error("the available ring index is invalid")]
+    InvalidAvailIndex,
+    /// Notifications could not be turned back on.
+    #[error("could not re-enable notifications: {0}")]
+    Enable(virtio_queue::Error),
+}
+
+/// Turns `queue`'s notifications back on after a pass that popped `popped` chains: `Ok(true)`
+/// when chains came meanwhile (serve again), `Ok(false)` when the worker may sleep until the
+/// next kick. A ring that announces chains after a pass that popped none has an invalid
+/// index; the worker sleeps rather than spin on it.
+pub fn rearm<M: vm_memory::GuestMemory>(
+    queue: &mut virtio_queue::Queue,
+    mem: &M,
+    popped: usize,
+) -> Result<bool, RearmError> {
+    use virtio_queue::QueueT;
+    match queue.enable_notification(mem) {
+        Ok(true) if popped > 0 => Ok(true),
+        Ok(true) => Err(RearmError::InvalidAvailIndex),
+        Ok(false) => Ok(false),
+        Err(e) => Err(RearmError::Enable(e)),
+    }
+}
+
 /// Errors a device reports when it cannot start serving its queues.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

@@ -88,17 +88,12 @@ impl QueueWorker {
                     }
                 }
             }
-            match self.queue.enable_notification(&self.mem) {
+            match crate::virtio::rearm(&mut self.queue, &self.mem, popped) {
                 // More requests arrived while notifications were off.
-                Ok(true) if popped > 0 => continue,
-                // The driver's available index is inconsistent: stop rather than spin.
-                Ok(true) => {
-                    self.warn(format_args!("the available ring index is invalid"));
-                    break;
-                }
+                Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    self.warn(format_args!("could not re-enable notifications: {e}"));
+                    self.warn(format_args!("{e}"));
                     break;
                 }
             }

@@ -209,15 +209,11 @@ impl CtrlQueue {
                     Err(e) => self.warn(format_args!("could not complete head {head}: {e}")),
                 }
             }
-            match self.queue.enable_notification(&mem) {
-                Ok(true) if popped > 0 => continue,
-                Ok(true) => {
-                    self.warn(format_args!("the available ring index is invalid"));
-                    break;
-                }
+            match crate::virtio::rearm(&mut self.queue, &mem, popped) {
+                Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    self.warn(format_args!("could not re-enable notifications: {e}"));
+                    self.warn(format_args!("{e}"));
                     break;
                 }
             }

@@ -181,15 +181,11 @@ impl PairWorker {
                 }
                 self.complete(false, head, 0);
             }
-            match self.tx.enable_notification(&mem) {
-                Ok(true) if popped > 0 => continue,
-                Ok(true) => {
-                    self.warn(format_args!("the tx available ring index is invalid"));
-                    break;
-                }
+            match crate::virtio::rearm(&mut self.tx, &mem, popped) {
+                Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    self.warn(format_args!("could not re-enable tx notifications: {e}"));
+                    self.warn(format_args!("tx: {e}"));
                     break;
                 }
             }
